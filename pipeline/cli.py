@@ -1,0 +1,178 @@
+"""`nightshift <stage> --run-id ID [--config FILE] [--set key=value ...]`: the one command everywhere.
+
+The pod's command, the local Airflow task, dvc.yaml and the README all call this. It parses arguments, loads
+the config, calls `pipeline.stages.<stage>.run(cfg, ctx)`, stores the small JSON result beside the stage's
+outputs (and in /airflow/xcom/return.json inside a pod), writes the command that reproduces it, and maps
+errors onto exit codes: 0 ok, 1 unexpected error, 2 usage, 3 input rejected, 4 gate refused.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline import __version__
+from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError
+
+STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
+# commands that are not pipeline stages; each module has add_arguments(parser) and main(args) -> int
+TOOLS = {
+    "demo-data": "pipeline.datasets.synthetic",
+    "rollback": "pipeline.stages.rollback",
+}
+XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
+RESULT_MARKER = "NIGHTSHIFT_RESULT "
+STATUS = {0: "ok", 3: "rejected", 4: "gate_failed"}
+
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s", force=True)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "git", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def stage_module(name: str):
+    return importlib.import_module(f"pipeline.stages.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nightshift",
+        description="Nightshift: a computer-vision model's whole life as a batch pipeline. Each stage reads "
+        "from and writes to the artifact store under runs/<run_id>/<stage>/.",
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 input rejected, 4 gate refused. "
+        "Example: nightshift train --run-id nightly-1 --set train.epochs=3",
+    )
+    parser.add_argument("--version", action="version", version=f"nightshift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in STAGES:
+        module = stage_module(name)
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        standalone = getattr(module, "STANDALONE", False)
+        p.add_argument("--run-id", required=not standalone,
+                       help="the pipeline run this stage belongs to (Airflow's run id is fine: it is sanitised)")
+        p.add_argument("--config", help="YAML config file (sections as in pipeline/config.py)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set train.epochs=3 (repeatable)")
+        p.add_argument("-v", "--verbose", action="store_true")
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
+        p.set_defaults(stage=name)
+    for name, modname in TOOLS.items():
+        module = importlib.import_module(modname)
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("-v", "--verbose", action="store_true")
+        module.add_arguments(p)
+        p.set_defaults(tool=module)
+    return parser
+
+
+def _write_outputs(ctx, module, result: dict, argv: list[str]) -> None:
+    """result.json, the resolved config and the reproduce command beside the stage's outputs."""
+    ctx.publish_json(result, "result.json")
+    ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.to_dict(), sort_keys=False).encode(), ctx.key("config.yaml"))
+    command = ["nightshift", ctx.stage, "--run-id", ctx.run_id, "--config", "config.yaml"]
+    extra = getattr(module, "reproduce_args", lambda args: [])(argv)
+    script = (
+        "#!/usr/bin/env bash\n# Re-runs this stage exactly: same run id, same resolved config.\n"
+        "set -euo pipefail\ncd \"$(dirname \"$0\")\"\n" + shlex.join(command + list(extra)) + "\n"
+    )
+    ctx.store.put_bytes(script.encode(), ctx.key("reproduce.sh"))
+
+
+def run_stage(args: argparse.Namespace, argv: list[str]) -> int:
+    from pipeline.config import load_config
+    from pipeline.context import RunContext, is_rank0, signature
+
+    module = stage_module(args.stage)
+    overrides = list(args.overrides)
+    if hasattr(module, "overrides_from_args"):
+        overrides += module.overrides_from_args(args)
+    cfg = load_config(args.config, overrides).resolved()
+
+    if args.run_id is None:  # standalone use, e.g. `nightshift ingest --source X --format voc --out DIR`
+        return module.run_standalone(cfg, args)
+
+    ctx = RunContext.create(args.run_id, args.stage, cfg)
+    upstream = [ctx.result_of(u) if ctx.has_result(u) else None for u in getattr(module, "UPSTREAM", ())]
+    input_sig = signature(args.stage, cfg.to_dict(), upstream)
+    log.info("stage %s start: run %s, store %s", args.stage, ctx.run_id, ctx.url())
+    started = time.time()
+
+    if getattr(module, "SKIP_IF_DONE", True) and ctx.store.exists(ctx.key("result.json")):
+        previous = ctx.store.get_json(ctx.key("result.json"))
+        if previous.get("status") == "ok" and previous.get("input_signature") == input_sig:
+            log.info("stage %s: outputs exist and match inputs (%s), already done, skipping", args.stage, input_sig)
+            _emit(previous)
+            return EXIT_OK
+
+    code = EXIT_OK
+    try:
+        result = module.run(cfg, ctx) or {}
+        result["status"] = "ok"
+    except NightshiftError as exc:
+        code = exc.exit_code
+        result = dict(getattr(exc, "result", {}) or {})
+        result.update(status=STATUS.get(code, "error"), error=str(exc))
+        if getattr(exc, "failures", None):
+            result["failures"] = exc.failures
+        print(f"nightshift {args.stage}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # an unexpected error: keep the traceback for whoever debugs it
+        log.exception("stage %s failed unexpectedly", args.stage)
+        code = EXIT_ERROR
+        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+
+    result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
+                  duration_s=round(time.time() - started, 2))
+    if is_rank0():
+        _write_outputs(ctx, module, result, argv)
+        _emit(result)
+    log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result["status"], result["duration_s"])
+    return code
+
+
+def _emit(result: dict) -> None:
+    """Hand the result to whoever runs us: the KPO xcom sidecar reads the file, the local runner stdout."""
+    if XCOM_DIR.is_dir():
+        (XCOM_DIR / "return.json").write_text(json.dumps(result, default=str))
+    print(RESULT_MARKER + json.dumps(result, default=str, sort_keys=True), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        if getattr(args, "tool", None):
+            return args.tool.main(args) or 0
+        return run_stage(args, argv)
+    except ConfigError as exc:
+        print(f"nightshift: config error:\n{exc}", file=sys.stderr)
+        return exc.exit_code
+    except NightshiftError as exc:
+        print(f"nightshift: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The one typed configuration schema.
+
+Every stage reads the same `Config`. Values come, in order of precedence, from `--set key=value`
+overrides, a YAML `--config FILE`, `NIGHTSHIFT_*` environment defaults for locations, and the defaults below.
+Unknown keys and wrong types are errors that name the key (pydantic `extra="forbid"`).
+
+Locations default to a local workspace (`NIGHTSHIFT_HOME`, else `./.nightshift`): a `file://` artifact
+store, a sqlite MLflow with a local artifact root, a directory DVC remote, a directory Triton model
+repository and a JSONL alert sink. A cluster deployment sets them to s3:// and http:// URIs instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
+
+
+def nightshift_home() -> Path:
+    return Path(os.environ.get("NIGHTSHIFT_HOME", Path.cwd() / ".nightshift")).resolve()
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreConfig(Section):
+    uri: str = ""  # artifact store root: file:///path or s3://bucket/prefix ("" = <home>/artifacts)
+    s3_endpoint_url: str = ""  # for S3-compatible servers (MinIO, moto); "" = AWS
+
+
+class DataConfig(Section):
+    source: str = ""  # dataset export to ingest: directory, archive or s3:// prefix ("" = generated demo set)
+    format: Literal[FORMATS] = "coco"  # annotation format of `source`
+    group_pattern: str = ""  # regex with one group on the file path giving the split group ("" = file stem)
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test by hash of group key
+    split_salt: str = "nightshift"  # changing it reshuffles every split: leave it alone
+    demo_images: int = 480  # size of the generated demo dataset when `source` is empty
+    demo_seed: int = 0
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "DataConfig":
+        if abs(sum(self.split_ratios) - 1.0) > 1e-6 or min(self.split_ratios) < 0:
+            raise ValueError("data.split_ratios must be three non-negative numbers summing to 1")
+        return self
+
+
+class ValidateConfig(Section):
+    min_images_per_split: dict[str, int] = Field(default_factory=lambda: {"train": 10, "val": 2})
+    min_annotations_per_class: int = 5  # in the train split
+    max_class_imbalance: float = 50.0  # largest class count / smallest class count
+    box_tolerance_px: float = 1.0  # how far a box may stick out of its image
+    check_image_decode: bool = True  # decode every image and compare its real size with the declared one
+    max_bad_fraction: float = 0.01  # per-item defects tolerated before the stage fails
+
+
+class SnapshotConfig(Section):
+    repo_dir: str = ""  # DVC project holding data.dvc ("" = the project root if it has .dvc/, else <home>/dvc)
+    remote: str = ""  # DVC remote URL: a directory or s3://bucket/prefix ("" = <home>/dvc-remote)
+    remote_endpoint_url: str = ""  # S3-compatible endpoint for the remote
+    push_retries: int = 3
+
+
+class TrainConfig(Section):
+    model: str = "ssdlite320_mobilenet_v3_large"  # a name from pipeline.training.models.MODELS
+    weights: str = ""  # optional local weights file; nothing is ever downloaded
+    image_size: int = 320  # the model's input side in pixels
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(8, ge=1)  # per rank
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    grad_clip: float = 10.0  # max grad norm, 0 = off
+    nproc_per_node: int = Field(2, ge=1)  # torchrun processes (one per GPU on a GPU node)
+    num_workers: int = 0  # DataLoader workers per rank
+    seed: int = 42
+    deterministic: bool = True
+    checkpoint_every_steps: int = 0  # 0 = only at the end of every epoch
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs); for smoke tests
+    threads_per_rank: int = 1  # torch intra-op threads per process on CPU
+
+
+class EvaluateConfig(Section):
+    score_threshold: float = 0.3  # operating point for precision/recall/F1 and the confusion matrix
+    split: Literal["val", "test"] = "val"
+
+
+class GatesConfig(Section):
+    map_min: float = 0.0  # COCO mAP@[.5:.95] the challenger must reach
+    map50_min: float = 0.5  # COCO mAP@0.5 the challenger must reach
+    max_regression: float = 0.02  # allowed mAP drop against the champion
+    override_reason: str = ""  # required when a manual trigger relaxes a threshold
+
+
+class ExportConfig(Section):
+    opset: int = Field(17, ge=17)
+    parity_max_map_drop: float = 0.001  # 0.1 AP points between ONNX Runtime and PyTorch on the val split
+    benchmark_batches: tuple[int, ...] = (1, 8)
+    benchmark_repeats: int = 20
+
+
+class PromoteConfig(Section):
+    triton_repo: str = ""  # Triton model repository: directory or s3://bucket/prefix ("" = <home>/triton-repo)
+    triton_endpoint_url: str = ""  # S3-compatible endpoint for the repository
+    model_name: str = "nightshift_detector"  # Triton model name and MLflow registered model name
+    keep_versions: int = 5
+    triton_url: str = ""  # a Triton server's HTTP URL to load and smoke-test the new version ("" = skip)
+    alias: str = "champion"
+
+
+class MlflowConfig(Section):
+    tracking_uri: str = ""  # "" = sqlite:///<home>/mlflow.db
+    artifact_root: str = ""  # for new experiments ("" = <home>/mlartifacts)
+    experiment: str = "nightshift"
+
+
+class NotifyConfig(Section):
+    sink: str = ""  # JSONL file that receives alerts when no webhook is set ("" = <home>/alerts.jsonl)
+    webhook_url: str = ""  # Slack-compatible incoming webhook (normally from the nightshift_chat connection)
+    on_success: bool = True  # post a short summary after a successful run
+    retries: int = 3
+
+
+class Config(Section):
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    # -- derived locations -------------------------------------------------------------------
+    def resolved(self) -> "Config":
+        """Fill empty locations with the local-workspace defaults (a new object)."""
+        home = nightshift_home()
+        cfg = self.model_copy(deep=True)
+        if not cfg.store.uri:
+            cfg.store.uri = (home / "artifacts").as_uri()
+        if not cfg.snapshot.remote:
+            cfg.snapshot.remote = str(home / "dvc-remote")
+        if not cfg.promote.triton_repo:
+            cfg.promote.triton_repo = str(home / "triton-repo")
+        if not cfg.mlflow.tracking_uri:
+            cfg.mlflow.tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+        if not cfg.mlflow.artifact_root:
+            cfg.mlflow.artifact_root = (home / "mlartifacts").as_uri()
+        if not cfg.notify.sink:
+            cfg.notify.sink = str(home / "alerts.jsonl")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, for MLflow params."""
+        out = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    def fingerprint(self, sections: tuple[str, ...] = ("train", "evaluate", "export")) -> str:
+        """Hash of the sections that shape the model: equal fingerprints train the same model."""
+        data = {s: self.to_dict()[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values are YAML scalars/flow collections: 3, 0.5, true, [1, 8], {a: 1}, text."""
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key '{key}'")
+        else:
+            lines.append(f"{origin}: '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Build the Config from an optional YAML file and `key=value` overrides; errors name the key."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: key must be section.key, e.g. train.epochs=3")
+        section, name = parts
+        if section not in Config.model_fields and section != "validate":
+            raise ConfigError(f"--set {item!r}: unknown section '{section}'")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{origin}: section '{section}' must be a mapping")
+        data[section][name] = _parse_value(raw)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        src = origin if not overrides else f"{origin} + --set"
+        raise ConfigError(_format_errors(err, src)) from None

@@ -1,0 +1,120 @@
+"""MLflow: one MLflow run per pipeline run (tag `nightshift.run_id`), lineage tags, the registry alias.
+
+Every stage that logs finds the pipeline run's MLflow run by tag, creating it on first use, so stages can
+run in separate pods and re-runs log into the same place.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "nightshift.run_id"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def code_version() -> str:
+    """Content hash of the pipeline package: equal hashes mean the same code trained the model.
+
+    In an image, NIGHTSHIFT_CODE_VERSION (set at build time) wins; it is the same hash computed there.
+    """
+    if os.environ.get("NIGHTSHIFT_CODE_VERSION"):
+        return os.environ["NIGHTSHIFT_CODE_VERSION"]
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_sha() -> str:
+    if os.environ.get("NIGHTSHIFT_GIT_SHA"):
+        return os.environ["NIGHTSHIFT_GIT_SHA"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - not a git checkout (e.g. inside an image)
+        return "unknown"
+
+
+def setup(cfg: Config) -> str:
+    """Point MLflow at the configured tracking server/registry; return the experiment id."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow.tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is None:
+        try:
+            return client.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow.artifact_root)
+        except Exception:  # another stage created it at the same moment
+            exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+            if exp is None:
+                raise
+    return exp.experiment_id
+
+
+def find_run(cfg: Config, run_id: str):
+    """The MLflow run of pipeline run `run_id`, or None."""
+    import mlflow
+
+    exp_id = setup(cfg)
+    runs = mlflow.MlflowClient().search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'",
+                                             max_results=1)
+    return runs[0] if runs else None
+
+
+def run_for(cfg: Config, run_id: str, tags: dict | None = None) -> str:
+    """The MLflow run id for pipeline run `run_id`, created (with `tags`) on first use."""
+    import mlflow
+
+    existing = find_run(cfg, run_id)
+    client = mlflow.MlflowClient()
+    if existing is not None:
+        mlrun_id = existing.info.run_id
+    else:
+        run = client.create_run(setup(cfg), run_name=run_id, tags={RUN_TAG: run_id})
+        mlrun_id = run.info.run_id
+    for key, value in (tags or {}).items():
+        client.set_tag(mlrun_id, key, str(value))
+    return mlrun_id
+
+
+@contextmanager
+def active_run(cfg: Config, run_id: str, tags: dict | None = None):
+    """`with active_run(cfg, ctx.run_id) as run:` logs into the pipeline run's MLflow run."""
+    import mlflow
+
+    mlrun_id = run_for(cfg, run_id, tags)
+    with mlflow.start_run(run_id=mlrun_id) as run:
+        yield run
+
+
+def champion(cfg: Config):
+    """The registered model version behind the alias (cfg.promote.alias), or None before the first promotion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    setup(cfg)
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(cfg.promote.model_name, cfg.promote.alias)
+    except MlflowException:
+        return None
+
+
+def run_url(cfg: Config, mlrun_id: str) -> str:
+    """A link to the run for reports and alerts: the server's UI when tracking is http(s), else the run id."""
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("http"):
+        exp = setup(cfg)
+        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{mlrun_id}"
+    return f"mlflow run {mlrun_id} ({uri})"

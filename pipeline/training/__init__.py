@@ -1,0 +1,1 @@
+"""Training: model registry, COCO dataset reader, transforms, DDP loop, checkpoints."""

@@ -1,0 +1,79 @@
+"""Models by name: a registry of torchvision builders. Weights are never downloaded.
+
+`build_model(name, num_classes, weights="")` returns an nn.Module with random initialisation, or the state
+dict of a local weights file. For detection, `num_classes` counts the background class (K + 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torchvision.models as tvm
+import torchvision.models.detection as tvd
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # "detection" or "classification"
+    builder: Callable[..., torch.nn.Module]
+    default_size: int  # input side the model was designed for
+
+
+def _det(builder, **extra):
+    def build(num_classes: int, image_size: int):
+        kwargs = dict(weights=None, weights_backbone=None, num_classes=num_classes, **extra)
+        if builder is not tvd.ssdlite320_mobilenet_v3_large:  # SSDlite's input is fixed at 320x320
+            # the detector's own transform resizes to the configured size (torchvision defaults differ)
+            kwargs.update(min_size=image_size, max_size=image_size)
+        return builder(**kwargs)
+    return build
+
+
+def _cls(builder):
+    def build(num_classes: int, image_size: int):
+        return builder(weights=None, num_classes=num_classes)
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("ssdlite320_mobilenet_v3_large", "detection", _det(tvd.ssdlite320_mobilenet_v3_large), 320),
+        ModelSpec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection",
+                  _det(tvd.fasterrcnn_mobilenet_v3_large_320_fpn), 320),
+        ModelSpec("fasterrcnn_mobilenet_v3_large_fpn", "detection", _det(tvd.fasterrcnn_mobilenet_v3_large_fpn), 800),
+        ModelSpec("fasterrcnn_resnet50_fpn", "detection", _det(tvd.fasterrcnn_resnet50_fpn), 800),
+        ModelSpec("retinanet_resnet50_fpn", "detection", _det(tvd.retinanet_resnet50_fpn), 800),
+        ModelSpec("fcos_resnet50_fpn", "detection", _det(tvd.fcos_resnet50_fpn), 800),
+        ModelSpec("resnet18", "classification", _cls(tvm.resnet18), 224),
+        ModelSpec("resnet50", "classification", _cls(tvm.resnet50), 224),
+        ModelSpec("mobilenet_v3_large", "classification", _cls(tvm.mobilenet_v3_large), 224),
+        ModelSpec("efficientnet_b0", "classification", _cls(tvm.efficientnet_b0), 224),
+    ]
+}
+
+
+def build_model(name: str, num_classes: int, image_size: int | None = None, weights: str = "") -> torch.nn.Module:
+    """Build model `name`; `weights` is an optional local file holding a state dict (or {'state_dict': ...})."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    spec = MODELS[name]
+    model = spec.builder(num_classes, image_size or spec.default_size)
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.load_state_dict(state)
+    return model
+
+
+def load_trained(path: str, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load the `model.pt` the train stage writes: returns (model in eval mode, its metadata dict)."""
+    blob = torch.load(path, map_location=map_location, weights_only=False)
+    model = build_model(blob["model"], blob["num_classes"], blob["image_size"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return model, meta
