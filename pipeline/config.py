@@ -97,7 +97,8 @@ class GatesConfig(Section):
     map_min: float = 0.0  # COCO mAP@[.5:.95] the challenger must reach
     map50_min: float = 0.5  # COCO mAP@0.5 the challenger must reach
     max_regression: float = 0.02  # allowed mAP drop against the champion
-    override_reason: str = ""  # required when a manual trigger relaxes a threshold
+    overrides: dict[str, float] = Field(default_factory=dict)  # one run's thresholds from a manual trigger
+    override_reason: str = ""  # required when `overrides` relaxes a threshold; recorded and announced
 
 
 class ExportConfig(Section):
