@@ -84,12 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_outputs(ctx, module, result: dict, argv: list[str]) -> None:
+def _write_outputs(ctx, module, result: dict, args: argparse.Namespace) -> None:
     """result.json, the resolved config and the reproduce command beside the stage's outputs."""
     ctx.publish_json(result, "result.json")
     ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.to_dict(), sort_keys=False).encode(), ctx.key("config.yaml"))
     command = ["nightshift", ctx.stage, "--run-id", ctx.run_id, "--config", "config.yaml"]
-    extra = getattr(module, "reproduce_args", lambda args: [])(argv)
+    extra = getattr(module, "reproduce_args", lambda _args: [])(args)
     script = (
         "#!/usr/bin/env bash\n# Re-runs this stage exactly: same run id, same resolved config.\n"
         "set -euo pipefail\ncd \"$(dirname \"$0\")\"\n" + shlex.join(command + list(extra)) + "\n"
@@ -97,7 +97,7 @@ def _write_outputs(ctx, module, result: dict, argv: list[str]) -> None:
     ctx.store.put_bytes(script.encode(), ctx.key("reproduce.sh"))
 
 
-def run_stage(args: argparse.Namespace, argv: list[str]) -> int:
+def run_stage(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.context import RunContext, is_rank0, signature
 
@@ -125,7 +125,8 @@ def run_stage(args: argparse.Namespace, argv: list[str]) -> int:
 
     code = EXIT_OK
     try:
-        result = module.run(cfg, ctx) or {}
+        kwargs = module.run_kwargs(args) if hasattr(module, "run_kwargs") else {}
+        result = module.run(cfg, ctx, **kwargs) or {}
         result["status"] = "ok"
     except NightshiftError as exc:
         code = exc.exit_code
@@ -144,7 +145,7 @@ def run_stage(args: argparse.Namespace, argv: list[str]) -> int:
     result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
                   duration_s=round(time.time() - started, 2))
     if is_rank0():
-        _write_outputs(ctx, module, result, argv)
+        _write_outputs(ctx, module, result, args)
         _emit(result)
     log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result["status"], result["duration_s"])
     return code
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "tool", None):
             return args.tool.main(args) or 0
-        return run_stage(args, argv)
+        return run_stage(args)
     except ConfigError as exc:
         print(f"nightshift: config error:\n{exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,67 @@
+# Nightshift: the two README commands are `make demo` and `make test`.
+# Environments are created with uv from hashed lock files; uv ignores pip's configuration, so torch and
+# torchvision both come from PyPI (a local CPU-only torch would break torchvision's operators).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
+export UV_LINK_MODE ?= copy
+
+SOURCE ?=
+FORMAT ?= coco
+CONF ?=
+
+.PHONY: help envs demo run test test-pipeline test-dags test-integration bench airflow-ui mlflow-ui clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+
+.venv-pipeline/.installed: requirements/pipeline.lock pyproject.toml | $(UV)
+	$(UV) venv -q --allow-existing --python 3.11 .venv-pipeline
+	$(UV) pip sync -q --python .venv-pipeline/bin/python --require-hashes requirements/pipeline.lock
+	$(UV) pip install -q --python .venv-pipeline/bin/python --no-deps -e .
+	touch $@
+
+.venv-airflow/.installed: requirements/airflow.lock | $(UV)
+	$(UV) venv -q --allow-existing --python 3.11 .venv-airflow
+	$(UV) pip sync -q --python .venv-airflow/bin/python --require-hashes requirements/airflow.lock
+	touch $@
+
+envs: .venv-pipeline/.installed .venv-airflow/.installed  ## create the locked environments
+
+demo: envs  ## run the nightly DAG end to end on the generated demo dataset
+	bash scripts/airflow_local.sh dags-test '$(CONF)'
+
+run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> FORMAT=<coco|voc|yolo|labelme|cvat|kitti>
+	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format>"; exit 2; }
+	bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
+
+test: envs  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
+	.venv-pipeline/bin/python -m pytest tests/pipeline tests/integration
+	.venv-airflow/bin/python -m pytest tests/dags tests/infra
+
+test-pipeline: envs
+	.venv-pipeline/bin/python -m pytest tests/pipeline
+
+test-dags: envs
+	.venv-airflow/bin/python -m pytest tests/dags tests/infra
+
+test-integration: envs
+	.venv-pipeline/bin/python -m pytest tests/integration
+
+bench: envs  ## print the performance figures
+	.venv-pipeline/bin/python -m pipeline.export.bench
+
+airflow-ui: envs  ## start Airflow's UI on http://127.0.0.1:8080 over the demo's runs
+	bash scripts/airflow_local.sh standalone
+
+mlflow-ui: envs  ## start MLflow's UI on http://127.0.0.1:5000 over the demo's tracking database
+	.venv-pipeline/bin/mlflow ui --backend-store-uri sqlite:///$(NIGHTSHIFT_HOME)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove the local workspace (artifacts, MLflow db, DVC remote, Triton repo); keeps the envs
+	rm -rf $(NIGHTSHIFT_HOME)

@@ -1,0 +1,74 @@
+"""notify: post the run's summary to the team's chat (or the local JSONL sink).
+
+After a promotion: the new version, its metrics against the champion's, every gate check, any threshold
+override with its reason, and where the MLflow run, the export report and the Triton version are. When the
+changed? check skipped training: a short "nothing changed" note. Failures are announced by the Airflow
+failure callback, not here. A delivery problem is logged and never fails the run.
+"""
+from __future__ import annotations
+
+import os
+
+from pipeline import alerts, tracking
+from pipeline.config import Config
+from pipeline.context import RunContext
+
+SKIP_IF_DONE = False  # a re-run announces again
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _results(ctx: RunContext) -> dict:
+    out = {}
+    for stage in ("snapshot", "changed", "train", "evaluate", "gate", "export", "promote"):
+        if ctx.has_result(stage):
+            out[stage] = ctx.result_of(stage)
+    return out
+
+
+def compose(cfg: Config, ctx: RunContext, results: dict) -> tuple[str, str, dict]:
+    """(event, text, fields) for this run's outcome."""
+    dag = os.environ.get("AIRFLOW_CTX_DAG_ID", "nightshift_retrain")
+    head = f"[{dag}] run {ctx.run_id}"
+    changed = results.get("changed", {})
+    if changed and changed.get("changed") is False:
+        return "unchanged", f"{head}: {changed.get('reason', 'nothing changed')}; training skipped.", {
+            "dataset_hash": changed.get("dataset_hash")}
+
+    lines = []
+    promote, evaluate, gate, export = (results.get(k, {}) for k in ("promote", "evaluate", "gate", "export"))
+    if promote.get("version") is not None:
+        lines.append(f"{head}: promoted {promote.get('model', cfg.promote.model_name)} "
+                     f"v{promote.get('version')} to {promote.get('repository', cfg.promote.triton_repo)}.")
+    else:
+        lines.append(f"{head}: finished without a promotion.")
+    if evaluate:
+        champ = evaluate.get("champion") or {}
+        line = f"mAP {_fmt(evaluate.get('AP'))}, mAP@0.5 {_fmt(evaluate.get('AP50'))}"
+        if champ:
+            line += f" (champion: mAP {_fmt(champ.get('AP'))}, mAP@0.5 {_fmt(champ.get('AP50'))})"
+        lines.append(line)
+    if gate:
+        checks = gate.get("checks", [])
+        lines.append(f"gate: {sum(1 for c in checks if c.get('passed'))}/{len(checks)} checks passed"
+                     + (f"; {gate['note']}" if gate.get("note") else ""))
+        if gate.get("overrides"):
+            lines.append(f"threshold override {gate['overrides']} because: {gate.get('override_reason', '')}")
+    if export.get("parity"):
+        lines.append(f"export parity: {export['parity']}")
+    if results.get("train", {}).get("mlflow_run_id"):
+        lines.append("MLflow: " + tracking.run_url(cfg, results["train"]["mlflow_run_id"]))
+    lines.append("artifacts: " + ctx.store.url(f"runs/{ctx.run_id}"))
+    fields = {"AP": evaluate.get("AP"), "AP50": evaluate.get("AP50"), "version": promote.get("version")}
+    return "success", "\n".join(lines), fields
+
+
+def run(cfg: Config, ctx: RunContext) -> dict:
+    event, text, fields = compose(cfg, ctx, _results(ctx))
+    if event == "success" and not cfg.notify.on_success:
+        ctx.log.info("success summary not sent (notify.on_success is false):\n%s", text)
+        return {"event": event, "delivered_to": None, "text": text}
+    delivered = alerts.send(cfg, text, event, fields)
+    return {"event": event, "delivered_to": delivered, "text": text}

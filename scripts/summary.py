@@ -1,0 +1,63 @@
+"""Print where a run's outputs are: the newest pipeline run in the local artifact store."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from pipeline.config import load_config
+from pipeline.store import LocalStore
+
+STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--since", type=float, default=0, help="only runs touched after this epoch time")
+    args = parser.parse_args()
+    cfg = load_config(os.environ.get("NIGHTSHIFT_CONFIG") or None).resolved()
+    store = LocalStore(cfg.store.uri.removeprefix("file://"))
+    runs_dir = store.root / "runs"
+    runs = [p for p in runs_dir.glob("*") if p.is_dir() and p.stat().st_mtime >= args.since - 1] if runs_dir.exists() else []
+    if not runs:
+        print("no pipeline run found in", runs_dir)
+        return 1
+    run = max(runs, key=lambda p: max(f.stat().st_mtime for f in p.rglob("*")))
+    results = {}
+    for stage in STAGES:
+        path = run / stage / "result.json"
+        if path.exists():
+            results[stage] = json.loads(path.read_text())
+    home = os.environ.get("NIGHTSHIFT_HOME", ".nightshift")
+    bar = "=" * 78
+    print(f"\n{bar}\nNightshift run {run.name}\n{bar}")
+    for stage in STAGES:
+        r = results.get(stage)
+        print(f"  {stage:<9} {r['status'] if r else 'not run'}" + (f"  ({r.get('duration_s')} s)" if r else ""))
+    snap, changed, train = results.get("snapshot", {}), results.get("changed", {}), results.get("train", {})
+    evaluate, promote, notify = results.get("evaluate", {}), results.get("promote", {}), results.get("notify", {})
+    print()
+    if snap:
+        print(f"  dataset    DVC hash {snap.get('dataset_hash')} pushed to {snap.get('remote')}")
+    if changed and not changed.get("changed", True):
+        print(f"  changed?   {changed.get('reason')}")
+    if train:
+        print(f"  MLflow     run {train.get('mlflow_run_id')} in {cfg.mlflow.tracking_uri}")
+    if evaluate:
+        print(f"  metrics    mAP {evaluate.get('AP')}  mAP@0.5 {evaluate.get('AP50')}  ({store.url(f'runs/{run.name}/evaluate/metrics.json')})")
+    if (run / "export" / "report.json").exists():
+        print(f"  export     {store.url(f'runs/{run.name}/export/report.json')}")
+    if promote:
+        print(f"  Triton     {promote.get('model')} version {promote.get('version')} in {promote.get('repository')}")
+    if notify:
+        print(f"  chat       {notify.get('event')} message delivered to {notify.get('delivered_to')} ({cfg.notify.sink})")
+    print(f"  artifacts  {run}")
+    print("\n  Airflow UI: make airflow-ui   (http://127.0.0.1:8080, login printed by `airflow standalone`)")
+    print("  MLflow UI:  make mlflow-ui    (http://127.0.0.1:5000)")
+    print(f"  workspace:  {home}  (make clean removes it)\n{bar}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
