@@ -1,0 +1,105 @@
+"""The stage contract, exercised through a fake stage so it does not depend on any real stage."""
+import json
+import sys
+import types
+
+import pytest
+
+from pipeline import cli
+from pipeline.errors import GateFailed, InputRejected
+from pipeline.store import open_store
+
+
+@pytest.fixture
+def fake_stage(monkeypatch):
+    module = types.ModuleType("pipeline.stages.fake")
+    module.__doc__ = "fake: a stage for testing the CLI contract."
+    module.calls = []
+    module.behaviour = "ok"
+
+    def run(cfg, ctx):
+        module.calls.append(ctx.run_id)
+        if module.behaviour == "reject":
+            raise InputRejected("box is not 4 numbers", path="annotations.json", field="annotations[3].bbox")
+        if module.behaviour == "gate":
+            raise GateFailed("2 gates failed", failures=[{"name": "map_min", "value": 0.1, "threshold": 0.3}])
+        if module.behaviour == "crash":
+            raise RuntimeError("boom")
+        ctx.publish_json({"epochs": cfg.train.epochs}, "out.json")
+        return {"epochs": cfg.train.epochs}
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "pipeline.stages.fake", module)
+    monkeypatch.setattr(cli, "STAGES", ("fake",))
+    monkeypatch.setattr(cli, "TOOLS", {})
+    return module
+
+
+def _result(capsys):
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
+    return json.loads(line[len(cli.RESULT_MARKER):])
+
+
+def _store():
+    from pipeline.config import load_config
+
+    return open_store(load_config().resolved().store.uri)
+
+
+def test_success_writes_result_config_and_reproduce(fake_stage, capsys, monkeypatch, tmp_path):
+    xcom = tmp_path / "xcom"
+    xcom.mkdir()
+    monkeypatch.setattr(cli, "XCOM_DIR", xcom)
+    assert cli.main(["fake", "--run-id", "manual__2026-11-25T02:00:00+00:00", "--set", "train.epochs=2"]) == 0
+    result = _result(capsys)
+    assert result["status"] == "ok" and result["epochs"] == 2 and result["exit_code"] == 0
+    run = "manual__2026-11-25T02_00_00_00_00"
+    store = _store()
+    assert store.get_json(f"runs/{run}/fake/result.json")["epochs"] == 2
+    assert "epochs: 2" in store.get_bytes(f"runs/{run}/fake/config.yaml").decode()
+    script = store.get_bytes(f"runs/{run}/fake/reproduce.sh").decode()
+    assert f"nightshift fake --run-id {run} --config config.yaml" in script
+    assert json.loads((xcom / "return.json").read_text())["epochs"] == 2
+
+
+def test_rerun_with_same_inputs_skips_and_changed_inputs_rerun(fake_stage, capsys):
+    assert cli.main(["fake", "--run-id", "r1"]) == 0
+    assert cli.main(["fake", "--run-id", "r1"]) == 0
+    assert fake_stage.calls == ["r1"]
+    assert cli.main(["fake", "--run-id", "r1", "--set", "train.epochs=5"]) == 0
+    assert fake_stage.calls == ["r1", "r1"]
+
+
+@pytest.mark.parametrize("behaviour, code, status", [("reject", 3, "rejected"), ("gate", 4, "gate_failed"),
+                                                     ("crash", 1, "error")])
+def test_failures_map_to_exit_codes(fake_stage, capsys, behaviour, code, status):
+    fake_stage.behaviour = behaviour
+    assert cli.main(["fake", "--run-id", "r2"]) == code
+    captured = capsys.readouterr()
+    result = json.loads([l for l in captured.out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
+                        [len(cli.RESULT_MARKER):])
+    assert result["status"] == status
+    if behaviour == "reject":
+        assert "annotations.json: annotations[3].bbox: box is not 4 numbers" in captured.err
+        assert "Traceback" not in captured.err
+    if behaviour == "gate":
+        assert result["failures"][0]["name"] == "map_min"
+    # a failed result is never taken as "already done"
+    fake_stage.behaviour = "ok"
+    assert cli.main(["fake", "--run-id", "r2"]) == 0
+
+
+def test_config_errors_exit_2(fake_stage, capsys):
+    assert cli.main(["fake", "--run-id", "r3", "--set", "train.epoch=1"]) == 2
+    assert "unknown key 'train.epoch'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fake"])  # --run-id is required
+    assert exc.value.code == 2
+
+
+def test_help_lists_every_stage():
+    parser = cli.build_parser()
+    text = parser.format_help()
+    for stage in cli.STAGES:
+        assert stage in text
