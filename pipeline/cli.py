@@ -27,6 +27,7 @@ STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gat
 TOOLS = {
     "demo-data": "pipeline.datasets.synthetic",
     "rollback": "pipeline.stages.rollback",
+    "score": "pipeline.metrics.score_cli",
 }
 XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
 RESULT_MARKER = "NIGHTSHIFT_RESULT "

@@ -45,6 +45,8 @@ class DataConfig(Section):
     split_salt: str = "nightshift"  # changing it reshuffles every split: leave it alone
     demo_images: int = 480  # size of the generated demo dataset when `source` is empty
     demo_seed: int = 0
+    source_endpoint_url: str = ""  # S3-compatible endpoint for an s3:// `source` ("" = AWS_ENDPOINT_URL, else AWS)
+    perceptual_hash: bool = True  # also flag near-identical images across splits (dHash), not only exact copies
 
     @model_validator(mode="after")
     def _ratios(self) -> "DataConfig":
@@ -67,6 +69,7 @@ class SnapshotConfig(Section):
     remote: str = ""  # DVC remote URL: a directory or s3://bucket/prefix ("" = <home>/dvc-remote)
     remote_endpoint_url: str = ""  # S3-compatible endpoint for the remote
     push_retries: int = 3
+    push_backoff_s: float = 2.0  # first wait between push attempts; doubles after each failure
 
 
 class TrainConfig(Section):
@@ -119,7 +122,7 @@ class PromoteConfig(Section):
 
 class MlflowConfig(Section):
     tracking_uri: str = ""  # "" = sqlite:///<home>/mlflow.db
-    artifact_root: str = ""  # for new experiments ("" = <home>/mlartifacts)
+    artifact_root: str = ""  # for new experiments ("" = the server's choice, or <home>/mlartifacts for sqlite)
     experiment: str = "nightshift"
 
 
@@ -158,7 +161,8 @@ class Config(Section):
             cfg.promote.triton_repo = str(home / "triton-repo")
         if not cfg.mlflow.tracking_uri:
             cfg.mlflow.tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
-        if not cfg.mlflow.artifact_root:
+        if not cfg.mlflow.artifact_root and not cfg.mlflow.tracking_uri.startswith("http"):
+            # a tracking server decides where artifacts go (--artifacts-destination); sqlite needs a root
             cfg.mlflow.artifact_root = (home / "mlartifacts").as_uri()
         if not cfg.notify.sink:
             cfg.notify.sink = str(home / "alerts.jsonl")

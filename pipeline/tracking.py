@@ -55,7 +55,7 @@ def setup(cfg: Config) -> str:
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is None:
         try:
-            return client.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow.artifact_root)
+            return client.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow.artifact_root or None)
         except Exception:  # another stage created it at the same moment
             exp = client.get_experiment_by_name(cfg.mlflow.experiment)
             if exp is None:
