@@ -89,11 +89,14 @@ class TrainConfig(Section):
     checkpoint_every_steps: int = 0  # 0 = only at the end of every epoch
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs); for smoke tests
     threads_per_rank: int = 1  # torch intra-op threads per process on CPU
+    amp: bool = True  # mixed precision (autocast + GradScaler); only ever used on CUDA
 
 
 class EvaluateConfig(Section):
     score_threshold: float = 0.3  # operating point for precision/recall/F1 and the confusion matrix
     split: Literal["val", "test"] = "val"
+    batch_size: int = Field(8, ge=1)  # images per forward pass when predicting
+    device: str = "auto"  # torch device for prediction: "auto" = cuda when available, else cpu
 
 
 class GatesConfig(Section):
@@ -109,6 +112,11 @@ class ExportConfig(Section):
     parity_max_map_drop: float = 0.001  # 0.1 AP points between ONNX Runtime and PyTorch on the val split
     benchmark_batches: tuple[int, ...] = (1, 8)
     benchmark_repeats: int = 20
+    benchmark_warmup: int = 3  # untimed runs before each benchmark
+    max_detections: int = Field(0, ge=0)  # D, detections per image in the padded outputs (0 = the model's own)
+    threads: int = Field(1, ge=1)  # intra-op threads for PyTorch and ONNX Runtime in checks and benchmarks
+    verify_images: int = Field(8, ge=1)  # val images whose raw outputs are compared PyTorch vs ONNX Runtime
+    output_match_min: float = 0.98  # fraction of ORT's top detections that must match PyTorch's (label, IoU, score)
 
 
 class PromoteConfig(Section):
@@ -118,6 +126,13 @@ class PromoteConfig(Section):
     keep_versions: int = 5
     triton_url: str = ""  # a Triton server's HTTP URL to load and smoke-test the new version ("" = skip)
     alias: str = "champion"
+    max_batch_size: int = Field(8, ge=1)  # Triton max_batch_size; dynamic batching forms batches up to it
+    max_queue_delay_us: int = 1000  # dynamic batching: how long a request may wait for others
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"  # where Triton runs the model
+    instance_count: int = Field(1, ge=1)
+    lock_timeout_s: float = 600.0  # wait this long for another promotion holding the repository lock
+    lock_ttl_s: float = 1800.0  # an S3 lock object older than this was abandoned by a crashed run
+    ready_timeout_s: float = 120.0  # wait this long for Triton to report the new version ready
 
 
 class MlflowConfig(Section):

@@ -1,0 +1,171 @@
+"""evaluate: COCO metrics of the trained model (and of the champion, on the same split) for the gate.
+
+Predicts on `evaluate.split` of the ingested dataset, scores with COCO mAP (faster-coco-eval), and writes
+`evaluate/metrics.json` (the 12 COCO stats, per class, precision/recall/F1 at `evaluate.score_threshold`,
+the confusion matrix, and the champion's metrics under `champion`), `evaluate/detections.json`, and
+`pr_curve.png` / `confusion_matrix.png`. When a model holds the registry alias (`promote.alias`), it is
+scored on the same images in the same run, so the gate compares like with like. Metrics go to the pipeline
+run's MLflow run as `eval_*`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.context import RunContext
+from pipeline.errors import InputRejected
+from pipeline.metrics.coco import STAT_KEYS, Evaluation, report
+
+UPSTREAM = ("train",)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    metrics: dict
+    evaluation: Evaluation
+    detections: list[dict]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: str) -> Scored:
+    """Predict with the model in `model_path` (train's model.pt format) on the split in `gt` and score it."""
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.training.engine import predict
+    from pipeline.training.models import load_trained
+
+    model, meta = load_trained(str(model_path))
+    dataset = CanonicalDataset(data_dir, cfg.evaluate.split, meta["image_size"])
+    # the model's own label -> category table, not today's dataset's: the champion may predate a new class
+    if meta.get("label_to_category"):
+        dataset.label_to_cat = {i + 1: int(c) for i, c in enumerate(meta["label_to_category"])}
+    log.info("%s: predicting %d %s images with %s at %d px", what, len(dataset), cfg.evaluate.split,
+             meta["model"], meta["image_size"])
+    detections = predict(model, dataset, batch_size=cfg.evaluate.batch_size, device=_device(cfg.evaluate.device))
+    known = {c["id"] for c in gt["categories"]}
+    dropped = sum(1 for d in detections if d["category_id"] not in known)
+    if dropped:
+        log.warning("%s: %d detections of categories no longer in the dataset ignored", what, dropped)
+        detections = [d for d in detections if d["category_id"] in known]
+    metrics, evaluation = report(gt, detections, "bbox", cfg.evaluate.score_threshold,
+                                 gt_path="ingest/dataset/annotations.json", dt_path=f"{what} detections")
+    log.info("%s: AP %s, AP50 %s on %d images (%d detections)", what, _fmt(metrics["AP"]), _fmt(metrics["AP50"]),
+             len(gt["images"]), len(detections))
+    return Scored(metrics, evaluation, detections)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def champion_model(cfg: Config, dest: Path):
+    """(model version, local model.pt) of the model behind the registry alias, or None before the first promotion."""
+    import mlflow
+
+    from pipeline import tracking
+
+    version = tracking.champion(cfg)
+    if version is None:
+        return None
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    uri = f"models:/{cfg.promote.model_name}@{cfg.promote.alias}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
+    if not found:
+        raise FileNotFoundError(f"champion {cfg.promote.model_name} v{version.version} ({uri}): no model.pt "
+                                f"among its artifacts at {version.source}")
+    return version, found[0]
+
+
+def _metric_name(name: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and spaces."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
+def mlflow_metrics(metrics: dict) -> dict[str, float]:
+    out = {f"eval_{k}": metrics[k] for k in STAT_KEYS}
+    op = metrics["operating_point"]
+    out.update(eval_precision=op["precision"], eval_recall=op["recall"], eval_f1=op["f1"])
+    for name, row in metrics["per_class"].items():
+        out[f"eval_AP_{_metric_name(name)}"] = row["AP"]
+        out[f"eval_AP50_{_metric_name(name)}"] = row["AP50"]
+    champion = metrics.get("champion")
+    if champion:
+        out.update(eval_champion_AP=champion["AP"], eval_champion_AP50=champion["AP50"])
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def run(cfg: Config, ctx: RunContext) -> dict:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.datasets.canonical import load_coco, split_coco
+    from pipeline.metrics.plots import confusion_matrix_png, pr_curve_png
+
+    split = cfg.evaluate.split
+    model_path = ctx.fetch("train", "model.pt")
+    data_dir = ctx.fetch_dir("ingest", "dataset")
+    gt = split_coco(load_coco(data_dir), split)
+    if not gt["images"]:
+        raise InputRejected(f"no image is in the {split} split: nothing to evaluate on",
+                            path=ctx.url("dataset/annotations.json", "ingest"), field="images[].split")
+
+    challenger = score_model(model_path, data_dir, gt, cfg, "challenger")
+    metrics = dict(challenger.metrics, split=split, images=len(gt["images"]))
+
+    champ = champion_model(cfg, ctx.scratch("champion"))
+    champion = None
+    if champ is None:
+        log.info("no model holds %s@%s yet: nothing to compare with", cfg.promote.model_name, cfg.promote.alias)
+        metrics["champion"] = None
+    else:
+        version, path = champ
+        champion = score_model(path, data_dir, gt, cfg, f"champion v{version.version}")
+        metrics["champion"] = dict(champion.metrics, version=str(version.version), run_id=version.run_id)
+
+    shutil.rmtree(ctx.workdir / "out", ignore_errors=True)  # a previous attempt's files must not be published
+    out = ctx.scratch("out")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "detections.json").write_text(json.dumps(challenger.detections))
+    if champion is not None:
+        (out / "champion_detections.json").write_text(json.dumps(champion.detections))
+    pr_curve_png(out / "pr_curve.png", challenger.evaluation.recall_thresholds, challenger.evaluation.pr_curves,
+                 champion.evaluation.pr_curves if champion else None,
+                 title=f"Precision-recall at IoU 0.5 ({split}, {len(gt['images'])} images)")
+    confusion_matrix_png(out / "confusion_matrix.png", metrics["confusion_matrix"])
+    ctx.publish_dir(out, "")
+
+    with tracking.active_run(cfg, ctx.run_id):
+        mlflow.log_metrics(mlflow_metrics(metrics))
+        mlflow.set_tags({"nightshift.eval_split": split,
+                         "nightshift.champion_version": metrics["champion"]["version"] if champion else "none"})
+        for name in ("metrics.json", "pr_curve.png", "confusion_matrix.png"):
+            mlflow.log_artifact(str(out / name), artifact_path="evaluate")
+
+    op = metrics["operating_point"]
+    return {
+        "AP": metrics["AP"],
+        "AP50": metrics["AP50"],
+        "champion": {k: metrics["champion"][k] for k in ("version", "AP", "AP50")} if champion else None,
+        "images": len(gt["images"]),
+        "split": split,
+        "precision": op["precision"],
+        "recall": op["recall"],
+        "f1": op["f1"],
+        "detections": len(challenger.detections),
+    }

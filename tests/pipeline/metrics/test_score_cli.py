@@ -1,0 +1,93 @@
+"""`nightshift score`: table, JSON output, and exit 3 naming file and field on bad inputs."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from pipeline import cli
+from pipeline.metrics.coco import STAT_KEYS
+
+GT = {
+    "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+                    {"id": 2, "image_id": 2, "category_id": 2, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0}],
+    "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}],
+}
+DT = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
+      {"image_id": 2, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.4}]
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def only_score_command(monkeypatch):
+    # the parser then imports only this tool, not every stage
+    monkeypatch.setattr(cli, "STAGES", ())
+    monkeypatch.setattr(cli, "TOOLS", {"score": "pipeline.metrics.score_cli"})
+
+
+@pytest.fixture
+def files(tmp_path):
+    gt, dt = tmp_path / "gt.json", tmp_path / "dt.json"
+    gt.write_text(json.dumps(GT))
+    dt.write_text(json.dumps(DT))
+    return gt, dt
+
+
+def test_score_prints_table_and_writes_json(files, tmp_path, capsys):
+    gt, dt = files
+    out = tmp_path / "out" / "metrics.json"
+    assert cli.main(["score", "--gt", str(gt), "--dt", str(dt), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "AP50" in table and "circle" in table and "square" in table
+    metrics = json.loads(out.read_text())
+    assert set(STAT_KEYS) <= set(metrics)
+    assert metrics["per_class"]["circle"]["AP"] == pytest.approx(1.0)
+    assert metrics["per_class"]["square"]["AP"] == pytest.approx(0.0)
+    assert metrics["AP"] == pytest.approx(0.5)
+    assert metrics["operating_point"]["tp"] == 1 and metrics["operating_point"]["fn"] == 1
+
+
+def _run_bad(tmp_path, capsys, gt_text, dt_text):
+    gt, dt = tmp_path / "gt.json", tmp_path / "dt.json"
+    gt.write_text(gt_text)
+    dt.write_text(dt_text)
+    code = cli.main(["score", "--gt", str(gt), "--dt", str(dt)])
+    return code, capsys.readouterr().err, gt, dt
+
+
+def test_bbox_not_four_numbers_exits_3_naming_file_and_field(tmp_path, capsys):
+    bad = json.loads(json.dumps(DT))
+    bad[1]["bbox"] = [0, 0, 20]
+    code, err, _, dt = _run_bad(tmp_path, capsys, json.dumps(GT), json.dumps(bad))
+    assert code == 3
+    assert str(dt) in err and "[1].bbox" in err and "Traceback" not in err
+
+
+def test_unknown_image_id_exits_3(tmp_path, capsys):
+    bad = json.loads(json.dumps(DT))
+    bad[0]["image_id"] = 77
+    code, err, _, dt = _run_bad(tmp_path, capsys, json.dumps(GT), json.dumps(bad))
+    assert code == 3 and str(dt) in err and "[0].image_id" in err and "77" in err
+
+
+def test_unreadable_json_exits_3(tmp_path, capsys):
+    code, err, gt, _ = _run_bad(tmp_path, capsys, "{not json", json.dumps(DT))
+    assert code == 3 and str(gt) in err and "not valid JSON" in err
+
+
+def test_missing_file_exits_3(tmp_path, capsys):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(GT))
+    code = cli.main(["score", "--gt", str(gt), "--dt", str(tmp_path / "nope.json")])
+    err = capsys.readouterr().err
+    assert code == 3 and "nope.json" in err and "cannot read" in err
