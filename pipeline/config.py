@@ -103,6 +103,11 @@ class GatesConfig(Section):
     map_min: float = 0.0  # COCO mAP@[.5:.95] the challenger must reach
     map50_min: float = 0.5  # COCO mAP@0.5 the challenger must reach
     max_regression: float = 0.02  # allowed mAP drop against the champion
+    per_class_max_regression: float | None = None  # allowed per-class AP drop vs the champion (None = off)
+    per_class_min_support: int = Field(10, ge=0)  # ...only for classes with at least this many GT boxes in the split
+    latency_p95_ms_max: float | None = None  # ONNX Runtime p95 latency at batch 1, checked by export (None = off)
+    model_size_mb_max: float | None = None  # exported ONNX file size in MB, checked by export (None = off)
+    policy_file: str = ""  # YAML policy with the thresholds above (path or s3:// URI); "" = the values above
     overrides: dict[str, float] = Field(default_factory=dict)  # one run's thresholds from a manual trigger
     override_reason: str = ""  # required when `overrides` relaxes a threshold; recorded and announced
 

@@ -1,0 +1,87 @@
+"""What every reader returns, and the error collector that names the file and the field."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import InputRejected
+
+MAX_LISTED = 5  # problems spelled out in one rejection message; the rest are counted
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Dataset:
+    """An export read into COCO terms.
+
+    images: {"id", "file_name", "width", "height", "path"} where `path` is the local image file and
+        `file_name` the relative path it gets under the canonical `images/`.
+    annotations: {"id", "image_id", "category_id", "bbox" [x, y, w, h], "area", "iscrowd"} and, when the
+        export has one, "segmentation" (polygons or RLE).
+    categories: {"id", "name"} and optional "supercategory", in the export's own ids.
+    files: the annotation files that were read, as named in messages.
+    """
+
+    images: list[dict]
+    annotations: list[dict]
+    categories: list[dict]
+    files: list[str] = field(default_factory=list)
+
+
+class Problems:
+    """Collects schema problems in one file, then raises one InputRejected naming the first (and counting the rest)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field_name: str, message: str) -> None:
+        self.items.append((field_name, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        first_field, first_msg = self.items[0]
+        more = [f"{self.path}: {f}: {m}" for f, m in self.items[1:MAX_LISTED]]
+        message = first_msg
+        if more:
+            message += "; also " + "; ".join(more)
+        if len(self.items) > MAX_LISTED:
+            message += f" (and {len(self.items) - MAX_LISTED} more problems)"
+        raise InputRejected(message, path=self.path, field=first_field)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+def safe_relative(name: str) -> bool:
+    """A file name that stays inside images/: relative, no '..', no backslashes or drive letters."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and ".." not in p.parts and ":" not in p.parts[0] and name.strip() == name
+
+
+def display(origin: str, root: Path, path: Path) -> str:
+    """How a file inside the export is named in messages: `<origin>/<relative path>` (or `<archive>:<rel>`)."""
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+    if origin.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        return f"{origin}:{rel}"
+    return f"{origin.rstrip('/')}/{rel}"

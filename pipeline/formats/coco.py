@@ -1,0 +1,304 @@
+"""COCO detection exports: `annotations.json` (or `annotations/instances_*.json`) + the images.
+
+Layouts found: one `*.json` at the top of the export, else every `annotations/instances_<name>.json`
+(the COCO 2017 layout, merged by category name). Images are looked up beside the JSON, in `images/`,
+and for `instances_<name>.json` in `images/<name>/` and `<name>/`. Boxes, polygons, RLE (compressed or
+not) and `iscrowd` are kept; a missing `bbox` is derived from the segmentation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import InputRejected
+from pipeline.formats.base import (Dataset, Problems, display, is_finite_number, is_int, safe_relative)
+
+SKIP_NAMES = ("__MACOSX",)
+
+
+def export_root(root: Path) -> Path:
+    """Step into the single folder an archive often wraps its export in (`export/annotations.json`)."""
+    root = Path(root)
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name not in SKIP_NAMES]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        else:
+            return root
+
+
+def find_annotation_files(root: Path, origin: str) -> list[Path]:
+    top = sorted(p for p in root.glob("*.json") if not p.name.startswith("."))
+    instances = sorted(root.glob("annotations/instances_*.json"))
+    if len(top) == 1:
+        return top
+    if instances:
+        return instances
+    if top:
+        names = ", ".join(p.name for p in top)
+        raise InputRejected(f"several JSON files at the top of the export ({names}): cannot tell which holds the "
+                            "COCO annotations; keep one, or use annotations/instances_<split>.json", path=origin)
+    others = sorted(root.glob("annotations/*.json"))
+    if len(others) == 1:
+        return others
+    raise InputRejected("no COCO annotations found: expected one *.json at the top of the export or "
+                        "annotations/instances_*.json", path=origin)
+
+
+def _image_dirs(root: Path, json_path: Path) -> list[Path]:
+    dirs = [json_path.parent / "images", json_path.parent]
+    if json_path.stem.startswith("instances_"):
+        sub = json_path.stem[len("instances_"):]
+        dirs += [root / "images" / sub, root / sub]
+    dirs += [root / "images", root]
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def _load_json(path: Path, name: str):
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputRejected(f"not valid JSON: {exc.msg}", path=name, field=f"line {exc.lineno} column {exc.colno}") \
+            from None
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"not UTF-8 text: {exc.reason}", path=name, field=f"byte {exc.start}") from None
+
+
+def _check_polygons(seg, where: str, problems: Problems) -> list[float] | None:
+    """Polygons [[x1, y1, x2, y2, ...], ...]; returns their bounding box or None when invalid."""
+    if not seg:
+        problems.add(where, "empty polygon list")
+        return None
+    xs, ys = [], []
+    for k, poly in enumerate(seg):
+        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+            problems.add(f"{where}[{k}]", "a polygon must be a flat list of at least 3 x, y pairs")
+            return None
+        if not all(is_finite_number(v) for v in poly):
+            problems.add(f"{where}[{k}]", "polygon coordinates must be finite numbers")
+            return None
+        xs += poly[0::2]
+        ys += poly[1::2]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def _check_rle(seg: dict, image: dict | None, where: str, problems: Problems) -> tuple[list[float], float] | None:
+    """RLE {"size": [h, w], "counts": [...] or "..."}; returns (bbox, area) or None when invalid."""
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and v > 0 for v in size)):
+        problems.add(f"{where}.size", f"RLE size must be [height, width] positive integers, got {size!r}")
+        return None
+    if image is not None and size != [image["height"], image["width"]]:
+        problems.add(f"{where}.size", f"RLE size {size} differs from the image's [height, width] "
+                                      f"[{image['height']}, {image['width']}]")
+        return None
+    if isinstance(counts, list):
+        if not all(is_int(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
+            problems.add(f"{where}.counts", "uncompressed RLE counts must be non-negative integers summing to "
+                                            "height * width")
+            return None
+    elif not isinstance(counts, str) or not counts:
+        problems.add(f"{where}.counts", "RLE counts must be a list of integers or a compressed string")
+        return None
+    from pycocotools import mask as mask_utils
+
+    try:
+        rle = mask_utils.frPyObjects(seg, size[0], size[1]) if isinstance(counts, list) else \
+            {"size": size, "counts": counts.encode()}
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]
+        area = float(mask_utils.area(rle))
+    except Exception as exc:  # noqa: BLE001 - pycocotools raises plain Exceptions for corrupt strings
+        problems.add(f"{where}.counts", f"RLE counts cannot be decoded: {exc}")
+        return None
+    return bbox, area
+
+
+def _read_one(path: Path, root: Path, origin: str) -> Dataset:
+    name = display(origin, root, path)
+    data = _load_json(path, name)
+    problems = Problems(name)
+    if not isinstance(data, dict):
+        raise InputRejected("top level must be an object with images, annotations and categories", path=name)
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            problems.add(key, "missing (a COCO detection file has images, annotations and categories)")
+        elif not isinstance(data[key], list):
+            problems.add(key, f"must be a list, got {type(data[key]).__name__}")
+    problems.raise_if_any()
+
+    # categories
+    categories, cat_by_id, cat_names = [], {}, {}
+    for k, cat in enumerate(data["categories"]):
+        where = f"categories[{k}]"
+        if not isinstance(cat, dict):
+            problems.add(where, "must be an object")
+            continue
+        cid, cname = cat.get("id"), cat.get("name")
+        if not is_int(cid):
+            problems.add(f"{where}.id", f"must be an integer, got {cid!r}")
+            continue
+        if not isinstance(cname, str) or not cname.strip():
+            problems.add(f"{where}.name", f"must be a non-empty string, got {cname!r}")
+            continue
+        if cid in cat_by_id:
+            problems.add(f"{where}.id", f"duplicate category id {cid} (also categories[{cat_by_id[cid][0]}])")
+            continue
+        if cname in cat_names:
+            problems.add(f"{where}.name", f"duplicate category name {cname!r} (also categories[{cat_names[cname]}])")
+            continue
+        entry = {"id": cid, "name": cname}
+        if isinstance(cat.get("supercategory"), str):
+            entry["supercategory"] = cat["supercategory"]
+        cat_by_id[cid] = (k, entry)
+        cat_names[cname] = k
+        categories.append(entry)
+
+    # images
+    dirs = _image_dirs(root, path)
+    images, img_by_id, img_names = [], {}, {}
+    for i, img in enumerate(data["images"]):
+        where = f"images[{i}]"
+        if not isinstance(img, dict):
+            problems.add(where, "must be an object")
+            continue
+        iid, fname, w, h = img.get("id"), img.get("file_name"), img.get("width"), img.get("height")
+        bad = False
+        if not is_int(iid):
+            problems.add(f"{where}.id", f"must be an integer, got {iid!r}")
+            bad = True
+        elif iid in img_by_id:
+            problems.add(f"{where}.id", f"duplicate image id {iid} (also images[{img_by_id[iid][0]}])")
+            bad = True
+        if not safe_relative(fname):
+            problems.add(f"{where}.file_name", f"must be a relative path inside the export, got {fname!r}")
+            bad = True
+        elif fname in img_names:
+            problems.add(f"{where}.file_name", f"duplicate file_name {fname!r} (also images[{img_names[fname]}])")
+            bad = True
+        for key, value in (("width", w), ("height", h)):
+            if not (is_int(value) and value > 0):
+                problems.add(f"{where}.{key}", f"must be a positive integer, got {value!r}")
+                bad = True
+        if bad:
+            continue
+        local = next((d / fname for d in dirs if (d / fname).is_file()), None)
+        if local is None:
+            problems.add(f"{where}.file_name", f"no such image file {fname!r} (looked in "
+                                               f"{', '.join(display(origin, root, d) for d in dirs if d.is_dir())})")
+            continue
+        entry = {"id": iid, "file_name": fname, "width": w, "height": h, "path": local}
+        img_by_id[iid] = (i, entry)
+        img_names[fname] = i
+        images.append(entry)
+
+    # annotations
+    annotations, ann_ids = [], {}
+    raw_image_ids = {im.get("id") for im in data["images"] if isinstance(im, dict) and is_int(im.get("id"))}
+    for j, ann in enumerate(data["annotations"]):
+        where = f"annotations[{j}]"
+        if not isinstance(ann, dict):
+            problems.add(where, "must be an object")
+            continue
+        aid, iid, cid = ann.get("id"), ann.get("image_id"), ann.get("category_id")
+        if not is_int(aid):
+            problems.add(f"{where}.id", f"must be an integer, got {aid!r}")
+            continue
+        if aid in ann_ids:
+            problems.add(f"{where}.id", f"duplicate annotation id {aid} (also annotations[{ann_ids[aid]}])")
+            continue
+        ann_ids[aid] = j
+        if not is_int(iid):
+            problems.add(f"{where}.image_id", f"must be an integer, got {iid!r}")
+            continue
+        if iid not in img_by_id:
+            if iid not in raw_image_ids:
+                problems.add(f"{where}.image_id", f"unknown image id {iid} (not in images)")
+            continue  # the image itself was rejected above
+        if not is_int(cid):
+            problems.add(f"{where}.category_id", f"must be an integer, got {cid!r}")
+            continue
+        if cid not in cat_by_id:
+            problems.add(f"{where}.category_id", f"unknown category id {cid} (not in categories)")
+            continue
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
+            problems.add(f"{where}.iscrowd", f"must be 0 or 1, got {iscrowd!r}")
+            continue
+        image = img_by_id[iid][1]
+        seg = ann.get("segmentation")
+        seg_box, seg_area = None, None
+        if seg is not None and seg != []:
+            if isinstance(seg, list):
+                seg_box = _check_polygons(seg, f"{where}.segmentation", problems)
+                if seg_box is None:
+                    continue
+            elif isinstance(seg, dict):
+                checked = _check_rle(seg, image, f"{where}.segmentation", problems)
+                if checked is None:
+                    continue
+                seg_box, seg_area = checked
+            else:
+                problems.add(f"{where}.segmentation", "must be a list of polygons or an RLE object")
+                continue
+        bbox = ann.get("bbox")
+        if bbox is None:
+            if seg_box is None:
+                problems.add(f"{where}.bbox", "missing, and there is no segmentation to derive it from")
+                continue
+            bbox = seg_box
+        elif not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
+            problems.add(f"{where}.bbox", f"must be 4 finite numbers [x, y, width, height], got {bbox!r}")
+            continue
+        area = ann.get("area")
+        if area is None:
+            area = seg_area if seg_area is not None else float(bbox[2]) * float(bbox[3])
+        elif not (is_finite_number(area) and area >= 0):
+            problems.add(f"{where}.area", f"must be a non-negative number, got {area!r}")
+            continue
+        entry = {"id": aid, "image_id": iid, "category_id": cid, "bbox": [float(v) for v in bbox],
+                 "area": float(area), "iscrowd": iscrowd}
+        if seg is not None and seg != []:
+            entry["segmentation"] = seg
+        annotations.append(entry)
+
+    problems.raise_if_any()
+    return Dataset(images, annotations, categories, [name])
+
+
+def read_coco(root, origin: str = "") -> Dataset:
+    """Read a COCO export under `root`; several instances_*.json are merged (categories matched by name)."""
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    files = find_annotation_files(root, origin)
+    parts = [_read_one(p, root, origin) for p in files]
+    if len(parts) == 1:
+        return parts[0]
+
+    # merge: new image/annotation ids, categories by name
+    images, annotations, categories, names = [], [], [], {}
+    seen_files: dict[str, str] = {}
+    for part in parts:
+        cat_map = {}
+        for cat in part.categories:
+            if cat["name"] not in names:
+                names[cat["name"]] = len(categories) + 1
+                categories.append({**cat, "id": names[cat["name"]]})
+            cat_map[cat["id"]] = names[cat["name"]]
+        img_map = {}
+        for img in part.images:
+            if img["file_name"] in seen_files:
+                raise InputRejected(f"file_name {img['file_name']!r} is also listed in {seen_files[img['file_name']]}",
+                                    path=part.files[0], field="images.file_name")
+            seen_files[img["file_name"]] = part.files[0]
+            img_map[img["id"]] = len(images) + 1
+            images.append({**img, "id": img_map[img["id"]]})
+        for ann in part.annotations:
+            annotations.append({**ann, "id": len(annotations) + 1, "image_id": img_map[ann["image_id"]],
+                                "category_id": cat_map[ann["category_id"]]})
+    return Dataset(images, annotations, categories, [f for p in parts for f in p.files])

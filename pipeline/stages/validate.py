@@ -1,0 +1,95 @@
+"""Check the ingested dataset with Great Expectations; any failed check rejects it (exit 3).
+
+Runs on runs/<run_id>/ingest/dataset/: ids unique, every image decodes at its declared size, boxes finite,
+non-empty and inside their image (within validate.box_tolerance_px), category ids known, enough images per
+split, enough train boxes per class, classes balanced. Thresholds come from the `validate` config section.
+Writes validate/report.json (every check, its result and observed values) and validate/data_docs/index.html
+(a self-contained page that reads offline).
+
+Standalone: `nightshift validate --dataset DIR [--report-dir OUT]` checks a canonical dataset on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError, InputRejected
+from pipeline.validation import validate_dataset, write_report
+
+log = logging.getLogger(__name__)
+
+UPSTREAM = ("ingest",)
+SKIP_IF_DONE = True
+STANDALONE = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="without --run-id: a canonical dataset directory (annotations.json + "
+                                          "images/) to check")
+    parser.add_argument("--report-dir", help="without --run-id: where report.json and data_docs/ go "
+                                             "(default: <DATASET>-validation beside the dataset)")
+
+
+def _rejection(report: dict, where: str, result: dict) -> InputRejected:
+    failed = [r for r in report["results"] if not r["success"]]
+    lines = []
+    for r in failed:
+        obs = r["observed"]
+        count = f" ({obs['unexpected_count']} of {obs.get('element_count', '?')} rows)" if "unexpected_count" in obs \
+            else ""
+        example = f", e.g. {r['examples'][0]}" if r["examples"] else ""
+        lines.append(f"{r['name']}: {r['description']}{count}{example}")
+    exc = InputRejected(f"{len(failed)} of {report['checks']} checks failed:\n  " + "\n  ".join(lines), path=where)
+    exc.result = result
+    exc.failures = [{"check": r["name"], "description": r["description"], "observed": r["observed"],
+                     "examples": r["examples"][:3]} for r in failed]
+    return exc
+
+
+def _result(report: dict) -> dict:
+    return {"passed": report["passed"], "checks": report["checks"], "failed": report["failed_checks"],
+            "rows": report["tables"]}
+
+
+def run(cfg: Config, ctx) -> dict:
+    local = ctx.workdir / "dataset"
+    shutil.rmtree(local, ignore_errors=True)
+    try:
+        ctx.fetch_dir("ingest", "dataset", local)
+    except FileNotFoundError:
+        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
+                            path=ctx.url("dataset", stage="ingest")) from None
+    report = validate_dataset(local, cfg.validate_)
+    report["dataset"] = ctx.url("dataset", stage="ingest")
+    out = write_report(report, ctx.workdir / "report")
+    ctx.publish(out / "report.json", "report.json")
+    ctx.store.delete_prefix(ctx.key("data_docs"))
+    ctx.publish_dir(out / "data_docs", "data_docs")
+    shutil.rmtree(local, ignore_errors=True)
+    result = _result(report)
+    result.update(report=ctx.url("report.json"), data_docs=ctx.url("data_docs/index.html"))
+    if not report["passed"]:
+        raise _rejection(report, ctx.url("dataset", stage="ingest"), result)
+    log.info("all %d checks passed", report["checks"])
+    return result
+
+
+def run_standalone(cfg: Config, args: argparse.Namespace) -> int:
+    if not getattr(args, "dataset", None):
+        raise ConfigError("validate without --run-id needs --dataset DIR")
+    dataset = Path(args.dataset).resolve()
+    if not dataset.is_dir():
+        raise InputRejected("no such dataset directory", path=str(dataset))
+    out = Path(args.report_dir) if args.report_dir else dataset.with_name(dataset.name + "-validation")
+    report = validate_dataset(dataset, cfg.validate_)
+    write_report(report, out)
+    result = _result(report)
+    result.update(report=str(out / "report.json"), data_docs=str(out / "data_docs" / "index.html"))
+    if not report["passed"]:
+        raise _rejection(report, str(dataset), result)
+    print("NIGHTSHIFT_RESULT " + json.dumps(dict(result, status="ok"), sort_keys=True), flush=True)
+    return 0

@@ -1,0 +1,246 @@
+"""The checks run on a canonical dataset, as Great Expectations 1.x suites over pandas tables.
+
+Tables: `images` (one row per image: declared and decoded size, split), `annotations` (one row per box,
+with its image's size), `splits` (images per split against its minimum), `classes` (train boxes per class)
+and `summary` (the class-balance ratio). Thresholds come only from `ValidateConfig`. Defects that break
+training outright (undecodable images, non-finite or empty boxes, unknown ids) must be absent;
+`max_bad_fraction` tolerates a few boxes sticking out of their image and images whose declared size differs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from pipeline.config import ValidateConfig
+from pipeline.datasets import canonical_io
+
+log = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 10
+
+
+def _decode(path: Path) -> tuple[bool, int | None, int | None, str]:
+    """(decodes, real width, real height, error) after a full decode, so truncated files are caught."""
+    from PIL import Image
+
+    if not path.is_file():
+        return False, None, None, "missing file"
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return True, img.size[0], img.size[1], ""
+    except Exception as exc:  # noqa: BLE001 - any decoder error means the image is unusable
+        return False, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig) -> dict:
+    """The pandas tables the suites run on."""
+    import pandas as pd
+
+    image_dir = Path(dataset_dir) / canonical_io.IMAGES
+    rows = []
+    for idx, img in enumerate(coco["images"]):
+        row = {"index": idx, "id": img.get("id"), "file_name": img.get("file_name"), "split": img.get("split"),
+               "width": img.get("width"), "height": img.get("height")}
+        if cfg.check_image_decode:
+            ok, rw, rh, err = _decode(image_dir / str(img.get("file_name")))
+            row.update(decodes=ok, real_width=rw, real_height=rh, decode_error=err)
+        rows.append(row)
+    images = pd.DataFrame(rows, columns=["index", "id", "file_name", "split", "width", "height"]
+                          + (["decodes", "real_width", "real_height", "decode_error"] if cfg.check_image_decode
+                             else []))
+    size = {img.get("id"): (img.get("width"), img.get("height"), img.get("file_name")) for img in coco["images"]}
+    tol = cfg.box_tolerance_px
+    arows = []
+    for idx, ann in enumerate(coco["annotations"]):
+        bbox = ann.get("bbox")
+        vals = list(bbox) if isinstance(bbox, list) and len(bbox) == 4 else [None] * 4
+        nums = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in vals]
+        finite = all(math.isfinite(v) for v in nums)
+        iw, ih, fname = size.get(ann.get("image_id"), (None, None, None))
+        x, y, w, h = nums
+        arows.append({"index": idx, "id": ann.get("id"), "image_id": ann.get("image_id"),
+                      "category_id": ann.get("category_id"), "file_name": fname,
+                      "x": x, "y": y, "w": w, "h": h, "finite": finite,
+                      "image_width": iw, "image_height": ih,
+                      "x2": x + w if finite else math.nan, "y2": y + h if finite else math.nan,
+                      "max_x": iw + tol if iw is not None else math.nan,
+                      "max_y": ih + tol if ih is not None else math.nan})
+    annotations = pd.DataFrame(arows, columns=["index", "id", "image_id", "category_id", "file_name", "x", "y", "w",
+                                               "h", "finite", "image_width", "image_height", "x2", "y2", "max_x",
+                                               "max_y"])
+    counts = canonical_io.counts(coco)
+    wanted = list(dict.fromkeys([*canonical_io.SPLITS, *cfg.min_images_per_split]))
+    splits = pd.DataFrame([{"split": s, "images": counts["per_split"].get(s, {}).get("images", 0),
+                            "min_images": int(cfg.min_images_per_split.get(s, 0))} for s in wanted])
+    classes = pd.DataFrame([{"category_id": c.get("id"), "name": c.get("name"),
+                             "train_annotations": counts["per_class"].get(c.get("name"), {}).get("train", 0),
+                             "total_annotations": counts["per_class"].get(c.get("name"), {}).get("total", 0)}
+                            for c in coco["categories"]], columns=["category_id", "name", "train_annotations",
+                                                                   "total_annotations"])
+    per_class = [c for c in classes["total_annotations"]] if len(classes) else []
+    ratio = (max(per_class) / min(per_class) if min(per_class) > 0 else math.inf) if per_class else 1.0
+    summary = pd.DataFrame([{"classes": len(per_class), "class_imbalance_ratio": ratio,
+                             "largest_class": int(max(per_class, default=0)),
+                             "smallest_class": int(min(per_class, default=0))}])
+    return {"images": images, "annotations": annotations, "splits": splits, "classes": classes, "summary": summary}
+
+
+def _checks(tables: dict, coco: dict, cfg: ValidateConfig) -> list[dict]:
+    """(name, table, description, expectation) for every check; thresholds only from cfg."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    tolerated = max(0.0, 1.0 - cfg.max_bad_fraction)
+    image_ids = sorted({i for i in tables["images"]["id"] if isinstance(i, int)})
+    cat_ids = sorted({c.get("id") for c in coco["categories"] if isinstance(c.get("id"), int)})
+    tol = cfg.box_tolerance_px
+    checks = [
+        ("image_ids_unique", "images", "every image id appears once", E.ExpectColumnValuesToBeUnique(column="id")),
+        ("image_ids_present", "images", "every image has an id", E.ExpectColumnValuesToNotBeNull(column="id")),
+        ("image_files_unique", "images", "no two images share a file name",
+         E.ExpectColumnValuesToBeUnique(column="file_name")),
+        ("image_splits_known", "images", "every image is in train, val or test",
+         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(canonical_io.SPLITS))),
+        ("declared_width_positive", "images", "declared width is positive",
+         E.ExpectColumnValuesToBeBetween(column="width", min_value=1)),
+        ("declared_height_positive", "images", "declared height is positive",
+         E.ExpectColumnValuesToBeBetween(column="height", min_value=1)),
+    ]
+    if cfg.check_image_decode:
+        checks += [
+            ("images_decode", "images", "every image file exists and decodes completely",
+             E.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True])),
+            ("decoded_width_matches", "images", "decoded width equals the declared width",
+             E.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="real_width",
+                                               ignore_row_if="either_value_is_missing", mostly=tolerated)),
+            ("decoded_height_matches", "images", "decoded height equals the declared height",
+             E.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="real_height",
+                                               ignore_row_if="either_value_is_missing", mostly=tolerated)),
+        ]
+    checks += [
+        ("annotation_ids_unique", "annotations", "every annotation id appears once",
+         E.ExpectColumnValuesToBeUnique(column="id")),
+        ("annotation_images_known", "annotations", "every box belongs to an image in the dataset",
+         E.ExpectColumnValuesToBeInSet(column="image_id", value_set=image_ids)),
+        ("category_ids_known", "annotations", "every box has a category listed in categories",
+         E.ExpectColumnValuesToBeInSet(column="category_id", value_set=cat_ids)),
+        ("boxes_finite", "annotations", "every box is four finite numbers",
+         E.ExpectColumnValuesToBeInSet(column="finite", value_set=[True])),
+        ("box_width_positive", "annotations", "box width > 0",
+         E.ExpectColumnValuesToBeBetween(column="w", min_value=0, strict_min=True)),
+        ("box_height_positive", "annotations", "box height > 0",
+         E.ExpectColumnValuesToBeBetween(column="h", min_value=0, strict_min=True)),
+        ("box_left_inside", "annotations", f"box x >= -{tol} px",
+         E.ExpectColumnValuesToBeBetween(column="x", min_value=-tol, mostly=tolerated)),
+        ("box_top_inside", "annotations", f"box y >= -{tol} px",
+         E.ExpectColumnValuesToBeBetween(column="y", min_value=-tol, mostly=tolerated)),
+        ("box_right_inside", "annotations", f"box x + w <= image width + {tol} px",
+         E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="max_x", column_B="x2", or_equal=True,
+                                                   ignore_row_if="either_value_is_missing", mostly=tolerated)),
+        ("box_bottom_inside", "annotations", f"box y + h <= image height + {tol} px",
+         E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="max_y", column_B="y2", or_equal=True,
+                                                   ignore_row_if="either_value_is_missing", mostly=tolerated)),
+        ("min_images_per_split", "splits", f"images per split >= {dict(cfg.min_images_per_split)}",
+         E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="images", column_B="min_images", or_equal=True)),
+        ("min_annotations_per_class", "classes", f"every class has >= {cfg.min_annotations_per_class} boxes in train",
+         E.ExpectColumnValuesToBeBetween(column="train_annotations", min_value=cfg.min_annotations_per_class)),
+        ("class_balance", "summary", f"largest class / smallest class <= {cfg.max_class_imbalance}",
+         E.ExpectColumnValuesToBeBetween(column="class_imbalance_ratio", max_value=cfg.max_class_imbalance)),
+        ("has_categories", "summary", "the dataset declares at least one category",
+         E.ExpectColumnValuesToBeBetween(column="classes", min_value=1)),
+    ]
+    return [{"name": n, "table": t, "description": d, "expectation": e} for n, t, d, e in checks]
+
+
+def _examples(table: str, df, indices) -> list[str]:
+    """Where the failing rows are, in the dataset's own terms (file and field)."""
+    out = []
+    for i in list(indices)[:MAX_EXAMPLES]:
+        row = df.loc[i]
+        if table == "images":
+            extra = f" ({row['decode_error']})" if "decode_error" in df and row.get("decode_error") else ""
+            out.append(f"annotations.json: images[{row['index']}] images/{row['file_name']}{extra}")
+        elif table == "annotations":
+            out.append(f"annotations.json: annotations[{row['index']}].bbox (id {row['id']}, "
+                       f"image {row['file_name']}, box {[row['x'], row['y'], row['w'], row['h']]})")
+        elif table == "splits":
+            out.append(f"split {row['split']}: {row['images']} images < {row['min_images']}")
+        elif table == "classes":
+            out.append(f"class {row['name']!r} (id {row['category_id']}): {row['train_annotations']} train boxes")
+        else:
+            out.append(", ".join(f"{k}={v}" for k, v in row.items()))
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def validate_dataset(dataset_dir: Path, cfg: ValidateConfig) -> dict:
+    """Run every check on the canonical dataset in `dataset_dir`; returns the report (JSON-able)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are set-up chatter
+    started = time.time()
+    dataset_dir = Path(dataset_dir)
+    coco = canonical_io.load(dataset_dir)
+    tables = build_tables(dataset_dir, coco, cfg)
+    checks = _checks(tables, coco, cfg)
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas("nightshift_dataset")
+    results = []
+    for table, df in tables.items():
+        mine = [c for c in checks if c["table"] == table]
+        if not mine:
+            continue
+        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(f"{table}_all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"nightshift_{table}"))
+        for c in mine:
+            suite.add_expectation(c["expectation"])
+        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"validate_{table}", data=batch,
+                                                                        suite=suite))
+        run = vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+        by_id = {r.expectation_config.id: r for r in run.results}
+        for c in mine:
+            r = by_id[c["expectation"].id].to_json_dict()
+            res = r.get("result") or {}
+            kwargs = {k: v for k, v in r["expectation_config"]["kwargs"].items() if k != "batch_id"}
+            observed = {k: res[k] for k in ("observed_value", "element_count", "unexpected_count",
+                                            "unexpected_percent", "missing_count") if k in res}
+            if res.get("partial_unexpected_list"):
+                observed["unexpected_sample"] = res["partial_unexpected_list"][:MAX_EXAMPLES]
+            failing_rows = res.get("unexpected_index_list") or []
+            exception = (r.get("exception_info") or {})
+            results.append(_jsonable({
+                "name": c["name"], "table": table, "description": c["description"],
+                "expectation": r["expectation_config"]["type"], "kwargs": kwargs, "success": bool(r["success"]),
+                "observed": observed,
+                "examples": _examples(table, df, failing_rows) if failing_rows and not r["success"] else [],
+                "error": exception.get("exception_message") if exception.get("raised_exception") else None,
+            }))
+    failed = [r for r in results if not r["success"]]
+    return {
+        "dataset": str(dataset_dir), "passed": not failed, "checks": len(results), "failed": len(failed),
+        "failed_checks": [r["name"] for r in failed],
+        "tables": {name: int(len(df)) for name, df in tables.items()},
+        "observed_tables": {name: _jsonable(tables[name].to_dict(orient="records"))
+                            for name in ("splits", "classes", "summary")},
+        "thresholds": cfg.model_dump(mode="json"),
+        "results": results, "great_expectations": gx.__version__, "duration_s": round(time.time() - started, 2),
+    }

@@ -1,0 +1,82 @@
+"""COCO reader: segmentation kinds, derived boxes, the instances_*.json layout, the READERS registry."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline import formats
+from pipeline.errors import ConfigError, InputRejected
+from pipeline.formats.coco import read_coco
+
+
+def _image(path: Path, w: int = 40, h: int = 30) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (w, h), (90, 120, 30)).save(path)
+
+
+def _coco(images, annotations, categories=None) -> dict:
+    return {"images": images, "annotations": annotations,
+            "categories": categories or [{"id": 7, "name": "cat"}, {"id": 9, "name": "dog"}]}
+
+
+def test_polygons_rle_and_iscrowd(tmp_path):
+    _image(tmp_path / "images" / "a.jpg")
+    rle = {"size": [30, 40], "counts": [30 * 5 + 2, 3, 27, 3, 1200 - 152 - 33]}  # column-major: x 5-6, y 2-4
+    anns = [
+        {"id": 1, "image_id": 5, "category_id": 7, "segmentation": [[1, 2, 11, 2, 11, 12]]},  # no bbox: derived
+        {"id": 2, "image_id": 5, "category_id": 9, "iscrowd": 1, "segmentation": rle},
+        {"id": 3, "image_id": 5, "category_id": 9, "bbox": [0, 0, 4, 5], "area": 3.5},
+    ]
+    (tmp_path / "annotations.json").write_text(json.dumps(_coco([{"id": 5, "file_name": "a.jpg", "width": 40,
+                                                                   "height": 30}], anns)))
+    ds = read_coco(tmp_path)
+    assert [a["bbox"] for a in ds.annotations][0] == [1.0, 2.0, 10.0, 10.0]
+    crowd = ds.annotations[1]
+    assert crowd["iscrowd"] == 1 and crowd["area"] == 6.0 and crowd["bbox"] == [5.0, 2.0, 2.0, 3.0]
+    assert crowd["segmentation"] == rle
+    assert ds.annotations[2]["area"] == 3.5 and ds.images[0]["path"] == tmp_path / "images" / "a.jpg"
+
+
+def test_instances_layout_is_merged_by_category_name(tmp_path):
+    for split, cats in (("train2017", [{"id": 1, "name": "cat"}]), ("val2017", [{"id": 4, "name": "dog"},
+                                                                               {"id": 1, "name": "cat"}])):
+        _image(tmp_path / "images" / split / f"{split}.jpg")
+        anns = [{"id": k, "image_id": 1, "category_id": c["id"], "bbox": [1, 1, 5, 5]} for k, c in enumerate(cats)]
+        doc = _coco([{"id": 1, "file_name": f"{split}.jpg", "width": 40, "height": 30}], anns, cats)
+        (tmp_path / "annotations").mkdir(exist_ok=True)
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    ds = read_coco(tmp_path, "export")
+    assert [c["name"] for c in ds.categories] == ["cat", "dog"]
+    assert [i["id"] for i in ds.images] == [1, 2]
+    assert sorted((a["image_id"], a["category_id"]) for a in ds.annotations) == [(1, 1), (2, 1), (2, 2)]
+    assert ds.files == ["export/annotations/instances_train2017.json", "export/annotations/instances_val2017.json"]
+
+
+def test_rle_that_does_not_decode_is_rejected(tmp_path):
+    _image(tmp_path / "images" / "a.jpg")
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": [30, 40], "counts": [1, 2]}}]
+    (tmp_path / "annotations.json").write_text(json.dumps(_coco([{"id": 1, "file_name": "a.jpg", "width": 40,
+                                                                   "height": 30}], anns)))
+    with pytest.raises(InputRejected) as exc:
+        read_coco(tmp_path, "exp")
+    assert exc.value.field == "annotations[0].segmentation.counts" and exc.value.path == "exp/annotations.json"
+
+
+def test_many_problems_are_counted_in_one_message(tmp_path):
+    _image(tmp_path / "images" / "a.jpg")
+    anns = [{"id": i, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]} for i in range(10)]
+    (tmp_path / "annotations.json").write_text(json.dumps(_coco([{"id": 1, "file_name": "a.jpg", "width": 40,
+                                                                   "height": 30}], anns)))
+    with pytest.raises(InputRejected) as exc:
+        read_coco(tmp_path)
+    assert exc.value.field == "annotations[0].category_id"
+    assert "annotations[4].category_id" in str(exc.value) and "(and 5 more problems)" in str(exc.value)
+
+
+def test_registry():
+    assert {"coco", "voc", "yolo"} <= set(formats.READERS)
+    with pytest.raises(ConfigError, match="no reader"):
+        formats.read("kitti", ".")
