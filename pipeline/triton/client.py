@@ -1,0 +1,91 @@
+"""Talking to a running Triton server (HTTP, model control mode explicit): load, wait until ready, infer.
+
+Promote loads the newly pinned version and smoke-tests it against ONNX Runtime on the same input before
+the registry alias moves; rollback reloads so the server picks up the re-pinned config. Tensors travel as
+JSON (binary_data=False): a smoke test sends one image, and JSON keeps every step inspectable.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import urlparse
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class TritonError(RuntimeError):
+    """The server refused to load the model, never reported it ready, or answered wrongly."""
+
+
+def _client(url: str):
+    import tritonclient.http as httpclient
+
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    return httpclient.InferenceServerClient(url=parsed.netloc, ssl=parsed.scheme == "https", network_timeout=120.0)
+
+
+def load_and_wait(url: str, model: str, version: int, timeout_s: float = 120.0) -> None:
+    """(Re)load `model` from the repository and wait until `version` is ready."""
+    from tritonclient.utils import InferenceServerException
+
+    client = _client(url)
+    try:
+        client.load_model(model)
+    except InferenceServerException as exc:
+        raise TritonError(f"{url}: loading {model} failed: {exc}") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.is_model_ready(model, str(version)):
+                log.info("%s: %s version %d is ready", url, model, version)
+                return
+        except InferenceServerException as exc:
+            log.debug("readiness probe: %s", exc)
+        if time.monotonic() > deadline:
+            raise TritonError(f"{url}: {model} version {version} not ready after {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def infer(url: str, model: str, version: int, images: np.ndarray, outputs=("boxes", "scores", "labels"),
+          input_name: str = "images") -> dict[str, np.ndarray]:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = _client(url)
+    inp = httpclient.InferInput(input_name, list(images.shape), "FP32")
+    inp.set_data_from_numpy(np.ascontiguousarray(images, np.float32), binary_data=False)
+    requested = [httpclient.InferRequestedOutput(name, binary_data=False) for name in outputs]
+    try:
+        result = client.infer(model, [inp], model_version=str(version), outputs=requested)
+    except InferenceServerException as exc:
+        raise TritonError(f"{url}: inference on {model} version {version} failed: {exc}") from None
+    got = {name: result.as_numpy(name) for name in outputs}
+    missing = [name for name, value in got.items() if value is None]
+    if missing:
+        raise TritonError(f"{url}: {model} version {version} returned no {', '.join(missing)}")
+    return got
+
+
+def smoke_test(url: str, model: str, version: int, session, image_size: int, match_min: float = 0.98,
+               seed: int = 0) -> dict:
+    """Infer one seeded image through Triton and through ONNX Runtime; the detections must agree."""
+    import torch
+
+    from pipeline.export.detector import unpad
+    from pipeline.export.onnx_export import compare_detections, run_session
+
+    images = np.random.default_rng(seed).random((1, 3, image_size, image_size), dtype=np.float32)
+    served = infer(url, model, version, images)
+    local = run_session(session, images)
+    for (name, got), want in zip(served.items(), local):
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise TritonError(f"{url}: output {name} is {got.dtype}{list(got.shape)}, "
+                              f"ONNX Runtime gives {want.dtype}{list(want.shape)}")
+    as_dets = lambda arrays: unpad(*(torch.from_numpy(np.asarray(a)) for a in arrays))  # noqa: E731
+    stats = compare_detections(as_dets(local), as_dets(served.values()))
+    if stats["match_fraction"] < match_min:
+        raise TritonError(f"{url}: Triton's detections differ from ONNX Runtime's "
+                          f"({stats['matched']}/{stats['compared']} matched)")
+    return stats

@@ -1,0 +1,85 @@
+"""config.pbtxt from the ONNX model's real inputs and outputs, validated against Triton's own schema.
+
+The text is generated from `pipeline.export.onnx_export.io_spec` (names, dtypes, shapes read from the
+file, the batch dimension dropped because `max_batch_size > 0`), then parsed back with
+`google.protobuf.text_format.Parse` into `tritonclient.grpc.model_config_pb2.ModelConfig`, which rejects
+misspelt fields and wrong types exactly as Triton would.
+"""
+from __future__ import annotations
+
+from google.protobuf import text_format
+
+from pipeline.errors import InputRejected
+
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
+                 "int32": "TYPE_INT32", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
+LABELS_FILE = "labels.txt"
+LABELS_OUTPUT = "labels"
+
+
+def _model_config_pb2():
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def _tensor(entry: dict, kind: str, label_filename: str = "") -> str:
+    shape = entry["shape"]
+    if not shape or shape[0] != -1:
+        raise InputRejected(f"{kind} {entry['name']!r} has no dynamic batch dimension (shape {shape})",
+                            field=entry["name"])
+    dims = shape[1:]
+    dtype = TRITON_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise InputRejected(f"{kind} {entry['name']!r}: dtype {entry['dtype']} has no Triton type", field=entry["name"])
+    label = f'\n    label_filename: "{label_filename}"' if label_filename else ""
+    return (f'  {{\n    name: "{entry["name"]}"\n    data_type: {dtype}\n'
+            f'    dims: [ {", ".join(str(d) for d in dims)} ]{label}\n  }}')
+
+
+def render(io: dict, name: str, max_batch_size: int = 8, instance_kind: str = "KIND_CPU", instance_count: int = 1,
+           max_queue_delay_us: int = 1000, labels_output: str = LABELS_OUTPUT) -> str:
+    """config.pbtxt text for an ONNX model with io spec `io` (inputs/outputs with name, dtype, shape)."""
+    inputs = ",\n".join(_tensor(e, "input") for e in io["inputs"])
+    outputs = ",\n".join(_tensor(e, "output", LABELS_FILE if e["name"] == labels_output else "")
+                         for e in io["outputs"])
+    text = (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]\n"
+    )
+    parse(text)  # never hand out a config Triton would refuse
+    return text
+
+
+def parse(text: str, path: str = "config.pbtxt"):
+    """Parse and validate config.pbtxt text into a ModelConfig; InputRejected names what is wrong."""
+    pb2 = _model_config_pb2()
+    config = pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise InputRejected(f"not a valid Triton model config: {exc}", path=path) from None
+    if not config.name:
+        raise InputRejected("no model name", path=path, field="name")
+    if not config.input or not config.output:
+        raise InputRejected("a model needs at least one input and one output", path=path, field="input/output")
+    return config
+
+
+def pin_version(text: str, version: int) -> str:
+    """The same config with `version_policy { specific { versions: [version] } }`: Triton then serves exactly
+    that version, whatever else (newer, incomplete) sits in the model directory."""
+    config = parse(text)
+    config.version_policy.Clear()
+    config.version_policy.specific.versions.append(int(version))
+    return text_format.MessageToString(config)
+
+
+def pinned_version(text: str) -> int | None:
+    """The single version a pinned config serves, or None."""
+    config = parse(text)
+    if config.version_policy.WhichOneof("policy_choice") == "specific" and config.version_policy.specific.versions:
+        return int(config.version_policy.specific.versions[0])
+    return None

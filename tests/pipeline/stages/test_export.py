@@ -1,0 +1,129 @@
+"""The export stage on a tiny canonical dataset with an untrained SSDlite: artifacts, checks, report, MLflow."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import onnx
+import pytest
+import torch
+
+from pipeline import cli
+from pipeline.config import load_config
+from pipeline.context import RunContext
+from pipeline.datasets.synthetic import generate
+from pipeline.training.models import build_model
+
+MODEL = "ssdlite320_mobilenet_v3_large"
+SIZE = 160  # not SSDlite's own 320: the graph must resize like the detector's transform does
+SETS = ["export.benchmark_repeats=2", "export.benchmark_warmup=1", "export.benchmark_batches=[1, 2]",
+        "export.verify_images=3"]
+
+
+@pytest.fixture
+def only_export(monkeypatch):
+    monkeypatch.setattr(cli, "STAGES", ("export",))
+    monkeypatch.setattr(cli, "TOOLS", {})
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = build_model(MODEL, 4, SIZE)
+    with torch.no_grad():  # He init: torchvision's init ties every score of an untrained SSDlite
+        for mod in model.backbone.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    categories = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
+    torch.save({"model": MODEL, "num_classes": 4, "image_size": SIZE, "categories": categories,
+                "label_to_category": [1, 2, 3], "state_dict": model.state_dict()}, root / "model.pt")
+    data = root / "dataset"
+    generate(data, num_images=8, image_size=64, seed=3, min_size=12, max_size=28)
+    coco = json.loads((data / "annotations.json").read_text())
+    for i, img in enumerate(coco["images"]):
+        img["split"] = "val" if i < 5 else "train"
+    (data / "annotations.json").write_text(json.dumps(coco))
+    return {"model_pt": root / "model.pt", "data": data,
+            "tracking": f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"}
+
+
+def stage_inputs(run_id, shared, tmp_path, sets=()):
+    cfg = load_config(None, [*SETS, shared["tracking"], *sets]).resolved()
+    data = tmp_path / "dataset"
+    shutil.copytree(shared["data"], data)
+    RunContext.create(run_id, "ingest", cfg).publish_dir(data, "dataset")
+    RunContext.create(run_id, "train", cfg).publish(shared["model_pt"], "model.pt")
+    return cfg
+
+
+def argv(run_id, shared, sets=()):
+    out = ["export", "--run-id", run_id, "--set", shared["tracking"]]
+    for s in [*SETS, *sets]:
+        out += ["--set", s]
+    return out
+
+
+def test_export_writes_verified_artifacts(shared, tmp_path, only_export, capsys):
+    cfg = stage_inputs("night-1", shared, tmp_path)
+    assert cli.main(argv("night-1", shared)) == 0
+    ctx = RunContext.create("night-1", "export", cfg)
+    result = ctx.store.get_json(ctx.key("result.json"))
+    assert result["status"] == "ok" and result["format"] == "onnx"
+    assert result["parity"]["map_drop"] <= 0.001 and result["output_match"] >= 0.98
+
+    onnx_path = ctx.fetch("export", "model.onnx", tmp_path / "got.onnx")
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    io = ctx.store.get_json(ctx.key("io.json"))
+    assert io["inputs"][0] == {"name": "images", "dtype": "float32", "shape": [-1, 3, SIZE, SIZE]}
+    assert [o["name"] for o in io["outputs"]] == ["boxes", "scores", "labels"]
+    assert ctx.store.get_bytes(ctx.key("labels.txt")).decode() == "circle\nsquare\ntriangle\n"
+
+    report = ctx.store.get_json(ctx.key("report.json"))
+    assert report["checks"]["outputs"]["images"] == 3 and report["checks"]["parity"]["passed"]
+    assert report["checks"]["outputs"]["batch_vs_single"]["match_fraction"] == 1.0
+    for batch in ("1", "2"):
+        row = report["speed"]["batches"][batch]
+        assert row["onnxruntime"]["latency_ms"]["p99"] > 0 and row["eager"]["throughput_ips"] > 0
+        assert row["ort_vs_eager_speedup"] > 0
+    assert report["size"]["onnx_bytes"] > 1e6
+
+    import mlflow
+
+    from pipeline import tracking
+
+    run = tracking.find_run(cfg, "night-1")
+    assert "export_ort_speedup_b2" in run.data.metrics and "export_parity_map_drop" in run.data.metrics
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "export")}
+    assert "export/report.json" in arts
+    assert "ORT/eager" in capsys.readouterr().err  # the speed table is in the log
+
+
+def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export):
+    stage_inputs("night-2", shared, tmp_path)
+    # no drop can be below -1: the parity check must refuse, with exit 4 and the failure listed
+    assert cli.main(argv("night-2", shared, ["export.parity_max_map_drop=-1"])) == 4
+    cfg = load_config(None, [shared["tracking"]]).resolved()
+    ctx = RunContext.create("night-2", "export", cfg)
+    result = ctx.store.get_json(ctx.key("result.json"))
+    assert result["status"] == "gate_failed" and [f["check"] for f in result["failures"]] == ["parity"]
+    assert ctx.store.exists(ctx.key("report.json"))  # the evidence is kept
+
+
+def test_unsupported_model_is_rejected(shared, tmp_path, only_export):
+    cfg = stage_inputs("night-3", shared, tmp_path)
+    model = build_model("fasterrcnn_mobilenet_v3_large_320_fpn", 4, 64)
+    blob = torch.load(shared["model_pt"], weights_only=False)
+    blob.update(model="fasterrcnn_mobilenet_v3_large_320_fpn", image_size=64, state_dict=model.state_dict())
+    torch.save(blob, tmp_path / "frcnn.pt")
+    RunContext.create("night-3", "train", cfg).publish(tmp_path / "frcnn.pt", "model.pt")
+    assert cli.main(argv("night-3", shared)) == 3

@@ -1,0 +1,157 @@
+"""The model repository on a directory and on S3 (moto): publication, markers, crashes, pruning, locking."""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import boto3
+import pytest
+
+from pipeline.triton import config as tconfig
+from pipeline.triton.repository import MARKER, LockTimeout, ModelRepository
+
+IO = {"inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 32, 32]}],
+      "outputs": [{"name": "labels", "dtype": "int64", "shape": [-1, 5]}]}
+
+
+@pytest.fixture(params=["dir", "s3"])
+def repo(request, tmp_path):
+    if request.param == "dir":
+        return ModelRepository(str(tmp_path / "repo"))
+    return s3_repo(request.getfixturevalue("s3_server"))
+
+
+def s3_repo(endpoint: str) -> ModelRepository:
+    """moto keeps its buckets per process, not per server: every test gets a bucket of its own."""
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return ModelRepository(f"s3://{bucket}/triton", endpoint)
+
+
+def version_files(tmp_path, tag: str) -> dict:
+    d = tmp_path / f"files-{tag}"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(f"onnx bytes {tag}".encode() * 100)
+    (d / "labels.txt").write_text(f"circle-{tag}\nsquare\n")
+    (d / "config.pbtxt").write_text(tconfig.render(IO, "det"))
+    return {name: d / name for name in ("model.onnx", "labels.txt", "config.pbtxt")}
+
+
+def test_publish_activate_and_markers(repo, tmp_path):
+    assert repo.versions("det") == [] and repo.served_version("det") is None
+    v1 = repo.publish("det", version_files(tmp_path, "a"), {"run_id": "night-1"})
+    v2 = repo.publish("det", version_files(tmp_path, "b"), {"run_id": "night-2"})
+    assert (v1, v2) == (1, 2) and repo.versions("det") == [1, 2]
+    marker = repo.marker("det", 2)
+    assert marker["run_id"] == "night-2" and set(marker["files"]) == {"model.onnx", "labels.txt", "config.pbtxt"}
+    assert repo.find_by_run("det", "night-1") == 1 and repo.find_by_run("det", "night-9") is None
+    assert not [k for k in repo.store.list("det/") if "/.staging/" in k]
+
+    repo.activate("det", 2)
+    assert repo.served_version("det") == 2
+    assert repo.store.get_bytes("det/labels.txt").decode().startswith("circle-b")
+    repo.activate("det", 1)
+    assert repo.served_version("det") == 1
+    assert repo.store.get_bytes("det/labels.txt").decode().startswith("circle-a")
+
+
+def test_crash_mid_upload_leaves_no_visible_version(repo, tmp_path, monkeypatch):
+    repo.publish("det", version_files(tmp_path, "a"))
+    repo.activate("det", 1)
+    real_put = repo.store.put_file
+    calls = []
+
+    def crash_after_one(local, key):
+        if calls:
+            raise ConnectionError("network dropped mid-upload")
+        calls.append(key)
+        return real_put(local, key)
+
+    monkeypatch.setattr(repo.store, "put_file", crash_after_one)
+    with pytest.raises(ConnectionError):
+        repo.publish("det", version_files(tmp_path, "b"))
+    monkeypatch.setattr(repo.store, "put_file", real_put)
+    assert calls and repo.versions("det") == [1] and repo.served_version("det") == 1
+    assert not [k for k in repo.store.list("det/") if not k.startswith("det/1/") and "/" in k[4:]]
+
+
+def test_debris_without_marker_is_ignored_and_cleared(repo, tmp_path):
+    repo.publish("det", version_files(tmp_path, "a"))
+    # a publication killed after its files landed but before the marker (e.g. SIGKILL)
+    repo.store.put_bytes(b"half", "det/2/model.onnx")
+    assert repo.versions("det") == [1]
+    assert repo.publish("det", version_files(tmp_path, "b")) == 2
+    assert repo.marker("det", 2) is not None
+
+
+def test_checksum_mismatch_refuses_the_version(repo, tmp_path, monkeypatch):
+    from pipeline.triton import repository as mod
+
+    real = mod.sha256_file
+    seen = []
+
+    def corrupt_on_readback(path):  # the first calls hash the local files, later ones what was uploaded
+        seen.append(path)
+        return real(path) if len(seen) <= 3 else "0" * 64
+
+    monkeypatch.setattr(mod, "sha256_file", corrupt_on_readback)
+    with pytest.raises(mod.PublicationError):
+        repo.publish("det", version_files(tmp_path, "a"))
+    assert repo.versions("det") == [] and repo.store.list("det/1/") == []
+
+
+def test_prune_keeps_newest_and_served(repo, tmp_path):
+    for i in range(5):
+        repo.publish("det", version_files(tmp_path, str(i)))
+    repo.activate("det", 2)
+    assert repo.prune("det", keep=2) == [1, 3]
+    assert repo.versions("det") == [2, 4, 5] and repo.served_version("det") == 2
+    assert repo.store.list("det/1/") == []
+
+
+def test_unpublish_falls_back_to_previous(repo, tmp_path):
+    repo.publish("det", version_files(tmp_path, "a"))
+    repo.publish("det", version_files(tmp_path, "b"))
+    repo.activate("det", 2)
+    repo.unpublish("det", 2, fallback=1)
+    assert repo.versions("det") == [1] and repo.served_version("det") == 1
+    repo.unpublish("det", 1)
+    assert repo.versions("det") == [] and repo.served_version("det") is None
+
+
+def test_concurrent_promotions_get_distinct_versions(repo, tmp_path):
+    files = [version_files(tmp_path, str(i)) for i in range(4)]
+    got, errors = [], []
+
+    def promote(f):
+        try:
+            with repo.lock("det", timeout_s=60):
+                got.append(repo.publish("det", f))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(f,)) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(got) == [1, 2, 3, 4] and repo.versions("det") == [1, 2, 3, 4]
+
+
+def test_lock_times_out_while_held(repo):
+    with repo.lock("det", timeout_s=5):
+        with pytest.raises(LockTimeout):
+            with repo.lock("det", timeout_s=0.3):
+                pass
+    with repo.lock("det", timeout_s=1):  # released: free again
+        pass
+
+
+def test_s3_lock_abandoned_by_a_crashed_run_expires(s3_server):
+    repo = s3_repo(s3_server)
+    lock = repo.lock("det", timeout_s=5, ttl_s=0.2)
+    lock.__enter__()  # a run that dies holding the lock never calls __exit__
+    with repo.lock("det", timeout_s=5, ttl_s=60):
+        pass
+    assert not repo.store.exists("det/.lock")
+    assert MARKER == ".complete"
