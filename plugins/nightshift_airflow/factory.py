@@ -1,0 +1,70 @@
+"""The one task factory: `stage(name, ...)` builds the task that runs `nightshift <name> ...`.
+
+The runner is read from NIGHTSHIFT_RUNNER when the DAG file is parsed: `local` (default) runs the command in
+the pipeline venv as a subprocess; `kubernetes` runs it in a pod. Both run the same arguments, return the
+stage's small JSON result as XCom, and fail without retrying on exit codes 2, 3 and 4.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nightshift_airflow import settings
+from nightshift_airflow.command import PARAM_OVERRIDES, stage_arguments
+
+RUNNER = settings.runner()
+if RUNNER == "kubernetes":  # at import time, so the DAG processor's pre-import of this module covers it
+    from nightshift_airflow.pods import pod_operator
+else:
+    from nightshift_airflow.local import NightshiftLocalOperator
+
+
+def stage(
+    name: str,
+    *,
+    gpus: int = 0,
+    cpu: str = "1",
+    memory: str = "2Gi",
+    trigger_rule: str = "all_success",
+    extra_args: Sequence[str] = (),
+    run_id: bool = True,
+    task_id: str | None = None,
+    **kwargs: Any,
+):
+    """A task running `nightshift <name> --run-id {{ run_id }} [--config F] [--set k=v ...] [extra_args]`.
+
+    `run_id=False` is for tool commands (rollback) that take no --run-id and no --set overrides; their
+    arguments come from `extra_args`. `gpus`, `cpu` and `memory` size the pod on the kubernetes runner
+    (the local runner uses what the machine has). Other keyword arguments go to the operator.
+    """
+    extra_sets: list[str] = []
+    if RUNNER == "kubernetes" and run_id and settings.gpus() > 0:
+        # one DDP process per GPU; set on every stage so all of them resolve the same config fingerprint
+        extra_sets.append(f"train.nproc_per_node={settings.gpus()}")
+    config = settings.config_file()
+    arguments = stage_arguments(name, run_id=run_id, overrides=PARAM_OVERRIDES, extra_sets=extra_sets,
+                                extra_args=extra_args, config=config)
+    task_id = task_id or name.replace("-", "_")
+    if RUNNER == "kubernetes":
+        return pod_operator(task_id=task_id, stage=name, arguments=arguments, gpus=gpus, cpu=cpu, memory=memory,
+                            trigger_rule=trigger_rule, **kwargs)
+    return NightshiftLocalOperator(task_id=task_id, arguments=arguments, require_result=run_id,
+                                   trigger_rule=trigger_rule, **kwargs)
+
+
+def branch_on_change(*, changed_task: str = "changed", if_changed: str = "train", if_unchanged: str = "notify",
+                     task_id: str = "branch_on_change"):
+    """A light branch task (Airflow venv): follow `if_changed` when the `changed` stage says so."""
+    from airflow.sdk import task
+    from airflow.sdk.exceptions import AirflowFailException
+
+    @task.branch(task_id=task_id)
+    def _branch(**context) -> str:
+        result = context["ti"].xcom_pull(task_ids=changed_task)
+        if not isinstance(result, dict) or not isinstance(result.get("changed"), bool):
+            raise AirflowFailException(f"task {changed_task!r} returned no 'changed' flag: {result!r}")
+        follow = if_changed if result["changed"] else if_unchanged
+        print(f"{changed_task}: changed={result['changed']} ({result.get('reason', 'no reason given')}) -> {follow}")
+        return follow
+
+    return _branch()

@@ -1,0 +1,161 @@
+"""Chat alerts from Airflow callbacks: the `nightshift_chat` webhook, else a local JSONL sink.
+
+Used as `on_failure_callback` on every task (and as `on_success_callback` where a success is news, e.g. a
+rollback). A notifier never raises: a chat outage must not turn into a task failure or hide the original one.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from nightshift_airflow import settings
+from nightshift_airflow.command import redact
+
+MAX_ERROR_CHARS = 1500
+# environment values that must never appear in a message, whatever the error text contains
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+              "NIGHTSHIFT_WEBHOOK_URL")
+
+log = logging.getLogger(__name__)
+
+
+class NightshiftChatNotifier(BaseNotifier):
+    """Post "<dag> <event> at <task>" with the run id, the error text and a link to the task log."""
+
+    template_fields = ()
+
+    def __init__(self, *, event: str = "failure", conn_id: str = settings.CHAT_CONN_ID, attempts: int = 3,
+                 retry_delay: float = 2.0, sink: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        if event not in ("failure", "success"):
+            raise ValueError(f"event must be 'failure' or 'success', got {event!r}")
+        self.event = event
+        self.conn_id = conn_id
+        self.attempts = max(1, attempts)
+        self.retry_delay = retry_delay
+        self.sink = sink
+
+    # -- message -----------------------------------------------------------------------------------
+    def alert(self, context: dict[str, Any]) -> dict[str, Any]:
+        ti = context.get("ti") or context.get("task_instance")
+        dag = context.get("dag")
+        dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", "?")
+        task_id = getattr(ti, "task_id", None) or getattr(context.get("task"), "task_id", "?")
+        record: dict[str, Any] = {
+            "source": "airflow",
+            "event": self.event,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "dag_id": dag_id,
+            "run_id": context.get("run_id") or getattr(ti, "run_id", None),
+            "task_id": task_id,
+            "try_number": getattr(ti, "try_number", None),
+            "log_url": _log_url(ti),
+        }
+        if self.event == "failure":
+            error = context.get("exception") or context.get("reason") or "unknown error (see the task log)"
+            record["error"] = _clip(str(error))
+        else:
+            result = _task_result(ti)
+            if result is not None:
+                record["result"] = _clip(json.dumps(result, default=str, sort_keys=True))
+        secrets = [os.environ.get(name, "") for name in SECRET_ENV]
+        for key in ("error", "result"):
+            if key in record:
+                record[key] = redact(record[key], secrets)
+        record["text"] = self.text(record)
+        return record
+
+    @staticmethod
+    def text(record: dict[str, Any]) -> str:
+        icon, verb = (":red_circle:", "failed") if record["event"] == "failure" else (":large_green_circle:", "succeeded")
+        lines = [f"{icon} Nightshift *{record['dag_id']}* {verb} at task *{record['task_id']}*",
+                 f"run: `{record['run_id']}`"]
+        if record.get("error"):
+            lines.append("```" + record["error"] + "```")
+        if record.get("result"):
+            lines.append("result: `" + record["result"] + "`")
+        if record.get("log_url"):
+            lines.append(f"log: <{record['log_url']}|task log>")
+        return "\n".join(lines)
+
+    # -- delivery ------------------------------------------------------------------------------------
+    def notify(self, context: dict[str, Any]) -> None:
+        try:
+            record = self.alert(context)
+        except Exception:  # a broken context must not hide the task's own failure
+            log.exception("nightshift notifier: cannot build the alert")
+            return
+        hook = self._webhook()
+        if hook is not None:
+            if self._post(hook, record["text"]):
+                return
+            record["webhook_failed"] = True
+        self._append_sink(record)
+
+    def _webhook(self):
+        """The Slack webhook hook when the chat connection exists, else None (never raises)."""
+        try:
+            from airflow.sdk import BaseHook
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            try:
+                BaseHook.get_connection(self.conn_id)
+            except AirflowNotFoundException:
+                return None
+            from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+            return SlackWebhookHook(slack_webhook_conn_id=self.conn_id, timeout=10)
+        except Exception as exc:
+            log.warning("nightshift notifier: chat connection %r unusable (%s); using the alert sink",
+                        self.conn_id, type(exc).__name__)
+            return None
+
+    def _post(self, hook, text: str) -> bool:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                hook.send_text(text)
+                log.info("nightshift notifier: posted %s alert to chat", self.event)
+                return True
+            except Exception as exc:  # status != 200, connection refused, timeout ...
+                # the exception text may hold the webhook URL: log only its type and a redacted message
+                log.warning("nightshift notifier: webhook attempt %d/%d failed: %s: %s", attempt, self.attempts,
+                            type(exc).__name__, redact(str(exc))[:300])
+                if attempt < self.attempts:
+                    time.sleep(self.retry_delay * attempt)
+        log.error("nightshift notifier: webhook failed %d times; writing the alert to the sink", self.attempts)
+        return False
+
+    def _append_sink(self, record: dict[str, Any]) -> None:
+        path = Path(self.sink) if self.sink else settings.alert_sink()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, default=str, sort_keys=True) + "\n")
+            log.info("nightshift alert -> %s:\n%s", path, record["text"])
+        except OSError as exc:
+            log.error("nightshift notifier: cannot write the alert sink %s (%s):\n%s", path, exc, record["text"])
+
+
+def _log_url(ti) -> str | None:
+    try:
+        return ti.log_url if ti is not None else None
+    except Exception:  # building the URL needs the api base url; a missing setting must not stop the alert
+        return None
+
+
+def _task_result(ti) -> Any:
+    try:
+        return ti.xcom_pull(task_ids=ti.task_id) if ti is not None else None
+    except Exception:
+        return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 20] + " ... (truncated)"
