@@ -25,6 +25,7 @@ from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError
 STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
 # commands that are not pipeline stages; each module has add_arguments(parser) and main(args) -> int
 TOOLS = {
+    "compare": "pipeline.report.compare",
     "demo-data": "pipeline.datasets.synthetic",
     "rollback": "pipeline.stages.rollback",
     "score": "pipeline.metrics.score_cli",

@@ -1,0 +1,182 @@
+"""Benchmark `pipeline.metrics.coco.score` against faster-coco-eval used directly and against pycocotools.
+
+    python -m pipeline.metrics.bench [--images 5000] [--detections 100] [--repeat 2] [--no-pycocotools]
+
+Generates a deterministic COCO ground truth (640x480 images, 3-15 boxes each over 10 classes, sizes from
+small to large) and `--detections` results per image (jittered copies of the ground truth, some with the wrong
+class, and random boxes), then times each evaluator on the same inputs in the same process: our `score()`
+(input validation + faster-coco-eval + per-class metrics), faster-coco-eval's COCOeval_faster on its own,
+and pycocotools' COCOeval. Each evaluator gets its own copy of the inputs (the evaluators write into them);
+copying is not timed. The fast two take the best of `--repeat` runs, pycocotools runs once.
+
+Prints the times, the ratios against the goals (`score` no slower than faster-coco-eval, at least 8x faster
+than pycocotools) and whether the 12 stats are identical (to 1e-12: the libraries sum in different
+orders). Exits 1 only if the stats differ: speed on a
+shared machine is reported, not enforced.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+
+import numpy as np
+
+from pipeline.metrics.coco import STAT_KEYS
+
+GOAL_VS_FASTER = 1.0  # score() time / faster-coco-eval time must be <= this
+GOAL_VS_PYCOCOTOOLS = 8.0  # pycocotools time / score() time must be >= this
+STATS_ATOL = 1e-12  # "identical": equal up to floating-point summation order
+WIDTH, HEIGHT, CLASSES = 640, 480, 10
+
+
+def make_data(images: int, detections: int, seed: int = 0) -> tuple[dict, list[dict]]:
+    """A COCO ground truth dict and a results list, identical for identical arguments."""
+    rng = np.random.default_rng(seed)
+    gt_images, annotations, results = [], [], []
+    for image_id in range(1, images + 1):
+        gt_images.append({"id": image_id, "width": WIDTH, "height": HEIGHT, "file_name": f"{image_id:06d}.jpg"})
+        n = int(rng.integers(3, 16))
+        side = np.exp(rng.uniform(np.log(8), np.log(300), size=(n, 2)))  # small, medium and large objects
+        xy = rng.uniform(0, 1, size=(n, 2)) * (np.array([WIDTH, HEIGHT]) - side)
+        cats = rng.integers(1, CLASSES + 1, size=n)
+        boxes = np.round(np.concatenate([xy, side], axis=1), 2)
+        for box, cat in zip(boxes, cats):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cat),
+                                "bbox": [float(v) for v in box], "area": float(box[2] * box[3]), "iscrowd": 0})
+        # up to two jittered copies per GT box (10 % with the wrong class), the rest random boxes
+        copies = min(detections, 2 * n)
+        src = rng.integers(0, n, size=copies)
+        jitter = rng.normal(0, 0.08, size=(copies, 4)) * np.repeat(side[src], 2, axis=1)
+        near = boxes[src] + jitter
+        near[:, 2:] = np.maximum(near[:, 2:], 1.0)
+        near_cats = np.where(rng.uniform(size=copies) < 0.1, rng.integers(1, CLASSES + 1, size=copies), cats[src])
+        rand_side = np.exp(rng.uniform(np.log(8), np.log(300), size=(detections - copies, 2)))
+        rand_xy = rng.uniform(0, 1, size=(detections - copies, 2)) * (np.array([WIDTH, HEIGHT]) - rand_side)
+        far = np.concatenate([rand_xy, rand_side], axis=1)
+        all_boxes = np.round(np.concatenate([near, far]), 2)
+        all_cats = np.concatenate([near_cats, rng.integers(1, CLASSES + 1, size=detections - copies)])
+        scores = np.round(np.concatenate([rng.uniform(0.3, 1.0, size=copies),
+                                          rng.uniform(0.0, 0.7, size=detections - copies)]), 4)
+        for box, cat, s in zip(all_boxes.tolist(), all_cats.tolist(), scores.tolist()):
+            results.append({"image_id": image_id, "category_id": int(cat), "bbox": box, "score": s})
+    gt = {"images": gt_images, "annotations": annotations,
+          "categories": [{"id": c, "name": f"class{c}"} for c in range(1, CLASSES + 1)]}
+    return gt, results
+
+
+def _copy(gt: dict, dt: list[dict]) -> tuple[dict, list[dict]]:
+    return (dict(gt, images=[dict(x) for x in gt["images"]], annotations=[dict(x) for x in gt["annotations"]],
+                 categories=[dict(x) for x in gt["categories"]]), [dict(x) for x in dt])
+
+
+def run_ours(gt: dict, dt: list[dict]) -> list[float]:
+    from pipeline.metrics.coco import score
+
+    metrics = score(gt, dt)
+    return [-1.0 if metrics[k] is None else metrics[k] for k in STAT_KEYS]
+
+
+def run_faster(gt: dict, dt: list[dict]) -> list[float]:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    quiet = lambda *a, **k: None  # noqa: E731
+    coco_gt = COCO(gt, print_function=quiet)
+    ev = COCOeval_faster(coco_gt, coco_gt.loadRes(dt), iouType="bbox", print_function=quiet)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return [float(v) for v in ev.stats[: len(STAT_KEYS)]]
+
+
+def run_pycocotools(gt: dict, dt: list[dict]) -> list[float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dt), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(v) for v in ev.stats[: len(STAT_KEYS)]]
+
+
+def timed(fn, gt: dict, dt: list[dict], repeat: int) -> tuple[float, list[float]]:
+    """Best wall time over `repeat` runs, each on a fresh copy; and the stats of the last run."""
+    best, stats = float("inf"), []
+    for _ in range(repeat):
+        gt_copy, dt_copy = _copy(gt, dt)
+        start = time.perf_counter()
+        stats = fn(gt_copy, dt_copy)
+        best = min(best, time.perf_counter() - start)
+    return best, stats
+
+
+def bench(images: int, detections: int, repeat: int = 3, pycocotools: bool = True, seed: int = 0,
+          out=sys.stdout) -> dict:
+    start = time.perf_counter()
+    gt, dt = make_data(images, detections, seed)
+    print(f"generated {images} images, {len(gt['annotations'])} GT boxes, {len(dt)} detections "
+          f"in {time.perf_counter() - start:.1f}s", file=out, flush=True)
+    times, stats = {}, {}
+    for _ in range(repeat):  # alternate the two fast ones so drift on a shared machine hits both alike
+        for name, fn in (("score", run_ours), ("faster-coco-eval", run_faster)):
+            t, s = timed(fn, gt, dt, 1)
+            times[name] = min(times.get(name, float("inf")), t)
+            stats[name] = s
+    if pycocotools:
+        times["pycocotools"], stats["pycocotools"] = timed(run_pycocotools, gt, dt, 1)
+    for name, t in times.items():
+        print(f"{name:<17} {t:8.2f} s", file=out)
+
+    ref = np.array(stats["faster-coco-eval"])
+    # faster-coco-eval and pycocotools average in a different order: the last bits may differ
+    max_diff = {name: float(np.abs(np.array(s) - ref).max()) for name, s in stats.items()}
+    identical = {name: d <= STATS_ATOL for name, d in max_diff.items()}
+    vs_faster = times["score"] / times["faster-coco-eval"]
+    line = (f"score / faster-coco-eval time: {vs_faster:.2f} (goal <= {GOAL_VS_FASTER:g}: "
+            f"{'met' if vs_faster <= GOAL_VS_FASTER else 'missed'})")
+    print(line, file=out)
+    result = {"images": images, "detections": len(dt), "gt_boxes": len(gt["annotations"]), "times_s": times,
+              "score_vs_faster": vs_faster, "stats": dict(zip(STAT_KEYS, stats["score"])),
+              "identical": identical, "max_abs_diff": max_diff}
+    if pycocotools:
+        speedup = times["pycocotools"] / times["score"]
+        result["speedup_vs_pycocotools"] = speedup
+        print(f"pycocotools / score time: {speedup:.1f}x (goal >= {GOAL_VS_PYCOCOTOOLS:g}x: "
+              f"{'met' if speedup >= GOAL_VS_PYCOCOTOOLS else 'missed'})", file=out)
+    result["all_identical"] = all(identical.values())
+    print(f"12 stats identical to faster-coco-eval's (within {STATS_ATOL:g}): " + ", ".join(
+        f"{name} {'yes' if same else 'NO'} (max diff {max_diff[name]:.2g})" for name, same in identical.items()
+        if name != "faster-coco-eval"), file=out)
+    print("stats: " + " ".join(f"{k}={v:.4f}" for k, v in result["stats"].items()), file=out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5000, help="images to generate (default 5000)")
+    parser.add_argument("--detections", type=int, default=100, help="detections per image (default 100)")
+    parser.add_argument("--repeat", type=int, default=2, help="best of N for score and faster-coco-eval")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-pycocotools", dest="pycocotools", action="store_false",
+                        help="skip pycocotools (the slow one)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.detections < 1 or args.repeat < 1:
+        parser.error("--images, --detections and --repeat must be at least 1")
+    result = bench(args.images, args.detections, args.repeat, args.pycocotools, args.seed)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0 if result["all_identical"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
