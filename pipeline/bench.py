@@ -1,0 +1,48 @@
+"""`make bench`: every performance figure the project measures, one section after another.
+
+    python -m pipeline.bench                 # all sections
+    python -m pipeline.bench --only export   # one section; extra args after -- go to it
+
+Each section is a module with `main(argv) -> int` that prints its own figures; this runner only sequences them
+and reports wall time, so a section can also be run on its own (`python -m pipeline.export.bench --help`).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+# section -> (module, what it measures)
+BENCHES = {
+    "score": ("pipeline.metrics.bench", "COCO scoring of 5,000 images x 100 detections vs faster-coco-eval and pycocotools"),
+    "export": ("pipeline.export.bench", "PyTorch eager vs ONNX Runtime latency and throughput, batch 1 and 8"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated sections: " + ", ".join(BENCHES))
+    args = parser.parse_args(argv)
+    sections = args.only.split(",") if args.only else list(BENCHES)
+    unknown = [s for s in sections if s not in BENCHES]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; known: {', '.join(BENCHES)}")
+    status = 0
+    for name in sections:
+        module, what = BENCHES[name]
+        print(f"\n### {name}: {what}\n", flush=True)
+        started = time.perf_counter()
+        code = importlib.import_module(module).main(extra if args.only else [])
+        print(f"\n### {name}: done in {time.perf_counter() - started:.1f} s (exit {code})", flush=True)
+        status = status or code
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
