@@ -313,6 +313,19 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     if result["deferred"]:
         log.info("%s checked by export on its report.json", ", ".join(result["deferred"]))
     _record(cfg, ctx, result)
-    enforce(checks, result)
+    try:
+        enforce(checks, result)
+    except GateFailed as exc:
+        # the release is held: the report says why, and the alert links to it
+        ctx.publish_json({**result, "status": "gate_failed", "error": str(exc)}, "result.json")
+        try:
+            from pipeline.report import build_report
+
+            report = build_report(cfg, ctx)
+            exc.result["report"] = ctx.store.url(report["html"])
+            exc.args = (f"{exc}. Report: {exc.result['report']}",)
+        except Exception:  # noqa: BLE001 - a report problem must not hide the gate's verdict
+            log.exception("could not build the run report")
+        raise
     log.info("all %d gate checks passed%s", len(checks), "" if champion else f" ({NO_CHAMPION_NOTE})")
     return result

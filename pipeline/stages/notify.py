@@ -66,7 +66,14 @@ def compose(cfg: Config, ctx: RunContext, results: dict) -> tuple[str, str, dict
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
-    event, text, fields = compose(cfg, ctx, _results(ctx))
+    results = _results(ctx)
+    event, text, fields = compose(cfg, ctx, results)
+    if event == "success" and "evaluate" in results:
+        from pipeline.report import build_report
+
+        report = build_report(cfg, ctx)
+        fields["report"] = ctx.store.url(report["html"])
+        text += f"\nreport: {fields['report']} ({report['decision']})"
     if event == "success" and not cfg.notify.on_success:
         ctx.log.info("success summary not sent (notify.on_success is false):\n%s", text)
         return {"event": event, "delivered_to": None, "text": text}

@@ -134,6 +134,10 @@ def test_several_failures_raise_once_listing_all(tracking_uri, capsys):
     tags = mlflow_tags(cfg, "g-fail")
     assert tags["nightshift.gate.passed"] == "false"
     assert tags["nightshift.gate.failed"] == "map_min,map50_min,max_regression"
+    # the held release comes with its report, linked from the message the alert carries
+    assert result["report"].endswith("runs/g-fail/report/report.html") and "Report: " in err
+    html = RunContext.create("g-fail", "report", cfg).store.get_bytes("runs/g-fail/report/report.html").decode()
+    assert "hold" in html.lower()
 
 
 def test_relaxing_override_without_reason_exits_3(tracking_uri, capsys):

@@ -27,6 +27,7 @@ def test_success_summary_names_version_metrics_gates_and_override():
     for expected in ("night-7", "promoted det v3", "mAP@0.5 0.930", "champion: mAP 0.600", "2/2 checks passed",
                      "new camera, labels pending"):
         assert expected in text
+    assert "report: " in text and ctx.store.exists("runs/night-7/report/report.html")
 
 
 def test_nothing_changed_note():
