@@ -100,7 +100,16 @@ def rollback(cfg, model: str, to: int | None = None) -> dict:
 def main(args) -> int:
     from pipeline.config import load_config
 
+    from pipeline import alerts
+    from pipeline.cli import RESULT_MARKER
+
     cfg = load_config(args.config, args.overrides).resolved()
     summary = rollback(cfg, args.model, args.to)
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    text = (f"[nightshift_rollback] {summary['model']} @{summary['alias']} rolled back from registry version "
+            f"{summary['from']['registry_version']} (Triton {summary['from']['triton_version']}) to "
+            f"{summary['to']['registry_version']} (Triton {summary['to']['triton_version']}); "
+            f"Triton now serves {summary['repository']}.")
+    summary["announced_to"] = alerts.send(cfg, text, "rollback", {"model": summary["model"],
+                                                                  "version": summary["to"]["registry_version"]})
+    print(RESULT_MARKER + json.dumps(summary, sort_keys=True), flush=True)
     return 0

@@ -82,7 +82,12 @@ def test_rollback_steps_back_until_nothing_is_left(promoted, capsys):
     assert state(cfg) == (3, 3)
     capsys.readouterr()
     assert rollback(sets, name) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("NIGHTSHIFT_RESULT ")
+    summary = json.loads(last.removeprefix("NIGHTSHIFT_RESULT "))
+    assert summary["announced_to"] == "sink"
+    announced = json.loads(Path(cfg.notify.sink).read_text().splitlines()[-1])
+    assert announced["event"] == "rollback" and "rolled back from registry version 3" in announced["text"]
     assert summary["from"] == {"registry_version": 3, "triton_version": 3}
     assert summary["to"] == {"registry_version": 2, "triton_version": 2} and summary["status"] == "rolled_back"
     assert state(cfg) == (2, 2)
