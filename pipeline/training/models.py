@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torchvision.models as tvm
 import torchvision.models.detection as tvd
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,20 @@ class ModelSpec:
 def _det(builder, **extra):
     def build(num_classes: int, image_size: int):
         kwargs = dict(weights=None, weights_backbone=None, num_classes=num_classes, **extra)
-        if builder is not tvd.ssdlite320_mobilenet_v3_large:  # SSDlite's input is fixed at 320x320
+        if builder is not tvd.ssdlite320_mobilenet_v3_large:
             # the detector's own transform resizes to the configured size (torchvision defaults differ)
             kwargs.update(min_size=image_size, max_size=image_size)
-        return builder(**kwargs)
+            return builder(**kwargs)
+        model = builder(**kwargs)
+        if image_size != 320:
+            # torchvision fixes SSDlite's transform at 320x320 and skips resizing while training, so a
+            # dataset at another size would train at S and predict at 320. Its anchors are relative to the
+            # input, so the same network works at S: make the transform resize to S x S.
+            t = model.transform
+            model.transform = GeneralizedRCNNTransform(image_size, image_size, t.image_mean, t.image_std,
+                                                       size_divisible=1, fixed_size=(image_size, image_size),
+                                                       _skip_resize=True)
+        return model
     return build
 
 

@@ -1,0 +1,242 @@
+"""train: fit the detector on the canonical dataset (DDP under torchrun when train.nproc_per_node > 1).
+
+Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/model.pt (the format in
+docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id
+continues by itself. Rank 0 logs the resolved config, per-epoch loss / lr / images per second, lineage
+tags and model.pt (artifact path `model`) to the pipeline run's MLflow run.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import Config
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError, InputRejected, NightshiftError
+from pipeline.store import LocalStore
+
+UPSTREAM = ("ingest", "snapshot")
+SKIP_IF_DONE = True
+
+MODEL_KEY = "model.pt"
+CHECKPOINT_KEY = "checkpoints/last.pt"
+RANK0_RESULT_KEY = "rank0_result.json"
+# train settings that do not change the model trained: a checkpoint made under other values still resumes
+_NOT_IN_FINGERPRINT = ("max_steps", "checkpoint_every_steps", "num_workers", "threads_per_rank",
+                       "bn_calibration_images")
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, ctx: RunContext) -> dict:
+    from pipeline.training.distributed import under_torchrun
+
+    nproc = _processes(cfg)
+    if nproc > 1 and not under_torchrun():
+        return _launch(cfg, ctx, nproc)
+    return train(cfg, ctx)
+
+
+def _processes(cfg: Config) -> int:
+    import torch
+
+    n = cfg.train.nproc_per_node
+    if torch.cuda.is_available() and n > torch.cuda.device_count():
+        log.warning("train.nproc_per_node=%d but only %d GPU(s): using %d processes", n,
+                    torch.cuda.device_count(), torch.cuda.device_count())
+        n = torch.cuda.device_count()
+    return n
+
+
+def _launch(cfg: Config, ctx: RunContext, nproc: int) -> dict:
+    """Re-run this very command under torchrun and hand back what rank 0 reported."""
+    from pipeline.training.distributed import relaunch_under_torchrun
+
+    for stale in (RANK0_RESULT_KEY, "result.json"):
+        ctx.store.delete_prefix(ctx.key(stale))
+    code = relaunch_under_torchrun(nproc, _child_argv(cfg, ctx))
+    if ctx.store.exists(ctx.key(RANK0_RESULT_KEY)) and code == 0:
+        return ctx.store.get_json(ctx.key(RANK0_RESULT_KEY))
+    # rank 0's CLI recorded why it failed in result.json; keep its message and exit code
+    detail = {}
+    if ctx.store.exists(ctx.key("result.json")):
+        detail = ctx.store.get_json(ctx.key("result.json"))
+    err = NightshiftError(f"distributed training with {nproc} processes failed (torchrun exit {code})"
+                          + (f": {detail['error']}" if detail.get("error") else ""))
+    err.exit_code = int(detail.get("exit_code") or 1)
+    raise err
+
+
+def _child_argv(cfg: Config, ctx: RunContext) -> list[str]:
+    """What the torchrun children run: this process's own command line when it was started as
+    `nightshift train ...`; when `cli.main([...])` was called in-process (tests, a Python task), the same
+    stage and run id with the resolved config written out, since sys.argv is then someone else's."""
+    argv = sys.argv[1:]
+    if argv[:1] == [ctx.stage] and "--run-id" in argv:
+        return argv
+    path = ctx.scratch("torchrun") / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return [ctx.stage, "--run-id", ctx.run_id, "--config", str(path)]
+
+
+def _dataset_root(ctx: RunContext, local_rank: int, barrier) -> Path:
+    """The canonical dataset on local disk: read in place from a file:// store, else fetched once per node."""
+    key = ctx.key("dataset", stage="ingest")
+    if isinstance(ctx.store, LocalStore):
+        root = ctx.store.local_path(key)
+        if not (root / "annotations.json").is_file():
+            raise InputRejected("no canonical dataset here: run the ingest stage first", path=str(root),
+                                field="annotations.json")
+        return root
+    dest = ctx.workdir / "inputs" / "ingest" / "dataset"
+    if local_rank == 0:
+        try:
+            ctx.fetch_dir("ingest", "dataset", dest)
+        except FileNotFoundError as exc:
+            raise InputRejected(f"no canonical dataset: {exc}", path=ctx.url("dataset", "ingest")) from None
+    barrier()
+    return dest
+
+
+def _fingerprint(cfg: Config, annotations_sha: str, world_size: int) -> str:
+    train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
+    blob = json.dumps({"train": train, "data": annotations_sha, "world_size": world_size}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _log_params(run_id: str, params: dict) -> None:
+    """Log the resolved config; keys already on the run (an earlier attempt) are kept, changes are warned."""
+    import mlflow
+
+    existing = mlflow.MlflowClient().get_run(run_id).data.params
+    values = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+    changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
+    if changed:
+        log.warning("MLflow params already logged with other values (kept): %s", ", ".join(changed))
+    new = {k: v for k, v in values.items() if k not in existing}
+    items = list(new.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def train(cfg: Config, ctx: RunContext) -> dict:
+    """One training process: the whole job when alone, or one rank under torchrun."""
+    import torch
+
+    from pipeline import tracking
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.training import distributed
+    from pipeline.training.engine import fit, seed_everything
+    from pipeline.training.models import MODELS, build_model
+
+    tc = cfg.train
+    if tc.model not in MODELS or MODELS[tc.model].task != "detection":
+        known = ", ".join(sorted(n for n, s in MODELS.items() if s.task == "detection"))
+        raise ConfigError(f"'train.model': {tc.model!r} is not a detection model; known: {known}")
+    if tc.weights and not Path(tc.weights).is_file():
+        raise ConfigError(f"'train.weights': {tc.weights}: no such file")
+
+    info = distributed.init_distributed()
+    try:
+        if info.device.type == "cpu":
+            torch.set_num_threads(tc.threads_per_rank)
+        seed_everything(tc.seed, tc.deterministic)
+
+        root = _dataset_root(ctx, info.local_rank, lambda: distributed.barrier(info))
+        annotations = root / "annotations.json"
+        annotations_sha = hashlib.sha256(annotations.read_bytes()).hexdigest()
+        train_set = CanonicalDataset(root, "train", tc.image_size)
+        if len(train_set) == 0:
+            raise InputRejected("no image has split 'train'", path=str(annotations), field="images[].split")
+        if not train_set.categories:
+            raise InputRejected("no categories", path=str(annotations), field="categories")
+        snapshot = ctx.result_of("snapshot") if ctx.has_result("snapshot") else {}
+        dataset_hash = snapshot.get("dataset_hash", "")
+        if info.is_main and not dataset_hash:
+            log.warning("no snapshot result for run %s: the model's dataset_hash tag is 'unknown'", ctx.run_id)
+
+        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, tc.weights)
+        fingerprint = _fingerprint(cfg, annotations_sha, info.world_size)
+        if info.is_main:
+            log.info("training %s (%d classes) on %d images at %dpx: %d epochs, batch %d x %d process(es) on %s",
+                     tc.model, train_set.num_classes, len(train_set), tc.image_size, tc.epochs, tc.batch_size,
+                     info.world_size, info.device)
+
+        mlflow_ctx = contextlib.nullcontext(None)
+        if info.is_main:
+            tags = {
+                "git_sha": tracking.git_sha(),
+                "code_version": tracking.code_version(),
+                "dataset_hash": dataset_hash or "unknown",
+                "annotations_sha256": annotations_sha,
+                "seed": tc.seed,
+                "config_fingerprint": cfg.fingerprint(),
+                "container_image": os.environ.get("NIGHTSHIFT_IMAGE", "local"),
+                "model_name": tc.model,
+            }
+            mlflow_ctx = tracking.active_run(cfg, ctx.run_id, tags=tags)
+
+        with mlflow_ctx as mlrun:
+            on_epoch_end = None
+            if mlrun is not None:
+                import mlflow
+
+                _log_params(mlrun.info.run_id, cfg.flat())
+
+                def on_epoch_end(stats):
+                    mlflow.log_metrics({f"train_{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+
+            result = fit(model, train_set, tc, info, ctx.store, ctx.key(CHECKPOINT_KEY), fingerprint,
+                         on_epoch_end=on_epoch_end, progress=True)
+
+            out = None
+            if info.is_main:
+                blob = {
+                    "model": tc.model,
+                    "num_classes": train_set.num_classes + 1,
+                    "image_size": tc.image_size,
+                    "categories": [{"id": c["id"], "name": c["name"]} for c in train_set.categories],
+                    "label_to_category": [train_set.label_to_cat[i] for i in range(1, train_set.num_classes + 1)],
+                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "dataset_hash": dataset_hash,
+                }
+                with tempfile.TemporaryDirectory(prefix="nightshift-train-") as tmp:
+                    local = Path(tmp) / MODEL_KEY
+                    torch.save(blob, local)
+                    model_url = ctx.publish(local, MODEL_KEY)
+                    if mlrun is not None:
+                        mlflow.log_metrics({"train_seconds": result.train_seconds,
+                                            "train_images_per_s": result.images_per_s})
+                        mlflow.log_artifact(str(local), artifact_path="model")
+                out = {
+                    "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
+                    "model": model_url,
+                    "checkpoint": ctx.url(CHECKPOINT_KEY),
+                    "epochs": result.epochs_run,
+                    "steps": result.steps,
+                    "final_loss": round(result.final_loss, 5),
+                    "losses": [round(s.loss, 5) for s in result.history],
+                    "images_per_s": round(result.images_per_s, 2),
+                    "train_seconds": round(result.train_seconds, 2),
+                    "world_size": info.world_size,
+                    "device": str(info.device),
+                    "resumed_from": result.resumed_from,
+                    "stopped_early": result.stopped_early,
+                    "dataset_hash": dataset_hash,
+                }
+                ctx.publish_json(out, RANK0_RESULT_KEY)
+                log.info("trained %d epochs (%d steps) in %.1fs, final loss %.4f, %.1f images/s -> %s",
+                         result.epochs_run, result.steps, result.train_seconds, result.final_loss,
+                         result.images_per_s, model_url)
+        distributed.barrier(info)  # no rank leaves before rank 0 has written the model
+        return out or {"rank": info.rank}
+    finally:
+        distributed.cleanup(info)

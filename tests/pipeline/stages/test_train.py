@@ -1,0 +1,214 @@
+"""The train stage through the CLI on a tiny canonical dataset: outputs, MLflow lineage, resume, DDP, errors."""
+from __future__ import annotations
+
+import json
+import logging
+
+import mlflow
+import pytest
+import torch
+
+from pipeline import cli
+from pipeline.config import load_config
+from pipeline.context import RunContext
+from pipeline.datasets.canonical import CanonicalDataset
+from pipeline.datasets.synthetic import generate
+from pipeline.training import engine
+from pipeline.training.models import load_trained
+
+SIZE = 64
+# 16 train images, batch 4: 4 steps an epoch; one thread and deterministic kernels make runs repeatable
+BASE = ["train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size=4", "train.epochs=2",
+        "train.warmup_steps=2", "train.threads_per_rank=1", "train.deterministic=true", "train.seed=7"]
+
+
+@pytest.fixture
+def only_train(monkeypatch):
+    monkeypatch.setattr(cli, "STAGES", ("train",))
+    monkeypatch.setattr(cli, "TOOLS", {})
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    threads = torch.get_num_threads()
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A canonical dataset (16 train / 4 val images) and a sqlite MLflow (its schema takes seconds), built once."""
+    root = tmp_path_factory.mktemp("train")
+    data = root / "dataset"
+    generate(data, num_images=22, image_size=SIZE, seed=5, min_size=12, max_size=28)
+    coco = json.loads((data / "annotations.json").read_text())
+    for i, image in enumerate(coco["images"]):
+        image["split"] = "train" if i < 16 else ("val" if i < 20 else "test")
+        image["group"] = image["file_name"]
+    (data / "annotations.json").write_text(json.dumps(coco))
+    tracking = [f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+                f"mlflow.artifact_root={(root / 'mlartifacts').as_uri()}"]
+    return {"data": data, "sets": tracking}
+
+
+def publish_dataset(run_id: str, shared, snapshot_hash: str | None = "abc123"):
+    """What ingest (and snapshot) leave in the store for `run_id`."""
+    cfg = load_config(None, shared["sets"]).resolved()
+    ctx = RunContext.create(run_id, "ingest", cfg)
+    ctx.publish_dir(shared["data"], "dataset")
+    if snapshot_hash:
+        ctx.store.put_json({"status": "ok", "dataset_hash": snapshot_hash}, ctx.key("result.json", "snapshot"))
+    return ctx
+
+
+def train_cli(run_id: str, shared, *sets: str) -> int:
+    argv = ["train", "--run-id", run_id]
+    for s in [*BASE, *shared["sets"], *sets]:
+        argv += ["--set", s]
+    return cli.main(argv)
+
+
+def last_result(capsys) -> dict:
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
+    return json.loads(line[len(cli.RESULT_MARKER):])
+
+
+def weights(ctx, run_id: str) -> dict:
+    path = ctx.store.local_path(f"runs/{run_id}/train/model.pt")
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_one_process_training_writes_model_result_and_mlflow(shared, only_train, capsys):
+    ctx = publish_dataset("one", shared)
+    assert train_cli("one", shared, "train.max_steps=3") == 0
+    result = last_result(capsys)
+    assert result["status"] == "ok" and result["steps"] == 3 and result["stopped_early"] is True
+    assert result["world_size"] == 1 and result["dataset_hash"] == "abc123"
+    assert result["train_seconds"] > 0 and result["images_per_s"] > 0
+    assert result["final_loss"] == pytest.approx(result["losses"][-1]) and result["final_loss"] > 0
+
+    # train/model.pt in the documented format, loadable by the registry
+    model, meta = load_trained(str(ctx.store.local_path("runs/one/train/model.pt")))
+    assert meta["model"] == "ssdlite320_mobilenet_v3_large" and meta["num_classes"] == 4
+    assert meta["image_size"] == SIZE
+    assert meta["categories"] == [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
+                                  {"id": 3, "name": "triangle"}]
+    assert meta["label_to_category"] == [1, 2, 3]
+    assert ctx.store.exists("runs/one/train/checkpoints/last.pt")
+    assert ctx.store.exists("runs/one/train/rank0_result.json")
+
+    # predict gives COCO results for the val images, in original pixels
+    val = CanonicalDataset(shared["data"], "val", SIZE)
+    results = engine.predict(model, val, batch_size=4, progress=False)
+    assert {r["image_id"] for r in results} <= {im["id"] for im in val.image_infos}
+    assert all(r["category_id"] in (1, 2, 3) and len(r["bbox"]) == 4 for r in results)
+
+    # MLflow: the resolved config, per-epoch metrics, lineage tags, model.pt under `model/`
+    mlflow.set_tracking_uri(shared["sets"][0].split("=", 1)[1])
+    client = mlflow.MlflowClient()
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.params["train.batch_size"] == "4" and run.data.params["train.image_size"] == str(SIZE)
+    cfg = load_config(None, [*BASE, *shared["sets"], "train.max_steps=3"]).resolved()
+    tags = run.data.tags
+    assert tags["dataset_hash"] == "abc123" and tags["seed"] == "7"
+    assert tags["config_fingerprint"] == cfg.fingerprint() and tags["container_image"] == "local"
+    assert tags["git_sha"] and tags["code_version"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+    assert "model/model.pt" in [f.path for f in client.list_artifacts(run.info.run_id, "model")]
+
+
+def test_resume_after_a_crash_between_epochs_gives_the_same_weights(shared, only_train, monkeypatch, capsys):
+    ctx = publish_dataset("straight", shared)
+    assert train_cli("straight", shared) == 0
+    assert last_result(capsys)["steps"] == 8
+
+    publish_dataset("crashed", shared)
+    real_save = engine.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if kwargs["epoch"] == 1 and kwargs["batches_done"] == 0:
+            raise RuntimeError("simulated node loss after epoch 1")
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
+    assert train_cli("crashed", shared) == 1
+    assert last_result(capsys)["status"] == "error"
+    assert not ctx.store.exists("runs/crashed/train/model.pt")
+
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert train_cli("crashed", shared) == 0
+    result = last_result(capsys)
+    assert result["resumed_from"] == {"epoch": 1, "step": 4, "batches_done": 0}
+    assert result["steps"] == 8 and result["epochs"] == 2
+    assert_same_weights(weights(ctx, "straight"), weights(ctx, "crashed"))
+
+
+def test_resume_within_an_epoch_gives_the_same_weights(shared, only_train, capsys):
+    """max_steps stops mid-epoch with a checkpoint; the next run (without it) continues from that batch."""
+    ctx = publish_dataset("straight2", shared)
+    assert train_cli("straight2", shared, "train.checkpoint_every_steps=3") == 0
+    publish_dataset("halves", shared)
+    assert train_cli("halves", shared, "train.max_steps=6") == 0
+    assert last_result(capsys)["steps"] == 6
+    assert train_cli("halves", shared, "train.checkpoint_every_steps=3") == 0
+    result = last_result(capsys)
+    assert result["resumed_from"] == {"epoch": 1, "step": 6, "batches_done": 2}
+    assert_same_weights(weights(ctx, "straight2"), weights(ctx, "halves"))
+
+
+def test_a_checkpoint_from_another_config_is_not_resumed(shared, only_train, capsys):
+    publish_dataset("other", shared)
+    assert train_cli("other", shared, "train.max_steps=2") == 0
+    assert train_cli("other", shared, "train.max_steps=2", "train.lr=0.0005") == 0
+    assert last_result(capsys)["resumed_from"] is None
+
+
+def test_a_diverging_loss_names_the_step(shared, only_train, capsys):
+    publish_dataset("diverge", shared)
+    code = train_cli("diverge", shared, "train.lr=1e25", "train.grad_clip=0", "train.warmup_steps=0",
+                     "train.max_steps=6")
+    assert code == 1
+    result = last_result(capsys)
+    assert "training diverged" in result["error"] and "at step" in result["error"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.epochs=0", "'train.epochs'"),
+    ("train.batch_size=many", "'train.batch_size'"),
+    ("train.optimiser=sgd", "unknown key 'train.optimiser'"),
+    ("train.model=resnet18", "'train.model'"),
+])
+def test_config_errors_exit_2(shared, only_train, capsys, setting, message):
+    publish_dataset("bad", shared)
+    assert train_cli("bad", shared, setting) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_dataset_is_rejected(shared, only_train, capsys):
+    assert train_cli("nodata", shared, "train.max_steps=1") == 3
+    assert "run the ingest stage first" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(shared, capsys):
+    ctx = publish_dataset("ddp", shared)
+    assert train_cli("ddp", shared, "train.nproc_per_node=2", "train.max_steps=3") == 0
+    result = last_result(capsys)
+    assert result["status"] == "ok" and result["world_size"] == 2 and result["steps"] == 3
+    assert result["mlflow_run_id"]
+    rank0 = ctx.store.get_json("runs/ddp/train/rank0_result.json")
+    assert rank0["mlflow_run_id"] == result["mlflow_run_id"]
+    model, meta = load_trained(str(ctx.store.local_path("runs/ddp/train/model.pt")))
+    assert meta["num_classes"] == 4
