@@ -5,13 +5,15 @@ Every stage is `nightshift <stage> --run-id {{ run_id }}` (plugins/nightshift_ai
 snapshot and config have not changed since the champion, the run goes straight to `notify`. Trigger it
 manually with Params to retrain on another export, model or epoch count, or with per-run gate thresholds
 (`gates` + `override_reason`). Empty params keep the values from the config file or the schema defaults.
+Where NIGHTSHIFT_TRAIN_LAUNCHERS enables them, `train_nodes` and `train_launcher` spread training over
+several GPU nodes (an Indexed Job or a Kubeflow TrainJob under torchrun).
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, chain
-from nightshift_airflow import branch_on_change, default_args, settings, stage
+from nightshift_airflow import branch_on_change, default_args, settings, stage, train_params
 
 PARAMS = {
     "source": Param("", type="string", title="Dataset source",
@@ -25,6 +27,7 @@ PARAMS = {
     "override_reason": Param("", type="string", title="Override reason",
                              description="Why the gates are relaxed; required when they are, and announced."),
     "force": Param(False, type="boolean", title="Force", description="Retrain even when nothing changed."),
+    **train_params(),  # train_nodes / train_launcher where multi-node launchers are enabled
 }
 
 with DAG(

@@ -4,11 +4,13 @@
 #   docker build -f docker/pipeline-gpu.Dockerfile --build-arg NIGHTSHIFT_CODE_VERSION=$(git rev-parse --short HEAD) \
 #     -t nightshift/pipeline-gpu:0.1.0 .
 #
-# The base is pinned by digest. The digest below was written without registry access and has NOT been
-# verified: before the first build, and whenever the tag is bumped, refresh it with
-#   docker buildx imagetools inspect nvcr.io/nvidia/tensorrt:25.08-py3 --format '{{json .Manifest.Digest}}'
-# and replace it here, so the build is reproducible and a re-tagged upstream image cannot slip in.
-ARG TRT_IMAGE=nvcr.io/nvidia/tensorrt:25.08-py3@sha256:5d8e3bfa3f0c7f7b9d6b8a0a1f6c6e9a2c47f1b6e39f0d8a1c2b3e4f5a6b7c8d
+# The base is pinned by tag and digest, so a re-tagged upstream image cannot slip in. The digest is the one
+# quoted for nvcr.io/nvidia/tensorrt:26.06-py3 (TensorRT 11.0.0.114, CUDA 13.3) in public build notes found
+# through the offline search corpus ("tagged once as tensorrt-base-26.06-7cd94ee931d2"); it was not pulled
+# here (no registry access). Before the first build, and whenever the tag is bumped, confirm it with
+#   docker buildx imagetools inspect nvcr.io/nvidia/tensorrt:26.06-py3 --format '{{json .Manifest.Digest}}'
+# and update both parts together; a mismatch makes the build fail rather than use another image.
+ARG TRT_IMAGE=nvcr.io/nvidia/tensorrt:26.06-py3@sha256:7cd94ee931d2b5b85ad1c5af723d485b2625f6ce167e1e4abe577850b96ceac3
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
 FROM ${UV_IMAGE} AS uv
@@ -26,17 +28,22 @@ COPY requirements/pipeline.lock requirements/pipeline.lock
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv python install 3.11 \
     && uv venv --python 3.11 /opt/venv \
-    && uv pip install --python /opt/venv/bin/python --require-hashes --no-deps -r requirements/pipeline.lock
+    && uv pip sync --python /opt/venv/bin/python --require-hashes requirements/pipeline.lock
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv pip install --python /opt/venv/bin/python --no-deps --no-build-isolation .
 
 FROM ${TRT_IMAGE} AS runtime
+ARG TRT_IMAGE
 ARG NIGHTSHIFT_CODE_VERSION=unknown
+ARG NIGHTSHIFT_SOURCE_URL=unknown
 LABEL org.opencontainers.image.title="nightshift-pipeline-gpu" \
       org.opencontainers.image.description="Nightshift pipeline stages on CUDA + TensorRT" \
       org.opencontainers.image.revision="${NIGHTSHIFT_CODE_VERSION}" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.source="${NIGHTSHIFT_SOURCE_URL}" \
+      org.opencontainers.image.base.name="${TRT_IMAGE}" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 nightshift \
     && useradd --system --uid 10001 --gid 10001 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin nightshift \
@@ -59,5 +66,7 @@ ENV PATH=/opt/venv/bin:/usr/src/tensorrt/bin:$PATH \
     NIGHTSHIFT_CODE_VERSION=${NIGHTSHIFT_CODE_VERSION}
 WORKDIR /app
 USER 10001:10001
+# batch stages (train, export) exit when done; their exit code is the health signal
+HEALTHCHECK NONE
 ENTRYPOINT ["nightshift"]
 CMD ["--help"]

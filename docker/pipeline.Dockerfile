@@ -5,7 +5,8 @@
 # The venv is installed from requirements/pipeline.lock with hashes required, then the project itself with
 # --no-deps, so nothing unpinned gets in. The runtime stage has no compiler, no uv and no root user.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Bases are pinned by tag; add @sha256:<digest> (docker buildx imagetools inspect <tag>) in your registry mirror.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
 FROM ${UV_IMAGE} AS uv
@@ -19,7 +20,7 @@ WORKDIR /src
 COPY requirements/pipeline.lock requirements/pipeline.lock
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv venv --python /usr/local/bin/python3.11 /opt/venv \
-    && uv pip install --python /opt/venv/bin/python --require-hashes --no-deps -r requirements/pipeline.lock
+    && uv pip sync --python /opt/venv/bin/python --require-hashes requirements/pipeline.lock
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
 # setuptools comes from the lock, so the project builds without fetching anything unhashed
@@ -27,10 +28,15 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv pip install --python /opt/venv/bin/python --no-deps --no-build-isolation .
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG PYTHON_IMAGE
 ARG NIGHTSHIFT_CODE_VERSION=unknown
+ARG NIGHTSHIFT_SOURCE_URL=unknown
 LABEL org.opencontainers.image.title="nightshift-pipeline" \
       org.opencontainers.image.description="Nightshift pipeline stages (CPU)" \
       org.opencontainers.image.revision="${NIGHTSHIFT_CODE_VERSION}" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.source="${NIGHTSHIFT_SOURCE_URL}" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 nightshift \
     && useradd --system --uid 10001 --gid 10001 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin nightshift \
@@ -50,5 +56,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     NIGHTSHIFT_CODE_VERSION=${NIGHTSHIFT_CODE_VERSION}
 WORKDIR /app
 USER 10001:10001
+# A stage is a batch process that exits when done: Kubernetes and Airflow watch its exit code, so a
+# periodic probe would add nothing (and the image's base defines none to inherit).
+HEALTHCHECK NONE
 ENTRYPOINT ["nightshift"]
 CMD ["--help"]

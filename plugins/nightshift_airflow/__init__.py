@@ -1,6 +1,6 @@
 """Nightshift's Airflow side: the one stage-task factory and the chat notifier.
 
-    from nightshift_airflow import stage, branch_on_change, NightshiftChatNotifier, default_args
+    from nightshift_airflow import stage, branch_on_change, train_params, NightshiftChatNotifier, default_args
 
 Importing this package reads only environment variables (see settings.py); it touches no database,
 Variable or connection, and imports the Kubernetes provider only when NIGHTSHIFT_RUNNER=kubernetes.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from nightshift_airflow import settings
-from nightshift_airflow.factory import RUNNER, branch_on_change, stage
+from nightshift_airflow.factory import RUNNER, branch_on_change, stage, train_params
 from nightshift_airflow.notifier import NightshiftChatNotifier
 
 
@@ -27,4 +27,4 @@ def default_args(**overrides) -> dict:
     return args
 
 
-__all__ = ["RUNNER", "NightshiftChatNotifier", "branch_on_change", "default_args", "settings", "stage"]
+__all__ = ["RUNNER", "NightshiftChatNotifier", "branch_on_change", "default_args", "settings", "stage", "train_params"]

@@ -15,6 +15,9 @@ from nightshift_airflow.command import PARAM_OVERRIDES, stage_arguments
 RUNNER = settings.runner()
 if RUNNER == "kubernetes":  # at import time, so the DAG processor's pre-import of this module covers it
     from nightshift_airflow.pods import pod_operator
+
+    if settings.multinode_enabled():
+        from nightshift_airflow.multinode import train_operator
 else:
     from nightshift_airflow.local import NightshiftLocalOperator
 
@@ -45,11 +48,33 @@ def stage(
     arguments = stage_arguments(name, run_id=run_id, overrides=PARAM_OVERRIDES, extra_sets=extra_sets,
                                 extra_args=extra_args, config=config)
     task_id = task_id or name.replace("-", "_")
+    if RUNNER == "kubernetes" and name == "train" and settings.multinode_enabled():
+        # one pod, an Indexed Job or a TrainJob, from the run's train_launcher / train_nodes params
+        return train_operator(task_id=task_id, stage=name, arguments=arguments, gpus=gpus, cpu=cpu,
+                              memory=memory, launchers=settings.train_launchers(), trigger_rule=trigger_rule,
+                              **kwargs)
     if RUNNER == "kubernetes":
         return pod_operator(task_id=task_id, stage=name, arguments=arguments, gpus=gpus, cpu=cpu, memory=memory,
                             trigger_rule=trigger_rule, **kwargs)
     return NightshiftLocalOperator(task_id=task_id, arguments=arguments, require_result=run_id,
                                    trigger_rule=trigger_rule, **kwargs)
+
+
+def train_params() -> dict:
+    """The retrain DAG's multi-node params, present only where a multi-node launcher is enabled
+    (settings.train_launchers); elsewhere training runs on one node and there is nothing to choose."""
+    if not settings.multinode_enabled():
+        return {}
+    from airflow.sdk import Param
+
+    launchers = list(settings.train_launchers())
+    return {
+        "train_nodes": Param(1, type="integer", minimum=1, maximum=settings.MAX_TRAIN_NODES, title="Training nodes",
+                             description="Pods (nodes) for DDP training, each with NIGHTSHIFT_GPUS GPUs."),
+        "train_launcher": Param("pod", type="string", enum=launchers, title="Training launcher",
+                                description="pod: one pod; indexed-job: an Indexed Job + headless Service; "
+                                            "trainjob: a Kubeflow Trainer TrainJob."),
+    }
 
 
 def branch_on_change(*, changed_task: str = "changed", if_changed: str = "train", if_unchanged: str = "notify",

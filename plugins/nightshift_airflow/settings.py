@@ -84,3 +84,32 @@ def pod_service_account() -> str:
 def config_map() -> str | None:
     """`NIGHTSHIFT_CONFIGMAP`: a ConfigMap mounted read-only at /etc/nightshift in every pod."""
     return os.environ.get("NIGHTSHIFT_CONFIGMAP") or None
+
+
+# -- multi-node training (kubernetes runner) --------------------------------------------------------
+TRAIN_LAUNCHERS = ("pod", "indexed-job", "trainjob")
+MAX_TRAIN_NODES = 16
+
+
+def train_launchers() -> tuple[str, ...]:
+    """`NIGHTSHIFT_TRAIN_LAUNCHERS`: how the kubernetes runner may start the train stage, comma-separated.
+
+    `pod` (the default, always allowed) is one pod; `indexed-job` (an Indexed Job + headless Service) and
+    `trainjob` (a Kubeflow Trainer TrainJob) spread DDP over several nodes. Enable only what the cluster
+    supports: the extra RBAC of infra/k8s/rbac.yaml, and for `trainjob` the Trainer controller and the
+    `nightshift-torch` TrainingRuntime. With more than `pod` enabled the retrain DAG gets the `train_nodes`
+    and `train_launcher` params. The local runner always trains on the one machine.
+    """
+    raw = os.environ.get("NIGHTSHIFT_TRAIN_LAUNCHERS", "pod")
+    chosen = [item.strip().lower() for item in raw.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in TRAIN_LAUNCHERS]
+    if unknown:
+        raise ValueError(f"NIGHTSHIFT_TRAIN_LAUNCHERS={raw!r}: unknown {', '.join(unknown)}; "
+                         f"expected some of {', '.join(TRAIN_LAUNCHERS)}")
+    if runner() != "kubernetes":
+        return ("pod",)
+    return tuple(name for name in TRAIN_LAUNCHERS if name == "pod" or name in chosen)
+
+
+def multinode_enabled() -> bool:
+    return train_launchers() != ("pod",)
