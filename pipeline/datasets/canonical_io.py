@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import re
 import shutil
 from collections import defaultdict
@@ -118,7 +120,7 @@ def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: st
         new_img_id[img["id"]] = n
         images.append({"id": n, "file_name": img["file_name"], "width": img["width"], "height": img["height"],
                        "split": assign_split(key, split_salt, split_ratios), "group": key,
-                       "sha1": file_sha1(img["path"])})
+                       "sha1": img.get("sha1") or file_sha1(img["path"])})
         files.append((img["path"], img["file_name"]))
     annotations = []
     for m, ann in enumerate(sorted(ds.annotations, key=lambda a: (new_img_id[a["image_id"]], a["id"])), start=1):
@@ -126,21 +128,38 @@ def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: st
                  "bbox": ann["bbox"], "area": ann["area"], "iscrowd": ann["iscrowd"]}
         if "segmentation" in ann:
             entry["segmentation"] = ann["segmentation"]
+        if ann.get("attributes"):
+            entry["attributes"] = ann["attributes"]
         annotations.append(entry)
     coco = {"info": {"description": "Nightshift canonical dataset", "format": "coco"},
             "images": images, "annotations": annotations, "categories": categories}
     return coco, files, {"group_pattern_misses": misses}
 
 
-def write(coco: dict, files: list[tuple[Path, str]], out: Path) -> Path:
-    """Write annotations.json and copy images into `out` (which must not exist yet)."""
+def write(coco: dict, files: list[tuple[Path, str]], out: Path, link: bool = False) -> Path:
+    """Write annotations.json and copy images into `out` (which must not exist yet).
+
+    `link`: hard-link instead of copying where possible; only for sources nobody else writes to (an archive
+    extracted into scratch space), since a link shares later edits of the source file.
+    """
     out = Path(out)
     (out / IMAGES).mkdir(parents=True)
+    made = set()
     for src, name in files:
         dest = out / IMAGES / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in made:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dest.parent)
+        if link:
+            try:
+                os.link(src, dest)
+                continue
+            except OSError:
+                link = False  # another file system: copy from now on
         shutil.copyfile(src, dest)
-    (out / ANNOTATIONS).write_text(json.dumps(coco, indent=1, sort_keys=True))
+    # compact and sorted: byte-identical for the same dataset, and written by json's C encoder (an indent would
+    # switch it to the pure-Python one, ~20 s for a million boxes)
+    (out / ANNOTATIONS).write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
     return out
 
 
@@ -168,15 +187,52 @@ def counts(coco: dict) -> dict:
         per_split.setdefault(img.get("split", "train"), {"images": 0, "annotations": 0})["images"] += 1
     names = {c["id"]: c["name"] for c in coco["categories"]}
     per_class = {c["name"]: {**{s: 0 for s in SPLITS}, "total": 0} for c in coco["categories"]}
+    ignore_regions = 0
     for ann in coco["annotations"]:
+        if ann.get("iscrowd"):  # crowd / ignore regions (KITTI DontCare): not objects to learn or count
+            ignore_regions += 1
+            continue
         split = split_of.get(ann["image_id"], "train")
         per_split[split]["annotations"] += 1
         name = names.get(ann["category_id"], str(ann["category_id"]))
         per_class.setdefault(name, {**{s: 0 for s in SPLITS}, "total": 0})
         per_class[name][split] += 1
         per_class[name]["total"] += 1
-    return {"images": len(coco["images"]), "annotations": len(coco["annotations"]),
-            "per_split": per_split, "per_class": per_class}
+    return {"images": len(coco["images"]), "annotations": len(coco["annotations"]) - ignore_regions,
+            "ignore_regions": ignore_regions, "per_split": per_split, "per_class": per_class}
+
+
+# -- statistics kept between snapshots ---------------------------------------------------------------------
+STATS_KEY = "state/dataset_stats.json"
+SIZE_BINS = (0, 64, 128, 256, 384, 512, 640, 768, 1024, 1280, 1600, 2048, 3000, 4096, 8192)  # pixels
+
+
+def size_histogram(values) -> list[int]:
+    """Counts of `values` in SIZE_BINS (the last bin is open-ended)."""
+    import numpy as np
+
+    edges = list(SIZE_BINS) + [math.inf]
+    counts, _ = np.histogram(np.asarray(list(values), dtype=float), bins=edges)
+    return [int(c) for c in counts]
+
+
+def dataset_stats(coco: dict) -> dict:
+    """What the next night's validation compares against: classes, counts, image-size histograms."""
+    c = counts(coco)
+    return {"images": c["images"], "annotations": c["annotations"],
+            "classes": {name: v["total"] for name, v in c["per_class"].items()},
+            "per_split": {s: v["images"] for s, v in c["per_split"].items()},
+            "size_bins": list(SIZE_BINS),
+            "width_hist": size_histogram(im.get("width") or 0 for im in coco["images"]),
+            "height_hist": size_histogram(im.get("height") or 0 for im in coco["images"])}
+
+
+def total_variation(a: list[int], b: list[int]) -> float:
+    """Half the L1 distance between two histograms as distributions (0 = identical, 1 = disjoint)."""
+    sa, sb = sum(a), sum(b)
+    if not sa or not sb:
+        return 0.0 if sa == sb else 1.0
+    return 0.5 * sum(abs(x / sa - y / sb) for x, y in zip(a, b))
 
 
 def duplicates(coco: dict, image_dir: Path | None = None, perceptual: bool = False) -> dict:

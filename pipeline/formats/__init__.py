@@ -4,33 +4,44 @@
 COCO `images` / `annotations` / `categories` with the export's own ids and category names, plus the local
 file of every image. `origin` is how files are named in error messages (the source the user gave, so a
 message says `export.zip:annotations.json: annotations[12].bbox` rather than a temporary path).
-Readers check the schema and raise `InputRejected(path=..., field=...)`; value checks (boxes inside the
-image, sizes matching) are the validate stage's job.
+Readers check the schema and raise `InputRejected(path=..., field=...)` for what makes the whole export
+unusable (unreadable or unsafe files, paths leaving the export, an empty split); a defect of one item (bad
+box, unknown class, missing image) sets that image aside in `Dataset.quarantine` instead, and ingest rejects
+the export only when too many are set aside. Value checks (boxes inside the image) are the validate stage's.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from pipeline.errors import ConfigError
 from pipeline.formats.base import Dataset, Problems
 from pipeline.formats.coco import read_coco
+from pipeline.formats.cvat import read_cvat
+from pipeline.formats.kitti import read_kitti
+from pipeline.formats.labelme import read_labelme
 from pipeline.formats.voc import read_voc
 from pipeline.formats.yolo import read_yolo
 
 READERS: dict[str, Callable[..., Dataset]] = {
     "coco": read_coco,
     "voc": read_voc,
-    "yolo": read_yolo,
+    "yolo": read_yolo,  # Ultralytics data.yaml, or the Darknet obj.data layout of CVAT's YOLO 1.1 export
+    "labelme": read_labelme,
+    "cvat": read_cvat,
+    "kitti": read_kitti,
 }
 
 
-def read(fmt: str, root, origin: str = "") -> Dataset:
+def read(fmt: str, root, origin: str = "", scratch=None) -> Dataset:
     """Read the export under `root` with the reader for `fmt` (ConfigError when there is none)."""
     try:
         reader = READERS[fmt]
     except KeyError:
         raise ConfigError(f"data.format={fmt!r}: no reader for this format yet "
                           f"(available: {', '.join(sorted(READERS))})") from None
+    if scratch is not None and "scratch" in inspect.signature(reader).parameters:
+        return reader(root, origin or str(root), scratch=scratch)  # e.g. Labelme's embedded imageData
     return reader(root, origin or str(root))
 
 

@@ -22,12 +22,31 @@ class Dataset:
         export has one, "segmentation" (polygons or RLE).
     categories: {"id", "name"} and optional "supercategory", in the export's own ids.
     files: the annotation files that were read, as named in messages.
+    quarantine: per-item defects the reader set aside instead of rejecting the whole export (an image with an
+        invalid box or an unknown class, an annotation naming no image): {"file", "field", "reason", "image"}.
+        The image (with all its boxes) is left out of `images`; ingest decides whether there are too many.
+    listed_images: how many images the export lists, quarantined ones included (the denominator of the bad
+        fraction; 0 = len(images) + quarantined images).
     """
 
     images: list[dict]
     annotations: list[dict]
     categories: list[dict]
     files: list[str] = field(default_factory=list)
+    quarantine: list[dict] = field(default_factory=list)
+    listed_images: int = 0
+
+    def set_aside(self, file: str, field_name: str, reason: str, image: str | None = None) -> None:
+        self.quarantine.append({"file": file, "field": field_name, "reason": reason, "image": image})
+
+    def drop_quarantined(self) -> None:
+        """Remove quarantined images (by file_name) and their annotations; renumbering is left to the caller."""
+        bad = {q["image"] for q in self.quarantine if q.get("image")}
+        if not bad:
+            return
+        drop_ids = {im["id"] for im in self.images if im["file_name"] in bad}
+        self.images = [im for im in self.images if im["id"] not in drop_ids]
+        self.annotations = [a for a in self.annotations if a["image_id"] not in drop_ids]
 
 
 class Problems:
@@ -74,6 +93,27 @@ def safe_relative(name: str) -> bool:
         return False
     p = PurePosixPath(name)
     return not p.is_absolute() and ".." not in p.parts and ":" not in p.parts[0] and name.strip() == name
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every symlink resolved, stays under `root`."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def relative_inside(name: str, base: Path, root: Path) -> Path | None:
+    """`base / name` for a relative name written by a tool (Windows separators allowed, `..` allowed only while
+    the result stays under `root`); None when the name is absolute or leaves the export."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return None
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        return None
+    path = base / PurePosixPath(posix)
+    return path if inside(path, root) else None
 
 
 def display(origin: str, root: Path, path: Path) -> str:

@@ -8,12 +8,14 @@ not) and `iscrowd` are kept; a missing `bbox` is derived from the segmentation.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
 from pipeline.formats.base import (Dataset, Problems, display, is_finite_number, is_int, safe_relative)
 
 SKIP_NAMES = ("__MACOSX",)
+_NUMBER = (int, float)  # exact types: bool is not a coordinate
 
 
 def export_root(root: Path) -> Path:
@@ -162,6 +164,8 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
     # images
     dirs = _image_dirs(root, path)
     images, img_by_id, img_names = [], {}, {}
+    quarantine: list[tuple[str, str, str | None]] = []  # (field, reason, image file_name)
+    bad_ids: dict[int, str] = {}  # image id -> file_name of images set aside
     for i, img in enumerate(data["images"]):
         where = f"images[{i}]"
         if not isinstance(img, dict):
@@ -181,20 +185,24 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
         elif fname in img_names:
             problems.add(f"{where}.file_name", f"duplicate file_name {fname!r} (also images[{img_names[fname]}])")
             bad = True
-        for key, value in (("width", w), ("height", h)):
-            if not (is_int(value) and value > 0):
-                problems.add(f"{where}.{key}", f"must be a positive integer, got {value!r}")
-                bad = True
         if bad:
+            continue
+        img_names[fname] = i
+        # per-image defects set the image aside (quarantine) instead of rejecting the export
+        size_bad = next(((key, value) for key, value in (("width", w), ("height", h))
+                         if not (is_int(value) and value > 0)), None)
+        if size_bad:
+            quarantine.append((f"{where}.{size_bad[0]}", f"must be a positive integer, got {size_bad[1]!r}", fname))
+            bad_ids[iid] = fname
             continue
         local = next((d / fname for d in dirs if (d / fname).is_file()), None)
         if local is None:
-            problems.add(f"{where}.file_name", f"no such image file {fname!r} (looked in "
-                                               f"{', '.join(display(origin, root, d) for d in dirs if d.is_dir())})")
+            quarantine.append((f"{where}.file_name", f"no such image file {fname!r} (looked in "
+                               f"{', '.join(display(origin, root, d) for d in dirs if d.is_dir())})", fname))
+            bad_ids[iid] = fname
             continue
         entry = {"id": iid, "file_name": fname, "width": w, "height": h, "path": local}
         img_by_id[iid] = (i, entry)
-        img_names[fname] = i
         images.append(entry)
 
     # annotations
@@ -218,48 +226,51 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
             continue
         if iid not in img_by_id:
             if iid not in raw_image_ids:
-                problems.add(f"{where}.image_id", f"unknown image id {iid} (not in images)")
-            continue  # the image itself was rejected above
+                quarantine.append((f"{where}.image_id", f"unknown image id {iid} (not in images)", None))
+            continue  # the image itself was rejected or set aside above
+        fname = img_by_id[iid][1]["file_name"]
+        flag = _flagger(quarantine, bad_ids, iid, fname)
         if not is_int(cid):
-            problems.add(f"{where}.category_id", f"must be an integer, got {cid!r}")
+            flag(f"{where}.category_id", f"must be an integer, got {cid!r}")
             continue
         if cid not in cat_by_id:
-            problems.add(f"{where}.category_id", f"unknown category id {cid} (not in categories)")
+            flag(f"{where}.category_id", f"unknown category id {cid} (not in categories)")
             continue
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
-            problems.add(f"{where}.iscrowd", f"must be 0 or 1, got {iscrowd!r}")
+            flag(f"{where}.iscrowd", f"must be 0 or 1, got {iscrowd!r}")
             continue
         image = img_by_id[iid][1]
         seg = ann.get("segmentation")
         seg_box, seg_area = None, None
         if seg is not None and seg != []:
             if isinstance(seg, list):
-                seg_box = _check_polygons(seg, f"{where}.segmentation", problems)
+                seg_box = _check_polygons(seg, f"{where}.segmentation", _Shim(flag))
                 if seg_box is None:
                     continue
             elif isinstance(seg, dict):
-                checked = _check_rle(seg, image, f"{where}.segmentation", problems)
+                checked = _check_rle(seg, image, f"{where}.segmentation", _Shim(flag))
                 if checked is None:
                     continue
                 seg_box, seg_area = checked
             else:
-                problems.add(f"{where}.segmentation", "must be a list of polygons or an RLE object")
+                flag(f"{where}.segmentation", "must be a list of polygons or an RLE object")
                 continue
         bbox = ann.get("bbox")
         if bbox is None:
             if seg_box is None:
-                problems.add(f"{where}.bbox", "missing, and there is no segmentation to derive it from")
+                flag(f"{where}.bbox", "missing, and there is no segmentation to derive it from")
                 continue
             bbox = seg_box
-        elif not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
-            problems.add(f"{where}.bbox", f"must be 4 finite numbers [x, y, width, height], got {bbox!r}")
+        elif not (type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUMBER for v in bbox)
+                  and math.isfinite(sum(bbox))):  # NaN and inf survive the sum
+            flag(f"{where}.bbox", f"must be 4 finite numbers [x, y, width, height], got {bbox!r}")
             continue
         area = ann.get("area")
         if area is None:
             area = seg_area if seg_area is not None else float(bbox[2]) * float(bbox[3])
         elif not (is_finite_number(area) and area >= 0):
-            problems.add(f"{where}.area", f"must be a non-negative number, got {area!r}")
+            flag(f"{where}.area", f"must be a non-negative number, got {area!r}")
             continue
         entry = {"id": aid, "image_id": iid, "category_id": cid, "bbox": [float(v) for v in bbox],
                  "area": float(area), "iscrowd": iscrowd}
@@ -268,7 +279,27 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
         annotations.append(entry)
 
     problems.raise_if_any()
-    return Dataset(images, annotations, categories, [name])
+    if bad_ids:
+        images = [im for im in images if im["id"] not in bad_ids]
+        annotations = [a for a in annotations if a["image_id"] not in bad_ids]
+    ds = Dataset(images, annotations, categories, [name], listed_images=len(img_names))
+    for field_name, reason, fname in quarantine:
+        ds.set_aside(name, field_name, reason, fname)
+    return ds
+
+
+class _Shim:
+    """Lets the segmentation checks report through a quarantine flagger as if it were a Problems."""
+
+    def __init__(self, flag):
+        self.add = flag
+
+
+def _flagger(quarantine: list, bad_ids: dict, iid: int, fname: str):
+    def flag(field_name: str, reason: str) -> None:
+        quarantine.append((field_name, reason, fname))
+        bad_ids[iid] = fname
+    return flag
 
 
 def read_coco(root, origin: str = "") -> Dataset:
@@ -277,6 +308,9 @@ def read_coco(root, origin: str = "") -> Dataset:
     origin = origin or str(root)
     files = find_annotation_files(root, origin)
     parts = [_read_one(p, root, origin) for p in files]
+    for part in parts:
+        if not part.listed_images:  # an export's split file with no images: nothing to train or score on
+            raise InputRejected("lists no images (empty dataset or empty split)", path=part.files[0], field="images")
     if len(parts) == 1:
         return parts[0]
 
@@ -301,4 +335,7 @@ def read_coco(root, origin: str = "") -> Dataset:
         for ann in part.annotations:
             annotations.append({**ann, "id": len(annotations) + 1, "image_id": img_map[ann["image_id"]],
                                 "category_id": cat_map[ann["category_id"]]})
-    return Dataset(images, annotations, categories, [f for p in parts for f in p.files])
+    merged = Dataset(images, annotations, categories, [f for p in parts for f in p.files],
+                     listed_images=sum(p.listed_images for p in parts))
+    merged.quarantine = [q for p in parts for q in p.quarantine]
+    return merged

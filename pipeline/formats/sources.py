@@ -2,16 +2,21 @@
 
 `materialize(source, scratch)` returns a local directory holding the export. Archives are extracted
 safely: absolute paths, `..`, links that leave the tree and device files are rejected (InputRejected
-naming the archive and the member) before anything is written.
+naming the archive and the member) before anything is written, and so is an archive whose members add up
+to more than `Limits.max_bytes` uncompressed or number more than `Limits.max_members` (a zip bomb declares
+its sizes; they are checked before extraction, and extraction never writes more than was declared). A
+directory source may hold symlinks only when they stay inside it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import shutil
 import stat
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -20,6 +25,37 @@ from pipeline.errors import InputRejected
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 50 * 2**30  # total uncompressed size of an archive's members
+    max_members: int = 2_000_000  # members in one archive
+
+
+def _check_totals(label: str, sizes: list[int], limits: Limits) -> None:
+    if len(sizes) > limits.max_members:
+        raise InputRejected(f"{len(sizes)} members, more than data.max_archive_members={limits.max_members}: "
+                            "refusing to extract", path=label, field="members")
+    total = sum(sizes)
+    if total > limits.max_bytes:
+        raise InputRejected(f"members add up to {total} bytes uncompressed, more than data.max_archive_bytes="
+                            f"{limits.max_bytes}: refusing to extract (archive bomb?)", path=label, field="size")
+
+
+def check_tree(root: Path, label: str) -> None:
+    """Reject symlinks under `root` that resolve outside it (a directory export pointing at /etc/passwd)."""
+    root = Path(root)
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != real_root and real_root not in target.parents:
+                    rel = path.relative_to(root).as_posix()
+                    raise InputRejected(f"symlink to {os.readlink(path)!r} leaves the dataset", path=label,
+                                        field=rel)
 
 
 def is_archive(name: str) -> bool:
@@ -46,9 +82,10 @@ def _link_stays_inside(member_path: str, target: str) -> bool:
     return not (resolved == ".." or resolved.startswith("../"))
 
 
-def _extract_zip(path: Path, dest: Path, label: str) -> None:
+def _extract_zip(path: Path, dest: Path, label: str, limits: Limits) -> None:
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
+        _check_totals(label, [i.file_size for i in infos], limits)
         for info in infos:  # check every member before writing any
             rel = _check_member(label, info.filename)
             mode = info.external_attr >> 16
@@ -69,13 +106,14 @@ def _extract_zip(path: Path, dest: Path, label: str) -> None:
                 shutil.copyfileobj(src, dst)
 
 
-def _extract_tar(path: Path, dest: Path, label: str) -> None:
+def _extract_tar(path: Path, dest: Path, label: str, limits: Limits) -> None:
     try:
         tf = tarfile.open(path)
     except tarfile.TarError as exc:
         raise InputRejected(f"not a readable tar archive: {exc}", path=label) from None
     with tf:
         members = tf.getmembers()
+        _check_totals(label, [m.size for m in members], limits)
         for m in members:
             rel = _check_member(label, m.name)
             if m.issym() or m.islnk():
@@ -90,16 +128,16 @@ def _extract_tar(path: Path, dest: Path, label: str) -> None:
         tf.extractall(dest, members=members, filter="data")
 
 
-def extract(archive: Path, dest: Path, label: str | None = None) -> Path:
+def extract(archive: Path, dest: Path, label: str | None = None, limits: Limits = Limits()) -> Path:
     """Extract `archive` into `dest` after checking every member; returns dest."""
     label = label or str(archive)
     dest.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
     try:
         if name.endswith(".zip"):
-            _extract_zip(archive, dest, label)
+            _extract_zip(archive, dest, label, limits)
         else:
-            _extract_tar(archive, dest, label)
+            _extract_tar(archive, dest, label, limits)
     except zipfile.BadZipFile as exc:
         raise InputRejected(f"not a readable zip archive: {exc}", path=label) from None
     return dest
@@ -139,19 +177,20 @@ def _download_s3(source: str, dest: Path, endpoint_url: str) -> Path:
     return dest
 
 
-def materialize(source: str, scratch: Path, endpoint_url: str = "") -> Path:
+def materialize(source: str, scratch: Path, endpoint_url: str = "", limits: Limits = Limits()) -> Path:
     """A local directory holding the export named by `source`; `scratch` is an empty directory to use."""
     scratch = Path(scratch)
     if source.startswith("s3://"):
         fetched = _download_s3(source, scratch / "download", endpoint_url)
         if fetched.is_file():
-            return extract(fetched, scratch / "extracted", label=source)
+            return extract(fetched, scratch / "extracted", label=source, limits=limits)
         return fetched
     path = Path(source).expanduser()
     if path.is_dir():
+        check_tree(path, source)
         return path
     if not path.exists():
         raise InputRejected("no such file or directory", path=source, field="data.source")
     if is_archive(path.name):
-        return extract(path, scratch / "extracted", label=source)
+        return extract(path, scratch / "extracted", label=source, limits=limits)
     raise InputRejected("not a directory or a .zip / .tar / .tar.gz archive", path=source, field="data.source")

@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.errors import InputRejected
 from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, Problems, display, safe_relative
 from pipeline.formats.coco import export_root
+from pipeline.formats.images import header_size
 
 
 def _number(node, tag: str, where: str, problems: Problems):
@@ -29,16 +30,6 @@ def _number(node, tag: str, where: str, problems: Problems):
     return value
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - reported by the caller
-        return None
-
-
 def read_voc(root, origin: str = "") -> Dataset:
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
@@ -50,7 +41,7 @@ def read_voc(root, origin: str = "") -> Dataset:
     if not xmls:
         raise InputRejected("no Pascal VOC annotations: expected Annotations/*.xml", path=origin)
     image_dirs = [root / "JPEGImages", root / "images", ann_dir]
-    records, names = [], set()
+    records, names, quarantine = [], set(), []
     for xml in xmls:
         name = display(origin, root, xml)
         problems = Problems(name)
@@ -70,45 +61,55 @@ def read_voc(root, origin: str = "") -> Dataset:
         candidates = [d / fname for d in image_dirs] if fname else \
             [d / (xml.stem + s) for d in image_dirs for s in IMAGE_SUFFIXES]
         local = next((c for c in candidates if c.is_file()), None)
+        # per-image defects below set this image aside (quarantine) instead of rejecting the export
+        item = Problems(name)
         if local is None:
-            problems.add("filename", f"no image file for {fname or xml.stem!r} in JPEGImages/ or images/")
-            problems.raise_if_any()
+            quarantine.append((name, "filename", f"no image file for {fname or xml.stem!r} in JPEGImages/ or "
+                                                 "images/", fname or xml.stem))
+            continue
         size = node.find("size")
         w = _number(size, "width", "size", Problems(name)) if size is not None else None
         h = _number(size, "height", "size", Problems(name)) if size is not None else None
         if not w or not h:  # VOC exports often write 0: read the header instead
-            real = _image_size(local)
+            real = header_size(local)
             if real is None:
-                problems.add("size", "missing, and the image header cannot be read")
-                problems.raise_if_any()
+                quarantine.append((name, "size", "missing, and the image header cannot be read", local.name))
+                continue
             w, h = real
         boxes = []
         for k, obj in enumerate(node.findall("object")):
             where = f"object[{k}]"
             label = (obj.findtext("name") or "").strip()
             if not label:
-                problems.add(f"{where}.name", "missing class name")
+                item.add(f"{where}.name", "missing class name")
                 continue
             bnd = obj.find("bndbox")
             if bnd is None:
-                problems.add(f"{where}.bndbox", "missing")
+                item.add(f"{where}.bndbox", "missing")
                 continue
-            vals = [_number(bnd, t, f"{where}.bndbox", problems) for t in ("xmin", "ymin", "xmax", "ymax")]
+            vals = [_number(bnd, t, f"{where}.bndbox", item) for t in ("xmin", "ymin", "xmax", "ymax")]
             if None in vals:
                 continue
             xmin, ymin, xmax, ymax = vals
-            boxes.append((label, [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]))
-            names.add(label)
-        problems.raise_if_any()
+            attrs = {t: obj.findtext(t).strip() for t in ("pose", "truncated", "difficult", "occluded")
+                     if obj.findtext(t) is not None}
+            boxes.append((label, [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1], attrs))
+        if item:
+            quarantine += [(name, f, m, local.name) for f, m in item.items]
+            continue
+        names.update(label for label, _, _ in boxes)
         records.append((local, int(w), int(h), boxes))
 
     cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
     images, annotations = [], []
     for i, (local, w, h, boxes) in enumerate(records, start=1):
         images.append({"id": i, "file_name": local.name, "width": w, "height": h, "path": local})
-        for label, box in boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cat_id[label],
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+        for label, box, attrs in boxes:
+            ann = {"id": len(annotations) + 1, "image_id": i, "category_id": cat_id[label], "bbox": box,
+                   "area": box[2] * box[3], "iscrowd": 0}
+            if attrs:
+                ann["attributes"] = attrs
+            annotations.append(ann)
     seen = {}
     for img in images:
         if img["file_name"] in seen:
@@ -116,4 +117,7 @@ def read_voc(root, origin: str = "") -> Dataset:
                                 path=display(origin, root, ann_dir), field="filename")
         seen[img["file_name"]] = True
     categories = [{"id": i, "name": n} for n, i in cat_id.items()]
-    return Dataset(images, annotations, categories, [display(origin, root, ann_dir)])
+    ds = Dataset(images, annotations, categories, [display(origin, root, ann_dir)], listed_images=len(xmls))
+    for file, field_name, reason, image in quarantine:
+        ds.set_aside(file, field_name, reason, image)
+    return ds

@@ -1,27 +1,27 @@
-"""YOLO exports in the Ultralytics layout: `data.yaml` (names, train/val/test) + images/ and labels/.
+"""YOLO exports: the Ultralytics layout and the Darknet layout CVAT's "YOLO 1.1" export writes.
 
-Each image `.../images/<rel>.jpg` has `.../labels/<rel>.txt` with one `class cx cy w h` line per box
-(normalised to 0..1) or `class x1 y1 x2 y2 ...` for a polygon. The export's own train/val/test lists are
-read only to find the images: Nightshift draws its own splits from the group-key hash.
+Ultralytics: `data.yaml` (names, train/val/test) + images/ and labels/; each image `.../images/<rel>.jpg` has
+`.../labels/<rel>.txt`. Darknet (CVAT): `obj.data` (`names = obj.names`, `train = train.txt`,
+`valid = valid.txt`), `obj.names` (one class per line, line k = class k), `train.txt` listing
+`data/obj_train_data/<image>` (older CVAT) or `obj_train_data/<image>`, and `obj_<subset>_data/` holding each
+image beside its `<stem>.txt`. A label line is `class cx cy w h` normalised to 0..1 (or `class x1 y1 ...` for
+a polygon, Ultralytics only), converted to pixels with the size read from the image header. The export's own
+subsets are read only to find the images: Nightshift draws its own splits from the group-key hash. A line
+with an unknown class or bad numbers sets its image aside (quarantine); a subset list naming no image is an
+empty split and rejects the export.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from pipeline.errors import InputRejected
 from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, Problems, display
+from pipeline.formats.base import inside as _inside
 from pipeline.formats.coco import export_root
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+from pipeline.formats.images import header_size
 
 
 def _names(spec, where: str) -> dict[int, str]:
@@ -53,6 +53,8 @@ def _image_files(base: Path, entry, root: Path, where: str, key: str) -> list[Pa
                     files.append(f)
         else:
             raise InputRejected(f"{e!r}: no such directory or image list", path=where, field=key)
+    if not files:
+        raise InputRejected(f"{entry!r} holds no images (empty split)", path=where, field=key)
     return files
 
 
@@ -65,14 +67,87 @@ def _label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_yolo(root, origin: str = "") -> Dataset:
-    from PIL import Image
+def _read_labels(label: Path, lname: str, names: dict[int, str], cat_of: dict[int, int], image_id: int,
+                 w: int, h: int, polygons: bool) -> tuple[list[dict], Problems]:
+    """The boxes of one label file (ids left to the caller) and the problems found in it."""
+    problems = Problems(lname)
+    anns = []
+    for n, line in enumerate(label.read_text(errors="replace").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            cls = int(fields[0])
+            vals = [float(v) for v in fields[1:]]
+        except ValueError:
+            problems.add(f"line {n}", f"expected 'class cx cy w h' numbers, got {line.strip()!r}")
+            continue
+        if cls not in names:
+            problems.add(f"line {n}: class", f"class {cls} is not one of the {len(names)} declared classes")
+            continue
+        ok_count = len(vals) == 4 or (polygons and len(vals) >= 6 and len(vals) % 2 == 0)
+        if not all(math.isfinite(v) for v in vals) or not ok_count:
+            problems.add(f"line {n}", f"expected 4 box values{' or an even number (>= 6) of polygon values' if polygons else ''}, got {len(vals)}")
+            continue
+        ann = {"image_id": image_id, "category_id": cat_of[cls], "iscrowd": 0}
+        if len(vals) == 4:
+            cx, cy, bw, bh = vals
+            ann["bbox"] = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+        else:
+            poly = [v * (w if i % 2 == 0 else h) for i, v in enumerate(vals)]
+            xs, ys = poly[0::2], poly[1::2]
+            ann["bbox"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            ann["segmentation"] = [poly]
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+        anns.append(ann)
+    return anns, problems
 
+
+def _assemble(root: Path, origin: str, entries: list[tuple[Path, str, Path]], names: dict[int, str],
+              files: list[str], polygons: bool) -> Dataset:
+    """entries: (image file, canonical file_name, label file) in export order."""
+    used_ids = sorted(names)
+    cat_of = {k: i for i, k in enumerate(used_ids, start=1)}
+    ds = Dataset([], [], [{"id": cat_of[k], "name": names[k]} for k in used_ids], files)
+    seen = set()
+    for path, rel, label in entries:
+        if rel in seen:
+            continue
+        seen.add(rel)
+        ds.listed_images += 1
+        size = header_size(path) if path.is_file() else None
+        if size is None:
+            ds.set_aside(display(origin, root, path), "image",
+                         "no such image file" if not path.is_file() else "image header cannot be read", rel)
+            continue
+        w, h = size
+        image_id = len(ds.images) + 1
+        anns: list[dict] = []
+        if label.is_file():  # an image without a label file is a background image
+            lname = display(origin, root, label)
+            anns, problems = _read_labels(label, lname, names, cat_of, image_id, w, h, polygons)
+            if problems:
+                for f, m in problems.items:
+                    ds.set_aside(lname, f, m, rel)
+                continue
+        ds.images.append({"id": image_id, "file_name": rel, "width": w, "height": h, "path": path})
+        for ann in anns:
+            ann["id"] = len(ds.annotations) + 1
+            ds.annotations.append(ann)
+    return ds
+
+
+def read_yolo(root, origin: str = "") -> Dataset:
+    """Ultralytics (data.yaml) or Darknet/CVAT (obj.data, obj.names) layout, whichever the export has."""
     root = export_root(Path(root))
     origin = origin or str(root)
+    if not (root / "data.yaml").is_file() and not (root / "dataset.yaml").is_file() and \
+            ((root / "obj.data").is_file() or (root / "obj.names").is_file()):
+        return read_darknet(root, origin)
     yamls = [p for p in (root / "data.yaml", root / "dataset.yaml") if p.is_file()]
     if not yamls:
-        raise InputRejected("no data.yaml: expected the Ultralytics layout (data.yaml, images/, labels/)", path=origin)
+        raise InputRejected("no data.yaml (Ultralytics) or obj.data / obj.names (Darknet, CVAT's YOLO 1.1 "
+                            "export)", path=origin)
     where = display(origin, root, yamls[0])
     try:
         spec = yaml.safe_load(yamls[0].read_text())
@@ -86,62 +161,84 @@ def read_yolo(root, origin: str = "") -> Dataset:
         candidate = base / spec["path"]
         if _inside(candidate, root) and candidate.is_dir():
             base = candidate  # an absolute path from the exporting machine is ignored: the export is self-contained
+    if not any(spec.get(k) for k in ("train", "val")):
+        raise InputRejected("must name the train (and val) images", path=where, field="train")
     files: list[Path] = []
     for key in ("train", "val", "test"):
         if spec.get(key):
             files += _image_files(base, spec[key], root, where, key)
-    if not any(spec.get(k) for k in ("train", "val")):
-        raise InputRejected("must name the train (and val) images", path=where, field="train")
-
-    images, annotations, seen = [], [], set()
-    used_ids = sorted(names)
-    cat_of = {k: i for i, k in enumerate(used_ids, start=1)}
+    entries = []
     for path in dict.fromkeys(files):
-        rel = path.relative_to(root).as_posix()
+        rel = path.relative_to(root).as_posix() if _inside(path, root) else path.name
         rel = rel.split("images/", 1)[1] if rel.startswith("images/") or "/images/" in rel else rel
-        if rel in seen:
+        entries.append((path, rel, _label_path(path)))
+    return _assemble(root, origin, entries, names, [where], polygons=True)
+
+
+def _obj_data(path: Path, where: str) -> dict[str, str]:
+    spec = {}
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
             continue
-        seen.add(rel)
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except Exception as exc:  # noqa: BLE001
-            raise InputRejected(f"image cannot be read: {exc}", path=display(origin, root, path)) from None
-        image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": rel, "width": w, "height": h, "path": path})
-        label = _label_path(path)
-        if not label.is_file():
-            continue  # an image without a label file is a background image
-        lname = display(origin, root, label)
-        problems = Problems(lname)
-        for n, line in enumerate(label.read_text().splitlines(), start=1):
-            fields = line.split()
-            if not fields:
+        if "=" not in line:
+            raise InputRejected(f"expected 'key = value', got {line!r}", path=where, field=f"line {n}")
+        key, value = (part.strip() for part in line.split("=", 1))
+        spec[key] = value
+    return spec
+
+
+def _darknet_path(root: Path, rel: str) -> Path:
+    """Darknet paths are relative to darknet's own folder, so CVAT writes `data/obj.names`: the export is data/."""
+    rel = rel.replace("\\", "/")
+    if rel.startswith("data/") and not (root / rel).exists():
+        rel = rel[len("data/"):]
+    return root / rel
+
+
+def read_darknet(root, origin: str = "") -> Dataset:
+    """CVAT's YOLO 1.1 export: obj.data, obj.names, train.txt / valid.txt, obj_<subset>_data/."""
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    data_file = root / "obj.data"
+    where = display(origin, root, data_file)
+    spec = _obj_data(data_file, where) if data_file.is_file() else {"names": "obj.names", "train": "train.txt"}
+    names_rel = spec.get("names", "obj.names")
+    names_path = _darknet_path(root, names_rel)
+    if not _inside(names_path, root):
+        raise InputRejected(f"{names_rel!r} points outside the export", path=where, field="names")
+    if not names_path.is_file():
+        raise InputRejected(f"no class list {names_rel!r}", path=where, field="names")
+    lines = [ln.strip() for ln in names_path.read_text(errors="replace").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    nname = display(origin, root, names_path)
+    if not lines or not all(lines):
+        raise InputRejected("must list one non-empty class name per line", path=nname)
+    names = dict(enumerate(lines))
+    entries = []
+    subsets = [(k, spec[k]) for k in ("train", "valid") if spec.get(k)]
+    if not subsets:
+        raise InputRejected("names no train or valid image list", path=where, field="train")
+    for key, list_rel in subsets:
+        list_path = _darknet_path(root, list_rel)
+        if not _inside(list_path, root):
+            raise InputRejected(f"{list_rel!r} points outside the export", path=where, field=key)
+        if not list_path.is_file():
+            raise InputRejected(f"no image list {list_rel!r}", path=where, field=key)
+        lname = display(origin, root, list_path)
+        listed = 0
+        for n, line in enumerate(list_path.read_text(errors="replace").splitlines(), start=1):
+            item = line.strip().replace("\\", "/")
+            if not item:
                 continue
-            try:
-                cls = int(fields[0])
-                vals = [float(v) for v in fields[1:]]
-            except ValueError:
-                problems.add(f"line {n}", f"expected 'class cx cy w h' numbers, got {line.strip()!r}")
-                continue
-            if cls not in names:
-                problems.add(f"line {n}: class", f"class {cls} is not in data.yaml names ({len(names)} classes)")
-                continue
-            if not all(math.isfinite(v) for v in vals) or len(vals) < 4 or (len(vals) > 4 and len(vals) % 2):
-                problems.add(f"line {n}", f"expected 4 box values or an even number (>= 6) of polygon values, "
-                                          f"got {len(vals)}")
-                continue
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_of[cls], "iscrowd": 0}
-            if len(vals) == 4:
-                cx, cy, bw, bh = vals
-                ann["bbox"] = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
-            else:
-                poly = [v * (w if i % 2 == 0 else h) for i, v in enumerate(vals)]
-                xs, ys = poly[0::2], poly[1::2]
-                ann["bbox"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-                ann["segmentation"] = [poly]
-            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-            annotations.append(ann)
-        problems.raise_if_any()
-    categories = [{"id": cat_of[k], "name": names[k]} for k in used_ids]
-    return Dataset(images, annotations, categories, [where])
+            listed += 1
+            rel = item[len("data/"):] if item.startswith("data/") and not (root / item).exists() else item
+            pure = PurePosixPath(rel)
+            if pure.is_absolute() or ".." in pure.parts or not _inside(root / pure, root):
+                raise InputRejected(f"image path {item!r} leaves the export", path=lname, field=f"line {n}")
+            path = root / pure
+            entries.append((path, pure.as_posix(), path.with_suffix(".txt")))
+        if not listed:
+            raise InputRejected("lists no images (empty split)", path=lname)
+    return _assemble(root, origin, entries, names, [where if data_file.is_file() else nname], polygons=False)

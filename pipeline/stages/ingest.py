@@ -1,4 +1,4 @@
-"""Read a dataset export (COCO; also Pascal VOC and YOLO) and write the canonical COCO dataset.
+"""Read a dataset export (COCO, Pascal VOC, YOLO, Labelme, CVAT, KITTI) and write the canonical COCO dataset.
 
 The source (`data.source`, or --source) is a directory, a .zip / .tar / .tar.gz archive (extracted safely)
 or an s3://bucket/prefix; empty means the generated demo set. The export is checked (every problem names
@@ -7,8 +7,16 @@ runs/<run_id>/ingest/dataset/. Each image gets a split from a hash of its group 
 old ones), category ids come from the store's label map (stable across nights), and images duplicated
 across splits are flagged in the result.
 
+Per-item defects (an unreadable or truncated image, a declared size that is not the real one, a box with no
+area or with bad numbers, an unknown class) set that image aside: every one is listed in
+ingest/quarantine.json, and the stage fails (exit 3) only when they are more than validate.max_bad_fraction
+of the export. Whole-export problems (unsafe XML, paths or symlinks leaving the export, an image header
+declaring more than data.max_image_pixels, an archive beyond data.max_archive_bytes / _members, an empty
+dataset or split) reject it at once.
+
 Standalone: `nightshift ingest --format coco --source SRC --out DIR` writes the canonical dataset to DIR
-(DIR appears only on success; category ids still come from the store's label map, which is not updated).
+(DIR appears only on success, its quarantine report beside it as DIR.quarantine.json; category ids still come
+from the store's label map, which is not updated).
 """
 from __future__ import annotations
 
@@ -24,7 +32,9 @@ from pipeline import formats
 from pipeline.config import FORMATS, Config
 from pipeline.datasets import canonical_io
 from pipeline.errors import ConfigError, InputRejected
-from pipeline.formats.sources import materialize
+from pipeline.formats.base import display
+from pipeline.formats.images import probe_many
+from pipeline.formats.sources import Limits, materialize
 from pipeline.store import open_store
 
 log = logging.getLogger(__name__)
@@ -54,8 +64,80 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
+    """Read every image's header once (size, truncation, sha1); set defective images aside.
+
+    A header declaring more than data.max_image_pixels is a decompression bomb and rejects the export; an
+    unreadable or truncated file, a declared size that differs from the header, or a box with no area sets
+    the image aside (quarantine).
+    """
+    probes = probe_many([img["path"] for img in ds.images])
+    limit = cfg.data.max_image_pixels
+    for img, pr in zip(ds.images, probes):
+        where = display(origin, export, img["path"])
+        if pr.pixels > limit or pr.error.startswith("decompression bomb"):
+            raise InputRejected(f"the header declares {pr.width} x {pr.height} pixels, more than "
+                                f"data.max_image_pixels={limit} (decompression bomb?)", path=where, field="size")
+        if pr.error:
+            ds.set_aside(where, "image", pr.error, img["file_name"])
+            continue
+        img["sha1"] = pr.sha1
+        for key, real in (("width", pr.width), ("height", pr.height)):
+            if img.get(key) is None:
+                img[key] = real  # formats that do not declare sizes (KITTI, some Labelme files)
+            elif img[key] != real:
+                ds.set_aside(ds.files[0] if ds.files else where, f"{img['file_name']}: {key}",
+                             f"declared {key} {img[key]} differs from the image's real {key} {real}",
+                             img["file_name"])
+                break
+    bad_boxes = {}
+    for ann in ds.annotations:
+        w, h = ann["bbox"][2], ann["bbox"][3]
+        if not ann.get("iscrowd") and not (w > 0 and h > 0) and ann["image_id"] not in bad_boxes:
+            bad_boxes[ann["image_id"]] = ann
+    if bad_boxes:
+        names = {img["id"]: img["file_name"] for img in ds.images}
+        for image_id, ann in bad_boxes.items():
+            ds.set_aside(ds.files[0] if ds.files else origin, f"{names[image_id]}: bbox",
+                         f"box {ann['bbox']} has no area (width and height must be > 0)", names[image_id])
+
+
+def _enforce_quarantine(ds, cfg: Config, origin: str) -> dict:
+    """Drop quarantined images; reject the export when they are more than validate.max_bad_fraction of it."""
+    listed = ds.listed_images or len(ds.images)
+    bad_images = {q["image"] for q in ds.quarantine if q.get("image")}
+    orphans = sum(1 for q in ds.quarantine if not q.get("image"))
+    bad = len(bad_images) + orphans
+    ds.drop_quarantined()
+    report = {"listed_images": listed, "quarantined_images": len(bad_images), "orphan_items": orphans,
+              "bad_fraction": round(bad / listed, 6) if listed else 0.0,
+              "max_bad_fraction": cfg.validate_.max_bad_fraction, "items": ds.quarantine}
+    if not listed:
+        raise InputRejected("the export lists no images (empty dataset)", path=", ".join(ds.files) or origin,
+                            field="images")
+    if ds.quarantine and (bad / listed > cfg.validate_.max_bad_fraction or not ds.images):
+        first = ds.quarantine[0]
+        more = "; ".join(f"{q['file']}: {q['field']}: {q['reason']}" for q in ds.quarantine[1:5])
+        exc = InputRejected(
+            f"{first['reason']} -- {bad} of {listed} items are defective ({100 * bad / listed:.2f} %), more than "
+            f"validate.max_bad_fraction={cfg.validate_.max_bad_fraction}"
+            + (f"; also {more}" if more else "") + (f" (and {len(ds.quarantine) - 5} more)"
+                                                   if len(ds.quarantine) > 5 else ""),
+            path=first["file"], field=first["field"])
+        exc.result = {"quarantine": {**report, "items": ds.quarantine[:50]}}
+        raise exc
+    if ds.quarantine:
+        log.warning("quarantined %d of %d images (%.2f %%, tolerated up to %.2f %%): e.g. %s: %s: %s",
+                    len(bad_images), listed, 100 * bad / listed, 100 * cfg.validate_.max_bad_fraction,
+                    ds.quarantine[0]["file"], ds.quarantine[0]["field"], ds.quarantine[0]["reason"])
+    return report
+
+
 def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, dict, dict[str, int], dict]:
-    """Read the configured source into `work/dataset`; returns (dataset dir, coco, new label map, result)."""
+    """Read the configured source into `work/dataset`; returns (dataset dir, coco, new label map, result).
+
+    The result carries `quarantine` (every item set aside, for ingest/quarantine.json).
+    """
     data = cfg.data
     source, fmt = data.source, data.format
     if not source:
@@ -69,13 +151,15 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     else:
         origin = source
     (work / "source").mkdir(parents=True, exist_ok=True)
-    export = materialize(source, work / "source", data.source_endpoint_url)
-    ds = formats.read(fmt, export, origin=origin)
-    if not ds.images:
-        raise InputRejected("the export lists no images", path=", ".join(ds.files) or origin, field="images")
+    limits = Limits(max_bytes=data.max_archive_bytes, max_members=data.max_archive_members)
+    export = materialize(source, work / "source", data.source_endpoint_url, limits)
+    private = Path(export).resolve().is_relative_to(work.resolve())  # extracted or downloaded by us
+    ds = formats.read(fmt, export, origin=origin, scratch=work / "embedded")
+    _check_images(ds, cfg, origin, export)
+    quarantine = _enforce_quarantine(ds, cfg, origin)
     new_map = canonical_io.extend_label_map(label_map, [c["name"] for c in ds.categories])
     coco, files, info = canonical_io.build(ds, new_map, data.group_pattern, data.split_salt, data.split_ratios)
-    out = canonical_io.write(coco, files, work / "dataset")
+    out = canonical_io.write(coco, files, work / "dataset", link=private)
     if info["group_pattern_misses"]:
         log.warning("data.group_pattern %r matched no group in %d of %d file names: those use their file stem",
                     data.group_pattern, info["group_pattern_misses"], len(coco["images"]))
@@ -87,12 +171,31 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     result = {
         "source": origin, "format": fmt, "annotation_files": ds.files,
         "images": summary["images"], "annotations": summary["annotations"],
+        "ignore_regions": summary["ignore_regions"],
         "per_split": summary["per_split"], "per_class": summary["per_class"],
         "categories": [{"id": c["id"], "name": c["name"]} for c in coco["categories"]],
         "new_categories": sorted(set(new_map) - set(label_map)),
         "duplicates": dups, "group_pattern_misses": info["group_pattern_misses"],
+        "quarantined": quarantine["quarantined_images"] + quarantine["orphan_items"],
+        "quarantine": quarantine,
     }
     return out, coco, new_map, result
+
+
+def publish_dataset(ctx, out: Path) -> int:
+    """Put the dataset under runs/<id>/ingest/dataset: one rename into a local store, else file by file."""
+    from pipeline.store import LocalStore
+
+    if isinstance(ctx.store, LocalStore):
+        dest = ctx.store.local_path(ctx.key("dataset"))
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(out, dest)  # atomic: readers see the whole dataset or none of it
+                return sum(len(f) for _, _, f in os.walk(dest))
+            except OSError:
+                pass  # another file system: copy
+    return ctx.publish_dir(out, "dataset")
 
 
 def run(cfg: Config, ctx) -> dict:
@@ -102,14 +205,16 @@ def run(cfg: Config, ctx) -> dict:
     try:
         label_map = canonical_io.load_label_map(ctx.store)
         out, _coco, new_map, result = convert(cfg, work, label_map)
+        quarantine = result.pop("quarantine")
+        ctx.publish_json(quarantine, "quarantine.json")
         ctx.store.delete_prefix(ctx.key("dataset"))  # a re-run must not leave files of an older export
-        n = ctx.publish_dir(out, "dataset")
+        n = publish_dataset(ctx, out)
         if new_map != label_map:
             canonical_io.save_label_map(ctx.store, new_map)
             log.info("label map: added %s", result["new_categories"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result.update(dataset=ctx.url("dataset"), files=n)
+    result.update(dataset=ctx.url("dataset"), files=n, quarantine_report=ctx.url("quarantine.json"))
     log.info("ingested %d images, %d boxes: %s", result["images"], result["annotations"],
              {s: v["images"] for s, v in result["per_split"].items()})
     return result
@@ -126,12 +231,14 @@ def run_standalone(cfg: Config, args: argparse.Namespace) -> int:
     try:
         label_map = canonical_io.load_label_map(open_store(cfg.store.uri, cfg.store.s3_endpoint_url))
         dataset, _coco, _map, result = convert(cfg, tmp / "work", label_map)
+        report = out.with_name(out.name + ".quarantine.json")  # beside, not inside: the dataset's hash is its content
+        report.write_text(json.dumps(result.pop("quarantine"), indent=2, default=str))
         if out.exists():  # a previous canonical dataset: swap it out only now that the new one is complete
             old = tmp / "previous"
             os.replace(out, old)
         os.replace(dataset, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result.update(dataset=str(out), status="ok")
+    result.update(dataset=str(out), status="ok", quarantine_report=str(report))
     print("NIGHTSHIFT_RESULT " + json.dumps(result, sort_keys=True), flush=True)
     return 0

@@ -8,9 +8,17 @@ snapshot.remote_endpoint_url or AWS_ENDPOINT_URL for S3-compatible servers) is w
 .dvc/config.local. The same dataset always gives the same hash and pushes nothing new; a failed push
 leaves the previous data.dvc as it was. data.dvc is also stored at runs/<run_id>/snapshot/data.dvc and
 the hash is tagged on the run's MLflow run (dataset_hash, dataset_remote).
+
+An unchanged dataset (the same annotations.json, which lists the sha1 of every image, as the last snapshot
+recorded in state/dataset_stats.json, with data.dvc and the remote's listing still in place) is neither
+copied nor re-added nor pushed. After every successful snapshot the dataset's statistics go to
+state/dataset_stats.json (the next validate compares with them) and the dataset card to
+snapshot/card.html and card.md.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -23,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import Config, nightshift_home
+from pipeline.datasets import canonical_io
 from pipeline.errors import InputRejected, NightshiftError
 
 log = logging.getLogger(__name__)
@@ -146,20 +155,116 @@ def snapshot_dir(dataset: Path, repo: Path, cfg: Config) -> dict:
             "pushed": pushed, "repo": str(repo), "changed": previous != dvc_file.read_bytes()}
 
 
-def run(cfg: Config, ctx) -> dict:
-    local = ctx.workdir / "dataset"
-    shutil.rmtree(local, ignore_errors=True)
+def _remote_has(remote: str, md5: str, cfg: Config) -> bool:
+    """Whether the remote holds the .dir listing of `md5` (DVC pushes it once the files are there)."""
+    rel = f"files/md5/{md5[:2]}/{md5[2:]}"
+    if remote.startswith("s3://"):
+        from pipeline.store import s3_client
+
+        bucket, _, prefix = remote[len("s3://"):].partition("/")
+        endpoint = cfg.snapshot.remote_endpoint_url
+        try:
+            s3_client(endpoint).head_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{rel}".lstrip("/"))
+            return True
+        except Exception:  # noqa: BLE001 - any doubt means: do the full snapshot
+            return False
+    return (Path(remote) / rel).is_file()
+
+
+def unchanged(repo: Path, content_key: str, state: dict | None, remote: str, cfg: Config) -> bool:
+    """The ingested dataset is byte-for-byte the last snapshot, and that snapshot is still in repo and remote.
+
+    annotations.json lists every image with the sha1 of its bytes, so equal annotations.json means equal data.
+    """
+    if not state or state.get("content_key") != content_key or state.get("remote") != remote:
+        return False
+    dvc_file = repo / f"{DATA}.dvc"
+    if not dvc_file.is_file():
+        return False
     try:
-        ctx.fetch_dir("ingest", "dataset", local)
+        current = read_out(dvc_file)
+    except (yaml.YAMLError, StopIteration, KeyError, TypeError):
+        return False
+    return current["md5"] == state.get("dataset_hash") and _remote_has(remote, current["md5"], cfg)
+
+
+def _dataset_dir(ctx, dest: Path) -> tuple[Path, bool]:
+    """The ingested dataset on local disk: in place in a local store, else fetched (then True)."""
+    from pipeline.store import LocalStore
+
+    if isinstance(ctx.store, LocalStore):
+        here = ctx.store.local_path(ctx.key("dataset", stage="ingest"))
+        if (here / canonical_io.ANNOTATIONS).is_file():
+            return here, False
+    try:
+        ctx.fetch_dir("ingest", "dataset", dest)
     except FileNotFoundError:
         raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
                             path=ctx.url("dataset", stage="ingest")) from None
+    return dest, True
+
+
+def _annotations(ctx) -> bytes:
+    from pipeline.store import LocalStore
+
+    key = ctx.key(f"dataset/{canonical_io.ANNOTATIONS}", stage="ingest")
+    if isinstance(ctx.store, LocalStore) and ctx.store.local_path(key).is_file():
+        return ctx.store.local_path(key).read_bytes()  # no temporary copy of a large file
+    if not ctx.store.exists(key):
+        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
+                            path=ctx.url("dataset", stage="ingest"))
+    return ctx.store.get_bytes(key)
+
+
+def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None) -> None:
+    """card.html + card.md beside the snapshot's outputs (sample images read from the store)."""
+    from pipeline.datasets import card
+
+    validation = ctx.result_of("validate") if ctx.has_result("validate") else None
+
+    def read_image(name: str) -> bytes | None:
+        if dataset is not None:
+            path = dataset / canonical_io.IMAGES / name
+            return path.read_bytes() if path.is_file() else None
+        key = ctx.key(f"dataset/{canonical_io.IMAGES}/{name}", stage="ingest")
+        return ctx.store.get_bytes(key) if ctx.store.exists(key) else None
+
+    page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
+                          samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}")
+    ctx.store.put_bytes(page.encode(), ctx.key("card.html"))
+    ctx.store.put_bytes(md.encode(), ctx.key("card.md"))
+
+
+def run(cfg: Config, ctx) -> dict:
+    raw = _annotations(ctx)
+    coco = json.loads(raw)
+    content_key = hashlib.sha256(raw).hexdigest()
     repo = find_repo(cfg)
+    state = ctx.store.get_json(canonical_io.STATS_KEY) if ctx.store.exists(canonical_io.STATS_KEY) else None
+    remote = configure_remote(repo, cfg)
+    local, dataset = ctx.workdir / "dataset", None
+    fetched = False
     try:
-        result = snapshot_dir(local, repo, cfg)
+        if unchanged(repo, content_key, state, remote, cfg):
+            log.info("dataset unchanged since run %s (%s): nothing to add or push", state.get("run_id"),
+                     state["dataset_hash"])
+            out = read_out(repo / f"{DATA}.dvc")
+            result = {"dataset_hash": out["md5"], "files": out["nfiles"], "size_bytes": out["size"],
+                      "remote": remote, "pushed": 0, "repo": str(repo), "changed": False}
+        else:
+            shutil.rmtree(local, ignore_errors=True)
+            dataset, fetched = _dataset_dir(ctx, local)
+            result = snapshot_dir(dataset, repo, cfg)
+        ctx.publish(repo / f"{DATA}.dvc", f"{DATA}.dvc")
+        stats = canonical_io.dataset_stats(coco)
+        stats.update(dataset_hash=result["dataset_hash"], run_id=ctx.run_id, content_key=content_key,
+                     remote=remote, repo=str(repo))
+        ctx.store.put_json(stats, canonical_io.STATS_KEY)  # what the next night's validate compares with
+        write_card(ctx, cfg, coco, result, dataset)
     finally:
-        shutil.rmtree(local, ignore_errors=True)
-    ctx.publish(repo / f"{DATA}.dvc", f"{DATA}.dvc")
+        if fetched:
+            shutil.rmtree(local, ignore_errors=True)
+    result.update(card=ctx.url("card.html"), card_md=ctx.url("card.md"))
     from pipeline import tracking
 
     result["mlflow_run_id"] = tracking.run_for(cfg, ctx.run_id, tags={"dataset_hash": result["dataset_hash"],

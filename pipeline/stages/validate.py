@@ -2,7 +2,10 @@
 
 Runs on runs/<run_id>/ingest/dataset/: ids unique, every image decodes at its declared size, boxes finite,
 non-empty and inside their image (within validate.box_tolerance_px), category ids known, enough images per
-split, enough train boxes per class, classes balanced. Thresholds come from the `validate` config section.
+split, enough train boxes per class, classes balanced; and, against the statistics the last snapshot left in
+the store (state/dataset_stats.json), no class added or removed, per-class counts and image-size histograms
+within bounds (warnings or failures, as `validate.vocabulary_change` / `validate.drift_action` say).
+Thresholds come from the `validate` config section.
 Writes validate/report.json (every check, its result and observed values) and validate/data_docs/index.html
 (a self-contained page that reads offline).
 
@@ -17,6 +20,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.datasets import canonical_io
+from pipeline.store import open_store
 from pipeline.errors import ConfigError, InputRejected
 from pipeline.validation import validate_dataset, write_report
 
@@ -32,10 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "images/) to check")
     parser.add_argument("--report-dir", help="without --run-id: where report.json and data_docs/ go "
                                              "(default: <DATASET>-validation beside the dataset)")
+    parser.add_argument("--previous-stats", help="without --run-id: a dataset_stats.json to compare with "
+                                                 "(default: the store's state/dataset_stats.json, if any)")
 
 
 def _rejection(report: dict, where: str, result: dict) -> InputRejected:
-    failed = [r for r in report["results"] if not r["success"]]
+    failed = [r for r in report["results"] if not r["success"] and r.get("severity", "failure") == "failure"]
     lines = []
     for r in failed:
         obs = r["observed"]
@@ -52,29 +59,54 @@ def _rejection(report: dict, where: str, result: dict) -> InputRejected:
 
 def _result(report: dict) -> dict:
     return {"passed": report["passed"], "checks": report["checks"], "failed": report["failed_checks"],
+            "warnings": report.get("warnings", []), "previous_snapshot": report.get("previous_snapshot"),
             "rows": report["tables"]}
+
+
+def previous_stats(store) -> dict | None:
+    """The statistics the last successful snapshot left in the store (None before the first one)."""
+    if not store.exists(canonical_io.STATS_KEY):
+        return None
+    return store.get_json(canonical_io.STATS_KEY)
+
+
+def _local_dataset(ctx, dest: Path) -> tuple[Path, bool]:
+    """The ingested dataset on local disk: read in place from a local store, else fetched (then True)."""
+    from pipeline.store import LocalStore
+
+    if isinstance(ctx.store, LocalStore):
+        here = ctx.store.local_path(ctx.key("dataset", stage="ingest"))
+        if (here / canonical_io.ANNOTATIONS).is_file():
+            return here, False
+    try:
+        ctx.fetch_dir("ingest", "dataset", dest)
+    except FileNotFoundError:
+        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
+                            path=ctx.url("dataset", stage="ingest")) from None
+    return dest, True
 
 
 def run(cfg: Config, ctx) -> dict:
     local = ctx.workdir / "dataset"
     shutil.rmtree(local, ignore_errors=True)
-    try:
-        ctx.fetch_dir("ingest", "dataset", local)
-    except FileNotFoundError:
-        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
-                            path=ctx.url("dataset", stage="ingest")) from None
-    report = validate_dataset(local, cfg.validate_)
+    dataset, fetched = _local_dataset(ctx, local)
+    previous = previous_stats(ctx.store)
+    report = validate_dataset(dataset, cfg.validate_, previous)
     report["dataset"] = ctx.url("dataset", stage="ingest")
     out = write_report(report, ctx.workdir / "report")
     ctx.publish(out / "report.json", "report.json")
     ctx.store.delete_prefix(ctx.key("data_docs"))
     ctx.publish_dir(out / "data_docs", "data_docs")
-    shutil.rmtree(local, ignore_errors=True)
+    if fetched:
+        shutil.rmtree(local, ignore_errors=True)
     result = _result(report)
     result.update(report=ctx.url("report.json"), data_docs=ctx.url("data_docs/index.html"))
     if not report["passed"]:
         raise _rejection(report, ctx.url("dataset", stage="ingest"), result)
-    log.info("all %d checks passed", report["checks"])
+    if report["warnings"]:
+        log.warning("compared with the last snapshot %s: %s", report["previous_snapshot"],
+                    ", ".join(report["warnings"]))
+    log.info("all %d checks passed (%d warnings)", report["checks"], len(report["warnings"]))
     return result
 
 
@@ -85,7 +117,11 @@ def run_standalone(cfg: Config, args: argparse.Namespace) -> int:
     if not dataset.is_dir():
         raise InputRejected("no such dataset directory", path=str(dataset))
     out = Path(args.report_dir) if args.report_dir else dataset.with_name(dataset.name + "-validation")
-    report = validate_dataset(dataset, cfg.validate_)
+    if getattr(args, "previous_stats", None):
+        previous = json.loads(Path(args.previous_stats).read_text())
+    else:
+        previous = previous_stats(open_store(cfg.store.uri, cfg.store.s3_endpoint_url))
+    report = validate_dataset(dataset, cfg.validate_, previous)
     write_report(report, out)
     result = _result(report)
     result.update(report=str(out / "report.json"), data_docs=str(out / "data_docs" / "index.html"))

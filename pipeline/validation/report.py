@@ -16,6 +16,7 @@ th,td{text-align:left;vertical-align:top;padding:.45rem .6rem;border-bottom:1px 
 th{background:#eef0f4} code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.82rem}
 .badge{display:inline-block;padding:.1rem .45rem;border-radius:4px;font-size:.78rem;font-weight:700}
 .pass{background:#d3f0dc;color:#17612e} .fail{background:#f9d0d0;color:#8a1c1c}
+.warnb{background:#fdf0c8;color:#7a5600} .warn{background:#fff6dc;color:#7a5600}
 ul{margin:.2rem 0 0 1rem;padding:0} .small{color:#5b6475;font-size:.8rem}
 """
 
@@ -40,13 +41,19 @@ def render_html(report: dict, title: str = "Nightshift dataset validation") -> s
            + html.escape(", ".join(report["failed_checks"])))
         + "</div>",
     ]
+    if report.get("warnings"):
+        parts.append(f"<div class='banner warn'>Warnings (compared with the last snapshot "
+                     f"<code>{html.escape(str(report.get('previous_snapshot') or ''))}</code>): "
+                     + html.escape(", ".join(report["warnings"])) + "</div>")
     tables = list(dict.fromkeys(r["table"] for r in report["results"]))
     for table in tables:
         parts.append(f"<h2>Table <code>{html.escape(table)}</code></h2>")
         parts.append("<table><tr><th>Status</th><th>Check</th><th>Expectation</th><th>Observed</th>"
                      "<th>Failing rows</th></tr>")
         for r in (r for r in report["results"] if r["table"] == table):
-            badge = "<span class='badge pass'>PASS</span>" if r["success"] else "<span class='badge fail'>FAIL</span>"
+            badge = "<span class='badge pass'>PASS</span>" if r["success"] else \
+                "<span class='badge warnb'>WARN</span>" if r.get("severity") == "warning" else \
+                "<span class='badge fail'>FAIL</span>"
             examples = "".join(f"<li>{html.escape(e)}</li>" for e in r["examples"])
             error = f"<div class='small'>error: {html.escape(r['error'])}</div>" if r.get("error") else ""
             parts.append(

@@ -55,28 +55,32 @@ def test_instances_layout_is_merged_by_category_name(tmp_path):
     assert ds.files == ["export/annotations/instances_train2017.json", "export/annotations/instances_val2017.json"]
 
 
-def test_rle_that_does_not_decode_is_rejected(tmp_path):
+def test_rle_that_does_not_decode_sets_the_image_aside(tmp_path):
     _image(tmp_path / "images" / "a.jpg")
-    anns = [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": [30, 40], "counts": [1, 2]}}]
-    (tmp_path / "annotations.json").write_text(json.dumps(_coco([{"id": 1, "file_name": "a.jpg", "width": 40,
-                                                                   "height": 30}], anns)))
-    with pytest.raises(InputRejected) as exc:
-        read_coco(tmp_path, "exp")
-    assert exc.value.field == "annotations[0].segmentation.counts" and exc.value.path == "exp/annotations.json"
+    _image(tmp_path / "images" / "b.jpg")
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": [30, 40], "counts": [1, 2]}},
+            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [1, 1, 2, 2]}]
+    images = [{"id": i, "file_name": f"{n}.jpg", "width": 40, "height": 30} for i, n in ((1, "a"), (2, "b"))]
+    (tmp_path / "annotations.json").write_text(json.dumps(_coco(images, anns)))
+    ds = read_coco(tmp_path, "exp")
+    assert [i["file_name"] for i in ds.images] == ["b.jpg"] and [a["id"] for a in ds.annotations] == [2]
+    assert ds.quarantine == [{"file": "exp/annotations.json", "field": "annotations[0].segmentation.counts",
+                              "reason": ds.quarantine[0]["reason"], "image": "a.jpg"}]
+    assert "uncompressed RLE counts" in ds.quarantine[0]["reason"] and ds.listed_images == 2
 
 
-def test_many_problems_are_counted_in_one_message(tmp_path):
+def test_structural_problems_are_counted_in_one_message(tmp_path):
     _image(tmp_path / "images" / "a.jpg")
-    anns = [{"id": i, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]} for i in range(10)]
+    cats = [{"id": i, "name": "same"} for i in range(10)]
     (tmp_path / "annotations.json").write_text(json.dumps(_coco([{"id": 1, "file_name": "a.jpg", "width": 40,
-                                                                   "height": 30}], anns)))
+                                                                   "height": 30}], [], cats)))
     with pytest.raises(InputRejected) as exc:
         read_coco(tmp_path)
-    assert exc.value.field == "annotations[0].category_id"
-    assert "annotations[4].category_id" in str(exc.value) and "(and 5 more problems)" in str(exc.value)
+    assert exc.value.field == "categories[1].name"
+    assert "categories[4].name" in str(exc.value) and "(and 4 more problems)" in str(exc.value)
 
 
 def test_registry():
-    assert {"coco", "voc", "yolo"} <= set(formats.READERS)
+    assert {"coco", "voc", "yolo", "labelme", "cvat", "kitti"} <= set(formats.READERS)
     with pytest.raises(ConfigError, match="no reader"):
-        formats.read("kitti", ".")
+        formats.read("pascal-3d", ".")

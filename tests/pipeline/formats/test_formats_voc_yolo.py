@@ -37,11 +37,13 @@ def test_voc_boxes_become_coco_boxes(tmp_path):
     assert ds.images[1]["width"] == 80
 
 
-def test_voc_bad_number_names_file_and_field(tmp_path):
+def test_voc_bad_number_sets_the_image_aside_naming_file_and_field(tmp_path):
     _voc(tmp_path, "a.jpg", xmin="ten")
-    with pytest.raises(InputRejected) as exc:
-        read_voc(tmp_path, "voc-export")
-    assert exc.value.path == "voc-export/Annotations/a.xml" and exc.value.field == "object[0].bndbox.xmin"
+    _voc(tmp_path, "b.jpg")
+    ds = read_voc(tmp_path, "voc-export")
+    assert [i["file_name"] for i in ds.images] == ["b.jpg"]
+    q = ds.quarantine[0]
+    assert (q["file"], q["field"], q["image"]) == ("voc-export/Annotations/a.xml", "object[0].bndbox.xmin", "a.jpg")
 
 
 def test_voc_entities_are_refused(tmp_path):
@@ -74,9 +76,18 @@ def test_yolo_normalised_boxes_and_polygons(tmp_path):
 
 def test_yolo_unknown_class_names_the_label_file_and_line(tmp_path):
     _yolo(tmp_path, {"train/a": "0 0.5 0.5 0.2 0.4\n5 0.5 0.5 0.1 0.1\n", "val/c": ""})
+    ds = read_yolo(tmp_path, "y")
+    assert [i["file_name"] for i in ds.images] == ["val/c.jpg"]
+    q = ds.quarantine[0]
+    assert (q["file"], q["field"], q["image"]) == ("y/labels/train/a.txt", "line 2: class", "train/a.jpg")
+
+
+def test_yolo_empty_split_is_rejected(tmp_path):
+    _yolo(tmp_path, {"train/a": "0 0.5 0.5 0.2 0.4\n"})
+    (tmp_path / "images" / "val").mkdir(parents=True)
     with pytest.raises(InputRejected) as exc:
         read_yolo(tmp_path, "y")
-    assert exc.value.path == "y/labels/train/a.txt" and exc.value.field == "line 2: class"
+    assert exc.value.path == "y/data.yaml" and exc.value.field == "val" and "empty split" in str(exc.value)
 
 
 def test_yolo_ingest_via_the_cli(tmp_path, capsys):

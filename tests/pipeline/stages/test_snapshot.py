@@ -61,12 +61,21 @@ def test_directory_remote_same_hash_nothing_new_failed_push_restores(capsys, ing
     assert stored.read_text() == data_dvc
     assert 'remote "nightshift"' in (repo / ".dvc" / "config.local").read_text()
     assert tags == [("r1", {"dataset_hash": first["dataset_hash"], "dataset_remote": str(remote)})]
+    # the statistics the next validate compares with, and the dataset card
+    stats = json.loads((nightshift_home / "artifacts" / "state" / "dataset_stats.json").read_text())
+    assert stats["dataset_hash"] == first["dataset_hash"] and stats["run_id"] == "r1" and stats["images"] == 30
+    assert sum(stats["width_hist"]) == 30 and set(stats["classes"]) == {"circle", "square", "triangle"}
+    snap = nightshift_home / "artifacts" / "runs" / "r1" / "snapshot"
+    assert first["dataset_hash"] in (snap / "card.html").read_text() and "data:image/png;base64," in \
+        (snap / "card.html").read_text()
+    assert "| train |" in (snap / "card.md").read_text()
 
     ingested("r2")  # the same export, another night
     code, second, err = run(capsys, "snapshot", "--run-id", "r2", *sets)
     assert code == 0, err
     assert second["dataset_hash"] == first["dataset_hash"]
     assert second["pushed"] == 0 and second["changed"] is False
+    assert (nightshift_home / "artifacts" / "runs" / "r2" / "snapshot" / "card.md").is_file()  # unchanged: still a card
     assert remote_files(remote) == uploaded
 
     # a new dataset whose push fails (the remote's files/ folder is a plain file) leaves data.dvc as it was

@@ -111,3 +111,37 @@ def test_thresholds_come_from_the_config(capsys, dataset, tmp_path):
     failed = set(json.loads((report_dir / "report.json").read_text())["failed_checks"])
     assert {"box_right_inside", "min_images_per_split", "min_annotations_per_class", "class_balance"} <= failed
     assert "split train" in err
+
+
+def test_drift_against_the_last_snapshot_warns_or_fails_as_configured(capsys, nightshift_home):
+    from pipeline.datasets import canonical_io
+
+    generate(nightshift_home / "src", num_images=30, seed=1)
+    assert run(capsys, "ingest", "--run-id", "r1", "--source", nightshift_home / "src")[0] == 0
+    coco = json.loads((nightshift_home / "artifacts/runs/r1/ingest/dataset/annotations.json").read_text())
+    # the previous snapshot: no "triangle" class, a "hexagon" class, three times the circles, 640 px images
+    before = canonical_io.dataset_stats(coco)
+    before["classes"] = {"circle": before["classes"]["circle"] * 3, "square": before["classes"]["square"],
+                         "hexagon": 40}
+    before["width_hist"] = before["height_hist"] = canonical_io.size_histogram([640] * 30)
+    before["dataset_hash"] = "abc.dir"
+    state = nightshift_home / "artifacts" / canonical_io.STATS_KEY
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(before))
+
+    code, out, err = run(capsys, "validate", "--run-id", "r1", *LOW)
+    assert code == 0, err
+    report = json.loads((nightshift_home / "artifacts/runs/r1/validate/report.json").read_text())
+    assert report["previous_snapshot"] == "abc.dir"
+    assert set(report["warnings"]) == {"no_classes_added", "no_classes_removed", "class_counts_stable",
+                                       "image_sizes_stable"}
+    by_name = {r["name"]: r for r in report["results"]}
+    assert by_name["class_counts_stable"]["examples"][0].startswith("class 'circle'")
+    assert "added: triangle; removed: hexagon" in by_name["no_classes_added"]["examples"][0]
+    html = (nightshift_home / "artifacts/runs/r1/validate/data_docs/index.html").read_text()
+    assert "WARN" in html and "abc.dir" in html
+
+    code, out, err = run(capsys, "validate", "--run-id", "r1", *LOW, "--set", "validate.drift_action=fail",
+                         "--set", "validate.vocabulary_change=ignore", "--set", "validate.max_size_drift=1.0")
+    assert code == 3
+    assert "class_counts_stable" in err and "image_sizes_stable" not in err and "no_classes_added" not in err

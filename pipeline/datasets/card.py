@@ -1,0 +1,151 @@
+"""The dataset card: what one snapshot holds, as self-contained HTML and Markdown.
+
+Counts per split and per class, image width/height histograms and sample images with their boxes drawn (PNG
+and JPEG embedded as data: URIs, so the card reads offline and travels as one file), the validation summary of
+the same run when there is one, and the DVC dataset hash that names the snapshot. The snapshot stage writes it
+to runs/<run_id>/snapshot/card.html and card.md.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Callable
+
+from pipeline.datasets import canonical_io
+
+COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def _histogram_png(values: list[int], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=90)
+    ax.hist(values, bins=min(30, max(1, len(set(values)))), color="#4363d8", edgecolor="white")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("pixels", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _sample_jpeg(raw: bytes, boxes: list[tuple[list[float], str, bool]], names: list[str]) -> bytes | None:
+    from PIL import Image, ImageDraw
+
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except Exception:  # noqa: BLE001 - a sample that does not decode is left out of the card
+        return None
+    img = img.convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for (x, y, w, h), name, crowd in boxes:
+        colour = "#888888" if crowd else COLOURS[names.index(name) % len(COLOURS)] if name in names else "#ffffff"
+        draw.rectangle([x, y, x + w, y + h], outline=colour, width=max(1, round(max(img.size) / 200)))
+        draw.text((x + 2, y + 1), "ignore" if crowd else name, fill=colour)
+    img.thumbnail((320, 320))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def pick_samples(coco: dict, n: int) -> list[dict]:
+    """n images with boxes, spread over the classes, chosen by content hash (the same dataset, the same samples)."""
+    with_boxes = {a["image_id"] for a in coco["annotations"]}
+    ranked = sorted((im for im in coco["images"] if im["id"] in with_boxes), key=lambda im: im.get("sha1", ""))
+    return ranked[:n]
+
+
+def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: str = "", validation: dict | None = None,
+          samples: int = 6, title: str = "Dataset card") -> tuple[str, str]:
+    """(html, markdown) for the canonical dataset `coco`; `read_image(file_name)` returns an image's bytes."""
+    counts = canonical_io.counts(coco)
+    names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    widths = [int(im.get("width") or 0) for im in coco["images"]]
+    heights = [int(im.get("height") or 0) for im in coco["images"]]
+    hists = [("Image widths", _uri(_histogram_png(widths, "Image widths"), "image/png")),
+             ("Image heights", _uri(_histogram_png(heights, "Image heights"), "image/png"))] if widths else []
+    cat_name = {c["id"]: c["name"] for c in coco["categories"]}
+    by_image: dict[int, list] = {}
+    picked = pick_samples(coco, samples)
+    wanted = {im["id"] for im in picked}
+    for a in coco["annotations"]:
+        if a["image_id"] in wanted:
+            by_image.setdefault(a["image_id"], []).append((a["bbox"], cat_name.get(a["category_id"], "?"),
+                                                           bool(a.get("iscrowd"))))
+    sample_uris = []
+    for im in picked:
+        raw = read_image(im["file_name"])
+        jpeg = _sample_jpeg(raw, by_image.get(im["id"], []), names) if raw else None
+        if jpeg:
+            sample_uris.append((im["file_name"], im.get("split", ""), _uri(jpeg, "image/jpeg")))
+
+    split_rows = [(s, v["images"], v["annotations"]) for s, v in counts["per_split"].items()]
+    class_rows = [(n, *(counts["per_class"].get(n, {}).get(s, 0) for s in (*canonical_io.SPLITS, "total")))
+                  for n in names]
+    if validation:
+        verdict = "passed" if validation.get("passed") else "FAILED"
+        vline = (f"{verdict}: {validation.get('checks', 0)} checks, failed: "
+                 f"{', '.join(validation.get('failed_checks') or validation.get('failed') or []) or 'none'}; "
+                 f"warnings: {', '.join(validation.get('warnings') or []) or 'none'}")
+    else:
+        vline = "not validated in this run"
+    summary = (f"{counts['images']} images, {counts['annotations']} boxes, {len(names)} classes"
+               + (f", {counts['ignore_regions']} ignore regions" if counts["ignore_regions"] else ""))
+
+    e = html.escape
+    h = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", f"<title>{e(title)}</title><style>",
+         "body{font-family:system-ui,sans-serif;margin:2rem;color:#1d2330}table{border-collapse:collapse}"
+         "th,td{border-bottom:1px solid #ddd;padding:.3rem .6rem;text-align:right}th:first-child,td:first-child"
+         "{text-align:left}figure{display:inline-block;margin:.4rem}figcaption{font-size:.75rem;color:#555}"
+         "code{font-size:.85rem}", "</style></head><body>", f"<h1>{e(title)}</h1>",
+         f"<p>Dataset hash <code>{e(dataset_hash or 'not snapshotted')}</code> &middot; {e(summary)}</p>",
+         f"<h2>Validation</h2><p>{e(vline)}</p>",
+         "<h2>Splits</h2><table><tr><th>split</th><th>images</th><th>boxes</th></tr>"]
+    h += [f"<tr><td>{e(s)}</td><td>{i}</td><td>{a}</td></tr>" for s, i, a in split_rows]
+    h.append("</table><h2>Classes (boxes)</h2><table><tr><th>class</th>"
+             + "".join(f"<th>{s}</th>" for s in (*canonical_io.SPLITS, "total")) + "</tr>")
+    h += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in class_rows]
+    h.append("</table><h2>Image sizes</h2>")
+    h += [f"<img alt='{e(t)}' src='{u}'>" for t, u in hists]
+    h.append("<h2>Samples</h2>")
+    h += [f"<figure><img alt='{e(n)}' src='{u}'><figcaption>{e(n)} ({e(s)})</figcaption></figure>"
+          for n, s, u in sample_uris]
+    h.append("</body></html>")
+
+    md = [f"# {title}", "", f"Dataset hash `{dataset_hash or 'not snapshotted'}`: {summary}.", "",
+          "## Validation", "", vline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
+    md += [f"| {s} | {i} | {a} |" for s, i, a in split_rows]
+    md += ["", "## Classes (boxes)", "", "| class | " + " | ".join((*canonical_io.SPLITS, "total")) + " |",
+           "|---|" + "---:|" * 4]
+    md += ["| " + " | ".join(str(v) for v in row) + " |" for row in class_rows]
+    md += ["", "## Image sizes", ""] + [f"![{t}]({u})" for t, u in hists]
+    md += ["", "## Samples", ""] + [f"![{n} ({s})]({u})" for n, s, u in sample_uris]
+    return "\n".join(h), "\n".join(md) + "\n"
+
+
+def write(out_dir: str | Path, coco: dict, image_dir: str | Path, **kwargs) -> tuple[Path, Path]:
+    """Write card.html and card.md for the dataset whose images are under `image_dir`."""
+    out_dir, image_dir = Path(out_dir), Path(image_dir)
+
+    def read_image(name: str) -> bytes | None:
+        path = image_dir / name
+        return path.read_bytes() if path.is_file() else None
+
+    page, md = build(coco, read_image, **kwargs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "card.html").write_text(page)
+    (out_dir / "card.md").write_text(md)
+    return out_dir / "card.html", out_dir / "card.md"

@@ -1,0 +1,178 @@
+"""CVAT for images 1.1 exports: `annotations.xml` + `images/`, parsed with defusedxml.
+
+Task exports keep images in `images/<name>`; project exports add `subset="..."` to every `<image>` and keep
+the images in `images/<subset>/<name>` (their canonical file name is then `<subset>/<name>`, since two subsets
+may hold the same name). `<image id name width height>` holds `<box label occluded xtl ytl xbr ybr
+[rotation]>` and `<polygon label occluded points="x1,y1;x2,y2;...">` shapes, each with `<attribute name=..>`
+children; `occluded`, `z_order`, `source`, `group_id` and every attribute are kept as annotation attributes.
+A rotated box becomes the axis-aligned box around it. Polylines, points, cuboids, ellipses, masks, skeletons
+and tags are not boxes and are skipped. Labels come from `<meta>` (task or project); a shape whose label is
+not declared there, or with bad coordinates, sets its image aside (quarantine). Entities, DTDs and external
+references are refused by defusedxml (exit 3).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from pipeline.errors import InputRejected
+from pipeline.formats.base import Dataset, display, inside, safe_relative
+from pipeline.formats.coco import export_root
+
+log = logging.getLogger(__name__)
+
+SHAPES = ("box", "polygon")
+NOT_BOXES = ("polyline", "points", "cuboid", "ellipse", "mask", "skeleton", "tag")
+KEPT = ("occluded", "z_order", "source", "group_id")
+
+
+def _float(el, key: str) -> float | None:
+    try:
+        v = float(el.get(key, ""))
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _declared_labels(root_el) -> list[str]:
+    labels = []
+    for path in ("meta/task/labels/label", "meta/project/labels/label", "meta/job/labels/label"):
+        for label in root_el.findall(path):
+            name = (label.findtext("name") or "").strip()
+            if name and name not in labels:
+                labels.append(name)
+    return labels
+
+
+def _shape(el) -> tuple[list[float], list[float] | None] | str:
+    if el.tag == "box":
+        vals = [_float(el, k) for k in ("xtl", "ytl", "xbr", "ybr")]
+        if None in vals:
+            return "xtl, ytl, xbr, ybr must be finite numbers"
+        xtl, ytl, xbr, ybr = vals
+        rotation = _float(el, "rotation") if el.get("rotation") is not None else 0.0
+        if rotation is None:
+            return "rotation must be a number"
+        w, h = xbr - xtl, ybr - ytl
+        if rotation % 360:
+            # CVAT rotates the box about its centre: the axis-aligned box around the rotated one
+            t = math.radians(rotation)
+            cx, cy = xtl + w / 2, ytl + h / 2
+            hw = abs(w / 2 * math.cos(t)) + abs(h / 2 * math.sin(t))
+            hh = abs(w / 2 * math.sin(t)) + abs(h / 2 * math.cos(t))
+            return [cx - hw, cy - hh, 2 * hw, 2 * hh], None
+        return [xtl, ytl, w, h], None
+    pts = []
+    for pair in (el.get("points") or "").split(";"):
+        xy = pair.split(",")
+        try:
+            x, y = float(xy[0]), float(xy[1])
+        except (ValueError, IndexError):
+            return f"points must be 'x1,y1;x2,y2;...', got {el.get('points')!r}"
+        if len(xy) != 2 or not (math.isfinite(x) and math.isfinite(y)):
+            return f"points must be 'x1,y1;x2,y2;...', got {el.get('points')!r}"
+        pts += [x, y]
+    if len(pts) < 6:
+        return "a polygon needs at least 3 points"
+    xs, ys = pts[0::2], pts[1::2]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], pts
+
+
+def read_cvat(root, origin: str = "") -> Dataset:
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    xml = root / "annotations.xml"
+    if not xml.is_file():
+        raise InputRejected("no CVAT annotations: expected annotations.xml (CVAT for images 1.1)", path=origin)
+    name = display(origin, root, xml)
+    try:
+        tree = ElementTree.parse(xml, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise InputRejected(f"unsafe XML refused: {exc}", path=name) from None
+    except ElementTree.ParseError as exc:
+        raise InputRejected(f"not valid XML: {exc}", path=name) from None
+    top = tree.getroot()
+    if top.tag != "annotations":
+        raise InputRejected(f"root element must be <annotations>, got <{top.tag}>", path=name)
+    if top.find("track") is not None:
+        raise InputRejected("this is a 'CVAT for video' export (<track>): export the task as CVAT for images",
+                            path=name, field="track")
+    declared = _declared_labels(top)
+    ds = Dataset([], [], [], [name])
+    records, used, skipped, seen = [], set(), 0, {}
+    for i, img in enumerate(top.findall("image")):
+        where = f"image[{i}]"
+        iname, subset = img.get("name", ""), (img.get("subset") or "").strip()
+        if not safe_relative(iname):
+            raise InputRejected(f"must be a relative path inside the export, got {iname!r}", path=name,
+                                field=f"{where}.name")
+        if subset and not safe_relative(subset):
+            raise InputRejected(f"must be a plain folder name, got {subset!r}", path=name, field=f"{where}.subset")
+        ds.listed_images += 1
+        candidates = ([(root / "images" / subset / iname, f"{subset}/{iname}")] if subset else []) + \
+            [(root / "images" / iname, iname), (root / iname, iname)]
+        found = next(((p, rel) for p, rel in candidates if p.is_file()), None)
+        if found is None:
+            ds.set_aside(name, f"{where}.name", f"no such image file {iname!r} in images/"
+                         + (f" or images/{subset}/" if subset else ""), iname)
+            continue
+        local, rel = found
+        if not inside(local, root):
+            raise InputRejected("symlink leaves the dataset", path=display(origin, root, local))
+        if rel in seen:
+            raise InputRejected(f"image {rel!r} is listed twice (also image[{seen[rel]}])", path=name,
+                                field=f"{where}.name")
+        seen[rel] = i
+        try:
+            w, h = int(img.get("width", "")), int(img.get("height", ""))
+        except ValueError:
+            w = h = None  # read from the header by ingest
+        shapes, bad = [], None
+        for k, el in enumerate(img):
+            if el.tag in NOT_BOXES:
+                skipped += 1
+                continue
+            if el.tag not in SHAPES:
+                continue
+            swhere = f"{where}.{el.tag}[{k}]"
+            label = (el.get("label") or "").strip()
+            if not label:
+                bad = (f"{swhere}.label", "missing")
+                break
+            if declared and label not in declared:
+                bad = (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
+                break
+            got = _shape(el)
+            if isinstance(got, str):
+                bad = (swhere, got)
+                break
+            attrs = {key: el.get(key) for key in KEPT if el.get(key) is not None}
+            if "occluded" in attrs:
+                attrs["occluded"] = attrs["occluded"] in ("1", "true", "True")
+            for a in el.findall("attribute"):
+                attrs[a.get("name", "")] = (a.text or "").strip()
+            shapes.append((label, got[0], got[1], attrs))
+        if bad:
+            ds.set_aside(name, bad[0], bad[1], rel)
+            continue
+        used.update(s[0] for s in shapes)
+        records.append((rel, local, w, h, shapes))
+    names = declared + sorted(used - set(declared))
+    cat_id = {n: i for i, n in enumerate(names, start=1)}
+    for rel, local, w, h, shapes in records:
+        image_id = len(ds.images) + 1
+        ds.images.append({"id": image_id, "file_name": rel, "width": w, "height": h, "path": local})
+        for label, bbox, poly, attrs in shapes:
+            ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
+                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs}
+            if poly:
+                ann["segmentation"] = [poly]
+            ds.annotations.append(ann)
+    if skipped:
+        log.info("cvat: skipped %d shapes that are not boxes or polygons", skipped)
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+    return ds

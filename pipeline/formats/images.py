@@ -1,0 +1,113 @@
+"""Image files read cheaply: size from the header, truncation from the end marker, sha1 of the bytes, one read.
+
+`probe(path)` never decodes pixels: JPEG and PNG headers are parsed here (SOF / IHDR), other formats with
+Pillow's lazy `Image.open`, which also reads only the header. A JPEG that does not end with its EOI marker or
+a PNG without its IEND chunk is reported as truncated, which catches the usual half-copied file without a
+full decode (validate's `image_check: decode` does the full decode). Declared sizes are what a decompression
+bomb lies about, so callers compare `width * height` with `data.max_image_pixels` before anything decodes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+# JPEG start-of-frame markers carrying the frame size (not DHT C4, JPG C8, DAC CC)
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Probe:
+    width: int | None
+    height: int | None
+    format: str
+    sha1: str
+    error: str = ""  # empty when the header is readable and the file is complete
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        if marker in _SOF:
+            if pos + 9 > n:
+                return None
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return width, height
+        if marker == 0xD9 or length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def probe_bytes(data: bytes) -> Probe:
+    sha1 = hashlib.sha1(data).hexdigest()
+    if data[:8] == _PNG_SIGNATURE:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return Probe(None, None, "png", sha1, "PNG without an IHDR header")
+        width, height = struct.unpack(">II", data[16:24])
+        error = "" if b"IEND" in data[-64:] else "truncated PNG (no IEND chunk at the end)"
+        return Probe(width, height, "png", sha1, error)
+    if data[:3] == b"\xff\xd8\xff":
+        size = _jpeg_size(data)
+        if size is None:
+            return Probe(None, None, "jpeg", sha1, "JPEG without a readable frame header (SOF)")
+        error = "" if data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9" else "truncated JPEG (no end-of-image marker)"
+        return Probe(size[0], size[1], "jpeg", sha1, error)
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the caller compares sizes itself
+            with Image.open(io.BytesIO(data)) as img:
+                return Probe(img.size[0], img.size[1], (img.format or "").lower(), sha1)
+    except Image.DecompressionBombError as exc:
+        return Probe(None, None, "", sha1, f"decompression bomb: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any reader error means the header is unusable
+        return Probe(None, None, "", sha1, f"not a readable image: {type(exc).__name__}: {exc}")
+
+
+def probe(path: str | Path) -> Probe:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return Probe(None, None, "", "", f"cannot read the file: {exc.strerror or exc}")
+    if not data:
+        return Probe(None, None, "", hashlib.sha1(b"").hexdigest(), "empty file")
+    return probe_bytes(data)
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the header, or None when it cannot be read."""
+    p = probe(path)
+    return (p.width, p.height) if p.width and p.height else None
+
+
+def probe_many(paths, workers: int = 4) -> list[Probe]:
+    """Probe many files; threads overlap the file reads (hashing and reading release the GIL)."""
+    paths = list(paths)
+    if len(paths) < 256:
+        return [probe(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [paths[i:i + 512] for i in range(0, len(paths), 512)]  # one future per chunk, not per file
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [p for chunk in pool.map(lambda c: [probe(x) for x in c], chunks) for p in chunk]
