@@ -194,6 +194,8 @@ class Config(Section):
         cfg = self.model_copy(deep=True)
         if not cfg.store.uri:
             cfg.store.uri = (home / "artifacts").as_uri()
+        elif "://" not in cfg.store.uri:  # a relative path would mean another place in reproduce.sh's folder
+            cfg.store.uri = Path(cfg.store.uri).resolve().as_uri()
         if not cfg.snapshot.remote:
             cfg.snapshot.remote = str(home / "dvc-remote")
         if not cfg.promote.triton_repo:

@@ -16,7 +16,7 @@ from pipeline.store import ArtifactStore, open_store
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote")
-CARD_NAMES = ("dataset_card.md", "card.md", "README.md")  # a dataset card validate may write beside its report
+CARD_PLACES = (("snapshot", "card.md"),)  # the snapshot stage writes the dataset card
 
 
 @dataclass
@@ -125,8 +125,8 @@ def _samples(run: _Run, metrics: dict | None, threshold: float, n: int) -> tuple
 
 
 def _dataset_card(run: _Run) -> str:
-    for name in CARD_NAMES:
-        raw = run.bytes("validate", name)
+    for stage, name in CARD_PLACES:
+        raw = run.bytes(stage, name)
         if raw:
             return raw.decode(errors="replace")
     return ""

@@ -205,7 +205,7 @@ def test_run_that_stopped_before_evaluate(store, dataset):
                     "observed_tables": {"splits": [{"split": "train", "images": 9}]}},
                    "runs/r-early/validate/report.json")
     store.put_bytes(b"<html>docs</html>", "runs/r-early/validate/data_docs/index.html")
-    store.put_bytes(b"# Shapes\nthree classes of synthetic shapes", "runs/r-early/validate/dataset_card.md")
+    store.put_bytes(b"# Shapes\nthree classes of synthetic shapes", "runs/r-early/snapshot/card.md")
     keys = build_report(config(store), "r-early", store, log_to_mlflow=False)
     page = html_of(store, keys)
     assert keys["decision"] == "hold" and "no evaluation metrics" in keys["reasons"][0]
