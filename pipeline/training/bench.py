@@ -40,7 +40,9 @@ def _worker(args: argparse.Namespace) -> int:
     dataset = CanonicalDataset(args.dataset, None, args.image_size)
     model = build_model(args.model, dataset.num_classes + 1, args.image_size).to(info.device)
     model.train()
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
+    # --no-ddp: the same processes on the same cores without gradient all-reduce, to tell the machine's own
+    # contention between processes apart from what DDP costs
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed and not args.no_ddp else model
     optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch, collate_fn=collate, num_workers=0,
@@ -80,11 +82,13 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(nproc: int, args: argparse.Namespace, dataset: Path, out: Path) -> dict:
+def _run(nproc: int, args: argparse.Namespace, dataset: Path, out: Path, ddp: bool = True) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "pipeline.training.bench", "--worker", "--dataset", str(dataset), "--out", str(out),
            "--model", args.model, "--image-size", str(args.image_size), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    if not ddp:
+        cmd.append("--no-ddp")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (default 1)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-ddp", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -114,15 +119,20 @@ def main(argv: list[str] | None = None) -> int:
                  image_size=args.image_size, seed=0)
         one = _run(1, args, dataset, Path(tmp) / "one.json")
         two = _run(2, args, dataset, Path(tmp) / "two.json")
+        apart = _run(2, args, dataset, Path(tmp) / "apart.json", ddp=False)
     overhead = two["step_ms_median"] / one["step_ms_median"] - 1
+    ddp_cost = two["step_ms_median"] / apart["step_ms_median"] - 1
     print(f"model {args.model} at {args.image_size} px, batch {args.batch} per rank, {args.threads} thread(s) per rank,"
           f" gloo, median of {args.steps} steps")
     print(f"{'ranks':>5} {'step ms (median)':>17} {'step ms (mean)':>15} {'images/s':>9}")
-    for r in (one, two):
-        print(f"{r['world_size']:>5} {r['step_ms_median']:>17.1f} {r['step_ms_mean']:>15.1f} {r['images_per_s']:>9.1f}")
+    for label, r in (("1", one), ("2", two), ("2*", apart)):
+        print(f"{label:>5} {r['step_ms_median']:>17.1f} {r['step_ms_mean']:>15.1f} {r['images_per_s']:>9.1f}")
+    print("2* = two processes on the same cores without DDP's all-reduce (the machine's own contention)")
     verdict = "met" if overhead <= GOAL_OVERHEAD else "missed"
     print(f"2-rank step-time overhead over 1 rank: {overhead * 100:+.1f} % (goal <= {GOAL_OVERHEAD * 100:.0f} %: "
           f"{verdict}); scaling {two['images_per_s'] / one['images_per_s']:.2f}x images/s")
+    print(f"of which DDP itself (2 ranks vs 2 independent processes): {ddp_cost * 100:+.1f} %; the rest is the "
+          f"processes slowing each other down on this machine")
     return 0
 
 
