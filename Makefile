@@ -32,6 +32,15 @@ $(UV):
 	$(UV) pip sync -q --python .venv-airflow/bin/python --require-hashes requirements/airflow.lock
 	touch $@
 
+# optional: the real tritonserver (python backend) that tests/pipeline/triton/test_server.py starts
+.venv-triton/.installed: requirements/triton.lock | $(UV)
+	$(UV) venv -q --allow-existing --python 3.11 .venv-triton
+	$(UV) pip sync -q --python .venv-triton/bin/python --require-hashes requirements/triton.lock
+	touch $@
+
+.PHONY: venv-triton
+venv-triton: .venv-triton/.installed  ## create the Triton server test environment (nvidia-pytriton)
+
 envs: .venv-pipeline/.installed .venv-airflow/.installed  ## create the locked environments
 
 demo: envs  ## run the nightly DAG end to end on the generated demo dataset
@@ -41,7 +50,7 @@ run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> F
 	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format>"; exit 2; }
 	bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
 
-test: envs  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
+test: envs .venv-triton/.installed  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
 	.venv-pipeline/bin/python -m pytest tests/pipeline tests/integration
 	.venv-airflow/bin/python -m pytest tests/dags tests/infra
 
@@ -55,7 +64,7 @@ test-integration: envs
 	.venv-pipeline/bin/python -m pytest tests/integration
 
 bench: envs  ## print the performance figures
-	.venv-pipeline/bin/python -m pipeline.export.bench
+	.venv-pipeline/bin/python -m pipeline.bench
 
 airflow-ui: envs  ## start Airflow's UI on http://127.0.0.1:8080 over the demo's runs
 	bash scripts/airflow_local.sh standalone

@@ -5,6 +5,11 @@ float32 [B,3,S,S]; outputs `boxes` [B,D,4], `scores` [B,D], `labels` int64 [B,D]
 `export/labels.txt`, `export/io.json` and `export/report.json` (checks, parity, speed). Every exported
 artifact is checked before it leaves: ONNX Runtime's raw detections must match PyTorch's on val images,
 and its val mAP may not drop more than `export.parity_max_map_drop` below eager PyTorch's (else exit 4).
+
+The report also records whether TensorRT's ONNX parser supports every operator (`checks.tensorrt_ops`,
+pipeline.export.trt_ops). Optional formats, each under the same mAP parity gate: `export.int8` writes
+`model.int8.onnx` (onnxruntime dynamic INT8, `checks.int8`), `export.tensorrt=fp16|int8` writes `model.plan`
+and `triton_plan.pbtxt` (`checks.tensorrt`; needs TensorRT and a GPU, its timing cache lives in the store).
 """
 from __future__ import annotations
 
@@ -40,17 +45,80 @@ def _check_outputs(model, session, dataset, n: int, match_min: float) -> dict:
             "passed": vs_torch["match_fraction"] >= match_min and vs_single["match_fraction"] >= match_min}
 
 
-def _parity(model, session, dataset, gt: dict, max_drop: float) -> dict:
+def _parity(model, session, dataset, gt: dict, max_drop: float, runtime=None) -> dict:
+    """mAP on val: PyTorch vs the exported model (an ONNX Runtime `session`, or any detector-like `runtime`)."""
     from pipeline.export.onnx_export import OrtDetector
     from pipeline.metrics.coco import score
     from pipeline.training.engine import predict
 
     eager = score(gt, predict(model, dataset, progress=False))
-    ort = score(gt, predict(OrtDetector(session), dataset, progress=False))
+    ort = score(gt, predict(runtime if runtime is not None else OrtDetector(session), dataset, progress=False))
     keys = ("AP", "AP50", "AP75")
     drop = (eager["AP"] or 0.0) - (ort["AP"] or 0.0)
     return {"pytorch": {k: eager[k] for k in keys}, "onnxruntime": {k: ort[k] for k in keys},
             "map_drop": drop, "max_map_drop": max_drop, "passed": drop <= max_drop}
+
+
+def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict) -> tuple[dict, list]:
+    """INT8 ONNX and TensorRT, when configured: (checks for the report, failures); published artifacts."""
+    from pipeline.export.onnx_export import ort_session
+    from pipeline.export.quantize import quantize_int8
+    from pipeline.export.trt_ops import check_model
+
+    checks: dict = {"tensorrt_ops": check_model(out / "model.onnx")}
+    failures: list = []
+    if cfg.export.int8:
+        path = quantize_int8(out / "model.onnx", out / "model.int8.onnx")
+        parity = _parity(model, ort_session(path, cfg.export.threads), dataset, gt, cfg.export.int8_max_map_drop)
+        checks["int8"] = {"file": path.name, "bytes": path.stat().st_size, "parity": parity}
+        log.info("INT8 parity: AP %.4f (drop %.4f, allowed %.4f)", parity["onnxruntime"]["AP"] or 0,
+                 parity["map_drop"], parity["max_map_drop"])
+        if not parity["passed"]:
+            failures.append({"check": "int8_parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
+                             "actual": parity["map_drop"]})
+        ctx.publish(path, path.name)
+    if cfg.export.tensorrt != "off":
+        failures += _tensorrt(cfg, ctx, model, size, out, dataset, gt, checks)
+    return checks, failures
+
+
+def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict, checks: dict) -> list:
+    """Build model.plan, gate it on mAP like ONNX Runtime, write its Triton config; returns failures."""
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.export import EXPORTERS, export
+    from pipeline.export.onnx_export import io_spec
+    from pipeline.export.tensorrt import TrtDetector, TrtRunner, calibration_batches, timing_cache_key
+    from pipeline.triton.config import render_plan
+
+    if "tensorrt" not in EXPORTERS:
+        raise InputRejected(f"export.tensorrt={cfg.export.tensorrt} needs TensorRT, which does not import here",
+                            field="export.tensorrt")
+    if not checks["tensorrt_ops"]["passed"]:
+        return [{"check": "tensorrt_ops", "expected": "every operator supported by TensorRT's ONNX parser",
+                 "actual": checks["tensorrt_ops"]["unsupported"] + checks["tensorrt_ops"]["problems"]}]
+    calibration = None
+    if cfg.export.tensorrt == "int8" and not (out / "calibration.cache").exists():
+        split = CanonicalDataset(ctx.fetch_dir("ingest", "dataset"), cfg.export.calibration_split, size)
+        calibration = calibration_batches(split, cfg.export.calibration_images, cfg.export.calibration_batch)
+    cache_key, cache = timing_cache_key(), ctx.scratch("tensorrt") / "timing.cache"
+    if ctx.store.exists(cache_key):
+        ctx.store.get_file(cache_key, cache)
+    path = export("tensorrt", model, size, out, cfg, calibration=calibration, timing_cache=cache)
+    ctx.store.put_file(cache, cache_key)  # the next build on this GPU model starts from these timings
+    max_drop = cfg.export.int8_max_map_drop if cfg.export.tensorrt == "int8" else cfg.export.tensorrt_max_map_drop
+    parity = _parity(model, None, dataset, gt, max_drop, runtime=TrtDetector(TrtRunner(path)))
+    parity["tensorrt"] = parity.pop("onnxruntime")
+    checks["tensorrt"] = {"precision": cfg.export.tensorrt, "bytes": path.stat().st_size, "parity": parity,
+                          "timing_cache": ctx.store.url(cache_key)}
+    (out / "triton_plan.pbtxt").write_text(render_plan(io_spec(out / "model.onnx"), cfg.promote.model_name,
+                                                       cfg.promote.max_batch_size, cfg.promote.instance_count,
+                                                       cfg.promote.max_queue_delay_us))
+    for name in ("model.plan", "triton_plan.pbtxt", "calibration.cache"):
+        if (out / name).exists():
+            ctx.publish(out / name, name)
+    if parity["passed"]:
+        return []
+    return [{"check": "tensorrt_parity", "expected": f"mAP drop <= {max_drop}", "actual": parity["map_drop"]}]
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
@@ -91,6 +159,9 @@ def run(cfg: Config, ctx: RunContext) -> dict:
              len(dataset), parity["pytorch"]["AP"] or 0, parity["onnxruntime"]["AP"] or 0, parity["map_drop"],
              parity["max_map_drop"])
 
+    extra_checks, extra_failures = _optional_formats(cfg, ctx, model, size, out, dataset,
+                                                     split_coco(dataset.coco, "val"))
+
     speed = benchmark(model, session, size, cfg.export.benchmark_batches, cfg.export.benchmark_repeats,
                       cfg.export.benchmark_warmup, cfg.export.threads)
     log.info("inference speed (%d thread(s), %dx%d):\n%s", cfg.export.threads, size, size, table(speed))
@@ -98,7 +169,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     largest = str(max(cfg.export.benchmark_batches))
     report = {
         "format": FORMAT, "opset": io["opset"], "io": io, "export_s": round(export_s, 2), "model": meta["model"],
-        "image_size": size, "checks": {"outputs": outputs, "parity": parity}, "speed": speed, "size": sizes,
+        "image_size": size, "checks": {"outputs": outputs, "parity": parity, **extra_checks}, "speed": speed,
+        "size": sizes,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for name in ("model.onnx", "labels.txt", "io.json", "report.json"):
@@ -127,6 +199,9 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "parity": {"map_drop": parity["map_drop"], "ap_pytorch": parity["pytorch"]["AP"],
                    "ap_onnxruntime": parity["onnxruntime"]["AP"]},
         "output_match": outputs["vs_pytorch"]["match_fraction"],
+        "tensorrt_ops_supported": extra_checks["tensorrt_ops"]["passed"],
+        **{f"{fmt}_map_drop": extra_checks[fmt]["parity"]["map_drop"] for fmt in ("int8", "tensorrt")
+           if fmt in extra_checks},
         "speed": {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)},
         "onnx_mb": round(sizes["onnx_bytes"] / 1e6, 2),
     }
@@ -138,6 +213,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     if not parity["passed"]:
         failures.append({"check": "parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
                          "actual": parity["map_drop"]})
+    failures += extra_failures
     if failures:
         raise GateFailed("ONNX export failed verification: " + "; ".join(
             f"{f['check']} expected {f['expected']}, got {f['actual']}" for f in failures), failures, result)

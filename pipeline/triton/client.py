@@ -48,6 +48,23 @@ def load_and_wait(url: str, model: str, version: int, timeout_s: float = 120.0) 
         time.sleep(0.5)
 
 
+def unload(url: str, model: str, timeout_s: float = 60.0) -> None:
+    """Unload every version of `model` and wait until the server no longer reports it ready."""
+    from tritonclient.utils import InferenceServerException
+
+    client = _client(url)
+    try:
+        client.unload_model(model)
+    except InferenceServerException as exc:
+        raise TritonError(f"{url}: unloading {model} failed: {exc}") from None
+    deadline = time.monotonic() + timeout_s
+    while client.is_model_ready(model):
+        if time.monotonic() > deadline:
+            raise TritonError(f"{url}: {model} still ready {timeout_s:.0f}s after unloading")
+        time.sleep(0.2)
+    log.info("%s: %s unloaded", url, model)
+
+
 def infer(url: str, model: str, version: int, images: np.ndarray, outputs=("boxes", "scores", "labels"),
           input_name: str = "images") -> dict[str, np.ndarray]:
     import tritonclient.http as httpclient

@@ -4,6 +4,10 @@ The text is generated from `pipeline.export.onnx_export.io_spec` (names, dtypes,
 file, the batch dimension dropped because `max_batch_size > 0`), then parsed back with
 `google.protobuf.text_format.Parse` into `tritonclient.grpc.model_config_pb2.ModelConfig`, which rejects
 misspelt fields and wrong types exactly as Triton would.
+
+One io spec, three ways to serve it: `platform: "onnxruntime_onnx"` (the default, what promote publishes),
+`backend: "python"` (a model.py running the same ONNX file through onnxruntime, see
+`pipeline.triton.python_backend`) and `platform: "tensorrt_plan"` for a TensorRT engine on the GPU.
 """
 from __future__ import annotations
 
@@ -37,20 +41,42 @@ def _tensor(entry: dict, kind: str, label_filename: str = "") -> str:
             f'    dims: [ {", ".join(str(d) for d in dims)} ]{label}\n  }}')
 
 
+PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}  # platform -> default file name
+
+
 def render(io: dict, name: str, max_batch_size: int = 8, instance_kind: str = "KIND_CPU", instance_count: int = 1,
-           max_queue_delay_us: int = 1000, labels_output: str = LABELS_OUTPUT) -> str:
-    """config.pbtxt text for an ONNX model with io spec `io` (inputs/outputs with name, dtype, shape)."""
+           max_queue_delay_us: int = 1000, labels_output: str = LABELS_OUTPUT, platform: str = "onnxruntime_onnx",
+           backend: str = "", parameters: dict[str, str] | None = None) -> str:
+    """config.pbtxt text for a model with io spec `io` (inputs/outputs with name, dtype, shape).
+
+    `platform` picks Triton's backend for the file (`onnxruntime_onnx` or `tensorrt_plan`); `backend="python"`
+    instead serves a model.py (no platform line). `parameters` become the config's string parameters."""
+    if backend and platform != "onnxruntime_onnx":
+        raise ValueError("give either a platform or a backend, not both")
+    if not backend and platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     inputs = ",\n".join(_tensor(e, "input") for e in io["inputs"])
     outputs = ",\n".join(_tensor(e, "output", LABELS_FILE if e["name"] == labels_output else "")
                          for e in io["outputs"])
+    served_by = f'backend: "{backend}"' if backend else f'platform: "{platform}"'
+    params = "".join(f'parameters {{\n  key: "{k}"\n  value {{\n    string_value: "{v}"\n  }}\n}}\n'
+                     for k, v in (parameters or {}).items())
     text = (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        f'name: "{name}"\n{served_by}\nmax_batch_size: {max_batch_size}\n'
         f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]\n"
+        f"{params}"
     )
     parse(text)  # never hand out a config Triton would refuse
     return text
+
+
+def render_plan(io: dict, name: str, max_batch_size: int = 8, instance_count: int = 1,
+                max_queue_delay_us: int = 1000) -> str:
+    """config.pbtxt for a TensorRT engine (`<version>/model.plan`): platform tensorrt_plan on the GPU. The
+    engine's optimisation profile must cover batch 1..max_batch_size (pipeline.export.tensorrt builds it so)."""
+    return render(io, name, max_batch_size, "KIND_GPU", instance_count, max_queue_delay_us, platform="tensorrt_plan")
 
 
 def parse(text: str, path: str = "config.pbtxt"):

@@ -213,14 +213,18 @@ class ModelRepository:
     def publish(self, model: str, files: dict[str, str | Path], metadata: dict | None = None) -> int:
         """Publish `files` ({name in the version dir: local path}) as the next version; returns its number.
 
-        Leftover version directories without a marker are debris of a crashed publication (the lock is ours,
-        so nobody is mid-upload) and are removed first. Any failure removes what this call uploaded.
+        Leftover version directories without a marker and staged uploads are debris of a crashed publication
+        (the lock is ours, so nobody is mid-upload) and are removed first. Any failure removes what this call
+        uploaded.
         """
         for version, keys in self._version_dirs(model).items():
             if f"{model}/{version}/{MARKER}" not in keys:
                 log.warning("%s: removing incomplete version %d left by a crashed publication",
                             self.url(model, version), version)
                 self.store.delete_prefix(f"{model}/{version}/")
+        if self.store.list(f"{model}/{STAGING}/"):
+            log.warning("%s: removing uploads staged by a crashed publication", self.url(model) + f"/{STAGING}")
+            self.store.delete_prefix(f"{model}/{STAGING}/")
         version = max(self.versions(model), default=0) + 1
         checksums = {name: sha256_file(path) for name, path in files.items()}
         staging = f"{model}/{STAGING}/{uuid.uuid4().hex}"

@@ -1,0 +1,249 @@
+"""`nightshift promote` killed with SIGKILL mid-upload, five times, then once more against S3.
+
+Each kill is a real process dying at a different point of the publication (staging the first file, half the
+files, all files, verification of the staged copies, the moved version directory before its marker). The
+promote process runs through a small wrapper that slows the repository's uploads and downloads down (a sleep
+per file), so the test can watch the repository directory and kill at those points. After every kill: readers
+see only complete versions, Triton's pinned config and the MLflow alias are unchanged, and the repository
+lock is free (flock dies with its process). Then a promote that is not killed publishes exactly one new version
+and clears the debris. On S3 the lock object survives the kill; the next promote breaks it once its TTL passes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.context import RunContext
+from pipeline.stages import promote
+from pipeline.triton.repository import LOCK, MARKER, STAGING, ModelRepository, sha256_file
+
+ROOT = Path(__file__).resolve().parents[3]
+DELAY_S = 0.4  # per slowed file operation: wide enough windows to kill in, short enough for a quick test
+
+# `python -c WRAPPER promote --run-id ...`: the real CLI, with every staged/versioned file operation slowed
+WRAPPER = """
+import os, sys, time
+from pipeline.store import LocalStore, S3Store
+from pipeline.triton.repository import STAGING
+
+delay = float(os.environ["NIGHTSHIFT_TEST_SLOW_S"])
+owners = os.environ.get("NIGHTSHIFT_TEST_OWNERS", "")
+
+def slowed(real):
+    def op(self, a, b):
+        key = b if real.__name__ == "put_file" else a
+        parts = key.split("/")
+        if STAGING in parts and owners:  # tell the test which process stages which upload
+            with open(os.path.join(owners, parts[parts.index(STAGING) + 1]), "w") as fh:
+                fh.write(str(os.getpid()))
+        if STAGING in parts or (len(parts) > 2 and parts[1].isdigit()):
+            time.sleep(delay)
+        return real(self, a, b)
+    return op
+
+for store in (LocalStore, S3Store):
+    store.put_file = slowed(store.put_file)
+    store.get_file = slowed(store.get_file)
+
+from pipeline import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    from pipeline.export.onnx_export import export_onnx
+    from pipeline.training.models import build_model
+
+    root = tmp_path_factory.mktemp("crash")
+    torch.manual_seed(0)
+    spec = export_onnx(build_model("ssdlite320_mobilenet_v3_large", 4, 96).eval(), 96, root / "model.onnx")
+    (root / "labels.txt").write_text("circle\nsquare\ntriangle\n")
+    (root / "io.json").write_text(json.dumps(spec))
+    return root
+
+
+def sets(tmp_path, repo: str, *extra) -> list[str]:
+    return [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "promote.model_name=crashy",
+            f"promote.triton_repo={repo}", *extra]
+
+
+def upstream(cfg, run_id: str, export_dir: Path) -> None:
+    import mlflow
+
+    from pipeline import tracking
+
+    mlrun = tracking.run_for(cfg, run_id)
+    weights = Path(cfg.store.uri.removeprefix("file://")).parent / f"{run_id}-model.pt"
+    weights.write_bytes(b"weights of " + run_id.encode())
+    mlflow.MlflowClient().log_artifact(mlrun, str(weights), artifact_path="model")
+    RunContext.create(run_id, "train", cfg).publish_json({"status": "ok", "mlflow_run_id": mlrun}, "result.json")
+    RunContext.create(run_id, "gate", cfg).publish_json({"status": "ok", "passed": True}, "result.json")
+    ctx = RunContext.create(run_id, "export", cfg)
+    for name in ("model.onnx", "labels.txt", "io.json"):
+        ctx.publish(export_dir / name, name)
+
+
+def start_promote(overrides: list[str], run_id: str, slow_s: float | None, owners: Path | None = None
+                  ) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipeline"] if slow_s is None else [sys.executable, "-c", WRAPPER]
+    command += ["promote", "--run-id", run_id]
+    for s in overrides:
+        command += ["--set", s]
+    env = dict(os.environ, NIGHTSHIFT_TEST_SLOW_S=str(slow_s or 0), NIGHTSHIFT_TEST_OWNERS=str(owners or ""),
+               PYTHONPATH=str(ROOT))
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"promote exited ({proc.returncode}) before {what}:\n{proc.stdout.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    assert proc.poll() is None, "promote finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    proc.stdout.close()
+
+
+def alias_version(cfg):
+    mv = promote.current_alias(promote.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
+    return int(mv.version) if mv else None
+
+
+def registry_count(cfg) -> int:
+    return len(promote.registered_versions(promote.registry_client(cfg), cfg.promote.model_name))
+
+
+def assert_readers_see_only_complete_versions(repo: ModelRepository, model: str, expected: list[int]) -> None:
+    """What Triton and every reader of the repository sees: complete versions only, checksums intact, the
+    model-level config still pinned to the version that was served before."""
+    assert repo.versions(model) == expected
+    for version in expected:
+        marker = repo.marker(model, version)
+        for name, digest in marker["files"].items():
+            local = repo.store.get_file(f"{model}/{version}/{name}", Path(os.environ["NIGHTSHIFT_HOME"]) / "check")
+            assert sha256_file(local) == digest, f"version {version}: {name} does not match its checksum"
+
+
+def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir):
+    repo_dir = tmp_path / "repo"
+    overrides = sets(tmp_path, str(repo_dir), "promote.lock_timeout_s=60")
+    cfg = load_config(None, overrides).resolved()
+    model = cfg.promote.model_name
+    upstream(cfg, "night-1", export_dir)
+    first = promote.run(cfg, RunContext.create("night-1", "promote", cfg))
+    assert first["version"] == 1
+    upstream(cfg, "night-2", export_dir)
+    repo = ModelRepository(str(repo_dir))
+    model_dir = repo_dir / model
+    served_config = (model_dir / "config.pbtxt").read_bytes()
+
+    def uploads() -> set[str]:
+        return {p.name for p in (model_dir / STAGING).iterdir()} if (model_dir / STAGING).is_dir() else set()
+
+    def staged(token: str) -> int:
+        return sum(1 for p in (model_dir / STAGING / token).glob("*") if not p.name.startswith(".tmp-"))
+
+    rng = random.Random(20261125)
+    kill_points = {
+        "first file staging": lambda token: (model_dir / STAGING / token).is_dir(),
+        "half the files staged": lambda token: staged(token) >= 2,
+        "verifying the staged copies": lambda token: staged(token) >= 4,
+        "version directory moved, no marker yet": lambda token: token not in uploads() and (model_dir / "2").is_dir(),
+        "a random moment of the upload": lambda token: True,
+    }
+    # five promotes of the same run (a retried task) start together and queue on the repository lock; each
+    # is killed at its own point once it holds the lock, and the next waiter must get the lock at once
+    owners = tmp_path / "owners"
+    owners.mkdir()
+    waiting = {}
+    for _ in kill_points:
+        proc = start_promote(overrides, "night-2", DELAY_S, owners)
+        waiting[proc.pid] = proc
+    seen: set[str] = set()
+    killed_at = None
+    for point, reached in kill_points.items():
+        deadline = time.monotonic() + 120
+        while not {p.name for p in owners.iterdir()} - seen:  # the next upload, staged by whoever got the lock
+            assert all(p.poll() is None for p in waiting.values()), "a waiting promote exited"
+            assert time.monotonic() < deadline, f"no promote took the lock for {point!r}"
+            time.sleep(0.01)
+        token = ({p.name for p in owners.iterdir()} - seen).pop()
+        seen.add(token)
+        if killed_at is not None:  # the dead process's flock went with it
+            assert time.monotonic() - killed_at < 10
+        proc = waiting.pop(int((owners / token).read_text()))
+        wait_for(lambda: reached(token), proc, point)
+        if point == "a random moment of the upload":
+            time.sleep(rng.uniform(0, 4 * DELAY_S))
+        kill9(proc)
+        killed_at = time.monotonic()
+        assert not (model_dir / "2" / MARKER).exists(), point
+        # the next waiter is publishing meanwhile, slowed: it cannot have completed a version yet
+        assert_readers_see_only_complete_versions(repo, model, [1])
+        assert (model_dir / "config.pbtxt").read_bytes() == served_config and repo.served_version(model) == 1
+        assert alias_version(cfg) == first["registry_version"] and registry_count(cfg) == 1, point
+    assert not waiting
+    with repo.lock(model, timeout_s=1):
+        pass
+
+    result = promote.run(cfg, RunContext.create("night-2", "promote", cfg))  # the retry that is not killed
+    assert result["version"] == 2 and not result["reused"]
+    assert_readers_see_only_complete_versions(repo, model, [1, 2])  # exactly one new version
+    assert repo.served_version(model) == 2 and registry_count(cfg) == 2
+    assert alias_version(cfg) == result["registry_version"] != first["registry_version"]
+    assert not uploads()  # the killed runs' staged uploads were cleared under the lock
+    assert (model_dir / LOCK).exists()  # the lock file stays; only its flock matters
+
+
+def test_s3_lock_of_a_killed_promote_expires(tmp_path, export_dir, s3_server, caplog):
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    location = f"s3://{bucket}/triton"
+    ttl_s = 4.0
+    overrides = sets(tmp_path, location, f"promote.triton_endpoint_url={s3_server}", f"promote.lock_ttl_s={ttl_s}",
+                     "promote.lock_timeout_s=30")
+    cfg = load_config(None, overrides).resolved()
+    model = cfg.promote.model_name
+    upstream(cfg, "night-1", export_dir)
+    promote.run(cfg, RunContext.create("night-1", "promote", cfg))
+    upstream(cfg, "night-2", export_dir)
+    repo = ModelRepository(location, s3_server)
+
+    proc = start_promote(overrides, "night-2", DELAY_S)
+    wait_for(lambda: len(repo.store.list(f"{model}/{STAGING}/")) >= 2, proc, "two staged files on S3")
+    lock = json.loads(repo.store.get_bytes(f"{model}/{LOCK}"))
+    kill9(proc)
+    assert repo.store.exists(f"{model}/{LOCK}")  # nobody released it: it must expire
+    assert_readers_see_only_complete_versions(repo, model, [1])
+    assert repo.served_version(model) == 1 and registry_count(cfg) == 1
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.triton.repository"):
+        result = promote.run(cfg, RunContext.create("night-2", "promote", cfg))
+    assert time.time() >= lock["expires_at"]  # it waited for the TTL instead of barging in
+    assert any("breaking an expired lock" in r.getMessage() for r in caplog.records)
+    assert result["version"] == 2
+    assert_readers_see_only_complete_versions(repo, model, [1, 2])
+    assert repo.served_version(model) == 2 and registry_count(cfg) == 2
+    assert repo.store.list(f"{model}/{STAGING}/") == [] and not repo.store.exists(f"{model}/{LOCK}")
