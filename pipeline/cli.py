@@ -50,7 +50,9 @@ def stage_module(name: str):
     return importlib.import_module(f"pipeline.stages.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; given the command about to run, only that command's module is imported (stage modules
+    pull in torch, Great Expectations or MLflow, and a stage should pay only for its own imports)."""
     parser = argparse.ArgumentParser(
         prog="nightshift",
         description="Nightshift: a computer-vision model's whole life as a batch pipeline. Each stage reads "
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nightshift {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in STAGES:
+        if command not in (None, name):
+            sub.add_parser(name, add_help=False)
+            continue
         module = stage_module(name)
         doc = (module.__doc__ or "").strip()
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
@@ -76,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
             module.add_arguments(p)
         p.set_defaults(stage=name)
     for name, modname in TOOLS.items():
+        if command not in (None, name):
+            sub.add_parser(name, add_help=False)
+            continue
         module = importlib.import_module(modname)
         doc = (module.__doc__ or "").strip()
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
@@ -162,7 +170,8 @@ def _emit(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in STAGES or command in TOOLS else None)
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     try:

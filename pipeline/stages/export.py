@@ -128,6 +128,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.export.bench import benchmark, table
     from pipeline.export.detector import UnsupportedModel
     from pipeline.export.onnx_export import io_spec, ort_session, write_io, write_labels
+    from pipeline.stages.gate import deployment_checks, resolve_thresholds
     from pipeline.training.models import load_trained
 
     torch.set_num_threads(cfg.export.threads)
@@ -214,6 +215,12 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         failures.append({"check": "parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
                          "actual": parity["map_drop"]})
     failures += extra_failures
+    # the policy's latency and size budgets: the gate stage runs before export, so they are judged here
+    deployment = deployment_checks(resolve_thresholds(cfg.gates)[0], report)
+    result["deployment_checks"] = deployment
+    failures += [{"check": c["name"], "expected": f"{c['direction']} {c['threshold']:g}",
+                  "actual": c["value"] if c["value"] is not None else c.get("note")}
+                 for c in deployment if not c["passed"]]
     if failures:
         raise GateFailed("ONNX export failed verification: " + "; ".join(
             f"{f['check']} expected {f['expected']}, got {f['actual']}" for f in failures), failures, result)

@@ -127,3 +127,14 @@ def test_unsupported_model_is_rejected(shared, tmp_path, only_export):
     torch.save(blob, tmp_path / "frcnn.pt")
     RunContext.create("night-3", "train", cfg).publish(tmp_path / "frcnn.pt", "model.pt")
     assert cli.main(argv("night-3", shared)) == 3
+
+
+def test_latency_and_size_budgets_are_judged_on_the_export_report(shared, tmp_path, only_export):
+    stage_inputs("night-4", shared, tmp_path)
+    # a 0.001 MB model and a 0.001 ms p95 cannot be met: both budgets fail, listed in one gate failure
+    sets = ["gates.model_size_mb_max=0.001", "gates.latency_p95_ms_max=0.001"]
+    assert cli.main(argv("night-4", shared, sets)) == 4
+    cfg = load_config(None, [shared["tracking"]]).resolved()
+    result = RunContext.create("night-4", "export", cfg).result_of("export")
+    assert [f["check"] for f in result["failures"]] == ["latency_p95_ms_max", "model_size_mb_max"]
+    assert result["failures"][1]["expected"] == "<= 0.001" and result["failures"][1]["actual"] > 1
