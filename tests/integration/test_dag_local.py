@@ -110,8 +110,8 @@ def test_retrain_dag_end_to_end_then_short_circuit(workspace, mlflow_server):
     assert parsed.name == "itest_detector" and parsed.max_batch_size >= 1
 
     # MLflow registry: version 1 behind the champion alias, with lineage tags
-    mlflow.set_tracking_uri(mlflow_server)
-    client = mlflow.MlflowClient()
+    # explicit URIs: earlier tests in the same session may have pointed MLflow's globals elsewhere
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     champion = client.get_model_version_by_alias("itest_detector", "champion")
     assert champion.version == "1"
     tags = client.get_run(champion.run_id).data.tags
