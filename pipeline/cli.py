@@ -27,12 +27,15 @@ STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gat
 TOOLS = {
     "compare": "pipeline.report.compare",
     "demo-data": "pipeline.datasets.synthetic",
+    "reproduce": "pipeline.training.reproduce",
     "rollback": "pipeline.stages.rollback",
     "score": "pipeline.metrics.score_cli",
 }
 XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
 RESULT_MARKER = "NIGHTSHIFT_RESULT "
 STATUS = {0: "ok", 3: "rejected", 4: "gate_failed"}
+# the MLflow link of a failed stage is a courtesy for its alert: one short try, no retries
+QUICK_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 log = logging.getLogger("pipeline")
 
@@ -154,11 +157,50 @@ def run_stage(args: argparse.Namespace) -> int:
 
     result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
                   duration_s=round(time.time() - started, 2))
+    if code != EXIT_OK and is_rank0() and "mlflow_run_url" not in result:
+        link = mlflow_link(cfg, ctx.run_id)
+        if link:  # the failure alert links to the run's MLflow run
+            result["mlflow_run_url"] = link
     if is_rank0():
         _write_outputs(ctx, module, result, args)
         _emit(result)
     log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result["status"], result["duration_s"])
     return code
+
+
+def mlflow_link(cfg, run_id: str) -> str | None:
+    """A link to pipeline run `run_id`'s MLflow run, or None when it has none (yet).
+
+    Called for a failed stage, so it must never mask the stage's own error: it creates nothing (no database,
+    experiment or run), gives a tracking server one short try, and never raises.
+    """
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None  # no database: nothing was ever logged, and opening it would create one
+    if "://" not in uri or uri.startswith("file://"):  # a file store directory
+        if not Path(uri[len("file://"):] if uri.startswith("file://") else uri).is_dir():
+            return None
+    saved = {name: os.environ.get(name) for name in QUICK_MLFLOW}
+    os.environ.update(QUICK_MLFLOW)
+    try:
+        import mlflow
+
+        from pipeline import tracking
+
+        mlflow.set_tracking_uri(uri)
+        if mlflow.MlflowClient().get_experiment_by_name(cfg.mlflow.experiment) is None:
+            return None
+        run = tracking.find_run(cfg, run_id)
+        return tracking.run_url(cfg, run.info.run_id) if run is not None else None
+    except Exception as exc:  # noqa: BLE001 - server down, bad credentials ...: the alert goes without the link
+        log.warning("no MLflow link for the failure alert (%s)", type(exc).__name__)  # its text may hold the URI
+        return None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _emit(result: dict) -> None:

@@ -100,6 +100,9 @@ class TrainConfig(Section):
     threads_per_rank: int = 1  # torch intra-op threads per process on CPU
     amp: bool = True  # mixed precision (autocast + GradScaler); only ever used on CUDA
     bn_calibration_images: int = Field(128, ge=0)  # train images to recompute BatchNorm stats on at the end (0 = off)
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights per step, e.g. 0.999 (0 = off); model.pt then holds it
+    eval_every_epochs: int = Field(0, ge=0)  # val mAP on rank 0 every N epochs, logged as val_AP (0 = off, or 1 if early stopping)
+    early_stop_patience: int = Field(0, ge=0)  # stop when val mAP has not improved for this many epochs (0 = off)
 
 
 class EvaluateConfig(Section):

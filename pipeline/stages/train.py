@@ -2,8 +2,9 @@
 
 Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/model.pt (the format in
 docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id
-continues by itself. Rank 0 logs the resolved config, per-epoch loss / lr / images per second, lineage
-tags and model.pt (artifact path `model`) to the pipeline run's MLflow run.
+continues by itself. Rank 0 logs the resolved config, per-epoch loss / lr / images per second (and val_AP /
+val_AP50 with `train.eval_every_epochs` or early stopping), lineage tags and model.pt (artifact path `model`)
+to the pipeline run's MLflow run. With `train.ema_decay` model.pt holds the EMA of the weights.
 """
 from __future__ import annotations
 
@@ -112,6 +113,56 @@ def _fingerprint(cfg: Config, annotations_sha: str, world_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _with_system_metrics(run_ctx):
+    """Enter `run_ctx` (an MLflow run) with MLflow's system metrics (CPU, memory, GPU under `system/`) sampled
+    into it until it ends; plainly when psutil, which MLflow samples with, is not installed."""
+    import mlflow
+
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        log.info("psutil is not installed: no system metrics in MLflow")
+        with run_ctx as run:
+            yield run
+        return
+    with contextlib.ExitStack() as stack:
+        # the switch is read when the run starts: on only for this run, not for later ones in this process
+        mlflow.enable_system_metrics_logging()
+        try:
+            run = stack.enter_context(run_ctx)
+        finally:
+            mlflow.disable_system_metrics_logging()
+        yield run
+
+
+def _log_signed_model(model, image_size: int) -> None:
+    """Log the deployable form (images [B,3,S,S] in, padded boxes / scores / labels out) as an MLflow model
+    with its signature, beside the plain model/model.pt that the promote stage registers."""
+    import mlflow
+    import torch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    from pipeline.export.detector import UnsupportedModel, export_module
+
+    try:
+        wrapper = export_module(model, image_size)
+    except UnsupportedModel as exc:
+        log.info("no MLflow model with a signature: %s", exc)
+        return
+    images = torch.zeros(1, 3, image_size, image_size)
+    with torch.no_grad():
+        boxes, scores, labels = wrapper(images)
+    signature = infer_signature(images.numpy(), {"boxes": boxes.numpy(), "scores": scores.numpy(),
+                                                 "labels": labels.numpy()})
+    # pinned requirements: MLflow's own inference would load the model in a subprocess, seconds for nothing
+    # pickled (loading needs the pipeline package): MLflow's default "pt2" would trace with torch.export
+    mlflow.pytorch.log_model(wrapper, name="detector", signature=signature, serialization_format="pickle",
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                               f"torchvision=={torchvision.__version__.split('+')[0]}"])
+
+
 def _log_params(run_id: str, params: dict) -> None:
     """Log the resolved config; keys already on the run (an earlier attempt) are kept, changes are warned."""
     import mlflow
@@ -132,7 +183,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
     import torch
 
     from pipeline import tracking
-    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.datasets.canonical import CanonicalDataset, load_coco, split_coco
     from pipeline.training import distributed
     from pipeline.training.engine import fit, seed_everything
     from pipeline.training.models import MODELS, build_model
@@ -158,6 +209,11 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             raise InputRejected("no image has split 'train'", path=str(annotations), field="images[].split")
         if not train_set.categories:
             raise InputRejected("no categories", path=str(annotations), field="categories")
+        val_set, val_gt = None, None
+        if info.is_main and (tc.eval_every_epochs or tc.early_stop_patience):
+            # only rank 0 scores the val split; the other ranks learn its verdict from a broadcast
+            val_set = CanonicalDataset(root, "val", tc.image_size)
+            val_gt = split_coco(load_coco(root), "val")
         snapshot = ctx.result_of("snapshot") if ctx.has_result("snapshot") else {}
         dataset_hash = snapshot.get("dataset_hash", "")
         if info.is_main and not dataset_hash:
@@ -182,7 +238,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                 "container_image": os.environ.get("NIGHTSHIFT_IMAGE", "local"),
                 "model_name": tc.model,
             }
-            mlflow_ctx = tracking.active_run(cfg, ctx.run_id, tags=tags)
+            mlflow_ctx = _with_system_metrics(tracking.active_run(cfg, ctx.run_id, tags=tags))
 
         with mlflow_ctx as mlrun:
             on_epoch_end = None
@@ -192,10 +248,12 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                 _log_params(mlrun.info.run_id, cfg.flat())
 
                 def on_epoch_end(stats):
-                    mlflow.log_metrics({f"train_{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+                    # val_AP / val_AP50 keep their names; the rest are train_*
+                    mlflow.log_metrics({k if k.startswith("val_") else f"train_{k}": v
+                                        for k, v in stats.as_metrics().items()}, step=stats.epoch)
 
             result = fit(model, train_set, tc, info, ctx.store, ctx.key(CHECKPOINT_KEY), fingerprint,
-                         on_epoch_end=on_epoch_end, progress=True)
+                         on_epoch_end=on_epoch_end, progress=True, val_set=val_set, val_gt=val_gt)
 
             out = None
             if info.is_main:
@@ -216,6 +274,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                         mlflow.log_metrics({"train_seconds": result.train_seconds,
                                             "train_images_per_s": result.images_per_s})
                         mlflow.log_artifact(str(local), artifact_path="model")
+                        _log_signed_model(model, tc.image_size)
                 out = {
                     "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
                     "model": model_url,
@@ -230,6 +289,11 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                     "device": str(info.device),
                     "resumed_from": result.resumed_from,
                     "stopped_early": result.stopped_early,
+                    "early_stopped": result.early_stopped,
+                    "val_AP": [s.val.get("AP") for s in result.history if s.val],
+                    "best_val_AP": result.best_val_ap,
+                    "best_val_epoch": result.best_val_epoch,
+                    "ema": tc.ema_decay > 0,
                     "dataset_hash": dataset_hash,
                 }
                 ctx.publish_json(out, RANK0_RESULT_KEY)

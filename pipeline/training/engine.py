@@ -7,6 +7,7 @@ detections into COCO results in original image pixels: the evaluate and export s
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -143,10 +144,12 @@ class EpochStats:
     images_per_s: float  # all ranks together
     seconds: float
     components: dict = field(default_factory=dict)  # the model's own loss terms, averaged
+    val: dict = field(default_factory=dict)  # {"AP", "AP50"} on the val split when evaluated this epoch (rank 0)
 
     def as_metrics(self) -> dict:
         out = {"loss": self.loss, "lr": self.lr, "images_per_s": self.images_per_s, "epoch_seconds": self.seconds}
         out.update({f"loss_{k}": v for k, v in self.components.items()})
+        out.update({f"val_{k}": v for k, v in self.val.items() if v is not None})
         return out
 
 
@@ -160,6 +163,59 @@ class FitResult:
     resumed_from: dict | None  # {"epoch", "step"} of the checkpoint resumed from
     history: list[EpochStats]
     stopped_early: bool  # by train.max_steps
+    early_stopped: bool = False  # by train.early_stop_patience
+    best_val_ap: float | None = None  # best val mAP seen (rank 0; None when never evaluated)
+    best_val_epoch: int = 0
+
+
+class WeightEma:
+    """Exponential moving average of a model's state (weights and buffers), updated after every optimizer step.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, as in timm's ModelEma, so a
+    short run's average is not dominated by the initial weights. Integer buffers are copied, not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.state[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "state": self.state}
+
+    def load_state_dict(self, blob: dict) -> None:
+        self.updates = blob["updates"]
+        for k, v in blob["state"].items():
+            self.state[k].copy_(v)
+
+
+def val_map(model: torch.nn.Module, val_set: CanonicalDataset, gt: dict, batch_size: int, device) -> dict:
+    """COCO AP and AP50 of `model` on `val_set` (ground truth `gt`, the split's COCO dict)."""
+    from pipeline.metrics.coco import score
+
+    metrics = score(gt, predict(model, val_set, batch_size=batch_size, device=device, progress=False))
+    return {"AP": metrics["AP"], "AP50": metrics["AP50"]}
+
+
+def memory_postfix(device: torch.device) -> str:
+    """What the progress bar shows as memory: CUDA's peak allocated on GPU, the process's RSS on CPU."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}G"
+    try:
+        import psutil
+    except ImportError:
+        return "n/a"
+    return f"{psutil.Process().memory_info().rss / 2**30:.2f}G"
 
 
 def make_loader(dataset, cfg: TrainConfig, info: DistInfo, skip_batches: int = 0, epoch: int = 0):
@@ -199,9 +255,18 @@ def fit(
     run_fingerprint: str,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
+    val_set: CanonicalDataset | None = None,
+    val_gt: dict | None = None,
 ) -> FitResult:
     """Train `model` in place on `train_set`; resumes from `checkpoint_key` when it holds a checkpoint
-    of the same `run_fingerprint` (same training config and data)."""
+    of the same `run_fingerprint` (same training config and data).
+
+    With `cfg.ema_decay`, the model ends holding the EMA weights. With `cfg.eval_every_epochs` (or early
+    stopping), rank 0 scores the model (the EMA weights when on) on `val_set` / `val_gt` every N epochs;
+    with `cfg.early_stop_patience`, training stops once val mAP has not improved for that many epochs, rank
+    0's decision broadcast to every rank (the others only wait in that broadcast). The model keeps the last
+    weights trained, not the best ones.
+    """
     device = info.device
     model.to(device)
     dataset = FlipAugment(train_set, cfg.seed)
@@ -215,6 +280,15 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total_steps))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    eval_every = cfg.eval_every_epochs or (1 if cfg.early_stop_patience else 0)
+    # only rank 0 holds the val split: its answer decides for all, so every rank takes the same branches
+    if eval_every and not broadcast_flag(val_set is not None and len(val_set) > 0 and bool(val_gt), info):
+        if info.is_main:
+            log.warning("no val images: val mAP is not computed and early stopping is off")
+        eval_every = 0
+    # the early-stopping state, checkpointed with the weights
+    watch = {"best_ap": None, "best_epoch": 0, "early_stopped": False}
 
     # -- resume --------------------------------------------------------------------------------------
     start_epoch, step, skip = 0, 0, 0
@@ -236,6 +310,9 @@ def fit(
         if info.rank < len(rngs):
             set_rng_state(rngs[info.rank])
         start_epoch, step, skip = ckpt["epoch"], ckpt["step"], ckpt["batches_done"]
+        if ema is not None:
+            ema.load_state_dict(ckpt["extra"]["ema"])
+        watch.update(ckpt["extra"].get("watch", {}))
         resumed_from = {"epoch": start_epoch, "step": step, "batches_done": skip}
         if info.is_main:
             log.info("resuming from %s: epoch %d, step %d (%d batches of that epoch done)",
@@ -257,7 +334,27 @@ def fit(
         if info.is_main:
             save_checkpoint(store, checkpoint_key, model=model, optimizer=optimizer, scheduler=scheduler,
                             scaler=scaler, epoch=epoch, step=step, batches_done=batches_done,
-                            rng=rngs, extra={"fingerprint": run_fingerprint})
+                            rng=rngs, extra={"fingerprint": run_fingerprint, "watch": dict(watch),
+                                             "ema": ema.state_dict() if ema is not None else None})
+
+    def evaluate_val(epoch: int) -> dict:
+        """Rank 0 scores the weights that would ship (the EMA's when on); returns {} elsewhere."""
+        if not info.is_main:
+            return {}
+        scored = model
+        if ema is not None:
+            scored = copy.deepcopy(model)
+            scored.load_state_dict(ema.state)
+        t0 = time.time()
+        val = val_map(scored, val_set, val_gt, cfg.batch_size, device)
+        ap = val["AP"] if val["AP"] is not None else -1.0
+        if watch["best_ap"] is None or ap > watch["best_ap"]:
+            watch["best_ap"], watch["best_epoch"] = ap, epoch
+        log.info("epoch %d: val AP %s, AP50 %s (best %.4f at epoch %d) in %.1fs", epoch,
+                 "n/a" if val["AP"] is None else f"{val['AP']:.4f}",
+                 "n/a" if val["AP50"] is None else f"{val['AP50']:.4f}", watch["best_ap"], watch["best_epoch"],
+                 time.time() - t0)
+        return val
 
     history: list[EpochStats] = []
     started = time.time()
@@ -265,6 +362,8 @@ def fit(
     stopped = False
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
+        if watch["early_stopped"]:  # resumed after the early stop was decided and checkpointed
+            break
         if cfg.max_steps and step >= cfg.max_steps:
             stopped = True
             break
@@ -301,6 +400,8 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             batches += 1
             loss_sum += loss_value
@@ -309,7 +410,8 @@ def fit(
             epoch_images += len(images)
             if info.is_main and progress:
                 elapsed = max(time.time() - epoch_start, 1e-9)
-                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{epoch_images * info.world_size / elapsed:.1f}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{epoch_images * info.world_size / elapsed:.1f}",
+                                mem=memory_postfix(device))
             done_in_epoch = b + 1
             if cfg.max_steps and step >= cfg.max_steps and done_in_epoch < steps_per_epoch:
                 checkpoint(epoch, done_in_epoch)  # a later run with a larger max_steps continues from here
@@ -341,6 +443,12 @@ def fit(
             if on_epoch_end:
                 on_epoch_end(stats)
             break
+        if eval_every and (epoch + 1) % eval_every == 0:
+            stats.val = evaluate_val(epoch + 1)
+            patience_out = (cfg.early_stop_patience > 0 and info.is_main
+                            and epoch + 1 - watch["best_epoch"] >= cfg.early_stop_patience)
+            # every rank enters this broadcast whatever its shard held, so none waits for a collective in vain
+            watch["early_stopped"] = broadcast_flag(patience_out, info) and epoch + 1 < cfg.epochs
         checkpoint(epoch + 1, 0)
         history.append(stats)
         if info.is_main:
@@ -349,6 +457,14 @@ def fit(
                      stats.loss, parts, stats.lr, stats.images_per_s, seconds, step)
         if on_epoch_end:
             on_epoch_end(stats)
+        if watch["early_stopped"]:
+            if info.is_main:
+                log.info("early stop after epoch %d: val AP has not improved for %d epoch(s) (best %.4f at "
+                         "epoch %d)", epoch + 1, epoch + 1 - watch["best_epoch"], watch["best_ap"],
+                         watch["best_epoch"])
+            break
+    if ema is not None:
+        model.load_state_dict(ema.state)  # what ships is the average; BatchNorm is recalibrated for it below
     if cfg.bn_calibration_images > 0:
         t0 = time.time()
         used = recalibrate_batchnorm(model, train_set, cfg, info, cfg.bn_calibration_images)
@@ -365,6 +481,9 @@ def fit(
         resumed_from=resumed_from,
         history=history,
         stopped_early=stopped,
+        early_stopped=watch["early_stopped"],
+        best_val_ap=watch["best_ap"],
+        best_val_epoch=watch["best_epoch"],
     )
 
 

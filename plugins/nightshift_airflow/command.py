@@ -87,26 +87,60 @@ def parse_result(line: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _failure_text(failure) -> str:
-    if isinstance(failure, dict):
-        name = failure.get("check") or failure.get("name") or failure.get("gate")
-        rest = ", ".join(f"{k}={v}" for k, v in failure.items() if k not in ("check", "name", "gate"))
-        return f"{name}: {rest}" if name else rest
-    return str(failure)
+# links a failed stage's result carries for its alert: result key -> label
+LINKS = (("mlflow_run_url", "MLflow run"), ("report", "Report"))
+# the part of a failed stage's result that its alert needs; it rides on the raised exception
+ALERT_KEYS = ("stage", "status", "exit_code", "error", "failures") + tuple(key for key, _ in LINKS)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def failure_text(failure) -> str:
+    """One failed check as a line: `map50_min: 0.41, must be >= 0.5` (class in brackets when per class)."""
+    if not isinstance(failure, dict):
+        return str(failure)
+    name = failure.get("check") or failure.get("name") or failure.get("gate")
+    if failure.get("class"):
+        name = f"{name} [{failure['class']}]"
+    if "value" in failure and "threshold" in failure and failure.get("direction"):
+        rest = f"{_number(failure['value'])}, must be {failure['direction']} {_number(failure['threshold'])}"
+    else:
+        rest = ", ".join(f"{k}={_number(v)}" for k, v in failure.items()
+                         if k not in ("check", "name", "gate", "class", "passed"))
+    return f"{name}: {rest}" if name else rest
 
 
 def describe_failure(stage: str, code: int | None, result: dict | None, output_tail: Sequence[str] = ()) -> str:
-    """One message for a failed stage: what went wrong and, for a gate, every failed check."""
+    """One message for a failed stage: what went wrong, for a gate every failed check, and the links
+    (MLflow run, report) the stage put into its result."""
     what = FAIL_FAST.get(code, f"exit code {code}") if code is not None else "failed"
     lines = [f"nightshift {stage}: {what}"]
     if result and result.get("error"):
         lines.append(str(result["error"]))
         for failure in result.get("failures") or []:
-            lines.append(f"  - {_failure_text(failure)}")
+            lines.append(f"  - {failure_text(failure)}")
     elif output_tail:
         lines.append("last output:")
         lines.extend(f"  {line}" for line in output_tail)
+    for key, label in LINKS:
+        link = (result or {}).get(key)
+        if link and str(link) not in "\n".join(lines):  # gate's error already ends with "Report: <url>"
+            lines.append(f"{label}: {link}")
     return "\n".join(lines)
+
+
+def stage_failure(exc_type: type[Exception], stage: str, code: int | None, result: dict | None,
+                  output_tail: Sequence[str] = ()) -> Exception:
+    """The exception a runner raises for a failed stage: describe_failure's message, plus the alert's part of
+    the result as `exc.nightshift_result` (the failure callback gets this very object as context["exception"])."""
+    exc = exc_type(describe_failure(stage, code, result, output_tail))
+    alert = {key: result[key] for key in ALERT_KEYS if result and result.get(key) is not None}
+    alert.setdefault("stage", stage)
+    alert.setdefault("exit_code", code)
+    exc.nightshift_result = alert
+    return exc
 
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+(:[^/\s@]*)?@")
@@ -123,6 +157,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 __all__ = [
-    "FAIL_FAST", "PARAM_OVERRIDES", "RESULT_MARKER", "compact", "describe_failure", "override_template",
-    "parse_result", "redact", "stage_arguments",
+    "ALERT_KEYS", "FAIL_FAST", "LINKS", "PARAM_OVERRIDES", "RESULT_MARKER", "compact", "describe_failure",
+    "failure_text", "override_template", "parse_result", "redact", "stage_arguments", "stage_failure",
 ]

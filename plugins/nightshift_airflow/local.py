@@ -16,7 +16,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 
 from nightshift_airflow import settings
-from nightshift_airflow.command import FAIL_FAST, compact, describe_failure, parse_result
+from nightshift_airflow.command import FAIL_FAST, compact, parse_result, stage_failure
 
 TAIL_LINES = 30
 
@@ -43,7 +43,8 @@ class NightshiftLocalOperator(BaseOperator):
 
     Exit 0 returns the result as XCom; 2 (usage), 3 (input rejected) and 4 (gate refused) raise
     AirflowFailException with the stage's error text, so the task fails without retrying; anything else
-    raises AirflowException and the task's retries apply.
+    raises AirflowException and the task's retries apply. Either carries the stage's failed checks and its
+    MLflow run and report links as `nightshift_result`, for the failure alert.
     """
 
     template_fields: Sequence[str] = ("arguments",)
@@ -107,10 +108,8 @@ class NightshiftLocalOperator(BaseOperator):
             if result is None and self.require_result:
                 raise AirflowException(f"nightshift {stage} exited 0 without a NIGHTSHIFT_RESULT line")
             return result
-        message = describe_failure(stage, code, result, list(tail))
-        if code in FAIL_FAST:
-            raise AirflowFailException(message)
-        raise AirflowException(message)
+        raise stage_failure(AirflowFailException if code in FAIL_FAST else AirflowException, stage, code, result,
+                            list(tail))
 
     def on_kill(self) -> None:
         proc = self._proc

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 from nightshift_airflow import settings
-from nightshift_airflow.command import redact
+from nightshift_airflow.command import LINKS, failure_text, redact
 
 MAX_ERROR_CHARS = 1500
+MAX_FAILURES = 20  # failed checks listed one per line; more are counted, not listed
 # environment values that must never appear in a message, whatever the error text contains
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
               "NIGHTSHIFT_WEBHOOK_URL")
@@ -27,7 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class NightshiftChatNotifier(BaseNotifier):
-    """Post "<dag> <event> at <task>" with the run id, the error text and a link to the task log."""
+    """Post "<dag> <event> at <task>" with the run id, the error, and links to the task log.
+
+    For a failed stage the runner's exception carries the stage's result (`nightshift_result`, see
+    command.stage_failure; a pod's result is also in XCom): every failed gate is listed with its value and
+    threshold, and the MLflow run and the report are linked. They are listed outside the clipped error text,
+    so a long error never cuts them off.
+    """
 
     template_fields = ()
 
@@ -59,16 +67,27 @@ class NightshiftChatNotifier(BaseNotifier):
             "log_url": _log_url(ti),
         }
         if self.event == "failure":
-            error = context.get("exception") or context.get("reason") or "unknown error (see the task log)"
+            exception = context.get("exception")
+            error = exception or context.get("reason") or "unknown error (see the task log)"
             record["error"] = _clip(str(error))
+            stage = _stage_result(exception, ti)
+            failures = [f for f in stage.get("failures") or [] if not (isinstance(f, dict) and f.get("passed"))]
+            if failures:
+                record["failures"] = [failure_text(f) for f in failures]
+            for key, _ in LINKS:
+                link = stage.get(key) or _link_in_text(str(error), key)
+                if link:
+                    record[key] = str(link)
         else:
             result = _task_result(ti)
             if result is not None:
                 record["result"] = _clip(json.dumps(result, default=str, sort_keys=True))
         secrets = [os.environ.get(name, "") for name in SECRET_ENV]
-        for key in ("error", "result"):
-            if key in record:
+        for key in ("error", "result", "log_url", *(key for key, _ in LINKS)):
+            if record.get(key):
                 record[key] = redact(record[key], secrets)
+        if "failures" in record:
+            record["failures"] = [redact(line, secrets) for line in record["failures"]]
         record["text"] = self.text(record)
         return record
 
@@ -77,13 +96,23 @@ class NightshiftChatNotifier(BaseNotifier):
         icon, verb = (":red_circle:", "failed") if record["event"] == "failure" else (":large_green_circle:", "succeeded")
         lines = [f"{icon} Nightshift *{record['dag_id']}* {verb} at task *{record['task_id']}*",
                  f"run: `{record['run_id']}`"]
-        if record.get("error"):
+        failures = record.get("failures") or []
+        if failures:  # the checks say it all; of the error keep the headline ("nightshift gate: gate refused")
+            lines.append(record["error"].splitlines()[0] if record.get("error") else "")
+            lines.append(f"*{len(failures)} failed check{'s' if len(failures) > 1 else ''}:*")
+            lines.extend(f"• {line}" for line in failures[:MAX_FAILURES])
+            if len(failures) > MAX_FAILURES:
+                lines.append(f"• ... and {len(failures) - MAX_FAILURES} more (see the report)")
+        elif record.get("error"):
             lines.append("```" + record["error"] + "```")
         if record.get("result"):
             lines.append("result: `" + record["result"] + "`")
         if record.get("log_url"):
-            lines.append(f"log: <{record['log_url']}|task log>")
-        return "\n".join(lines)
+            lines.append(f"log: {_link(record['log_url'], 'task log')}")
+        for key, label in LINKS:
+            if record.get(key):
+                lines.append(f"{label}: {_link(record[key], label)}")
+        return "\n".join(line for line in lines if line)
 
     # -- delivery ------------------------------------------------------------------------------------
     def notify(self, context: dict[str, Any]) -> None:
@@ -148,6 +177,30 @@ def _log_url(ti) -> str | None:
         return ti.log_url if ti is not None else None
     except Exception:  # building the URL needs the api base url; a missing setting must not stop the alert
         return None
+
+
+def _stage_result(exception, ti) -> dict:
+    """The failed stage's result: from the runner's exception, else (a pod's) XCom when it records a failure."""
+    carried = getattr(exception, "nightshift_result", None)
+    if isinstance(carried, dict):
+        return carried
+    pushed = _task_result(ti)  # the pod operator pushes the pod's result even when the pod failed
+    if isinstance(pushed, dict) and pushed.get("status") not in (None, "ok"):
+        return pushed
+    return {}
+
+
+def _link_in_text(text: str, key: str) -> str | None:
+    """A link describe_failure wrote as "<label>: <link>" (to the end of the line), for exceptions that lost
+    their structured result on the way."""
+    label = dict(LINKS)[key]
+    match = re.search(rf"(?:^|[\s.]){re.escape(label)}: (\S[^\n]*)", text, flags=re.IGNORECASE)
+    return match.group(1).strip() if match else None
+
+
+def _link(url: str, label: str) -> str:
+    """Slack's <url|label> for web links; anything else (file://, "mlflow run <id> (sqlite:...)") as is."""
+    return f"<{url}|{label}>" if url.startswith(("http://", "https://")) else url
 
 
 def _task_result(ti) -> Any:

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 
 from nightshift_airflow import settings
-from nightshift_airflow.command import FAIL_FAST, compact, describe_failure
+from nightshift_airflow.command import FAIL_FAST, compact, stage_failure
 
 UID = 10001  # the pipeline image's user (docker/pipeline.Dockerfile)
 WORKSPACE = "/workspace"
@@ -134,7 +134,7 @@ class NightshiftPodOperator(KubernetesPodOperator):
             code = container_exit_code(remote_pod, self.base_container_name)
             result = xcom_result if isinstance(xcom_result, dict) else None
             if code in FAIL_FAST:
-                raise AirflowFailException(describe_failure(self.stage, code, result)) from exc
+                raise stage_failure(AirflowFailException, self.stage, code, result) from exc
             raise
 
 

@@ -85,6 +85,45 @@ def test_gate_refused_fails_without_retry_and_lists_checks(local_operator, fake_
     assert "gate refused" in message and "map50_min" in message and "max_regression" in message
 
 
+def test_gate_failure_carries_values_thresholds_and_links(local_operator, fake_nightshift, monkeypatch):
+    """What the failure alert reads: the message names every failed gate with value and threshold and ends
+    with the MLflow run and the report; the same arrives structured as `nightshift_result`."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    report = "file:///store/runs/r/report/report.html"
+    result = {"status": "gate_failed", "exit_code": 4,
+              "error": f"2 of 3 gate checks failed: map50_min ...; max_regression .... Report: {report}",
+              "failures": [{"name": "map50_min", "value": 0.41, "threshold": 0.5, "direction": ">=", "passed": False},
+                           {"name": "per_class_max_regression", "class": "circle", "value": 0.1, "threshold": 0.05,
+                            "direction": "<=", "passed": False}],
+              "mlflow_run_url": "http://mlflow.local/#/experiments/1/runs/abc123", "report": report,
+              "checks": [{"name": "map_min", "passed": True}]}
+    with pytest.raises(AirflowFailException) as info:
+        _run(local_operator(fake_nightshift), monkeypatch, exit_code=4, result=result)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "nightshift gate: gate refused"
+    assert "  - map50_min: 0.41, must be >= 0.5" in lines
+    assert "  - per_class_max_regression [circle]: 0.1, must be <= 0.05" in lines
+    assert lines[-1] == "MLflow run: http://mlflow.local/#/experiments/1/runs/abc123"
+    assert sum(report in line for line in lines) == 1  # the gate's error already links the report
+    carried = info.value.nightshift_result
+    assert carried["failures"] == result["failures"] and carried["report"] == report
+    assert carried["mlflow_run_url"] == result["mlflow_run_url"] and carried["exit_code"] == 4
+    assert "checks" not in carried  # only what the alert needs
+
+
+def test_crash_carries_the_links_too(local_operator, fake_nightshift, monkeypatch):
+    from airflow.sdk.exceptions import AirflowException
+
+    with pytest.raises(AirflowException) as info:
+        _run(local_operator(fake_nightshift), monkeypatch, exit_code=1,
+             result={"status": "error", "error": "RuntimeError: boom", "mlflow_run_url": "mlflow run abc (sqlite:///x)"})
+    assert str(info.value).endswith("MLflow run: mlflow run abc (sqlite:///x)")
+    assert info.value.nightshift_result == {"stage": "gate", "status": "error", "exit_code": 1,
+                                            "error": "RuntimeError: boom",
+                                            "mlflow_run_url": "mlflow run abc (sqlite:///x)"}
+
+
 def test_rejected_input_fails_without_retry(local_operator, fake_nightshift, monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
 

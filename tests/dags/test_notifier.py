@@ -5,6 +5,7 @@ import json
 import threading
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,144 @@ def test_success_event_carries_the_result(notifier_cls, context, monkeypatch, tm
     (record,) = _sink_lines(sink)
     assert record["event"] == "success" and '"version": 7' in record["result"] and "error" not in record
     assert "succeeded" in record["text"]
+
+
+# -- failed gates and links ----------------------------------------------------------------------------------
+
+GATE_RESULT = {
+    "status": "gate_failed", "exit_code": 4,
+    "error": "2 of 3 gate checks failed: ... Report: file:///srv/store/runs/r/report/report.html",
+    "failures": [{"name": "map_min", "value": 0.1, "threshold": 0.2, "direction": ">=", "passed": False},
+                 {"name": "max_regression", "value": 0.4, "threshold": 0.02, "direction": "<=", "passed": False}],
+    "mlflow_run_url": "http://mlflow.local:5000/#/experiments/1/runs/0123abcd",
+    "report": "file:///srv/store/runs/r/report/report.html",
+}
+EXPECTED_LINES = ("• map_min: 0.1, must be >= 0.2", "• max_regression: 0.4, must be <= 0.02",
+                  "log: <http://airflow.local/dags/nightshift_retrain/runs/x/tasks/gate|task log>",
+                  "MLflow run: <http://mlflow.local:5000/#/experiments/1/runs/0123abcd|MLflow run>",
+                  "Report: file:///srv/store/runs/r/report/report.html")
+
+
+def _sent(notifier_cls, ctx, monkeypatch, tmp_path):
+    monkeypatch.setenv("NIGHTSHIFT_ALERT_SINK", str(tmp_path / "alerts.jsonl"))
+    with Webhook() as hook:
+        _use_webhook(monkeypatch, hook.url)
+        notifier_cls()(ctx)
+    assert len(hook.posts) == 1
+    return hook.posts[0]["body"]["text"]
+
+
+def test_gate_failure_lists_every_failed_gate_and_the_links(notifier_cls, context, monkeypatch, tmp_path):
+    from nightshift_airflow.command import stage_failure
+    from airflow.sdk.exceptions import AirflowFailException
+
+    # a very long error is clipped; the gates and links are listed outside it and survive
+    result = dict(GATE_RESULT, error="x" * 5000)
+    text = _sent(notifier_cls, context(exception=stage_failure(AirflowFailException, "gate", 4, result)),
+                 monkeypatch, tmp_path)
+    lines = text.splitlines()
+    assert lines[:3] == [":red_circle: Nightshift *nightshift_retrain* failed at task *gate*",
+                         "run: `scheduled__2026-11-25T02:00:00`", "nightshift gate: gate refused"]
+    assert "*2 failed checks:*" in lines
+    for line in EXPECTED_LINES:
+        assert line in lines, line
+    assert "xxxxx" not in text  # with the checks listed, only the error's headline is repeated
+
+
+def test_links_are_found_in_the_text_when_the_exception_lost_its_result(notifier_cls, context, monkeypatch,
+                                                                        tmp_path):
+    from nightshift_airflow.command import describe_failure
+
+    text = _sent(notifier_cls, context(exception=describe_failure("gate", 4, GATE_RESULT)), monkeypatch, tmp_path)
+    assert "MLflow run: <http://mlflow.local:5000/#/experiments/1/runs/0123abcd|MLflow run>" in text
+    assert "Report: file:///srv/store/runs/r/report/report.html" in text
+    assert "map_min: 0.1, must be >= 0.2" in text  # inside the error block this time
+
+
+def test_pod_runner_failure_reaches_the_alert(notifier_cls, context, k8s_dagbag, monkeypatch, tmp_path):
+    """The pod operator's cleanup raises with the pod's result (read from its xcom sidecar); the alert lists it."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from kubernetes.client import models as k8s
+
+    task = k8s_dagbag.dags["nightshift_retrain"].get_task("gate")
+    for name in ("patch_already_checked", "process_pod_deletion", "is_istio_enabled"):
+        monkeypatch.setattr(task, name, lambda *a, **k: False)
+    monkeypatch.setattr(task, "log_pod_spec_on_failure", False)
+    state = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=4))
+    pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="nightshift-gate-x", namespace="nightshift-test"),
+                    status=k8s.V1PodStatus(phase="Failed", container_statuses=[k8s.V1ContainerStatus(
+                        name="base", state=state, ready=False, restart_count=0, image="i", image_id="i")]))
+    with pytest.raises(AirflowFailException) as info:
+        task.cleanup(pod, pod, xcom_result=dict(GATE_RESULT), context=None)
+    text = _sent(notifier_cls, context(exception=info.value), monkeypatch, tmp_path)
+    for line in EXPECTED_LINES:
+        assert line in text.splitlines(), line
+
+
+def test_a_failed_result_in_xcom_is_used_when_the_exception_has_none(notifier_cls, context, monkeypatch, tmp_path):
+    """A pod that crashed (exit 1) fails with the provider's own exception; its result is in XCom."""
+    ctx = context(exception="Pod nightshift-gate-x returned a failure")
+    ctx["ti"].xcom_pull = lambda **kw: dict(GATE_RESULT)
+    text = _sent(notifier_cls, ctx, monkeypatch, tmp_path)
+    for line in EXPECTED_LINES:
+        assert line in text.splitlines(), line
+
+
+# -- end to end: a real `nightshift gate` refusing, through the local runner, to a webhook ---------------------
+
+def test_real_gate_failure_end_to_end(notifier_cls, context, monkeypatch, nightshift_home, secret_sentinel):
+    """The local operator runs the pipeline's `nightshift gate` on a hand-made metrics.json that fails two
+    gates (exit 4); the notifier, given the task's exception as Airflow gives it, posts to a webhook on
+    127.0.0.1 the failed gates with value and threshold, the log, MLflow and report links, and no secret."""
+    import sqlite3
+    from urllib.parse import urlparse
+
+    from airflow.sdk.exceptions import AirflowFailException
+    from nightshift_airflow import settings
+    from nightshift_airflow.local import NightshiftLocalOperator
+
+    if not Path(settings.pipeline_bin()).exists():
+        pytest.skip("no pipeline venv")
+    run_id = "e2e-gate-1"
+    metrics = nightshift_home / "artifacts" / "runs" / run_id / "evaluate" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"AP": 0.1, "AP50": 0.3, "champion": None}))
+    for name in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, secret_sentinel)
+    monkeypatch.setenv("NIGHTSHIFT_ALERT_SINK", str(nightshift_home / "alerts.jsonl"))
+    op = NightshiftLocalOperator(task_id="gate", arguments=[
+        "gate", "--run-id", "{{ run_id }}", "--set", "gates.map_min=0.2", "--set", "gates.map50_min=0.5"])
+    with Webhook() as hook:
+        _use_webhook(monkeypatch, hook.url + secret_sentinel)  # the token is a secret, too
+        hook.url += secret_sentinel
+        op.render_template_fields({"run_id": run_id, "params": {}}, _jinja())
+        with pytest.raises(AirflowFailException) as info:
+            op.execute({"run_id": run_id, "params": {}})
+        ctx = context(exception=info.value)
+        ctx["run_id"] = ctx["ti"].run_id = run_id
+        notifier_cls(attempts=1)(ctx)
+    assert len(hook.posts) == 1, "posted to the webhook, not the sink"
+    lines = hook.posts[0]["body"]["text"].splitlines()
+    text = "\n".join(lines)
+    assert lines[0] == ":red_circle: Nightshift *nightshift_retrain* failed at task *gate*"
+    assert f"run: `{run_id}`" in lines and "nightshift gate: gate refused" in lines
+    assert "• map_min: 0.1, must be >= 0.2" in lines and "• map50_min: 0.3, must be >= 0.5" in lines
+    assert "log: <http://airflow.local/dags/nightshift_retrain/runs/x/tasks/gate|task log>" in lines
+    # the MLflow run the gate tagged, found by its pipeline run id in the tracking database
+    with sqlite3.connect(nightshift_home / "mlflow.db") as db:
+        (mlrun,), = db.execute("SELECT run_uuid FROM tags WHERE key = 'nightshift.run_id' AND value = ?",
+                               (run_id,)).fetchall()
+    (mlflow_line,) = [line for line in lines if line.startswith("MLflow run: ")]
+    assert mlrun in mlflow_line
+    (report_line,) = [line for line in lines if line.startswith("Report: ")]
+    report = urlparse(report_line[len("Report: "):])
+    assert report.scheme == "file" and report.path.endswith(f"runs/{run_id}/report/report.html")
+    assert Path(report.path).is_file()
+    assert hook.posts[0]["path"].endswith(secret_sentinel)  # the token went where it belongs, and nowhere else
+    assert secret_sentinel not in json.dumps(hook.posts[0]["body"])
+
+
+def _jinja():
+    import jinja2
+
+    return jinja2.Environment()

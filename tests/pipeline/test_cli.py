@@ -1,5 +1,6 @@
 """The stage contract, exercised through a fake stage so it does not depend on any real stage."""
 import json
+import os
 import sys
 import types
 
@@ -103,3 +104,42 @@ def test_help_lists_every_stage():
     text = parser.format_help()
     for stage in cli.STAGES:
         assert stage in text
+
+
+# -- the MLflow link a failed stage leaves for its alert -------------------------------------------------------
+
+def _failed_result(capsys):
+    return json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
+                      [len(cli.RESULT_MARKER):])
+
+
+def test_failed_stage_links_its_mlflow_run(fake_stage, capsys, nightshift_home):
+    from pipeline import tracking
+    from pipeline.config import load_config
+
+    fake_stage.behaviour = "gate"
+    assert cli.main(["fake", "--run-id", "r-nolink"]) == 4
+    assert "mlflow_run_url" not in _failed_result(capsys)  # nothing logged yet: no link, and no database made
+    assert not (nightshift_home / "mlflow.db").exists()
+
+    cfg = load_config().resolved()
+    mlrun = tracking.run_for(cfg, "r-link")  # what train and gate do on their way
+    assert cli.main(["fake", "--run-id", "r-link"]) == 4
+    result = _failed_result(capsys)
+    assert result["status"] == "gate_failed" and result["failures"][0]["name"] == "map_min"
+    assert result["mlflow_run_url"] == tracking.run_url(cfg, mlrun) and mlrun in result["mlflow_run_url"]
+    fake_stage.behaviour = "crash"  # an unexpected error is linked too
+    assert cli.main(["fake", "--run-id", "r-link"]) == 1
+    assert mlrun in _failed_result(capsys)["mlflow_run_url"]
+
+
+def test_unreachable_tracking_server_never_masks_the_error(fake_stage, capsys, free_port):
+    import time
+
+    fake_stage.behaviour = "gate"
+    started = time.time()
+    code = cli.main(["fake", "--run-id", "r-down", "--set", f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}"])
+    assert code == 4 and time.time() - started < 30  # one short try, no retry backoff
+    result = _failed_result(capsys)
+    assert result["status"] == "gate_failed" and "mlflow_run_url" not in result
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the one short try was for the link only

@@ -136,6 +136,10 @@ def test_several_failures_raise_once_listing_all(tracking_uri, capsys):
     assert tags["nightshift.gate.failed"] == "map_min,map50_min,max_regression"
     # the held release comes with its report, linked from the message the alert carries
     assert result["report"].endswith("runs/g-fail/report/report.html") and "Report: " in err
+    # ... and to the MLflow run, which the CLI adds to a failed stage's result
+    from pipeline import tracking
+
+    assert result["mlflow_run_url"] == tracking.run_url(cfg, tracking.find_run(cfg, "g-fail").info.run_id)
     html = RunContext.create("g-fail", "report", cfg).store.get_bytes("runs/g-fail/report/report.html").decode()
     assert "hold" in html.lower()
 

@@ -90,7 +90,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_one_process_training_writes_model_result_and_mlflow(shared, only_train, capsys):
+def test_one_process_training_writes_model_result_and_mlflow(shared, only_train, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a short run still gets samples
     ctx = publish_dataset("one", shared)
     assert train_cli("one", shared, "train.max_steps=3") == 0
     result = last_result(capsys)
@@ -127,6 +128,12 @@ def test_one_process_training_writes_model_result_and_mlflow(shared, only_train,
     assert tags["git_sha"] and tags["code_version"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
     assert "model/model.pt" in [f.path for f in client.list_artifacts(run.info.run_id, "model")]
+    assert any(k.startswith("system/") for k in run.data.metrics)  # CPU / memory sampled while training
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    signature = mlflow.models.get_model_info(f"models:/{logged[0].model_id}").signature
+    assert [i.shape for i in signature.inputs.inputs] == [(-1, 3, SIZE, SIZE)]
+    assert sorted(o.name for o in signature.outputs.inputs) == ["boxes", "labels", "scores"]
 
 
 def test_resume_after_a_crash_between_epochs_gives_the_same_weights(shared, only_train, monkeypatch, capsys):
@@ -212,3 +219,119 @@ def test_ddp_two_gloo_processes(shared, capsys):
     assert rank0["mlflow_run_id"] == result["mlflow_run_id"]
     model, meta = load_trained(str(ctx.store.local_path("runs/ddp/train/model.pt")))
     assert meta["num_classes"] == 4
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_gives_the_same_weights(shared, only_train, capsys):
+    """`nightshift train` as a real process, killed -9 at two seeded random steps and restarted with the same
+    run id each time: the finished model equals an uninterrupted run's bit for bit."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from pipeline.training.checkpoint import load_checkpoint
+
+    sets = ["train.epochs=3", "train.checkpoint_every_steps=1", "train.bn_calibration_images=8"]
+    ctx = publish_dataset("uninterrupted", shared)
+    assert train_cli("uninterrupted", shared, *sets) == 0
+    total = last_result(capsys)["steps"]
+    assert total == 12
+
+    publish_dataset("killed", shared)
+    argv = [sys.executable, "-m", "pipeline", "train", "--run-id", "killed"]
+    for s in [*BASE, *shared["sets"], *sets]:
+        argv += ["--set", s]
+    repo = Path(__file__).resolve().parents[3]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    key = "runs/killed/train/checkpoints/last.pt"
+    targets = sorted(random.Random(1234).sample(range(1, total - 2), 2))
+    kills, attempts = [], 0
+    while True:
+        attempts += 1
+        assert attempts <= 5, f"still not finished after {attempts - 1} attempts (killed at steps {kills})"
+        proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = targets[len(kills)] if len(kills) < len(targets) else None
+        seen = None
+        while proc.poll() is None:
+            path = ctx.store.local_path(key)
+            mtime = path.stat().st_mtime_ns if path.exists() else None
+            if target is not None and mtime is not None and mtime != seen:
+                seen = mtime
+                step = load_checkpoint(ctx.store, key)["step"]
+                if step >= target:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    kills.append(step)
+                    break
+            time.sleep(0.02)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, f"train exited {proc.returncode} on its own"
+    assert len(kills) == 2 and kills == sorted(kills)
+    result = ctx.store.get_json("runs/killed/train/result.json")
+    assert result["status"] == "ok" and result["steps"] == total and result["resumed_from"]["step"] >= kills[-1]
+    assert_same_weights(weights(ctx, "uninterrupted"), weights(ctx, "killed"))
+
+
+def test_ema_weights_are_what_model_pt_holds_and_resume_exactly(shared, only_train, capsys):
+    """EMA on, val mAP every epoch: model.pt holds the average (not the raw weights), val_AP reaches MLflow,
+    and a run stopped mid-epoch and resumed ends with the same EMA weights as a straight one."""
+    sets = ["train.ema_decay=0.9", "train.eval_every_epochs=1"]
+    ctx = publish_dataset("ema", shared)
+    assert train_cli("ema", shared, *sets) == 0
+    result = last_result(capsys)
+    assert result["ema"] is True and len(result["val_AP"]) == 2
+    assert all(ap is None or 0.0 <= ap <= 1.0 for ap in result["val_AP"])
+    ckpt = torch.load(ctx.store.local_path("runs/ema/train/checkpoints/last.pt"), weights_only=False)
+    shipped = weights(ctx, "ema")
+    averaged = ckpt["extra"]["ema"]["state"]
+    convs = [k for k, v in shipped.items() if k.endswith("weight") and v.ndim == 4]
+    assert convs and all(torch.equal(shipped[k], averaged[k]) for k in convs)
+    assert any(not torch.equal(shipped[k], ckpt["model"][k]) for k in convs)
+    assert ckpt["extra"]["ema"]["updates"] == 8
+
+    mlflow.set_tracking_uri(shared["sets"][0].split("=", 1)[1])
+    history = mlflow.MlflowClient().get_metric_history(result["mlflow_run_id"], "val_AP50")
+    assert [m.step for m in history] == [1, 2]
+
+    publish_dataset("ema-halves", shared)
+    assert train_cli("ema-halves", shared, *sets, "train.max_steps=6") == 0
+    assert train_cli("ema-halves", shared, *sets) == 0
+    assert last_result(capsys)["resumed_from"]["step"] == 6
+    assert_same_weights(shipped, weights(ctx, "ema-halves"))
+
+
+def test_early_stopping_on_val_map(shared, only_train, monkeypatch, capsys):
+    """Val mAP 0.1, 0.3, 0.2, 0.25, ... with patience 2: best at epoch 2, stop after epoch 4 of 6."""
+    scripted = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
+    calls = []
+
+    def fake_val_map(model, val_set, gt, batch_size, device):
+        calls.append(len(val_set))
+        return {"AP": next(scripted), "AP50": 0.5}
+
+    monkeypatch.setattr(engine, "val_map", fake_val_map)
+    publish_dataset("patience", shared)
+    assert train_cli("patience", shared, "train.epochs=6", "train.early_stop_patience=2",
+                     "train.bn_calibration_images=0") == 0
+    result = last_result(capsys)
+    assert result["early_stopped"] is True and result["stopped_early"] is False
+    assert result["epochs"] == 4 and result["steps"] == 16
+    assert result["val_AP"] == [0.1, 0.3, 0.2, 0.25]
+    assert (result["best_val_AP"], result["best_val_epoch"]) == (0.3, 2)
+    assert calls == [4, 4, 4, 4]  # the 4 val images, every epoch (eval_every_epochs 0 = 1 when early stopping)
+
+    # a restart after the decision was checkpointed does not train on
+    ckpt = torch.load(publish_dataset("patience", shared).store.local_path(
+        "runs/patience/train/checkpoints/last.pt"), weights_only=False)
+    assert ckpt["extra"]["watch"]["early_stopped"] is True and ckpt["epoch"] == 4
+    ctx = RunContext.create("patience", "train", load_config(None, shared["sets"]).resolved())
+    ctx.store.delete_prefix("runs/patience/train/result.json")
+    assert train_cli("patience", shared, "train.epochs=6", "train.early_stop_patience=2",
+                     "train.bn_calibration_images=0") == 0
+    again = last_result(capsys)
+    assert again["steps"] == 16 and again["early_stopped"] is True and len(calls) == 4

@@ -164,3 +164,20 @@ def test_recalibrate_batchnorm_uses_population_statistics():
     batch_vars = [torch.stack(images[i:i + 4]).permute(1, 0, 2, 3).reshape(3, -1).var(1) for i in (0, 4, 8)]
     assert torch.allclose(model.bn.running_var, torch.stack(batch_vars).mean(0), rtol=1e-4)
     assert model.bn.momentum == 0.01 and not model.training
+
+
+def test_weight_ema_ramps_its_decay_and_copies_integer_buffers():
+    from pipeline.training.engine import WeightEma
+
+    model = torch.nn.BatchNorm1d(2)
+    ema = WeightEma(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # was 1.0
+    model.num_batches_tracked.fill_(5)
+    ema.update(model)  # first update: decay min(0.99, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.state["weight"], torch.full((2,), d * 1.0 + (1 - d) * 3.0))
+    assert int(ema.state["num_batches_tracked"]) == 5
+    restored = WeightEma(torch.nn.BatchNorm1d(2), decay=0.99)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and torch.equal(restored.state["weight"], ema.state["weight"])
