@@ -261,3 +261,21 @@ def duplicates(coco: dict, image_dir: Path | None = None, perceptual: bool = Fal
         near = cross(by_dhash)
         result.update(near_cross_split=len(near), near_cross_split_examples=near[:MAX_LISTED])
     return result
+
+
+def ingested_dataset(ctx, dest: Path) -> tuple[Path, bool]:
+    """The run's ingested dataset on local disk: read in place from a local store, else fetched into `dest`
+    (then True, and the caller removes it). InputRejected when ingest has not run."""
+    from pipeline.errors import InputRejected
+    from pipeline.store import LocalStore
+
+    if isinstance(ctx.store, LocalStore):
+        here = ctx.store.local_path(ctx.key("dataset", stage="ingest"))
+        if (here / ANNOTATIONS).is_file():
+            return here, False
+    try:
+        ctx.fetch_dir("ingest", "dataset", dest)
+    except FileNotFoundError:
+        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
+                            path=ctx.url("dataset", stage="ingest")) from None
+    return dest, True

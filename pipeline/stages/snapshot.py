@@ -188,22 +188,6 @@ def unchanged(repo: Path, content_key: str, state: dict | None, remote: str, cfg
     return current["md5"] == state.get("dataset_hash") and _remote_has(remote, current["md5"], cfg)
 
 
-def _dataset_dir(ctx, dest: Path) -> tuple[Path, bool]:
-    """The ingested dataset on local disk: in place in a local store, else fetched (then True)."""
-    from pipeline.store import LocalStore
-
-    if isinstance(ctx.store, LocalStore):
-        here = ctx.store.local_path(ctx.key("dataset", stage="ingest"))
-        if (here / canonical_io.ANNOTATIONS).is_file():
-            return here, False
-    try:
-        ctx.fetch_dir("ingest", "dataset", dest)
-    except FileNotFoundError:
-        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
-                            path=ctx.url("dataset", stage="ingest")) from None
-    return dest, True
-
-
 def _annotations(ctx) -> bytes:
     from pipeline.store import LocalStore
 
@@ -253,7 +237,7 @@ def run(cfg: Config, ctx) -> dict:
                       "remote": remote, "pushed": 0, "repo": str(repo), "changed": False}
         else:
             shutil.rmtree(local, ignore_errors=True)
-            dataset, fetched = _dataset_dir(ctx, local)
+            dataset, fetched = canonical_io.ingested_dataset(ctx, local)
             result = snapshot_dir(dataset, repo, cfg)
         ctx.publish(repo / f"{DATA}.dvc", f"{DATA}.dvc")
         stats = canonical_io.dataset_stats(coco)

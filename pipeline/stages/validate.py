@@ -70,26 +70,10 @@ def previous_stats(store) -> dict | None:
     return store.get_json(canonical_io.STATS_KEY)
 
 
-def _local_dataset(ctx, dest: Path) -> tuple[Path, bool]:
-    """The ingested dataset on local disk: read in place from a local store, else fetched (then True)."""
-    from pipeline.store import LocalStore
-
-    if isinstance(ctx.store, LocalStore):
-        here = ctx.store.local_path(ctx.key("dataset", stage="ingest"))
-        if (here / canonical_io.ANNOTATIONS).is_file():
-            return here, False
-    try:
-        ctx.fetch_dir("ingest", "dataset", dest)
-    except FileNotFoundError:
-        raise InputRejected("no ingested dataset for this run: run `nightshift ingest` first",
-                            path=ctx.url("dataset", stage="ingest")) from None
-    return dest, True
-
-
 def run(cfg: Config, ctx) -> dict:
     local = ctx.workdir / "dataset"
     shutil.rmtree(local, ignore_errors=True)
-    dataset, fetched = _local_dataset(ctx, local)
+    dataset, fetched = canonical_io.ingested_dataset(ctx, local)
     previous = previous_stats(ctx.store)
     report = validate_dataset(dataset, cfg.validate_, previous)
     report["dataset"] = ctx.url("dataset", stage="ingest")
