@@ -183,7 +183,7 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
     through the real pipeline.config (both in the pipeline venv)."""
     python = REPO / ".venv-pipeline" / "bin" / "python"
     if not python.exists():
-        pytest.skip("no pipeline venv")
+        pytest.fail("no .venv-pipeline: run `make envs` (make test creates it before these tests)")
     commands = {}
     for dag_id, params in [
         ("nightshift_retrain", dict(source="s3://bucket/night: 1/it's \"quoted\"", format="kitti", model="yes",

