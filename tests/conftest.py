@@ -1,6 +1,7 @@
 """Shared fixtures: every test gets its own Nightshift workspace, so nothing touches ./.nightshift."""
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -13,6 +14,15 @@ def nightshift_home(tmp_path, monkeypatch):
     monkeypatch.setenv("NIGHTSHIFT_HOME", str(home))
     monkeypatch.delenv("NIGHTSHIFT_WEBHOOK_URL", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """cli.main points the root logger at the running test's captured stderr; put it back afterwards."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 def _free_port() -> int:

@@ -33,7 +33,6 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import ApiClient
-from kubernetes.client import models as k8s
 
 from nightshift_airflow import pods, settings
 from nightshift_airflow.command import FAIL_FAST, describe_failure, parse_result
@@ -381,44 +380,13 @@ def train_operator(*, task_id: str, stage: str, arguments: Sequence[str], gpus: 
                    launchers: Sequence[str], **kwargs: Any) -> NightshiftTrainOperator:
     """The train task: for `pod`, the same pod as pods.pod_operator builds (tests/dags/test_multinode.py
     compares the two), plus the multi-node launchers."""
-    vols, mounts = pods.volumes(gpus)
-    gpu_kwargs: dict[str, Any] = {}
-    if gpus:
-        gpu_kwargs = {
-            "node_selector": dict(pods.GPU_NODE_SELECTOR),
-            "tolerations": [k8s.V1Toleration(key=pods.GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
-        }
     return NightshiftTrainOperator(
         launchers=launchers,
         gpus=gpus,
         cpu=cpu,
         memory=memory,
         task_id=task_id,
-        stage=stage,
-        name=f"nightshift-{stage}",
-        namespace=settings.namespace(),
-        kubernetes_conn_id=settings.kubernetes_conn_id(),
-        image=settings.gpu_image() if gpus else settings.image(),
-        image_pull_policy="IfNotPresent",
-        cmds=["nightshift"],
-        arguments=list(arguments),
-        labels={"app.kubernetes.io/name": "nightshift", "app.kubernetes.io/component": stage},
-        env_vars=pods.env_vars(),
-        env_from=pods.env_from(stage),
-        container_resources=pods.resources(cpu, memory, gpus),
-        volumes=vols,
-        volume_mounts=mounts,
-        security_context=pods.pod_security_context(),
-        container_security_context=pods.container_security_context(),
-        xcom_sidecar_container_security_context=pods.container_security_context(),
-        service_account_name=settings.pod_service_account(),
-        automount_service_account_token=False,
-        do_xcom_push=True,
-        get_logs=True,
-        on_finish_action="delete_succeeded_pod",
-        termination_message_policy="FallbackToLogsOnError",
-        startup_timeout_seconds=900 if gpus else 300,
-        **gpu_kwargs,
+        **pods.pod_kwargs(stage=stage, arguments=arguments, gpus=gpus, cpu=cpu, memory=memory),
         **kwargs,
     )
 

@@ -138,9 +138,9 @@ class NightshiftPodOperator(KubernetesPodOperator):
             raise
 
 
-def pod_operator(
-    *, task_id: str, stage: str, arguments: Sequence[str], gpus: int, cpu: str, memory: str, **kwargs: Any
-) -> NightshiftPodOperator:
+def pod_kwargs(*, stage: str, arguments: Sequence[str], gpus: int, cpu: str, memory: str) -> dict[str, Any]:
+    """Everything that makes a stage's pod: image, command, resources, secrets, security, GPU scheduling.
+    Shared by the single-pod operator and the multi-node train operator, so both build the same pod."""
     vols, mounts = volumes(gpus)
     gpu_kwargs: dict[str, Any] = {}
     if gpus:
@@ -148,8 +148,7 @@ def pod_operator(
             "node_selector": dict(GPU_NODE_SELECTOR),
             "tolerations": [k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
         }
-    return NightshiftPodOperator(
-        task_id=task_id,
+    return dict(
         stage=stage,
         name=f"nightshift-{stage}",
         namespace=settings.namespace(),
@@ -175,5 +174,14 @@ def pod_operator(
         termination_message_policy="FallbackToLogsOnError",
         startup_timeout_seconds=900 if gpus else 300,
         **gpu_kwargs,
+    )
+
+
+def pod_operator(
+    *, task_id: str, stage: str, arguments: Sequence[str], gpus: int, cpu: str, memory: str, **kwargs: Any
+) -> NightshiftPodOperator:
+    return NightshiftPodOperator(
+        task_id=task_id,
+        **pod_kwargs(stage=stage, arguments=arguments, gpus=gpus, cpu=cpu, memory=memory),
         **kwargs,
     )

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import onnx
@@ -20,13 +19,6 @@ from pipeline.training.models import build_model
 MODEL = "ssdlite320_mobilenet_v3_large"
 SIZE = 160
 
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

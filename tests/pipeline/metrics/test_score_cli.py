@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
@@ -18,14 +17,6 @@ GT = {
 DT = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
       {"image_id": 2, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.4}]
 
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

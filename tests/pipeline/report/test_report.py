@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 
@@ -20,14 +19,6 @@ from pipeline.store import LocalStore
 
 SIZE = 64
 
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 def detections_for(gt: dict, seed: int, jitter: float, drop: float, false_pos: int) -> list[dict]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import pytest
@@ -27,14 +26,6 @@ def only_evaluate(monkeypatch):
     monkeypatch.setattr(cli, "STAGES", ("evaluate",))
     monkeypatch.setattr(cli, "TOOLS", {})
 
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import onnx
@@ -26,13 +25,6 @@ def only_export(monkeypatch):
     monkeypatch.setattr(cli, "STAGES", ("export",))
     monkeypatch.setattr(cli, "TOOLS", {})
 
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import pytest
@@ -13,14 +12,6 @@ from pipeline.context import RunContext
 from pipeline.errors import ConfigError, GateFailed, InputRejected
 from pipeline.stages import gate
 
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 def metrics(ap=0.40, ap50=0.80, champion=None):

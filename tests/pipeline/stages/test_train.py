@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import mlflow
 import pytest
@@ -29,13 +28,10 @@ def only_train(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    """cli.main points the root logger at this test's captured stderr; put it back for the next test."""
-    handlers, level = logging.root.handlers[:], logging.root.level
+def keep_torch_settings():
+    """Training sets torch's thread count and deterministic mode process-wide; put them back afterwards."""
     threads = torch.get_num_threads()
     yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(False)
 

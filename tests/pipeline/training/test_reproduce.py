@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -24,12 +23,10 @@ TRAIN = ["train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
+def keep_torch_settings():
+    """Training sets torch's thread count and deterministic mode process-wide; put them back afterwards."""
     threads = torch.get_num_threads()
     yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(False)
 

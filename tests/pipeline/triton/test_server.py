@@ -8,7 +8,6 @@ so Triton's answers must equal in-process onnxruntime's exactly.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from pathlib import Path
 
@@ -29,14 +28,6 @@ SIZE = 160
 pytestmark = pytest.mark.skipif(
     not (VENV / ".installed").exists(),
     reason=f"{VENV} does not exist: `make venv-triton` creates it (`make test` does so before running tests)")
-
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 def made_up_op(src: Path, dst: Path) -> Path:
