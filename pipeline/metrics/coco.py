@@ -1,4 +1,4 @@
-"""COCO detection metrics with faster-coco-eval (same numbers as pycocotools, ~8x faster).
+"""COCO detection metrics: pycocotools' numbers, computed on arrays for bbox and by faster-coco-eval for segm.
 
 `score(gt, dt)` returns the 12 standard COCO stats under readable keys plus per-class AP/AP50/AR100.
 Values COCO reports as -1 ("nothing to measure", e.g. APs when no small objects exist) become None, so
@@ -121,29 +121,38 @@ def validate_gt(gt, path: str = "<ground truth>", iou_type: str = "bbox") -> dic
 _NUMBER = {int, float}
 
 
-def _bbox_results_valid(dt: list, image_ids: set, cat_ids: set) -> bool:
-    """Whole-list check of bbox results, a few C-speed passes instead of a Python loop per detection.
+def _bbox_columns(dt: list, image_ids: set, cat_ids: set):
+    """Whole-list check of bbox results, a few C-speed passes instead of a Python loop per detection; the
+    detections as columns when all pass, else None.
 
-    Same rules as the per-item loop below, which runs only when this says no, to name the first bad item.
+    Same rules as the per-item loop in validate_dt, which runs only when this says no, to name the first bad
+    item.
     """
+    from pipeline.metrics.boxeval import Boxes
+
     if any(type(d) is not dict for d in dt):
-        return False
+        return None
     keys = {"image_id", "category_id", "score", "bbox"}
     if not all(d.keys() >= keys for d in dt):
-        return False
+        return None
     img = [d["image_id"] for d in dt]
     cat = [d["category_id"] for d in dt]
     score = [d["score"] for d in dt]
     boxes = [d["bbox"] for d in dt]
     if not (set(img) <= image_ids and set(cat) <= cat_ids and set(map(type, img)) <= {int}
             and set(map(type, cat)) <= {int} and set(map(type, score)) <= _NUMBER):
-        return False
+        return None
     if not (set(map(type, boxes)) <= {list, tuple} and set(map(len, boxes)) <= {4}):
-        return False
+        return None
     if not {type(v) for b in boxes for v in b} <= _NUMBER:
-        return False
+        return None
     arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return bool(np.isfinite(arr).all() and (arr[:, 2:] >= 0).all() and np.isfinite(np.asarray(score, float)).all())
+    scores = np.asarray(score, dtype=np.float64)
+    if not (np.isfinite(arr).all() and (arr[:, 2:] >= 0).all() and np.isfinite(scores).all()):
+        return None
+    # area as pycocotools' loadRes sets it for box results
+    return Boxes(np.asarray(img, dtype=np.int64), np.asarray(cat, dtype=np.int64), arr, arr[:, 2] * arr[:, 3],
+                 score=scores)
 
 
 def validate_dt(dt, gt: dict, path: str = "<detections>", iou_type: str = "bbox") -> list[dict]:
@@ -152,8 +161,8 @@ def validate_dt(dt, gt: dict, path: str = "<detections>", iou_type: str = "bbox"
         raise InputRejected("detections must be a JSON list of COCO results", path=path, field="(top level)")
     image_ids = {img["id"] for img in gt["images"]}
     cat_ids = {cat["id"] for cat in gt["categories"]}
-    if iou_type == "bbox" and _bbox_results_valid(dt, image_ids, cat_ids):
-        # shallow copies: the evaluator adds keys to each result but never changes a bbox in place
+    if iou_type == "bbox" and _bbox_columns(dt, image_ids, cat_ids) is not None:
+        # shallow copies: an evaluator may add keys to each result but never changes a bbox in place
         return list(map(dict, dt))
     out = []
     for i, det in enumerate(dt):
@@ -207,9 +216,58 @@ class Evaluation:
     pr_curves: dict[str, list[float] | None] = field(default_factory=dict)
 
 
-def _run_cocoeval(gt: dict, dt: list[dict], iou_type: str):
+ENGINES = ("vectorized", "faster-coco-eval")
+
+
+def _gt_boxes(gt: dict):
+    """The columns of a validated ground truth."""
+    from pipeline.metrics.boxeval import Boxes
+
+    anns = gt["annotations"]
+    return Boxes(np.fromiter((a["image_id"] for a in anns), np.int64, len(anns)),
+                 np.fromiter((a["category_id"] for a in anns), np.int64, len(anns)),
+                 np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4),
+                 np.fromiter((a["area"] for a in anns), np.float64, len(anns)),
+                 iscrowd=np.fromiter((a["iscrowd"] for a in anns), bool, len(anns)))
+
+
+def _dt_boxes(dt: list[dict]):
+    """The columns of validated bbox results."""
+    from pipeline.metrics.boxeval import Boxes
+
+    box = np.asarray([d["bbox"] for d in dt], dtype=np.float64).reshape(-1, 4)
+    return Boxes(np.fromiter((d["image_id"] for d in dt), np.int64, len(dt)),
+                 np.fromiter((d["category_id"] for d in dt), np.int64, len(dt)), box, box[:, 2] * box[:, 3],
+                 score=np.fromiter((d["score"] for d in dt), np.float64, len(dt)))
+
+
+def _validated_dt_boxes(dt, gt: dict, path: str):
+    """bbox results checked and turned into columns, without a dict copy per detection when all is well."""
+    if isinstance(dt, list):
+        boxes = _bbox_columns(dt, {img["id"] for img in gt["images"]}, {cat["id"] for cat in gt["categories"]})
+        if boxes is not None:
+            return boxes
+    return _dt_boxes(validate_dt(dt, gt, path, "bbox"))  # raises naming the first bad item
+
+
+def _run_cocoeval(gt: dict, dt, iou_type: str, engine: str = "vectorized"):
+    """COCOeval evaluate/accumulate/summarize. bbox goes to `pipeline.metrics.boxeval` (pycocotools' algorithm
+    on arrays, several times faster than faster-coco-eval) unless `engine="faster-coco-eval"`; segm always
+    goes to faster-coco-eval. `dt` is a list of validated result dicts, or `Boxes` columns for bbox."""
+    from pipeline.metrics.boxeval import Boxes
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if iou_type == "bbox" and engine == "vectorized":
+        from pipeline.metrics import boxeval
+
+        return boxeval.evaluate(_gt_boxes(gt), dt if isinstance(dt, Boxes) else _dt_boxes(dt),
+                                [img["id"] for img in gt["images"]], [cat["id"] for cat in gt["categories"]])
     from faster_coco_eval import COCO, COCOeval_faster
 
+    if isinstance(dt, Boxes):
+        dt = [{"image_id": int(i), "category_id": int(c), "bbox": b, "score": float(sc)}
+              for i, c, b, sc in zip(dt.image_id, dt.category_id, dt.bbox.tolist(), dt.score)]
     coco_gt = COCO(gt, print_function=log.debug)
     coco_dt = coco_gt.loadRes(dt)
     ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=log.debug, rle_iou_max_workers=1)
@@ -220,14 +278,17 @@ def _run_cocoeval(gt: dict, dt: list[dict], iou_type: str):
 
 
 def evaluate(gt: dict, dt: list[dict], iou_type: str = "bbox", *, gt_path: str = "<ground truth>",
-             dt_path: str = "<detections>") -> Evaluation:
+             dt_path: str = "<detections>", engine: str = "vectorized") -> Evaluation:
     """Validate and score; `gt_path`/`dt_path` only name the inputs in rejection messages."""
     gt = validate_gt(gt, gt_path, iou_type)
-    return _evaluate_valid(gt, validate_dt(dt, gt, dt_path, iou_type), iou_type)
+    if iou_type == "bbox":
+        return _evaluate_valid(gt, _validated_dt_boxes(dt, gt, dt_path), iou_type, engine)
+    return _evaluate_valid(gt, validate_dt(dt, gt, dt_path, iou_type), iou_type, engine)
 
 
-def _evaluate_valid(gt: dict, dt: list[dict], iou_type: str) -> Evaluation:
-    """Score inputs that passed validate_gt/validate_dt (which copied them: the evaluator writes into them)."""
+def _evaluate_valid(gt: dict, dt, iou_type: str, engine: str = "vectorized") -> Evaluation:
+    """Score inputs that passed validate_gt and validate_dt (or _validated_dt_boxes for bbox). Both validators
+    copy what an evaluator might write into."""
     names = category_names(gt)
     cat_ids = sorted(names)
     support = {c: 0 for c in cat_ids}
@@ -242,7 +303,7 @@ def _evaluate_valid(gt: dict, dt: list[dict], iou_type: str) -> Evaluation:
                                 for c in cat_ids}
         return Evaluation(metrics, [], {names[c]: None for c in cat_ids})
 
-    ev = _run_cocoeval(gt, dt, iou_type)
+    ev = _run_cocoeval(gt, dt, iou_type, engine)
     stats = np.asarray(ev.stats, dtype=float)[: len(STAT_KEYS)]
     metrics: dict = {k: _clean(v) for k, v in zip(STAT_KEYS, stats)}
 
@@ -273,21 +334,22 @@ def _evaluate_valid(gt: dict, dt: list[dict], iou_type: str) -> Evaluation:
     return Evaluation(metrics, [float(r) for r in p.recThrs], curves)
 
 
-def score(gt: dict, dt: list[dict], iou_type: str = "bbox") -> dict:
+def score(gt: dict, dt: list[dict], iou_type: str = "bbox", engine: str = "vectorized") -> dict:
     """The 12 COCO stats (`AP`, `AP50`, ... `ARl`) and `per_class` {name: {AP, AP50, AR100, support}}."""
-    return evaluate(gt, dt, iou_type).metrics
+    return evaluate(gt, dt, iou_type, engine=engine).metrics
 
 
 def report(gt: dict, dt: list[dict], iou_type: str = "bbox", score_threshold: float = 0.3, *,
-           gt_path: str = "<ground truth>", dt_path: str = "<detections>") -> tuple[dict, Evaluation]:
+           gt_path: str = "<ground truth>", dt_path: str = "<detections>",
+           engine: str = "vectorized") -> tuple[dict, Evaluation]:
     """`score()` plus the operating point at `score_threshold` and the confusion matrix, as written to
     metrics.json by the evaluate stage and the `score` command. Returns (metrics dict, Evaluation)."""
     from pipeline.metrics.matching import confusion_matrix, operating_point
 
     gt_ok = validate_gt(gt, gt_path, iou_type)
     dt_ok = validate_dt(dt, gt_ok, dt_path, iou_type)
-    # COCOeval fills in each result's bbox from its mask for segm, which the box matching below then uses
-    ev = _evaluate_valid(gt_ok, dt_ok, iou_type)
+    # for segm, faster-coco-eval fills in each result's bbox from its mask, which the box matching below uses
+    ev = _evaluate_valid(gt_ok, _dt_boxes(dt_ok) if iou_type == "bbox" else dt_ok, iou_type, engine)
     metrics = dict(ev.metrics)
     metrics["iou_type"] = iou_type
     metrics["operating_point"] = operating_point(gt_ok, dt_ok, score_threshold)

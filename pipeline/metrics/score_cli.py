@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.metrics.coco import IOU_TYPES, STAT_KEYS, load_json, report
+from pipeline.metrics.coco import ENGINES, IOU_TYPES, STAT_KEYS, load_json, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.3,
                         help="operating point for precision/recall/F1 and the confusion matrix (default 0.3)")
     parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
+                        help="bbox evaluator: nightshift's array implementation of pycocotools' algorithm (default)"
+                             " or faster-coco-eval, for a second opinion; segm always uses faster-coco-eval")
 
 
 def _fmt(value) -> str:
@@ -48,7 +51,8 @@ def format_table(metrics: dict) -> str:
 def main(args: argparse.Namespace) -> int:
     gt = load_json(args.gt, "ground truth")
     dt = load_json(args.dt, "detections")
-    metrics, _ = report(gt, dt, args.iou_type, args.score_threshold, gt_path=args.gt, dt_path=args.dt)
+    metrics, _ = report(gt, dt, args.iou_type, args.score_threshold, gt_path=args.gt, dt_path=args.dt,
+                         engine=args.engine)
     print(format_table(metrics))
     if args.out:
         out = Path(args.out)

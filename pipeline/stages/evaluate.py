@@ -1,6 +1,6 @@
 """evaluate: COCO metrics of the trained model (and of the champion, on the same split) for the gate.
 
-Predicts on `evaluate.split` of the ingested dataset, scores with COCO mAP (faster-coco-eval), and writes
+Predicts on `evaluate.split` of the ingested dataset, scores with COCO mAP (pycocotools' numbers), and writes
 `evaluate/metrics.json` (the 12 COCO stats, per class, precision/recall/F1 at `evaluate.score_threshold`,
 the confusion matrix, and the champion's metrics under `champion`), `evaluate/detections.json`, and
 `pr_curve.png` / `confusion_matrix.png`. When a model holds the registry alias (`promote.alias`), it is

@@ -96,6 +96,8 @@ def assert_same_as_pycocotools(gt, dt, iou_type="bbox"):
 def test_random_sets_match_pycocotools(seed):
     gt, dt = make_set(seed, crowd=seed % 2 == 0)
     ours = assert_same_as_pycocotools(gt, dt)
+    other = score(gt, dt, engine="faster-coco-eval")
+    assert {k: other[k] for k in STAT_KEYS} == pytest.approx({k: ours[k] for k in STAT_KEYS}, abs=1e-12)
     assert 0 < ours["AP"] < 1  # the generated set is neither trivial nor hopeless
     assert ours["per_class"]["never_annotated"] == {"AP": None, "AP50": None, "AR100": None, "support": 0}
 

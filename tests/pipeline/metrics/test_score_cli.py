@@ -48,6 +48,23 @@ def test_score_prints_table_and_writes_json(files, tmp_path, capsys):
     assert metrics["operating_point"]["tp"] == 1 and metrics["operating_point"]["fn"] == 1
 
 
+def test_both_engines_write_the_same_metrics(files, tmp_path, capsys):
+    gt, dt = files
+    out = {}
+    for engine in ("vectorized", "faster-coco-eval"):
+        path = tmp_path / f"{engine}.json"
+        assert cli.main(["score", "--gt", str(gt), "--dt", str(dt), "--engine", engine, "--out", str(path)]) == 0
+        out[engine] = json.loads(path.read_text())
+    # pycocotools divides by tp + fp + eps (0.9999999999999998 for a perfect class), faster-coco-eval does not
+    ours, theirs = out["vectorized"], out["faster-coco-eval"]
+    assert {k: ours[k] for k in STAT_KEYS} == pytest.approx({k: theirs[k] for k in STAT_KEYS}, abs=1e-12)
+    for name, row in ours["per_class"].items():
+        assert row == pytest.approx(theirs["per_class"][name], abs=1e-12)
+    for key in ("operating_point", "confusion_matrix"):
+        assert ours[key] == theirs[key]
+    assert out["vectorized"]["per_class"]["circle"]["AP"] == 1 / (1 + 2.220446049250313e-16)
+
+
 def _run_bad(tmp_path, capsys, gt_text, dt_text):
     gt, dt = tmp_path / "gt.json", tmp_path / "dt.json"
     gt.write_text(gt_text)
