@@ -1,13 +1,19 @@
 """DDP scaling benchmark: step time of 2 ranks against 1 rank at equal per-rank batch, and images/s.
 
-    python -m pipeline.training.bench                  # SSDlite at 128 px, batch 8 per rank, gloo on CPU
-    python -m pipeline.training.bench --steps 30 --model fasterrcnn_mobilenet_v3_large_320_fpn
+    python -m pipeline.training.bench                  # SSDlite at 128 and 320 px, batch 8 per rank, gloo on CPU
+    python -m pipeline.training.bench --image-size 128 --rounds 1 --steps 30
 
 Each configuration runs as its own torchrun job (`--standalone`), with real images from the generated dataset
 loaded the way the train stage loads them, so the figures include DDP's gradient all-reduce and the data
 path. The goal for the overhead of 2 ranks over 1 is 15 % or less. On a CPU machine each rank gets
 `--threads` intra-op threads; with 2 cores and 1 thread per rank the two configurations use the same cores
-per rank, which is the fair comparison.
+per rank, which is the fair comparison. A third configuration, two processes without DDP, tells the
+machine's own contention between processes apart from what DDP costs.
+
+Step times on a shared 2-core VM drift by 10 % from one run to the next, more than the effect measured, so
+the three configurations run in turn for `--rounds` rounds and each figure is the median over rounds of
+the per-run median step time. 128 px is the demo's image size, where a step is short and the fixed cost of
+all-reducing SSDlite's 3.4 M gradients weighs most; 320 px is the size the model is built for.
 """
 from __future__ import annotations
 
@@ -30,15 +36,17 @@ def _worker(args: argparse.Namespace) -> int:
 
     from pipeline.config import TrainConfig
     from pipeline.datasets.canonical import CanonicalDataset, collate
+    from pipeline.training import distributed
     from pipeline.training.distributed import init_distributed
     from pipeline.training.engine import build_optimizer
     from pipeline.training.models import build_model
 
     torch.set_num_threads(args.threads)
+    (image_size,) = args.image_size  # one size per torchrun job
     info = init_distributed()
     torch.manual_seed(0)
-    dataset = CanonicalDataset(args.dataset, None, args.image_size)
-    model = build_model(args.model, dataset.num_classes + 1, args.image_size).to(info.device)
+    dataset = CanonicalDataset(args.dataset, None, image_size)
+    model = build_model(args.model, dataset.num_classes + 1, image_size).to(info.device)
     model.train()
     # --no-ddp: the same processes on the same cores without gradient all-reduce, to tell the machine's own
     # contention between processes apart from what DDP costs
@@ -70,7 +78,8 @@ def _worker(args: argparse.Namespace) -> int:
         t = torch.tensor(times)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         times = t.tolist()
-        dist.destroy_process_group()
+        del ddp, t
+        distributed.cleanup(info)
     if info.rank == 0:
         times.sort()
         median = times[len(times) // 2]
@@ -90,19 +99,53 @@ def _run(nproc: int, args: argparse.Namespace, dataset: Path, out: Path, ddp: bo
     if not ddp:
         cmd.append("--no-ddp")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    # a rank that hangs (say, in process-group teardown) fails the benchmark instead of stalling it
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, timeout=args.timeout)
     return json.loads(out.read_text())
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _measure(args: argparse.Namespace, image_size: int, tmp: Path) -> dict:
+    """Median step time per configuration over `args.rounds` rounds, the configurations in turn."""
+    from pipeline.datasets.synthetic import generate
+
+    run_args = argparse.Namespace(**{**vars(args), "image_size": image_size})
+    dataset = tmp / f"dataset{image_size}"
+    generate(dataset, num_images=max(64, args.batch * 2 * (args.steps + args.warmup) // 4), image_size=image_size,
+             seed=0)
+    runs: dict[str, list[dict]] = {"1": [], "2": [], "2*": []}
+    for _ in range(args.rounds):
+        runs["1"].append(_run(1, run_args, dataset, tmp / "one.json"))
+        runs["2"].append(_run(2, run_args, dataset, tmp / "two.json"))
+        runs["2*"].append(_run(2, run_args, dataset, tmp / "apart.json", ddp=False))
+    out = {}
+    for label, results in runs.items():
+        step = _median([r["step_ms_median"] for r in results])
+        out[label] = {"step_ms": step, "step_ms_runs": [round(r["step_ms_median"], 1) for r in results],
+                      "images_per_s": args.batch * results[0]["world_size"] / step * 1e3}
+    out["overhead"] = out["2"]["step_ms"] / out["1"]["step_ms"] - 1
+    out["ddp_cost"] = out["2"]["step_ms"] / out["2*"]["step_ms"] - 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.training.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, nargs="+", default=[128, 320],
+                        help="image sizes to measure (default 128 320)")
     parser.add_argument("--batch", type=int, default=8, help="per-rank batch (default 8)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per run (default 15)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (default 1)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one torchrun job may take")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-ddp", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -110,29 +153,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)
+    if min(args.batch, args.steps, args.rounds, args.threads, *args.image_size) < 1:
+        parser.error("--batch, --steps, --rounds, --threads and --image-size must be at least 1")
 
-    from pipeline.datasets.synthetic import generate
-
+    figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = Path(tmp) / "dataset"
-        generate(dataset, num_images=max(64, args.batch * 2 * (args.steps + args.warmup) // 4),
-                 image_size=args.image_size, seed=0)
-        one = _run(1, args, dataset, Path(tmp) / "one.json")
-        two = _run(2, args, dataset, Path(tmp) / "two.json")
-        apart = _run(2, args, dataset, Path(tmp) / "apart.json", ddp=False)
-    overhead = two["step_ms_median"] / one["step_ms_median"] - 1
-    ddp_cost = two["step_ms_median"] / apart["step_ms_median"] - 1
-    print(f"model {args.model} at {args.image_size} px, batch {args.batch} per rank, {args.threads} thread(s) per rank,"
-          f" gloo, median of {args.steps} steps")
-    print(f"{'ranks':>5} {'step ms (median)':>17} {'step ms (mean)':>15} {'images/s':>9}")
-    for label, r in (("1", one), ("2", two), ("2*", apart)):
-        print(f"{label:>5} {r['step_ms_median']:>17.1f} {r['step_ms_mean']:>15.1f} {r['images_per_s']:>9.1f}")
-    print("2* = two processes on the same cores without DDP's all-reduce (the machine's own contention)")
-    verdict = "met" if overhead <= GOAL_OVERHEAD else "missed"
-    print(f"2-rank step-time overhead over 1 rank: {overhead * 100:+.1f} % (goal <= {GOAL_OVERHEAD * 100:.0f} %: "
-          f"{verdict}); scaling {two['images_per_s'] / one['images_per_s']:.2f}x images/s")
-    print(f"of which DDP itself (2 ranks vs 2 independent processes): {ddp_cost * 100:+.1f} %; the rest is the "
-          f"processes slowing each other down on this machine")
+        for size in args.image_size:
+            started = time.perf_counter()
+            r = figures[size] = _measure(args, size, Path(tmp))
+            print(f"model {args.model} at {size} px, batch {args.batch} per rank, {args.threads} thread(s) per "
+                  f"rank, gloo; median of {args.rounds} run(s) x {args.steps} steps ({time.perf_counter() - started:.0f}s)")
+            print(f"{'ranks':>5} {'step ms':>8} {'images/s':>9}  step ms of each run")
+            for label in ("1", "2", "2*"):
+                row = r[label]
+                print(f"{label:>5} {row['step_ms']:>8.1f} {row['images_per_s']:>9.1f}  "
+                      + " ".join(f"{v:.1f}" for v in row["step_ms_runs"]))
+            verdict = "met" if r["overhead"] <= GOAL_OVERHEAD else "missed"
+            print(f"2-rank step-time overhead over 1 rank: {r['overhead'] * 100:+.1f} % (goal <= "
+                  f"{GOAL_OVERHEAD * 100:.0f} %: {verdict}); scaling {r['2']['images_per_s'] / r['1']['images_per_s']:.2f}x"
+                  f" images/s")
+            print(f"of which DDP itself (2 vs 2*, two processes without all-reduce): {r['ddp_cost'] * 100:+.1f} %\n",
+                  flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(k): v for k, v in figures.items()}, indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ asks for more than one process and was started as a plain process.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -113,5 +114,14 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group. Call it after the DDP wrapper is gone.
+
+    A DDP wrapper's Reducer holds the process group; if the Reducer is the last holder, the group is torn down
+    in the Reducer's destructor, which keeps the GIL while it joins gloo's worker thread, and that thread may
+    need the GIL to free a tensor: the process hangs at exit (seen with torch 2.13 when the wrapper outlived
+    this call). Collecting garbage first frees wrappers kept alive by reference cycles while the group still
+    has its own holder, so the group is destroyed here, by the call that releases the GIL.
+    """
     if info.distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

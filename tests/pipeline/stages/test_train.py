@@ -218,6 +218,20 @@ def test_ddp_two_gloo_processes(shared, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # ranks that disagree about stopping would wait for each other forever
+def test_early_stopping_under_ddp_stops_every_rank_together(shared, capsys):
+    """Rank 0 alone scores val mAP; its stop decision is broadcast so both ranks leave the same epoch. With a
+    learning rate of ~0 val mAP cannot improve after epoch 1, so patience 1 stops after epoch 2 of 4."""
+    publish_dataset("ddp-patience", shared)
+    assert train_cli("ddp-patience", shared, "train.nproc_per_node=2", "train.epochs=4", "train.lr=1e-12",
+                     "train.early_stop_patience=1", "train.bn_calibration_images=0") == 0
+    result = last_result(capsys)
+    assert result["world_size"] == 2 and result["early_stopped"] is True
+    assert result["epochs"] == 2 and len(result["val_AP"]) == 2 and result["best_val_epoch"] == 1
+    assert result["steps"] == 2 * 2  # 16 train images / (2 ranks x batch 4) = 2 steps an epoch
+
+
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_the_same_weights(shared, only_train, capsys):
     """`nightshift train` as a real process, killed -9 at two seeded random steps and restarted with the same
     run id each time: the finished model equals an uninterrupted run's bit for bit."""
