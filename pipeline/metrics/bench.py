@@ -91,19 +91,38 @@ def run_faster(gt: dict, dt: list[dict]) -> list[float]:
     return [float(v) for v in ev.stats[: len(STAT_KEYS)]]
 
 
-def run_pycocotools(gt: dict, dt: list[dict]) -> list[float]:
+def pycocotools_eval(gt: dict, dt: list[dict], iou_type: str = "bbox", cat_ids: list[int] | None = None,
+                     copy: bool = True):
+    """pycocotools' COCOeval after evaluate/accumulate/summarize, quietly: the reference every evaluator here
+    is held to. `copy=False` hands it the inputs themselves, which it writes into; `cat_ids` restricts it."""
+    import copy as copying
+
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    if copy:
+        gt, dt = copying.deepcopy(gt), copying.deepcopy(dt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(dt), iouType="bbox")
+        if dt:
+            coco_dt = coco_gt.loadRes(dt)
+        else:  # pycocotools' loadRes cannot take an empty list
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        if cat_ids is not None:
+            ev.params.catIds = cat_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return [float(v) for v in ev.stats[: len(STAT_KEYS)]]
+    return ev
+
+
+def run_pycocotools(gt: dict, dt: list[dict]) -> list[float]:
+    return [float(v) for v in pycocotools_eval(gt, dt, copy=False).stats[: len(STAT_KEYS)]]
 
 
 def timed(fn, gt: dict, dt: list[dict], repeat: int) -> tuple[float, list[float]]:

@@ -5,36 +5,13 @@ on sets built to hit each rule of pycocotools' matching and accumulation.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 
 import numpy as np
 import pytest
 
 from pipeline.metrics import boxeval
+from pipeline.metrics.bench import pycocotools_eval
 from pipeline.metrics.coco import _dt_boxes, _gt_boxes, validate_dt, validate_gt
-
-
-def pycocotools_eval(gt: dict, dt: list[dict]):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        if dt:
-            coco_dt = coco_gt.loadRes(copy.deepcopy(dt))
-        else:  # pycocotools' loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
-            coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev
 
 
 def ours(gt: dict, dt: list[dict]):

@@ -1,14 +1,13 @@
 """pipeline.metrics.coco: faster-coco-eval must give pycocotools' numbers, and bad inputs are rejected."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 
 import numpy as np
 import pytest
 
 from pipeline.errors import InputRejected
+from pipeline.metrics.bench import pycocotools_eval
 from pipeline.metrics.coco import STAT_KEYS, evaluate, score
 
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "bird"},
@@ -45,29 +44,6 @@ def make_set(seed: int, n_images: int = 30, crowd: bool = True, size: int = 400)
                          "score": float(rng.uniform(0.0, 0.9))})
     gt = {"info": {}, "images": images, "annotations": anns, "categories": copy.deepcopy(CATEGORIES)}
     return gt, dets
-
-
-def pycocotools_eval(gt: dict, dt: list[dict], iou_type: str = "bbox", cat_ids=None):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        if dt:
-            coco_dt = coco_gt.loadRes(copy.deepcopy(dt))
-        else:  # pycocotools' loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
-            coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        if cat_ids is not None:
-            ev.params.catIds = cat_ids
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev
 
 
 def assert_same_as_pycocotools(gt, dt, iou_type="bbox"):
