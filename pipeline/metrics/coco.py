@@ -253,7 +253,8 @@ def _validated_dt_boxes(dt, gt: dict, path: str):
 def _run_cocoeval(gt: dict, dt, iou_type: str, engine: str = "vectorized"):
     """COCOeval evaluate/accumulate/summarize. bbox goes to `pipeline.metrics.boxeval` (pycocotools' algorithm
     on arrays, several times faster than faster-coco-eval) unless `engine="faster-coco-eval"`; segm always
-    goes to faster-coco-eval. `dt` is a list of validated result dicts, or `Boxes` columns for bbox."""
+    goes to faster-coco-eval. `dt` is a list of validated result dicts, or `Boxes` columns for the bbox array
+    engine."""
     from pipeline.metrics.boxeval import Boxes
 
     if engine not in ENGINES:
@@ -265,9 +266,6 @@ def _run_cocoeval(gt: dict, dt, iou_type: str, engine: str = "vectorized"):
                                 [img["id"] for img in gt["images"]], [cat["id"] for cat in gt["categories"]])
     from faster_coco_eval import COCO, COCOeval_faster
 
-    if isinstance(dt, Boxes):
-        dt = [{"image_id": int(i), "category_id": int(c), "bbox": b, "score": float(sc)}
-              for i, c, b, sc in zip(dt.image_id, dt.category_id, dt.bbox.tolist(), dt.score)]
     coco_gt = COCO(gt, print_function=log.debug)
     coco_dt = coco_gt.loadRes(dt)
     ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=log.debug, rle_iou_max_workers=1)
@@ -281,7 +279,7 @@ def evaluate(gt: dict, dt: list[dict], iou_type: str = "bbox", *, gt_path: str =
              dt_path: str = "<detections>", engine: str = "vectorized") -> Evaluation:
     """Validate and score; `gt_path`/`dt_path` only name the inputs in rejection messages."""
     gt = validate_gt(gt, gt_path, iou_type)
-    if iou_type == "bbox":
+    if iou_type == "bbox" and engine == "vectorized":
         return _evaluate_valid(gt, _validated_dt_boxes(dt, gt, dt_path), iou_type, engine)
     return _evaluate_valid(gt, validate_dt(dt, gt, dt_path, iou_type), iou_type, engine)
 
@@ -349,7 +347,7 @@ def report(gt: dict, dt: list[dict], iou_type: str = "bbox", score_threshold: fl
     gt_ok = validate_gt(gt, gt_path, iou_type)
     dt_ok = validate_dt(dt, gt_ok, dt_path, iou_type)
     # for segm, faster-coco-eval fills in each result's bbox from its mask, which the box matching below uses
-    ev = _evaluate_valid(gt_ok, _dt_boxes(dt_ok) if iou_type == "bbox" else dt_ok, iou_type, engine)
+    ev = _evaluate_valid(gt_ok, dt_ok, iou_type, engine)
     metrics = dict(ev.metrics)
     metrics["iou_type"] = iou_type
     metrics["operating_point"] = operating_point(gt_ok, dt_ok, score_threshold)

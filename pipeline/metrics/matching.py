@@ -42,7 +42,8 @@ def box_iou(dt_xywh, gt_xywh, crowd) -> np.ndarray:
     return iou
 
 
-def _by_image(gt: dict, dt: list[dict], score_threshold: float):
+def by_image(gt: dict, dt: list[dict], score_threshold: float):
+    """Ground truth and the detections scoring at least `score_threshold`, grouped by image id."""
     gts, dts = defaultdict(list), defaultdict(list)
     for ann in gt["annotations"]:
         gts[ann["image_id"]].append(ann)
@@ -95,7 +96,7 @@ def operating_point(gt: dict, dt: list[dict], score_threshold: float) -> dict:
 
     names = category_names(gt)
     counts = {c: [0, 0, 0] for c in names}  # tp, fp, fn
-    gts, dts = _by_image(gt, dt, score_threshold)
+    gts, dts = by_image(gt, dt, score_threshold)
     for image_id in set(gts) | set(dts):
         pairs, lost, missed = _match(dts.get(image_id, []), gts.get(image_id, []), same_class_only=True)
         for det, _ in pairs:
@@ -119,7 +120,7 @@ def confusion_matrix(gt: dict, dt: list[dict], score_threshold: float) -> dict:
     index = {c: i for i, c in enumerate(order)}
     bg = len(order)
     matrix = np.zeros((bg + 1, bg + 1), dtype=np.int64)
-    gts, dts = _by_image(gt, dt, score_threshold)
+    gts, dts = by_image(gt, dt, score_threshold)
     for image_id in set(gts) | set(dts):
         pairs, lost, missed = _match(dts.get(image_id, []), gts.get(image_id, []), same_class_only=False)
         for det, g in pairs:

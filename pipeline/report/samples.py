@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
-from collections import defaultdict
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
 from pipeline.metrics.coco import validate_dt, validate_gt
-from pipeline.metrics.matching import operating_point
+from pipeline.metrics.matching import by_image, operating_point
 
 GT_COLOUR = (40, 200, 70)
 TP_COLOUR = (40, 110, 240)
@@ -38,12 +37,7 @@ def score_images(gt: dict, detections: list[dict], score_threshold: float) -> li
     gt = validate_gt(gt, "ingest/dataset/annotations.json")
     ids = {im["id"] for im in gt["images"]}
     dt = validate_dt([d for d in detections if d.get("image_id") in ids], gt, "evaluate/detections.json")
-    gts, dts = defaultdict(list), defaultdict(list)
-    for ann in gt["annotations"]:
-        gts[ann["image_id"]].append(ann)
-    for det in dt:
-        if det["score"] >= score_threshold:
-            dts[det["image_id"]].append(det)
+    gts, dts = by_image(gt, dt, score_threshold)
     scores = []
     for image in gt["images"]:
         one = dict(gt, images=[image], annotations=gts[image["id"]])

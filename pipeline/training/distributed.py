@@ -84,23 +84,19 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: float, info: DistInfo) -> float:
-    """Average a Python number over ranks (for logging what the whole job saw, not one rank)."""
-    if not info.distributed:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64,
-                     device=info.device if info.backend == "nccl" else torch.device("cpu"))
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
-
-
 def all_reduce_sum(value: float, info: DistInfo) -> float:
+    """Sum a Python number over ranks."""
     if not info.distributed:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64,
                      device=info.device if info.backend == "nccl" else torch.device("cpu"))
     dist.all_reduce(t)
     return float(t.item())
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """Average a Python number over ranks (for logging what the whole job saw, not one rank)."""
+    return all_reduce_sum(value, info) / info.world_size
 
 
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
