@@ -53,3 +53,29 @@ def s3_server(monkeypatch):
         yield endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture
+def upstream():
+    """`upstream(cfg, run_id, export_dir, passed=True)`: what train, gate and export leave behind for `run_id`
+    (an MLflow run with model weights, both stage results, the exported model files); returns the MLflow run id."""
+    from pathlib import Path
+
+    def publish(cfg, run_id: str, export_dir: Path, passed: bool = True) -> str:
+        import mlflow
+
+        from pipeline import tracking
+        from pipeline.context import RunContext
+
+        mlrun = tracking.run_for(cfg, run_id)
+        weights = Path(cfg.store.uri.removeprefix("file://")).parent / f"{run_id}-model.pt"
+        weights.write_bytes(b"weights of " + run_id.encode())
+        mlflow.MlflowClient().log_artifact(mlrun, str(weights), artifact_path="model")
+        RunContext.create(run_id, "train", cfg).publish_json({"status": "ok", "mlflow_run_id": mlrun}, "result.json")
+        RunContext.create(run_id, "gate", cfg).publish_json({"status": "ok", "passed": passed}, "result.json")
+        ctx = RunContext.create(run_id, "export", cfg)
+        for name in ("model.onnx", "labels.txt", "io.json"):
+            ctx.publish(export_dir / name, name)
+        return mlrun
+
+    return publish

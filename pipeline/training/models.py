@@ -6,7 +6,6 @@ dict of a local weights file. For detection, `num_classes` counts the background
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import torch

@@ -45,24 +45,6 @@ def make_cfg(shared, tmp_path, *sets):
                               f"promote.triton_repo={tmp_path / 'repo'}", *sets]).resolved()
 
 
-def upstream(shared, cfg, run_id, passed=True):
-    """What train, gate and export leave behind for `run_id`."""
-    import mlflow
-
-    from pipeline import tracking
-
-    mlrun = tracking.run_for(cfg, run_id)
-    weights = Path(cfg.store.uri.removeprefix("file://")).parent / f"{run_id}-model.pt"
-    weights.write_bytes(b"weights of " + run_id.encode())
-    mlflow.MlflowClient().log_artifact(mlrun, str(weights), artifact_path="model")
-    RunContext.create(run_id, "train", cfg).publish_json({"status": "ok", "mlflow_run_id": mlrun}, "result.json")
-    RunContext.create(run_id, "gate", cfg).publish_json({"status": "ok", "passed": passed}, "result.json")
-    ctx = RunContext.create(run_id, "export", cfg)
-    for name in ("model.onnx", "labels.txt", "io.json"):
-        ctx.publish(shared["export"] / name, name)
-    return mlrun
-
-
 def alias_version(cfg):
     mv = promote.current_alias(promote.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
     return int(mv.version) if mv else None
@@ -72,9 +54,9 @@ def registry_versions(cfg):
     return sorted(int(v.version) for v in promote.registered_versions(promote.registry_client(cfg), cfg.promote.model_name))
 
 
-def test_promotions_publish_register_and_move_the_alias(shared, tmp_path):
+def test_promotions_publish_register_and_move_the_alias(shared, tmp_path, upstream):
     cfg = make_cfg(shared, tmp_path, "promote.keep_versions=2")
-    mlrun = upstream(shared, cfg, "night-1")
+    mlrun = upstream(cfg, "night-1", shared["export"])
     first = promote.run(cfg, RunContext.create("night-1", "promote", cfg))
     assert (first["version"], first["registry_version"], first["previous_version"]) == (1, 1, None)
     repo = ModelRepository(cfg.promote.triton_repo)
@@ -91,16 +73,16 @@ def test_promotions_publish_register_and_move_the_alias(shared, tmp_path):
     assert repo.versions(cfg.promote.model_name) == [1] and registry_versions(cfg) == [1]
 
     for night in ("night-2", "night-3"):
-        upstream(shared, cfg, night)
+        upstream(cfg, night, shared["export"])
         promote.run(cfg, RunContext.create(night, "promote", cfg))
     assert repo.versions(cfg.promote.model_name) == [2, 3] and repo.served_version(cfg.promote.model_name) == 3 and alias_version(cfg) == 3
 
 
-def test_crash_mid_upload_changes_nothing(shared, tmp_path, monkeypatch):
+def test_crash_mid_upload_changes_nothing(shared, tmp_path, monkeypatch, upstream):
     cfg = make_cfg(shared, tmp_path)
-    upstream(shared, cfg, "night-1")
+    upstream(cfg, "night-1", shared["export"])
     promote.run(cfg, RunContext.create("night-1", "promote", cfg))
-    upstream(shared, cfg, "night-2")
+    upstream(cfg, "night-2", shared["export"])
     from pipeline.store import LocalStore
 
     real_put = LocalStore.put_file
@@ -122,11 +104,11 @@ def test_crash_mid_upload_changes_nothing(shared, tmp_path, monkeypatch):
     assert alias_version(cfg) == 1 and registry_versions(cfg) == [1]
 
 
-def test_failed_gate_promotes_nothing(shared, tmp_path, monkeypatch):
+def test_failed_gate_promotes_nothing(shared, tmp_path, monkeypatch, upstream):
     monkeypatch.setattr(cli, "STAGES", ("promote",))
     monkeypatch.setattr(cli, "TOOLS", {})
     cfg = make_cfg(shared, tmp_path)
-    upstream(shared, cfg, "night-1", passed=False)
+    upstream(cfg, "night-1", shared["export"], passed=False)
     code = cli.main(["promote", "--run-id", "night-1", "--set", f"mlflow.tracking_uri={shared['tracking']}",
                      "--set", f"promote.model_name={cfg.promote.model_name}", "--set", f"promote.triton_repo={tmp_path / 'repo'}"])
     assert code == 4
@@ -204,17 +186,17 @@ def fake_triton(tmp_path):
         server.server_close()
 
 
-def test_triton_smoke_test_gates_the_alias(shared, tmp_path, fake_triton):
+def test_triton_smoke_test_gates_the_alias(shared, tmp_path, fake_triton, upstream):
     good = fake_triton()
     cfg = make_cfg(shared, tmp_path, f"promote.triton_url={good.url}")
-    upstream(shared, cfg, "night-1")
+    upstream(cfg, "night-1", shared["export"])
     result = promote.run(cfg, RunContext.create("night-1", "promote", cfg))
     assert result["smoke_test"]["match_fraction"] == 1.0 and good.loads == [1] and alias_version(cfg) == 1
 
     broken = fake_triton(broken=True)
     broken.loaded = dict(good.loaded)
     cfg = make_cfg(shared, tmp_path, f"promote.triton_url={broken.url}")
-    upstream(shared, cfg, "night-2")
+    upstream(cfg, "night-2", shared["export"])
     with pytest.raises(Exception, match="differ from ONNX Runtime"):
         promote.run(cfg, RunContext.create("night-2", "promote", cfg))
     repo = ModelRepository(cfg.promote.triton_repo)

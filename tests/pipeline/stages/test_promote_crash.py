@@ -81,22 +81,6 @@ def sets(tmp_path, repo: str, *extra) -> list[str]:
             f"promote.triton_repo={repo}", *extra]
 
 
-def upstream(cfg, run_id: str, export_dir: Path) -> None:
-    import mlflow
-
-    from pipeline import tracking
-
-    mlrun = tracking.run_for(cfg, run_id)
-    weights = Path(cfg.store.uri.removeprefix("file://")).parent / f"{run_id}-model.pt"
-    weights.write_bytes(b"weights of " + run_id.encode())
-    mlflow.MlflowClient().log_artifact(mlrun, str(weights), artifact_path="model")
-    RunContext.create(run_id, "train", cfg).publish_json({"status": "ok", "mlflow_run_id": mlrun}, "result.json")
-    RunContext.create(run_id, "gate", cfg).publish_json({"status": "ok", "passed": True}, "result.json")
-    ctx = RunContext.create(run_id, "export", cfg)
-    for name in ("model.onnx", "labels.txt", "io.json"):
-        ctx.publish(export_dir / name, name)
-
-
 def start_promote(overrides: list[str], run_id: str, slow_s: float | None, owners: Path | None = None
                   ) -> subprocess.Popen:
     command = [sys.executable, "-m", "pipeline"] if slow_s is None else [sys.executable, "-c", WRAPPER]
@@ -146,7 +130,7 @@ def assert_readers_see_only_complete_versions(repo: ModelRepository, model: str,
             assert sha256_file(local) == digest, f"version {version}: {name} does not match its checksum"
 
 
-def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir):
+def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir, upstream):
     repo_dir = tmp_path / "repo"
     overrides = sets(tmp_path, str(repo_dir), "promote.lock_timeout_s=60")
     cfg = load_config(None, overrides).resolved()
@@ -217,7 +201,7 @@ def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir
     assert (model_dir / LOCK).exists()  # the lock file stays; only its flock matters
 
 
-def test_s3_lock_of_a_killed_promote_expires(tmp_path, export_dir, s3_server, caplog):
+def test_s3_lock_of_a_killed_promote_expires(tmp_path, export_dir, s3_server, caplog, upstream):
     bucket = f"models-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     location = f"s3://{bucket}/triton"
