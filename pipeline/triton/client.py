@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import numpy as np
@@ -19,50 +20,59 @@ class TritonError(RuntimeError):
     """The server refused to load the model, never reported it ready, or answered wrongly."""
 
 
+@contextmanager
 def _client(url: str):
+    """A client whose keep-alive connections are closed on exit. Left to the garbage collector, an open
+    connection holds a stopping tritonserver in its graceful-shutdown wait until `--exit-timeout-secs` runs out
+    and it exits with 1."""
     import tritonclient.http as httpclient
 
     parsed = urlparse(url if "://" in url else f"http://{url}")
-    return httpclient.InferenceServerClient(url=parsed.netloc, ssl=parsed.scheme == "https", network_timeout=120.0)
+    client = httpclient.InferenceServerClient(url=parsed.netloc, ssl=parsed.scheme == "https",
+                                              network_timeout=120.0)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def load_and_wait(url: str, model: str, version: int, timeout_s: float = 120.0) -> None:
     """(Re)load `model` from the repository and wait until `version` is ready."""
     from tritonclient.utils import InferenceServerException
 
-    client = _client(url)
-    try:
-        client.load_model(model)
-    except InferenceServerException as exc:
-        raise TritonError(f"{url}: loading {model} failed: {exc}") from None
-    deadline = time.monotonic() + timeout_s
-    while True:
+    with _client(url) as client:
         try:
-            if client.is_model_ready(model, str(version)):
-                log.info("%s: %s version %d is ready", url, model, version)
-                return
+            client.load_model(model)
         except InferenceServerException as exc:
-            log.debug("readiness probe: %s", exc)
-        if time.monotonic() > deadline:
-            raise TritonError(f"{url}: {model} version {version} not ready after {timeout_s:.0f}s")
-        time.sleep(0.5)
+            raise TritonError(f"{url}: loading {model} failed: {exc}") from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if client.is_model_ready(model, str(version)):
+                    log.info("%s: %s version %d is ready", url, model, version)
+                    return
+            except InferenceServerException as exc:
+                log.debug("readiness probe: %s", exc)
+            if time.monotonic() > deadline:
+                raise TritonError(f"{url}: {model} version {version} not ready after {timeout_s:.0f}s")
+            time.sleep(0.5)
 
 
 def unload(url: str, model: str, timeout_s: float = 60.0) -> None:
     """Unload every version of `model` and wait until the server no longer reports it ready."""
     from tritonclient.utils import InferenceServerException
 
-    client = _client(url)
-    try:
-        client.unload_model(model)
-    except InferenceServerException as exc:
-        raise TritonError(f"{url}: unloading {model} failed: {exc}") from None
-    deadline = time.monotonic() + timeout_s
-    while client.is_model_ready(model):
-        if time.monotonic() > deadline:
-            raise TritonError(f"{url}: {model} still ready {timeout_s:.0f}s after unloading")
-        time.sleep(0.2)
-    log.info("%s: %s unloaded", url, model)
+    with _client(url) as client:
+        try:
+            client.unload_model(model)
+        except InferenceServerException as exc:
+            raise TritonError(f"{url}: unloading {model} failed: {exc}") from None
+        deadline = time.monotonic() + timeout_s
+        while client.is_model_ready(model):
+            if time.monotonic() > deadline:
+                raise TritonError(f"{url}: {model} still ready {timeout_s:.0f}s after unloading")
+            time.sleep(0.2)
+        log.info("%s: %s unloaded", url, model)
 
 
 def infer(url: str, model: str, version: int, images: np.ndarray, outputs=("boxes", "scores", "labels"),
@@ -70,14 +80,14 @@ def infer(url: str, model: str, version: int, images: np.ndarray, outputs=("boxe
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = _client(url)
     inp = httpclient.InferInput(input_name, list(images.shape), "FP32")
     inp.set_data_from_numpy(np.ascontiguousarray(images, np.float32), binary_data=False)
     requested = [httpclient.InferRequestedOutput(name, binary_data=False) for name in outputs]
-    try:
-        result = client.infer(model, [inp], model_version=str(version), outputs=requested)
-    except InferenceServerException as exc:
-        raise TritonError(f"{url}: inference on {model} version {version} failed: {exc}") from None
+    with _client(url) as client:
+        try:
+            result = client.infer(model, [inp], model_version=str(version), outputs=requested)
+        except InferenceServerException as exc:
+            raise TritonError(f"{url}: inference on {model} version {version} failed: {exc}") from None
     got = {name: result.as_numpy(name) for name in outputs}
     missing = [name for name, value in got.items() if value is None]
     if missing:

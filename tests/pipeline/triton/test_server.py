@@ -97,22 +97,22 @@ def test_python_backend_model_load_ready_infer_unload(server, shared):
 
     onnx_path = shared["good"] / "model.onnx"
     python_backend_model(onnx_path, server.model_repository, "py_detector", labels=shared["good"] / "labels.txt")
-    http = client._client(server.url)
-    assert not http.is_model_ready("py_detector")  # explicit mode: nothing loads by itself
-    client.load_and_wait(server.url, "py_detector", 1, timeout_s=60)
-    assert http.is_model_ready("py_detector", "1")
-    config = http.get_model_config("py_detector")
-    assert config["backend"] == "python" and config["max_batch_size"] == 8
-    assert [o["name"] for o in config["output"]] == ["boxes", "scores", "labels"]
+    with client._client(server.url) as http:
+        assert not http.is_model_ready("py_detector")  # explicit mode: nothing loads by itself
+        client.load_and_wait(server.url, "py_detector", 1, timeout_s=60)
+        assert http.is_model_ready("py_detector", "1")
+        config = http.get_model_config("py_detector")
+        assert config["backend"] == "python" and config["max_batch_size"] == 8
+        assert [o["name"] for o in config["output"]] == ["boxes", "scores", "labels"]
 
-    for batch in (1, 3):  # the batch dimension is really dynamic through Triton too
-        x = images(batch, seed=batch)
-        assert_same_as_onnxruntime(client.infer(server.url, "py_detector", 1, x), onnx_path, x)
+        for batch in (1, 3):  # the batch dimension is really dynamic through Triton too
+            x = images(batch, seed=batch)
+            assert_same_as_onnxruntime(client.infer(server.url, "py_detector", 1, x), onnx_path, x)
 
-    client.unload(server.url, "py_detector", timeout_s=30)
-    assert not http.is_model_ready("py_detector", "1")
-    with pytest.raises(client.TritonError, match="inference on py_detector"):
-        client.infer(server.url, "py_detector", 1, images(1))
+        client.unload(server.url, "py_detector", timeout_s=30)
+        assert not http.is_model_ready("py_detector", "1")
+        with pytest.raises(client.TritonError, match="inference on py_detector"):
+            client.infer(server.url, "py_detector", 1, images(1))
 
 
 # -- the promote and rollback stages against the real server ----------------------------------------------------
@@ -123,23 +123,6 @@ def make_cfg(shared, server):
                               "promote.ready_timeout_s=60"]).resolved()
 
 
-def upstream(cfg, run_id: str, export_dir: Path) -> None:
-    """What train, gate and export leave behind for `run_id`."""
-    import mlflow
-
-    from pipeline import tracking
-
-    mlrun = tracking.run_for(cfg, run_id)
-    weights = Path(cfg.store.uri.removeprefix("file://")).parent / f"{run_id}-model.pt"
-    weights.write_bytes(b"weights of " + run_id.encode())
-    mlflow.MlflowClient().log_artifact(mlrun, str(weights), artifact_path="model")
-    RunContext.create(run_id, "train", cfg).publish_json({"status": "ok", "mlflow_run_id": mlrun}, "result.json")
-    RunContext.create(run_id, "gate", cfg).publish_json({"status": "ok", "passed": True}, "result.json")
-    ctx = RunContext.create(run_id, "export", cfg)
-    for name in ("model.onnx", "labels.txt", "io.json"):
-        ctx.publish(export_dir / name, name)
-
-
 def alias_version(cfg):
     from pipeline.stages import promote
 
@@ -148,11 +131,11 @@ def alias_version(cfg):
 
 
 def ready_versions(server, name: str, candidates=(1, 2, 3)) -> list[int]:
-    http = client._client(server.url)
-    return [v for v in candidates if http.is_model_ready(name, str(v))]
+    with client._client(server.url) as http:
+        return [v for v in candidates if http.is_model_ready(name, str(v))]
 
 
-def test_promote_loads_smoke_tests_then_moves_the_alias_and_a_failed_load_changes_nothing(server, shared):
+def test_promote_loads_smoke_tests_then_moves_the_alias_and_a_failed_load_changes_nothing(server, shared, upstream):
     from pipeline.stages import promote
 
     cfg = make_cfg(shared, server)
@@ -176,7 +159,7 @@ def test_promote_loads_smoke_tests_then_moves_the_alias_and_a_failed_load_change
     assert_same_as_onnxruntime(client.infer(server.url, name, 1, x), served_path, x)
 
 
-def test_rollback_makes_the_server_serve_the_previous_version(server, shared):
+def test_rollback_makes_the_server_serve_the_previous_version(server, shared, upstream):
     from pipeline.stages import promote
     from pipeline.stages.rollback import rollback
 
