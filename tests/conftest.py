@@ -79,3 +79,23 @@ def upstream():
         return mlrun
 
     return publish
+
+
+@pytest.fixture(scope="session")
+def split_dataset():
+    """`split_dataset(path, size)`: a canonical dataset of 22 generated `size` px images in `path`, split by
+    position (16 train, 4 val, 2 test), each image its own group: what the train-stage tests start from."""
+    import json
+
+    def make(path, size: int):
+        from pipeline.datasets.synthetic import generate
+
+        generate(path, num_images=22, image_size=size, seed=5, min_size=12, max_size=28)
+        coco = json.loads((path / "annotations.json").read_text())
+        for i, image in enumerate(coco["images"]):
+            image["split"] = "train" if i < 16 else ("val" if i < 20 else "test")
+            image["group"] = image["file_name"]
+        (path / "annotations.json").write_text(json.dumps(coco))
+        return path
+
+    return make

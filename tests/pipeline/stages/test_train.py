@@ -11,7 +11,6 @@ from pipeline import cli
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.datasets.canonical import CanonicalDataset
-from pipeline.datasets.synthetic import generate
 from pipeline.training import engine
 from pipeline.training.models import load_trained
 
@@ -37,16 +36,11 @@ def keep_torch_settings():
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, split_dataset):
     """A canonical dataset (16 train / 4 val images) and a sqlite MLflow (its schema takes seconds), built once."""
     root = tmp_path_factory.mktemp("train")
     data = root / "dataset"
-    generate(data, num_images=22, image_size=SIZE, seed=5, min_size=12, max_size=28)
-    coco = json.loads((data / "annotations.json").read_text())
-    for i, image in enumerate(coco["images"]):
-        image["split"] = "train" if i < 16 else ("val" if i < 20 else "test")
-        image["group"] = image["file_name"]
-    (data / "annotations.json").write_text(json.dumps(coco))
+    split_dataset(data, SIZE)
     tracking = [f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
                 f"mlflow.artifact_root={(root / 'mlartifacts').as_uri()}"]
     return {"data": data, "sets": tracking}

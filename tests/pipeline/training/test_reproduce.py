@@ -12,7 +12,6 @@ import torch
 from pipeline import cli, tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
-from pipeline.datasets.synthetic import generate
 from pipeline.training.reproduce import REPRODUCTION_TAG, compare, dvc_dir_hash
 
 SIZE = 64
@@ -38,16 +37,11 @@ def run_cli(argv: list[str], sets: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def original(tmp_path_factory):
+def original(tmp_path_factory, split_dataset):
     """Run `orig`: ingest's dataset and snapshot's real DVC hash in the store, then train and evaluate."""
     root = tmp_path_factory.mktemp("reproduce")
     data = root / "dataset"
-    generate(data, num_images=22, image_size=SIZE, seed=5, min_size=12, max_size=28)
-    coco = json.loads((data / "annotations.json").read_text())
-    for i, image in enumerate(coco["images"]):
-        image["split"] = "train" if i < 16 else ("val" if i < 20 else "test")
-        image["group"] = image["file_name"]
-    (data / "annotations.json").write_text(json.dumps(coco))
+    split_dataset(data, SIZE)
     locations = [f"store.uri={(root / 'artifacts').as_uri()}",
                  f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
                  f"mlflow.artifact_root={(root / 'mlartifacts').as_uri()}"]
