@@ -99,3 +99,14 @@ def split_dataset():
         return path
 
     return make
+
+
+@pytest.fixture
+def keep_torch_settings():
+    """Training sets torch's thread count and deterministic mode process-wide; put them back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)

@@ -26,13 +26,7 @@ def only_train(monkeypatch):
     monkeypatch.setattr(cli, "TOOLS", {})
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_settings():
-    """Training sets torch's thread count and deterministic mode process-wide; put them back afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("keep_torch_settings")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ TRAIN = ["train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size
          "train.bn_calibration_images=16", "evaluate.batch_size=4"]
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_settings():
-    """Training sets torch's thread count and deterministic mode process-wide; put them back afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("keep_torch_settings")
 
 
 def run_cli(argv: list[str], sets: list[str]) -> int:
