@@ -1,6 +1,7 @@
 """Exceptions that map to the stage contract's exit codes.
 
-0 success, 1 unexpected error, 2 usage error (argparse), 3 input rejected by a check, 4 a gate refused.
+0 success, 1 unexpected error, 2 usage error (argparse), 3 input rejected by a check, 4 a gate refused,
+5 infrastructure unavailable (storage, tracking server, Triton: retried, then given up; the input is not at fault).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_GATE = 4
+EXIT_INFRA = 5
 
 
 class NightshiftError(Exception):
@@ -52,3 +54,17 @@ class GateFailed(NightshiftError):
         self.failures = failures or []
         self.result = result or {}
         super().__init__(message)
+
+
+class InfrastructureError(NightshiftError):
+    """A service the stage depends on failed after retries (S3, DVC remote, MLflow, Triton).
+
+    Distinct from InputRejected: nothing is wrong with the user's input, so retrying later may succeed.
+    `uri` names the endpoint or object that failed (never with credentials in it).
+    """
+
+    exit_code = EXIT_INFRA
+
+    def __init__(self, message: str, uri: str | None = None):
+        self.uri = uri
+        super().__init__(f"{uri}: {message}" if uri else message)
