@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import ConfigError
 
 FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
+FORMAT_CHOICES = ("auto", *FORMATS)  # "auto": detect the format and layout from the export (pipeline/formats/layout.py)
 
 
 def nightshift_home() -> Path:
@@ -39,7 +40,9 @@ class StoreConfig(Section):
 
 class DataConfig(Section):
     source: str = ""  # dataset export to ingest: directory, archive or s3:// prefix ("" = generated demo set)
-    format: Literal[FORMATS] = "coco"  # annotation format of `source`
+    format: Literal[FORMAT_CHOICES] = "auto"  # annotation format of `source` ("auto" = detect it, and log why)
+    splits: Literal["hash", "source"] = "hash"  # hash of the group key, or the export's own train/val/test
+    voc_one_based: bool = False  # VOC boxes as the devkit's 1-based inclusive pixels (labelImg, CVAT write 0-based)
     group_pattern: str = ""  # regex with one group on the file path giving the split group ("" = file stem)
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test by hash of group key
     split_salt: str = "nightshift"  # changing it reshuffles every split: leave it alone

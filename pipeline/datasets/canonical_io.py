@@ -121,6 +121,8 @@ def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: st
         images.append({"id": n, "file_name": img["file_name"], "width": img["width"], "height": img["height"],
                        "split": assign_split(key, split_salt, split_ratios), "group": key,
                        "sha1": img.get("sha1") or file_sha1(img["path"])})
+        if img.get("source"):  # provenance: the export's file that described this image
+            images[-1]["source"] = img["source"]
         files.append((img["path"], img["file_name"]))
     annotations = []
     for m, ann in enumerate(sorted(ds.annotations, key=lambda a: (new_img_id[a["image_id"]], a["id"])), start=1):
@@ -130,6 +132,8 @@ def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: st
             entry["segmentation"] = ann["segmentation"]
         if ann.get("attributes"):
             entry["attributes"] = ann["attributes"]
+        if ann.get("source"):  # provenance: {"file", "item"} of the export's line / object / shape
+            entry["source"] = ann["source"]
         annotations.append(entry)
     coco = {"info": {"description": "Nightshift canonical dataset", "format": "coco"},
             "images": images, "annotations": annotations, "categories": categories}

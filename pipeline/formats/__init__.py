@@ -12,6 +12,7 @@ the export only when too many are set aside. Value checks (boxes inside the imag
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import ConfigError
@@ -20,6 +21,7 @@ from pipeline.formats.coco import read_coco
 from pipeline.formats.cvat import read_cvat
 from pipeline.formats.kitti import read_kitti
 from pipeline.formats.labelme import read_labelme
+from pipeline.formats.layout import Found, locate, sub_origin
 from pipeline.formats.voc import read_voc
 from pipeline.formats.yolo import read_yolo
 
@@ -33,16 +35,29 @@ READERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def read(fmt: str, root, origin: str = "", scratch=None) -> Dataset:
-    """Read the export under `root` with the reader for `fmt` (ConfigError when there is none)."""
+def read(fmt: str, root, origin: str = "", scratch=None, **options) -> Dataset:
+    """Read the export under `root` with the reader for `fmt` (ConfigError when there is none).
+
+    `options` go to the readers that take them (`one_based` for VOC); `scratch` to those that write files
+    (Labelme's embedded imageData).
+    """
     try:
         reader = READERS[fmt]
     except KeyError:
         raise ConfigError(f"data.format={fmt!r}: no reader for this format yet "
                           f"(available: {', '.join(sorted(READERS))})") from None
-    if scratch is not None and "scratch" in inspect.signature(reader).parameters:
-        return reader(root, origin or str(root), scratch=scratch)  # e.g. Labelme's embedded imageData
-    return reader(root, origin or str(root))
+    params = inspect.signature(reader).parameters
+    kwargs = {k: v for k, v in options.items() if k in params}
+    if scratch is not None and "scratch" in params:
+        kwargs["scratch"] = scratch
+    return reader(root, origin or str(root), **kwargs)
 
 
-__all__ = ["READERS", "Dataset", "Problems", "read"]
+def locate_and_read(fmt: str, top, origin: str = "", scratch=None, **options) -> tuple[Dataset, Found]:
+    """Find the export under `top` (up to two folders down; `fmt` "auto" also detects the format), then read it."""
+    found = locate(Path(top), fmt, origin or str(top))
+    sub = sub_origin(origin or str(top), Path(top), found.root)
+    return read(found.format, found.root, origin=sub, scratch=scratch, **options), found
+
+
+__all__ = ["READERS", "Dataset", "Found", "Problems", "locate", "locate_and_read", "read"]

@@ -27,6 +27,13 @@ class Dataset:
         The image (with all its boxes) is left out of `images`; ingest decides whether there are too many.
     listed_images: how many images the export lists, quarantined ones included (the denominator of the bad
         fraction; 0 = len(images) + quarantined images).
+    skipped: shapes left out while their image is kept (an empty label, a shape type that is not a box, a box
+        with no area): {"file", "field", "reason", "image"}; reported in the quarantine report, never fatal.
+
+    Provenance: every image and annotation carries `source` = {"file": <annotation file as named in messages>,
+    "item": <line / object index / shape>} so later checks name what the user must fix, not the canonical row.
+    A reader that knows the export's own split (VOC ImageSets, COCO split files, YOLO train/val lists, CVAT
+    subsets) sets `split` (train / val / test) on the image; ingest keeps it when `data.splits: source`.
     """
 
     images: list[dict]
@@ -35,6 +42,10 @@ class Dataset:
     files: list[str] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
     listed_images: int = 0
+    skipped: list[dict] = field(default_factory=list)
+
+    def skip(self, file: str, field_name: str, reason: str, image: str | None = None) -> None:
+        self.skipped.append({"file": file, "field": field_name, "reason": reason, "image": image})
 
     def set_aside(self, file: str, field_name: str, reason: str, image: str | None = None) -> None:
         self.quarantine.append({"file": file, "field": field_name, "reason": reason, "image": image})
@@ -73,6 +84,41 @@ class Problems:
         if len(self.items) > MAX_LISTED:
             message += f" (and {len(self.items) - MAX_LISTED} more problems)"
         raise InputRejected(message, path=self.path, field=first_field)
+
+
+SPLIT_NAMES = {"train": "train", "training": "train", "trainval": "train", "val": "val", "valid": "val",
+               "validation": "val", "test": "test", "testing": "test"}
+
+
+def split_of(name: str) -> str | None:
+    """train / val / test for an export's subset name (`valid`, `Validation`, `instances_val2017`), else None."""
+    low = name.lower()
+    if low in SPLIT_NAMES:
+        return SPLIT_NAMES[low]
+    for word in sorted(SPLIT_NAMES, key=len, reverse=True):  # instances_train2017, train_annotations
+        if word in low.replace("-", "_").split("_") or any(part.startswith(word) and part[len(word):].isdigit()
+                                                           for part in low.replace("-", "_").split("_")):
+            return SPLIT_NAMES[word]
+    return None
+
+
+def provenance(file: str, item: str) -> dict:
+    return {"file": file, "item": item}
+
+
+def basename(name: str) -> str:
+    """The last component of a path written on any system (`C:\\data\\img.jpg`, `/home/u/img.jpg`)."""
+    return name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] if isinstance(name, str) else ""
+
+
+def child_dir(root: Path, *names: str) -> Path | None:
+    """The first sub-folder of `root` whose name matches one of `names`, in any letter case."""
+    wanted = [n.lower() for n in names]
+    try:
+        found = {p.name.lower(): p for p in sorted(Path(root).iterdir()) if p.is_dir()}
+    except OSError:
+        return None
+    return next((found[n] for n in wanted if n in found), None)
 
 
 def is_int(value) -> bool:
@@ -122,6 +168,8 @@ def display(origin: str, root: Path, path: Path) -> str:
         rel = path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+    if rel == ".":
+        return origin
     if origin.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
         return f"{origin}:{rel}"
     return f"{origin.rstrip('/')}/{rel}"

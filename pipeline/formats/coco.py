@@ -1,9 +1,14 @@
 """COCO detection exports: `annotations.json` (or `annotations/instances_*.json`) + the images.
 
-Layouts found: one `*.json` at the top of the export, else every `annotations/instances_<name>.json`
-(the COCO 2017 layout, merged by category name). Images are looked up beside the JSON, in `images/`,
-and for `instances_<name>.json` in `images/<name>/` and `<name>/`. Boxes, polygons, RLE (compressed or
-not) and `iscrowd` are kept; a missing `bbox` is derived from the segmentation.
+Layouts found: Roboflow's `_annotations.coco.json` (alone, or in each of `train/`, `valid/`, `test/` beside
+its images), one `*.json` at the top of the export, else every `annotations/instances_<name>.json` (the COCO
+2017 layout), else per-split COCO files named by their split (`train.json`, `val.json` at the top or in
+`annotations/`); several files are merged by category name, and each image keeps the split its file names
+(kept with `data.splits: source`). Images are looked up beside the JSON, in `images/`, and for
+`instances_<name>.json` in `images/<name>/` and `<name>/`; a `file_name` with a sub-path the export does not
+keep, or an absolute path from the annotating machine, is looked up by its last part. Roboflow file names get
+their split folder as prefix (`valid/x.jpg`). Boxes, polygons, RLE (compressed or not) and `iscrowd` are
+kept; a missing `bbox` is derived from the segmentation.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import (Dataset, Problems, display, is_finite_number, is_int, safe_relative)
+from pipeline.formats.base import (Dataset, Problems, basename, child_dir, display, is_finite_number, is_int,
+                                   provenance, safe_relative, split_of)
 
 SKIP_NAMES = ("__MACOSX",)
 _NUMBER = (int, float)  # exact types: bool is not a coordinate
@@ -30,21 +36,39 @@ def export_root(root: Path) -> Path:
 
 
 def find_annotation_files(root: Path, origin: str) -> list[Path]:
+    """The COCO JSON files of the export, in the order they are merged (one per split when it has splits)."""
+    from pipeline.formats.layout import ROBOFLOW_JSON, is_coco_json
+
+    if (root / ROBOFLOW_JSON).is_file():
+        return [root / ROBOFLOW_JSON]
+    roboflow = sorted(root.glob(f"*/{ROBOFLOW_JSON}"))
+    if roboflow:  # Roboflow's COCO export: train/, valid/, test/ each with its JSON beside its images
+        return roboflow
     top = sorted(p for p in root.glob("*.json") if not p.name.startswith("."))
-    instances = sorted(root.glob("annotations/instances_*.json"))
+    ann = child_dir(root, "annotations")
+    in_ann = sorted(p for p in ann.glob("*.json") if not p.name.startswith(".")) if ann is not None else []
+    instances = [p for p in in_ann if p.name.startswith("instances_")]
     if len(top) == 1:
         return top
-    if instances:
+    if instances:  # COCO 2017: instances_train2017.json, instances_val2017.json (captions_*, person_keypoints_* left)
         return instances
+    for group in ([p for p in top if is_coco_json(p)], [p for p in in_ann if is_coco_json(p)]):
+        if len(group) == 1:
+            return group
+        if group:
+            splits = [split_of(p.stem) for p in group]
+            if None in splits or len(set(splits)) < len(splits):
+                names = ", ".join(p.name for p in group)
+                raise InputRejected(f"several COCO JSON files ({names}) and their names do not tell one split each "
+                                    "(train / val / test): cannot tell how they fit together; keep one, or name "
+                                    "them by split", path=origin)
+            return group
     if top:
         names = ", ".join(p.name for p in top)
-        raise InputRejected(f"several JSON files at the top of the export ({names}): cannot tell which holds the "
-                            "COCO annotations; keep one, or use annotations/instances_<split>.json", path=origin)
-    others = sorted(root.glob("annotations/*.json"))
-    if len(others) == 1:
-        return others
-    raise InputRejected("no COCO annotations found: expected one *.json at the top of the export or "
-                        "annotations/instances_*.json", path=origin)
+        raise InputRejected(f"several JSON files at the top of the export ({names}) and none is COCO (images and "
+                            "annotations): cannot tell which holds the COCO annotations", path=origin)
+    raise InputRejected("no COCO annotations found: expected one *.json at the top of the export, "
+                        "annotations/instances_*.json or Roboflow's <split>/_annotations.coco.json", path=origin)
 
 
 def _image_dirs(root: Path, json_path: Path) -> list[Path]:
@@ -121,8 +145,19 @@ def _check_rle(seg: dict, image: dict | None, where: str, problems: Problems) ->
     return bbox, area
 
 
+def _split_and_prefix(path: Path, root: Path) -> tuple[str | None, str]:
+    """The export's own split for a COCO file, and the folder its file names are relative to (Roboflow)."""
+    parent = path.parent
+    if parent == root or parent.name.lower() == "annotations":
+        stem = path.stem[len("instances_"):] if path.stem.startswith("instances_") else path.stem
+        return split_of(stem), ""
+    rel = parent.relative_to(root).as_posix()
+    return split_of(parent.name), rel + "/"
+
+
 def _read_one(path: Path, root: Path, origin: str) -> Dataset:
     name = display(origin, root, path)
+    split, prefix = _split_and_prefix(path, root)
     data = _load_json(path, name)
     problems = Problems(name)
     if not isinstance(data, dict):
@@ -179,6 +214,9 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
         elif iid in img_by_id:
             problems.add(f"{where}.id", f"duplicate image id {iid} (also images[{img_by_id[iid][0]}])")
             bad = True
+        if isinstance(fname, str) and not safe_relative(fname) and ".." not in fname.replace("\\", "/").split("/") \
+                and safe_relative(basename(fname)):
+            fname = basename(fname)  # an absolute path from the annotating machine: the image is in the export
         if not safe_relative(fname):
             problems.add(f"{where}.file_name", f"must be a relative path inside the export, got {fname!r}")
             bad = True
@@ -192,16 +230,22 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
         size_bad = next(((key, value) for key, value in (("width", w), ("height", h))
                          if not (is_int(value) and value > 0)), None)
         if size_bad:
-            quarantine.append((f"{where}.{size_bad[0]}", f"must be a positive integer, got {size_bad[1]!r}", fname))
-            bad_ids[iid] = fname
+            quarantine.append((f"{where}.{size_bad[0]}", f"must be a positive integer, got {size_bad[1]!r}",
+                               prefix + fname))
+            bad_ids[iid] = prefix + fname
             continue
         local = next((d / fname for d in dirs if (d / fname).is_file()), None)
+        if local is None and "/" in fname:  # a sub-path the export does not keep (`train2017/x.jpg` in images/)
+            local = next((d / basename(fname) for d in dirs if (d / basename(fname)).is_file()), None)
         if local is None:
             quarantine.append((f"{where}.file_name", f"no such image file {fname!r} (looked in "
-                               f"{', '.join(display(origin, root, d) for d in dirs if d.is_dir())})", fname))
-            bad_ids[iid] = fname
+                               f"{', '.join(display(origin, root, d) for d in dirs if d.is_dir())})", prefix + fname))
+            bad_ids[iid] = prefix + fname
             continue
-        entry = {"id": iid, "file_name": fname, "width": w, "height": h, "path": local}
+        entry = {"id": iid, "file_name": prefix + fname, "width": w, "height": h, "path": local,
+                 "source": provenance(name, f"images[{i}] (id {iid})")}
+        if split:
+            entry["split"] = split
         img_by_id[iid] = (i, entry)
         images.append(entry)
 
@@ -273,7 +317,7 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
             flag(f"{where}.area", f"must be a non-negative number, got {area!r}")
             continue
         entry = {"id": aid, "image_id": iid, "category_id": cid, "bbox": [float(v) for v in bbox],
-                 "area": float(area), "iscrowd": iscrowd}
+                 "area": float(area), "iscrowd": iscrowd, "source": provenance(name, f"{where} (id {aid})")}
         if seg is not None and seg != []:
             entry["segmentation"] = seg
         annotations.append(entry)

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import Dataset, display, inside, safe_relative
+from pipeline.formats.base import Dataset, display, inside, provenance, safe_relative, split_of
 from pipeline.formats.coco import export_root
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def read_cvat(root, origin: str = "") -> Dataset:
                             path=name, field="track")
     declared = _declared_labels(top)
     ds = Dataset([], [], [], [name])
-    records, used, skipped, seen = [], set(), 0, {}
+    records, used, seen = [], set(), {}
     for i, img in enumerate(top.findall("image")):
         where = f"image[{i}]"
         iname, subset = img.get("name", ""), (img.get("subset") or "").strip()
@@ -132,17 +132,18 @@ def read_cvat(root, origin: str = "") -> Dataset:
         except ValueError:
             w = h = None  # read from the header by ingest
         shapes, bad = [], None
+        where = f"{where} (id {img.get('id')}, {iname})" if img.get("id") is not None else where
         for k, el in enumerate(img):
+            swhere = f"{where}.{el.tag}[{k}]"
             if el.tag in NOT_BOXES:
-                skipped += 1
+                ds.skip(name, swhere, f"<{el.tag}> is not a box: skipped", rel)
                 continue
             if el.tag not in SHAPES:
                 continue
-            swhere = f"{where}.{el.tag}[{k}]"
             label = (el.get("label") or "").strip()
             if not label:
-                bad = (f"{swhere}.label", "missing")
-                break
+                ds.skip(name, f"{swhere}.label", "shape with an empty label: skipped", rel)
+                continue
             if declared and label not in declared:
                 bad = (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
                 break
@@ -155,24 +156,30 @@ def read_cvat(root, origin: str = "") -> Dataset:
                 attrs["occluded"] = attrs["occluded"] in ("1", "true", "True")
             for a in el.findall("attribute"):
                 attrs[a.get("name", "")] = (a.text or "").strip()
-            shapes.append((label, got[0], got[1], attrs))
+            shapes.append((label, got[0], got[1], attrs, swhere))
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
         used.update(s[0] for s in shapes)
-        records.append((rel, local, w, h, shapes))
+        records.append((rel, local, w, h, shapes, split_of(subset) if subset else None))
     names = declared + sorted(used - set(declared))
     cat_id = {n: i for i, n in enumerate(names, start=1)}
-    for rel, local, w, h, shapes in records:
+    for rel, local, w, h, shapes, split in records:
         image_id = len(ds.images) + 1
-        ds.images.append({"id": image_id, "file_name": rel, "width": w, "height": h, "path": local})
-        for label, bbox, poly, attrs in shapes:
+        image = {"id": image_id, "file_name": rel, "width": w, "height": h, "path": local,
+                 "source": provenance(name, "")}
+        if split:
+            image["split"] = split
+        ds.images.append(image)
+        for label, bbox, poly, attrs, swhere in shapes:
             ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
-                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs}
+                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs,
+                   "source": provenance(name, swhere)}
             if poly:
                 ann["segmentation"] = [poly]
             ds.annotations.append(ann)
-    if skipped:
-        log.info("cvat: skipped %d shapes that are not boxes or polygons", skipped)
+    if ds.skipped:
+        log.info("cvat: skipped %d shapes (not boxes, or with an empty label): listed in the quarantine report",
+                 len(ds.skipped))
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
     return ds

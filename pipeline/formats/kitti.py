@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import Dataset, display, inside
+from pipeline.formats.base import Dataset, display, inside, provenance
 from pipeline.formats.coco import export_root
 
 DONTCARE = "DontCare"
@@ -76,16 +76,18 @@ def read_kitti(root, origin: str = "") -> Dataset:
                     if isinstance(rec, str):
                         bad = (f"line {n}", rec)
                         break
+                    rec["source"] = provenance(lname, f"line {n}")
                     objects.append(rec)
             if bad:
                 ds.set_aside(lname, bad[0], bad[1], rel)
                 continue
             names.update(o["type"] for o in objects if o["type"] != DONTCARE)
-            records.append((rel, image, objects))
+            records.append((rel, image, objects, lname))
     cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
-    for rel, image, objects in records:
+    for rel, image, objects, lname in records:
         image_id = len(ds.images) + 1
-        ds.images.append({"id": image_id, "file_name": rel, "width": None, "height": None, "path": image})
+        ds.images.append({"id": image_id, "file_name": rel, "width": None, "height": None, "path": image,
+                          "source": provenance(lname, "")})
         for o in objects:
             box = [o["left"], o["top"], o["right"] - o["left"], o["bottom"] - o["top"]]
             attrs = {k: o[k] for k in NUMERIC[:3]}
@@ -96,11 +98,12 @@ def read_kitti(root, origin: str = "") -> Dataset:
                 for cid in cat_id.values():
                     ds.annotations.append({"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cid,
                                            "bbox": box, "area": box[2] * box[3], "iscrowd": 1,
-                                           "attributes": {"kitti_type": DONTCARE, "ignore": True}})
+                                           "attributes": {"kitti_type": DONTCARE, "ignore": True},
+                                           "source": o["source"]})
                 continue
             attrs["alpha"] = o["alpha"]
             ds.annotations.append({"id": len(ds.annotations) + 1, "image_id": image_id,
                                    "category_id": cat_id[o["type"]], "bbox": box, "area": box[2] * box[3],
-                                   "iscrowd": 0, "attributes": attrs})
+                                   "iscrowd": 0, "attributes": attrs, "source": o["source"]})
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
     return ds

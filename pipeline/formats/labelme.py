@@ -5,9 +5,12 @@ Each JSON has `shapes` ({"label", "points", "shape_type", "group_id", "flags", "
 `imageData` (the image as base64, or null with `--nodata`) and `imageHeight` / `imageWidth`. Rectangles
 (two opposite corners, in any order), polygons and circles (centre + a point on the rim) become boxes;
 polygons keep their outline as a COCO segmentation; points and lines are not boxes and are skipped.
-`group_id`, `flags` and `description` are kept as attributes. When the image file is missing but
-`imageData` is embedded, the embedded bytes are the image. An `imagePath` that is absolute or leaves the
-export rejects it (exit 3); a shape with bad points sets its image aside (quarantine).
+`group_id`, `flags` and `description` are kept as attributes. The image is `imagePath` relative to the JSON,
+else the last part of `imagePath` beside the JSON (absolute and Windows paths from the annotating machine),
+else an image named like the JSON; when none is there (or `imagePath` names the JSON itself) the embedded
+`imageData` is the image, as Labelme itself loads it. Nothing outside the export is ever read. A shape with
+an empty label or a type that is not a box is skipped and listed in the quarantine report; a shape with bad
+points sets its image aside (quarantine).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import Dataset, display, inside, is_finite_number, relative_inside
+from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, basename, display, inside, is_finite_number, provenance,
+                                   relative_inside)
 from pipeline.formats.coco import export_root
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,35 @@ def _shape_box(shape: dict, where: str) -> tuple[list[float], list[float] | None
     return f"shape_type {kind!r} is not a box"
 
 
+def _image_file(image_path, json_path: Path, root: Path) -> Path | None:
+    """The image a Labelme file names, inside the export: `imagePath` relative to the JSON (as Labelme writes
+    it, `\\` separators too), else its last part beside the JSON (an absolute or Windows path from the
+    annotating machine, or one leaving the export), else an image named like the JSON; None when there is none
+    (or `imagePath` names the JSON itself), so the embedded imageData is used."""
+    def usable(p: Path | None) -> bool:
+        return p is not None and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and inside(p, root)
+
+    if isinstance(image_path, str) and image_path:
+        local = relative_inside(image_path, json_path.parent, root)
+        if local is not None:
+            local = root / PurePosixPath(os.path.normpath(local.relative_to(root).as_posix()))
+        if usable(local):
+            return local
+        near = json_path.parent / basename(image_path)
+        if basename(image_path) and usable(near):
+            return near
+    return next((c for c in (json_path.with_suffix(s) for s in IMAGE_SUFFIXES) if usable(c)), None)
+
+
+def _suffix(image_path, raw: bytes) -> str:
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if raw[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    suffix = PurePosixPath(basename(image_path)).suffix.lower() if isinstance(image_path, str) else ""
+    return suffix if suffix in IMAGE_SUFFIXES else ".png"
+
+
 def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset:
     root = export_root(Path(root))
     origin = origin or str(root)
@@ -71,7 +104,7 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
                                                              p.relative_to(root).parts))
     if not files:
         raise InputRejected("no Labelme annotations: expected <image>.json files", path=origin)
-    records, names, skipped = [], set(), 0
+    records, names = [], set()
     ds = Dataset([], [], [], [])
     for path in files:
         name = display(origin, root, path)
@@ -89,23 +122,23 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
         if not isinstance(data["shapes"], list):
             raise InputRejected(f"must be a list, got {type(data['shapes']).__name__}", path=name, field="shapes")
         image_path = data["imagePath"]
-        local = relative_inside(image_path, path.parent, root)
-        if local is None:
-            raise InputRejected(f"must be a relative path inside the export, got {image_path!r}", path=name,
-                                field="imagePath")
-        rel = PurePosixPath(os.path.normpath(local.relative_to(root).as_posix())).as_posix()
-        local = root / rel
         ds.listed_images += 1
-        if not local.is_file():
+        local = _image_file(image_path, path, root)
+        if local is not None:
+            rel = local.relative_to(root).as_posix()
+        else:
             embedded = data.get("imageData")
             if not embedded:
-                ds.set_aside(name, "imagePath", f"no such image file {image_path!r} and no imageData", rel)
+                ds.set_aside(name, "imagePath", f"no such image file {image_path!r} (looked beside the JSON) and "
+                             "no imageData", path.relative_to(root).as_posix())
                 continue
             try:
                 raw = base64.b64decode(embedded, validate=True)
             except (binascii.Error, ValueError, TypeError):
-                ds.set_aside(name, "imageData", "not valid base64", rel)
+                ds.set_aside(name, "imageData", "not valid base64", path.relative_to(root).as_posix())
                 continue
+            # the embedded picture is the image (Labelme loads imageData first): named after the JSON
+            rel = path.relative_to(root).with_suffix(_suffix(image_path, raw)).as_posix()
             if scratch is None:
                 scratch = Path(tempfile.mkdtemp(prefix="nightshift-labelme-"))
             local = Path(scratch) / rel
@@ -119,11 +152,15 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
                 bad = (where, "must be an object")
                 break
             label = shape.get("label")
-            if not isinstance(label, str) or not label.strip():
-                bad = (f"{where}.label", f"must be a non-empty string, got {label!r}")
+            if label is not None and not isinstance(label, str):
+                bad = (f"{where}.label", f"must be a string, got {label!r}")
                 break
-            if (shape.get("shape_type") or "polygon") not in BOX_SHAPES:
-                skipped += 1
+            if not label or not label.strip():
+                ds.skip(name, f"{where}.label", "shape with an empty label: skipped", rel)
+                continue
+            kind = shape.get("shape_type") or "polygon"
+            if kind not in BOX_SHAPES:
+                ds.skip(name, f"{where}.shape_type", f"shape_type {kind!r} is not a box: skipped", rel)
                 continue
             got = _shape_box(shape, where)
             if isinstance(got, str):
@@ -131,15 +168,15 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
                 break
             attrs = {k2: shape[k2] for k2 in ("group_id", "flags", "description") if shape.get(k2) not in
                      (None, {}, "")}
-            boxes.append((label.strip(), got[0], got[1], attrs))
+            boxes.append((label.strip(), got[0], got[1], attrs, where))
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
         names.update(b[0] for b in boxes)
-        records.append((rel, local, w, h, boxes))
+        records.append((rel, local, w, h, boxes, name))
     cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
     seen: dict[str, str] = {}
-    for rel, local, w, h, boxes in records:
+    for rel, local, w, h, boxes, name in records:
         if rel in seen:
             raise InputRejected(f"two Labelme files name the image {rel!r} (also {seen[rel]})", path=origin,
                                 field="imagePath")
@@ -147,17 +184,19 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
         image_id = len(ds.images) + 1
         # declared sizes are checked against the header by ingest; a missing one is filled from it there
         ds.images.append({"id": image_id, "file_name": rel, "width": w if isinstance(w, int) else None,
-                          "height": h if isinstance(h, int) else None, "path": local})
-        for label, bbox, poly, attrs in boxes:
+                          "height": h if isinstance(h, int) else None, "path": local,
+                          "source": provenance(name, "")})
+        for label, bbox, poly, attrs, where in boxes:
             ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
-                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0}
+                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "source": provenance(name, where)}
             if poly:
                 ann["segmentation"] = [poly]
             if attrs:
                 ann["attributes"] = attrs
             ds.annotations.append(ann)
-    if skipped:
-        log.info("labelme: skipped %d shapes that are not boxes (points, lines)", skipped)
+    if ds.skipped:
+        log.info("labelme: skipped %d shapes (empty labels, points, lines): listed in the quarantine report",
+                 len(ds.skipped))
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
     ds.files = [display(origin, root, p) for p in files[:1]] + ([f"... {len(files)} Labelme files"]
                                                                 if len(files) > 1 else [])

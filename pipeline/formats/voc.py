@@ -1,7 +1,18 @@
-"""Pascal VOC exports: `Annotations/*.xml` + `JPEGImages/` (or `images/`), parsed with defusedxml.
+"""Pascal VOC exports, parsed with defusedxml, in the layouts tools and dataset repositories use.
 
-Boxes are VOC's 1-based inclusive pixel corners, converted to COCO [x, y, w, h] as detectron2 and
-torchvision do: x = xmin - 1, w = xmax - xmin + 1. Category ids follow the sorted class names.
+Annotations: an `Annotations/` folder in any letter case (`annotations/`, labelImg users' `annots/`) or the
+XML files beside the images. Images: `JPEGImages/`, `images/`, `imgs/` (any case), the annotation folder or
+the export's top; an image is found by `<filename>` (with or without its extension), else by the last part
+of `<path>` (labelImg writes the annotating machine's absolute path, Windows ones included), else by the XML
+file's stem. Splits: `ImageSets/Main/{train,val,trainval,test}.txt` when present (kept with
+`data.splits: source`).
+
+Pixel convention (`data.voc_one_based`): labelImg (`convert_points_to_bnd_box` truncates the canvas's 0-based
+coordinates), CVAT and Datumaro (`_parse_bbox`: `[xmin, ymin, xmax - xmin, ymax - ymin]`) and Roboflow write
+0-based corners, so the default reads x = xmin, w = xmax - xmin. The official devkit's annotations are
+1-based inclusive; `voc_one_based: true` reads them as detectron2 and torchvision do: x = xmin - 1,
+w = xmax - xmin + 1. `write_box` is the inverse for any VOC writing. A box with no area after conversion is
+kept as it is and reported by ingest, never inflated. An object with no name is skipped and reported.
 """
 from __future__ import annotations
 
@@ -9,9 +20,29 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, Problems, display, safe_relative
+from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, Problems, basename, child_dir, display, provenance,
+                                   safe_relative, split_of)
 from pipeline.formats.coco import export_root
 from pipeline.formats.images import header_size
+from pipeline.formats.layout import is_voc_xml
+
+ANNOTATION_DIRS = ("Annotations", "annots", "annotation")
+IMAGE_DIRS = ("JPEGImages", "images", "imgs", "image")
+
+
+def read_box(xmin: float, ymin: float, xmax: float, ymax: float, one_based: bool = False) -> list[float]:
+    """COCO [x, y, w, h] of VOC corners."""
+    if one_based:
+        return [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+    return [xmin, ymin, xmax - xmin, ymax - ymin]
+
+
+def write_box(bbox, one_based: bool = False) -> tuple[float, float, float, float]:
+    """VOC (xmin, ymin, xmax, ymax) of a COCO box: the inverse of read_box, for any VOC writing."""
+    x, y, w, h = bbox
+    if one_based:
+        return x + 1, y + 1, x + w, y + h
+    return x, y, x + w, y + h
 
 
 def _number(node, tag: str, where: str, problems: Problems):
@@ -30,21 +61,67 @@ def _number(node, tag: str, where: str, problems: Problems):
     return value
 
 
-def read_voc(root, origin: str = "") -> Dataset:
+def _source_splits(root: Path) -> dict[str, str]:
+    """image id -> train/val/test from ImageSets/Main (train.txt, val.txt, test.txt; trainval.txt as train)."""
+    sets = child_dir(root, "ImageSets")
+    main = child_dir(sets, "Main") if sets is not None else None
+    if main is None:
+        return {}
+    files = {p.stem.lower(): p for p in main.glob("*.txt")}
+    order = ["trainval"] if "train" not in files and "val" not in files else []
+    out: dict[str, str] = {}
+    for name in [*order, "train", "val", "test"]:
+        if name in files:
+            for line in files[name].read_text(errors="replace").splitlines():
+                if line.strip():
+                    out[line.split()[0]] = split_of(name)
+    return out
+
+
+def _find_image(node, xml: Path, image_dirs: list[Path]) -> tuple[Path | None, str]:
+    """The image file an annotation names, and the name tried (for the message when there is none)."""
+    fname = (node.findtext("filename") or "").strip()
+    tried = []
+    if fname:
+        tried.append(fname if safe_relative(fname) else basename(fname))
+    path_name = basename((node.findtext("path") or "").strip())
+    if path_name:
+        tried.append(path_name)
+    for name in dict.fromkeys(tried):
+        for d in image_dirs:
+            cands = [d / name] + ([d / (name + s) for s in IMAGE_SUFFIXES] if Path(name).suffix.lower()
+                                  not in IMAGE_SUFFIXES else [])
+            hit = next((c for c in cands if c.is_file()), None)
+            if hit is not None:
+                return hit, name
+    for d in image_dirs:
+        hit = next((d / (xml.stem + s) for s in IMAGE_SUFFIXES if (d / (xml.stem + s)).is_file()), None)
+        if hit is not None:
+            return hit, xml.stem
+    return None, (tried[0] if tried else xml.stem)
+
+
+def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
 
     root = export_root(Path(root))
     origin = origin or str(root)
-    ann_dir = root / "Annotations"
-    xmls = sorted(ann_dir.glob("*.xml")) if ann_dir.is_dir() else []
+    ann_dir = child_dir(root, *ANNOTATION_DIRS)
+    xmls = sorted(ann_dir.glob("*.xml")) if ann_dir is not None else []
+    if not xmls:  # the XML files beside the images (labelImg's default save folder)
+        ann_dir = root
+        xmls = [p for p in sorted(root.glob("*.xml")) if is_voc_xml(p)]
     if not xmls:
-        raise InputRejected("no Pascal VOC annotations: expected Annotations/*.xml", path=origin)
-    image_dirs = [root / "JPEGImages", root / "images", ann_dir]
-    records, names, quarantine = [], set(), []
+        raise InputRejected("no Pascal VOC annotations: expected Annotations/*.xml (any letter case, or annots/) "
+                            "or <annotation> XML files beside the images", path=origin)
+    image_dirs = [d for d in (child_dir(root, name) for name in IMAGE_DIRS) if d is not None] + [ann_dir, root]
+    image_dirs = list(dict.fromkeys(image_dirs))
+    splits = _source_splits(root)
+    records, names = [], set()
+    ds = Dataset([], [], [], [display(origin, root, ann_dir)], listed_images=len(xmls))
     for xml in xmls:
         name = display(origin, root, xml)
-        problems = Problems(name)
         try:
             tree = ElementTree.parse(xml)
         except DefusedXmlException as exc:
@@ -54,26 +131,20 @@ def read_voc(root, origin: str = "") -> Dataset:
         node = tree.getroot()
         if node.tag != "annotation":
             raise InputRejected(f"root element must be <annotation>, got <{node.tag}>", path=name)
-        fname = (node.findtext("filename") or "").strip()
-        if fname and not safe_relative(fname):
-            problems.add("filename", f"must be a plain file name, got {fname!r}")
-            problems.raise_if_any()
-        candidates = [d / fname for d in image_dirs] if fname else \
-            [d / (xml.stem + s) for d in image_dirs for s in IMAGE_SUFFIXES]
-        local = next((c for c in candidates if c.is_file()), None)
+        local, tried = _find_image(node, xml, image_dirs)
+        if local is None:
+            ds.set_aside(name, "filename", f"no image file for {tried!r} in "
+                         f"{', '.join(display(origin, root, d) for d in image_dirs)}", tried)
+            continue
         # per-image defects below set this image aside (quarantine) instead of rejecting the export
         item = Problems(name)
-        if local is None:
-            quarantine.append((name, "filename", f"no image file for {fname or xml.stem!r} in JPEGImages/ or "
-                                                 "images/", fname or xml.stem))
-            continue
         size = node.find("size")
         w = _number(size, "width", "size", Problems(name)) if size is not None else None
         h = _number(size, "height", "size", Problems(name)) if size is not None else None
         if not w or not h:  # VOC exports often write 0: read the header instead
             real = header_size(local)
             if real is None:
-                quarantine.append((name, "size", "missing, and the image header cannot be read", local.name))
+                ds.set_aside(name, "size", "missing, and the image header cannot be read", local.name)
                 continue
             w, h = real
         boxes = []
@@ -81,7 +152,7 @@ def read_voc(root, origin: str = "") -> Dataset:
             where = f"object[{k}]"
             label = (obj.findtext("name") or "").strip()
             if not label:
-                item.add(f"{where}.name", "missing class name")
+                ds.skip(name, f"{where}.name", "object with no class name: skipped", local.name)
                 continue
             bnd = obj.find("bndbox")
             if bnd is None:
@@ -90,34 +161,34 @@ def read_voc(root, origin: str = "") -> Dataset:
             vals = [_number(bnd, t, f"{where}.bndbox", item) for t in ("xmin", "ymin", "xmax", "ymax")]
             if None in vals:
                 continue
-            xmin, ymin, xmax, ymax = vals
             attrs = {t: obj.findtext(t).strip() for t in ("pose", "truncated", "difficult", "occluded")
                      if obj.findtext(t) is not None}
-            boxes.append((label, [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1], attrs))
+            boxes.append((label, read_box(*vals, one_based=one_based), attrs, where))
         if item:
-            quarantine += [(name, f, m, local.name) for f, m in item.items]
+            for f, m in item.items:
+                ds.set_aside(name, f, m, local.name)
             continue
-        names.update(label for label, _, _ in boxes)
-        records.append((local, int(w), int(h), boxes))
+        names.update(b[0] for b in boxes)
+        records.append((local, int(w), int(h), boxes, name, splits.get(xml.stem) or splits.get(local.stem)))
 
     cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
-    images, annotations = [], []
-    for i, (local, w, h, boxes) in enumerate(records, start=1):
-        images.append({"id": i, "file_name": local.name, "width": w, "height": h, "path": local})
-        for label, box, attrs in boxes:
-            ann = {"id": len(annotations) + 1, "image_id": i, "category_id": cat_id[label], "bbox": box,
-                   "area": box[2] * box[3], "iscrowd": 0}
+    seen: dict[str, str] = {}
+    for local, w, h, boxes, name, split in records:
+        if local.name in seen:
+            raise InputRejected(f"two annotation files name the image {local.name!r} (also {seen[local.name]})",
+                                path=name, field="filename")
+        seen[local.name] = name
+        image_id = len(ds.images) + 1
+        image = {"id": image_id, "file_name": local.name, "width": w, "height": h, "path": local,
+                 "source": provenance(name, "")}
+        if split:
+            image["split"] = split
+        ds.images.append(image)
+        for label, box, attrs, where in boxes:
+            ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label], "bbox": box,
+                   "area": box[2] * box[3], "iscrowd": 0, "source": provenance(name, where)}
             if attrs:
                 ann["attributes"] = attrs
-            annotations.append(ann)
-    seen = {}
-    for img in images:
-        if img["file_name"] in seen:
-            raise InputRejected(f"two annotation files name the image {img['file_name']!r}",
-                                path=display(origin, root, ann_dir), field="filename")
-        seen[img["file_name"]] = True
-    categories = [{"id": i, "name": n} for n, i in cat_id.items()]
-    ds = Dataset(images, annotations, categories, [display(origin, root, ann_dir)], listed_images=len(xmls))
-    for file, field_name, reason, image in quarantine:
-        ds.set_aside(file, field_name, reason, image)
+            ds.annotations.append(ann)
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
     return ds

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline import formats
-from pipeline.config import FORMATS, Config
+from pipeline.config import FORMAT_CHOICES, Config
 from pipeline.datasets import canonical_io
 from pipeline.errors import ConfigError, InputRejected
 from pipeline.formats.base import display
@@ -47,7 +47,8 @@ STANDALONE = True
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="export to read: a directory, .zip/.tar/.tar.gz or s3://bucket/prefix "
                                          "(sets data.source; empty = the generated demo set)")
-    parser.add_argument("--format", choices=FORMATS, help="annotation format of the export (sets data.format)")
+    parser.add_argument("--format", choices=FORMAT_CHOICES, help="annotation format of the export (sets data.format; "
+                                                               "auto = detect it)")
     parser.add_argument("--out", help="without --run-id: directory to write the canonical dataset to "
                                       "(created only on success; a previous canonical dataset there is replaced)")
 
@@ -82,24 +83,34 @@ def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
             ds.set_aside(where, "image", pr.error, img["file_name"])
             continue
         img["sha1"] = pr.sha1
+        declared_in = (img.get("source") or {}).get("file") or (ds.files[0] if ds.files else where)
         for key, real in (("width", pr.width), ("height", pr.height)):
             if img.get(key) is None:
                 img[key] = real  # formats that do not declare sizes (KITTI, some Labelme files)
             elif img[key] != real:
-                ds.set_aside(ds.files[0] if ds.files else where, f"{img['file_name']}: {key}",
+                ds.set_aside(declared_in, f"{img['file_name']}: {key}",
                              f"declared {key} {img[key]} differs from the image's real {key} {real}",
                              img["file_name"])
                 break
-    bad_boxes = {}
+    _skip_degenerate(ds, origin)
+
+
+def _skip_degenerate(ds, origin: str) -> None:
+    """Leave out boxes with no area after conversion (zero or negative width or height), each reported in the
+    quarantine report with the file and item it came from; its image and other boxes are kept. A box is never
+    grown to make it valid."""
+    names = {img["id"]: img["file_name"] for img in ds.images}
+    kept = []
     for ann in ds.annotations:
         w, h = ann["bbox"][2], ann["bbox"][3]
-        if not ann.get("iscrowd") and not (w > 0 and h > 0) and ann["image_id"] not in bad_boxes:
-            bad_boxes[ann["image_id"]] = ann
-    if bad_boxes:
-        names = {img["id"]: img["file_name"] for img in ds.images}
-        for image_id, ann in bad_boxes.items():
-            ds.set_aside(ds.files[0] if ds.files else origin, f"{names[image_id]}: bbox",
-                         f"box {ann['bbox']} has no area (width and height must be > 0)", names[image_id])
+        if ann.get("iscrowd") or (w > 0 and h > 0):
+            kept.append(ann)
+            continue
+        src = ann.get("source") or {}
+        ds.skip(src.get("file") or (ds.files[0] if ds.files else origin), src.get("item") or "bbox",
+                f"degenerate box {[round(v, 3) for v in ann['bbox']]} (width and height must be > 0): skipped",
+                names.get(ann["image_id"]))
+    ds.annotations = kept
 
 
 def _enforce_quarantine(ds, cfg: Config, origin: str) -> dict:
@@ -111,7 +122,12 @@ def _enforce_quarantine(ds, cfg: Config, origin: str) -> dict:
     ds.drop_quarantined()
     report = {"listed_images": listed, "quarantined_images": len(bad_images), "orphan_items": orphans,
               "bad_fraction": round(bad / listed, 6) if listed else 0.0,
-              "max_bad_fraction": cfg.validate_.max_bad_fraction, "items": ds.quarantine}
+              "max_bad_fraction": cfg.validate_.max_bad_fraction, "items": ds.quarantine,
+              # shapes left out with their image kept (empty labels, shapes that are not boxes, no-area boxes)
+              "skipped_shapes": len(ds.skipped), "skipped": ds.skipped}
+    if ds.skipped:
+        log.warning("skipped %d shapes (kept their images), e.g. %s: %s: %s -- all listed in the quarantine report",
+                    len(ds.skipped), ds.skipped[0]["file"], ds.skipped[0]["field"], ds.skipped[0]["reason"])
     if not listed:
         raise InputRejected("the export lists no images (empty dataset)", path=", ".join(ds.files) or origin,
                             field="images")
@@ -124,7 +140,7 @@ def _enforce_quarantine(ds, cfg: Config, origin: str) -> dict:
             + (f"; also {more}" if more else "") + (f" (and {len(ds.quarantine) - 5} more)"
                                                    if len(ds.quarantine) > 5 else ""),
             path=first["file"], field=first["field"])
-        exc.result = {"quarantine": {**report, "items": ds.quarantine[:50]}}
+        exc.result = {"quarantine": {**report, "items": ds.quarantine[:50], "skipped": ds.skipped[:50]}}
         raise exc
     if ds.quarantine:
         log.warning("quarantined %d of %d images (%.2f %%, tolerated up to %.2f %%): e.g. %s: %s: %s",
@@ -154,11 +170,21 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     limits = Limits(max_bytes=data.max_archive_bytes, max_members=data.max_archive_members)
     export = materialize(source, work / "source", data.source_endpoint_url, limits)
     private = Path(export).resolve().is_relative_to(work.resolve())  # extracted or downloaded by us
-    ds = formats.read(fmt, export, origin=origin, scratch=work / "embedded")
-    _check_images(ds, cfg, origin, export)
+    ds, found = formats.locate_and_read(fmt, export, origin=origin, scratch=work / "embedded",
+                                        one_based=data.voc_one_based)
+    where = found.root.relative_to(export).as_posix()
+    log.info("reading %s as %s%s: %s", origin, found.format, "" if where == "." else f" from {where}/",
+             found.reason)
+    if fmt == "auto":
+        log.info("data.format=auto detected %s (%s)", found.format, found.reason)
+    if found.format == "voc":
+        log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
+                 "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
+    _check_images(ds, cfg, origin, found.root)
     quarantine = _enforce_quarantine(ds, cfg, origin)
     new_map = canonical_io.extend_label_map(label_map, [c["name"] for c in ds.categories])
     coco, files, info = canonical_io.build(ds, new_map, data.group_pattern, data.split_salt, data.split_ratios)
+    splits = _apply_source_splits(coco, ds, data.splits)
     out = canonical_io.write(coco, files, work / "dataset", link=private)
     if info["group_pattern_misses"]:
         log.warning("data.group_pattern %r matched no group in %d of %d file names: those use their file stem",
@@ -169,7 +195,8 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
                     dups["exact_cross_split"], dups["exact_cross_split_examples"][:3])
     summary = canonical_io.counts(coco)
     result = {
-        "source": origin, "format": fmt, "annotation_files": ds.files,
+        "source": origin, "format": found.format, "format_detected": fmt == "auto", "layout": found.reason,
+        "export_root": where, "splits": splits, "annotation_files": ds.files,
         "images": summary["images"], "annotations": summary["annotations"],
         "ignore_regions": summary["ignore_regions"],
         "per_split": summary["per_split"], "per_class": summary["per_class"],
@@ -180,6 +207,39 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
         "quarantine": quarantine,
     }
     return out, coco, new_map, result
+
+
+def _apply_source_splits(coco: dict, ds, mode: str) -> dict:
+    """With data.splits=source, each image takes the split its export gave it; returns what was used.
+
+    Images the export gave no split keep their hash split (counted and logged); an export that defines no
+    splits at all is an error, since `source` was asked for explicitly.
+    """
+    given = {img["file_name"]: img["split"] for img in ds.images if img.get("split")}
+    info = {"mode": mode, "export_defines_splits": bool(given)}
+    if mode != "source":
+        if given:
+            log.info("the export defines its own splits for %d images; data.splits=hash draws Nightshift's stable "
+                     "group-hash splits instead (set data.splits=source to keep the export's)", len(given))
+        coco["info"]["splits"] = "hash"
+        return info
+    if not given:
+        raise ConfigError("data.splits=source: this export defines no train/val/test splits (VOC ImageSets/Main, "
+                          "COCO split files, Roboflow split folders, YOLO train/val lists, CVAT subsets); use "
+                          "data.splits=hash")
+    missing = 0
+    for img in coco["images"]:
+        if img["file_name"] in given:
+            img["split"] = given[img["file_name"]]
+        else:
+            missing += 1
+    if missing:
+        log.warning("data.splits=source: %d of %d images are in no split of the export: they keep their hash split",
+                    missing, len(coco["images"]))
+    coco["info"]["splits"] = "source"
+    info["images_without_source_split"] = missing
+    log.info("splits as the export defines them (data.splits=source)")
+    return info
 
 
 def publish_dataset(ctx, out: Path) -> int:

@@ -31,10 +31,12 @@ def _voc(root: Path, name: str, label: str = "car", xmin="11", w="80") -> None:
 def test_voc_boxes_become_coco_boxes(tmp_path):
     _voc(tmp_path, "a.jpg", "car")
     _voc(tmp_path, "b.jpg", "bus", w="0")  # size 0: read from the image header
-    ds = read_voc(tmp_path)
+    ds = read_voc(tmp_path)  # 0-based corners, as labelImg, CVAT and Roboflow write them (the default)
     assert [c["name"] for c in ds.categories] == ["bus", "car"]
-    assert ds.annotations[0]["bbox"] == [10.0, 10.0, 20.0, 30.0]
+    assert ds.annotations[0]["bbox"] == [11.0, 11.0, 19.0, 29.0]
     assert ds.images[1]["width"] == 80
+    devkit = read_voc(tmp_path, one_based=True)  # the official devkit's 1-based inclusive pixels
+    assert devkit.annotations[0]["bbox"] == [10.0, 10.0, 20.0, 30.0]
 
 
 def test_voc_bad_number_sets_the_image_aside_naming_file_and_field(tmp_path):

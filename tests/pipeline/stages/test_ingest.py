@@ -307,13 +307,18 @@ def test_bad_coco_with_run_id_writes_no_dataset(capsys, export, nightshift_home)
 
 def test_missing_or_ambiguous_annotation_files(capsys, export, tmp_path):
     (export / "annotations.json").rename(export / "a.json")
-    (export / "b.json").write_text("{}")
+    shutil.copy(export / "a.json", export / "b.json")
     code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "o")
-    assert code == 3 and "several JSON files" in err and "a.json, b.json" in err
+    assert code == 3 and "several COCO JSON files (a.json, b.json)" in err and "name them by split" in err
+    (export / "b.json").write_text("{}")  # not COCO: the one COCO file is read
+    code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "o")
+    assert code == 0, err
     (export / "a.json").unlink()
     (export / "b.json").unlink()
-    code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "o")
+    code, _, err = run(capsys, "ingest", "--format", "coco", "--source", export, "--out", tmp_path / "o2")
     assert code == 3 and "no COCO annotations found" in err
+    code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "o2")
+    assert code == 3 and "no any supported format found" not in err and "no supported format found" in err
     code, _, err = run(capsys, "ingest", "--source", tmp_path / "nope", "--out", tmp_path / "o")
     assert code == 3 and "no such file or directory" in err
 

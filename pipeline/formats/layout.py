@@ -1,0 +1,216 @@
+"""Where in a source the export sits, and (for `data.format: auto`) which format it is.
+
+Real sources are rarely the export's own folder: a repository holds its dataset one folder down
+(`BCCD_Dataset/BCCD/Annotations`), a devkit two (`VOCdevkit/VOC2007/Annotations`), an archive wraps it in a
+folder. `locate(root, fmt)` looks at the source folder, then its sub-folders, then theirs (two levels below),
+and stops at the first level where something matches. Each format recognises its own layouts by their
+files, never by folder names alone:
+
+- voc: an `Annotations/`, `annotations/` or `annots/` folder (any letter case) of `<annotation>` XML files,
+  or such XML files beside the images;
+- coco: `annotations/instances_*.json` (or other COCO JSON files there), COCO JSON files at the top,
+  Roboflow's `train/`, `valid/`, `test/` each holding `_annotations.coco.json`;
+- yolo: an Ultralytics dataset YAML of any name (a mapping with `names` and `train`/`val`), or Darknet's
+  `obj.data` / `obj.names` (CVAT's YOLO 1.1 export);
+- labelme: JSON files with `shapes` and `imagePath`;
+- cvat: `annotations.xml` whose root is `<annotations>` (CVAT for images 1.1, task or project);
+- kitti: `label_2/` beside `image_2/`, or `training/label_2/`.
+
+With an explicit format and nothing recognised, the source folder itself goes to the reader, whose message
+names the missing or broken file. More than one candidate at that level (two folders, or two formats in one folder under `auto`) is an error
+that lists them all: Nightshift never guesses between two exports.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import InputRejected
+
+log = logging.getLogger(__name__)
+
+SKIP_DIRS = {"__MACOSX", "node_modules", "__pycache__"}
+MAX_DEPTH = 2  # the export may sit this many folders below the source
+_VOC_ROOT = re.compile(rb"<annotation[\s>]")
+_PEEK = 4096
+ROBOFLOW_JSON = "_annotations.coco.json"
+
+
+@dataclass(frozen=True)
+class Found:
+    format: str
+    root: Path
+    reason: str
+
+
+def _peek(path: Path, n: int = _PEEK) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def _files(d: Path, *suffixes: str) -> list[Path]:
+    try:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in suffixes
+                      and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _subdirs(d: Path) -> list[Path]:
+    try:
+        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in SKIP_DIRS)
+    except OSError:
+        return []
+
+
+def _child(d: Path, *names: str) -> Path | None:
+    wanted = {n.lower() for n in names}
+    return next((p for p in _subdirs(d) if p.name.lower() in wanted), None)
+
+
+def _json_keys(path: Path, limit: int = 256 * 2**20) -> set[str]:
+    """Top-level keys of a JSON object file (empty when it is not one, or is too large to look at)."""
+    try:
+        if path.stat().st_size > limit:
+            head = _peek(path, 1 << 20)
+            return {k for k in ("images", "annotations", "categories", "shapes", "imagePath") if
+                    f'"{k}"'.encode() in head}
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def is_coco_json(path: Path) -> bool:
+    return {"images", "annotations"} <= _json_keys(path)
+
+
+def is_voc_xml(path: Path) -> bool:
+    return bool(_VOC_ROOT.search(_peek(path)))
+
+
+def _voc(d: Path) -> str | None:
+    ann = _child(d, "Annotations", "annots", "annotation")
+    if ann is not None and any(is_voc_xml(x) for x in _files(ann, ".xml")[:5]):
+        return f"{ann.name}/ holds Pascal VOC <annotation> XML files"
+    if any(is_voc_xml(x) for x in _files(d, ".xml")[:5]):
+        return "Pascal VOC <annotation> XML files beside the images"
+    return None
+
+
+def _coco(d: Path) -> str | None:
+    splits = [s.name for s in _subdirs(d) if (s / ROBOFLOW_JSON).is_file()]
+    if splits:
+        return f"Roboflow COCO split folders ({', '.join(f'{s}/{ROBOFLOW_JSON}' for s in splits)})"
+    if (d / ROBOFLOW_JSON).is_file():
+        return f"{ROBOFLOW_JSON} (Roboflow COCO export)"
+    ann = _child(d, "annotations")
+    if ann is not None:
+        inst = [p.name for p in _files(ann, ".json") if p.name.startswith("instances_")]
+        if inst:
+            return f"{ann.name}/{', '.join(inst)} (COCO 2017 layout)"
+        coco = [p.name for p in _files(ann, ".json") if is_coco_json(p)]
+        if coco:
+            return f"COCO JSON in {ann.name}/: {', '.join(coco)}"
+    coco = [p.name for p in _files(d, ".json") if is_coco_json(p)]
+    if coco:
+        return f"COCO JSON with images and annotations: {', '.join(coco)}"
+    return None
+
+
+def yolo_yamls(d: Path) -> list[Path]:
+    """Ultralytics dataset YAMLs in `d`: mappings with `names` and `train` or `val` (any file name)."""
+    import yaml
+
+    out = []
+    for p in _files(d, ".yaml", ".yml"):
+        try:
+            spec = yaml.safe_load(p.read_text(errors="replace"))
+        except yaml.YAMLError:
+            continue
+        if isinstance(spec, dict) and "names" in spec and ("train" in spec or "val" in spec):
+            out.append(p)
+    return out
+
+
+def _yolo(d: Path) -> str | None:
+    yamls = yolo_yamls(d)
+    if yamls:
+        return f"Ultralytics dataset YAML {', '.join(p.name for p in yamls)}"
+    if (d / "obj.data").is_file() or (d / "obj.names").is_file():
+        return "Darknet obj.data / obj.names (CVAT YOLO 1.1)"
+    return None
+
+
+def _labelme(d: Path) -> str | None:
+    for p in _files(d, ".json")[:20]:
+        if {"shapes", "imagePath"} <= _json_keys(p):
+            return f"Labelme JSON files (shapes + imagePath), e.g. {p.name}"
+    return None
+
+
+def _cvat(d: Path) -> str | None:
+    xml = d / "annotations.xml"
+    if xml.is_file() and b"<annotations" in _peek(xml):
+        return "annotations.xml with <annotations> (CVAT for images 1.1)"
+    return None
+
+
+def _kitti(d: Path) -> str | None:
+    for base in (d, _child(d, "training")):
+        if base is not None and (base / "label_2").is_dir() and (base / "image_2").is_dir():
+            rel = "" if base == d else f"{base.name}/"
+            return f"KITTI {rel}label_2/ beside {rel}image_2/"
+    return None
+
+
+PROBES = {"coco": _coco, "voc": _voc, "yolo": _yolo, "labelme": _labelme, "cvat": _cvat, "kitti": _kitti}
+
+
+def _describe(found: list[Found], top: Path) -> str:
+    def rel(p: Path) -> str:
+        r = p.relative_to(top).as_posix()
+        return "." if r == "." else r + "/"
+    return "; ".join(f"{rel(f.root)} as {f.format} ({f.reason})" for f in found)
+
+
+def locate(top: Path, fmt: str, origin: str) -> Found:
+    """The export under `top` (at most MAX_DEPTH folders down) in format `fmt` ("auto": any format)."""
+    top = Path(top)
+    probes = PROBES if fmt == "auto" else {fmt: PROBES[fmt]}
+    level = [top]
+    for depth in range(MAX_DEPTH + 1):
+        found = [Found(name, d, reason) for d in level for name, probe in probes.items()
+                 if (reason := probe(d)) is not None]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            what = "exports" if len({f.root for f in found}) > 1 else "formats"
+            raise InputRejected(f"several {what} found, cannot tell which to read: {_describe(found, top)}; "
+                                "point data.source at one" + (" or set data.format" if fmt == "auto" else ""),
+                                path=origin, field="data.source")
+        level = [s for d in level for s in _subdirs(d)]
+        if not level:
+            break
+    if fmt != "auto":  # the reader names what is missing or broken in the export's own terms
+        return Found(fmt, top, f"data.format={fmt} (no {fmt} layout recognised below: read as it is)")
+    if _files(top, ".json"):  # e.g. an annotations.json that does not parse: the COCO reader says where
+        return Found("coco", top, "JSON files at the top and nothing else recognised: read as COCO")
+    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below (see pipeline/formats/layout.py "
+                        "for the layouts each format is recognised by)", path=origin, field="data.source")
+
+
+def sub_origin(origin: str, top: Path, root: Path) -> str:
+    """How messages name the export's folder when it sits below the source (`repo/BCCD`, `x.zip:export`)."""
+    rel = Path(root).relative_to(top).as_posix()
+    if rel == ".":
+        return origin
+    if origin.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        return f"{origin}:{rel}"
+    return f"{origin.rstrip('/')}/{rel}"
