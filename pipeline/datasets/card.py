@@ -1,6 +1,6 @@
 """The dataset card: what one snapshot holds, as self-contained HTML and Markdown.
 
-Counts per split and per class, image width/height histograms and sample images with their boxes drawn (PNG
+Counts per split and per class (and whether the splits are the export's own or Nightshift's hash), image width/height histograms and sample images with their boxes drawn (PNG
 and JPEG embedded as data: URIs, so the card reads offline and travels as one file), the validation summary of
 the same run when there is one, and the DVC dataset hash that names the snapshot. The snapshot stage writes it
 to runs/<run_id>/snapshot/card.html and card.md.
@@ -61,6 +61,16 @@ def _uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+def split_method(coco: dict) -> str:
+    """Which splits the dataset uses, as ingest recorded it in annotations.json's info (data.splits)."""
+    how = (coco.get("info") or {}).get("splits", "hash")
+    if how == "source":
+        return ("Splits: as the export defines them (data.splits=source: VOC ImageSets, COCO split files, "
+                "Roboflow folders, YOLO train/val lists or CVAT subsets).")
+    return ("Splits: Nightshift's stable group-aware hash of each image's group key (data.splits=hash); the "
+            "export's own splits, if any, were not used.")
+
+
 def pick_samples(coco: dict, n: int) -> list[dict]:
     """n images with boxes, spread over the classes, chosen by content hash (the same dataset, the same samples)."""
     with_boxes = {a["image_id"] for a in coco["annotations"]}
@@ -93,6 +103,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
             sample_uris.append((im["file_name"], im.get("split", ""), _uri(jpeg, "image/jpeg")))
 
     split_rows = [(s, v["images"], v["annotations"]) for s, v in counts["per_split"].items()]
+    split_line = split_method(coco)
     class_rows = [(n, *(counts["per_class"].get(n, {}).get(s, 0) for s in (*canonical_io.SPLITS, "total")))
                   for n in names]
     if validation:
@@ -115,7 +126,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
          f"<h2>Validation</h2><p>{e(vline)}</p>",
          "<h2>Splits</h2><table><tr><th>split</th><th>images</th><th>boxes</th></tr>"]
     h += [f"<tr><td>{e(s)}</td><td>{i}</td><td>{a}</td></tr>" for s, i, a in split_rows]
-    h.append("</table><h2>Classes (boxes)</h2><table><tr><th>class</th>"
+    h.append(f"</table><p>{e(split_line)}</p><h2>Classes (boxes)</h2><table><tr><th>class</th>"
              + "".join(f"<th>{s}</th>" for s in (*canonical_io.SPLITS, "total")) + "</tr>")
     h += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in class_rows]
     h.append("</table><h2>Image sizes</h2>")
@@ -128,6 +139,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     md = [f"# {title}", "", f"Dataset hash `{dataset_hash or 'not snapshotted'}`: {summary}.", "",
           "## Validation", "", vline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
     md += [f"| {s} | {i} | {a} |" for s, i, a in split_rows]
+    md += ["", split_line]
     md += ["", "## Classes (boxes)", "", "| class | " + " | ".join((*canonical_io.SPLITS, "total")) + " |",
            "|---|" + "---:|" * 4]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in class_rows]

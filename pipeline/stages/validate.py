@@ -5,7 +5,10 @@ non-empty and inside their image (within validate.box_tolerance_px), category id
 split, enough train boxes per class, classes balanced; and, against the statistics the last snapshot left in
 the store (state/dataset_stats.json), no class added or removed, per-class counts and image-size histograms
 within bounds (warnings or failures, as `validate.vocabulary_change` / `validate.drift_action` say).
-Thresholds come from the `validate` config section.
+Thresholds come from the `validate` config section. Classes the export declares but never uses are a named
+warning (`declared_classes_used`) and stay out of the per-class minimum and the balance ratio. Every message
+about a box or an image names the export's own file and item (line, object index, shape) that produced the
+canonical row, from the provenance ingest keeps in annotations.json (`source`).
 Writes validate/report.json (every check, its result and observed values) and validate/data_docs/index.html
 (a self-contained page that reads offline).
 
@@ -48,7 +51,10 @@ def _rejection(report: dict, where: str, result: dict) -> InputRejected:
         obs = r["observed"]
         count = f" ({obs['unexpected_count']} of {obs.get('element_count', '?')} rows)" if "unexpected_count" in obs \
             else ""
-        example = f", e.g. {r['examples'][0]}" if r["examples"] else ""
+        if r["table"] == "classes" and r["examples"]:  # every class below the minimum, with its counts
+            example = ": " + "; ".join(r["examples"])
+        else:
+            example = f", e.g. {r['examples'][0]}" if r["examples"] else ""
         lines.append(f"{r['name']}: {r['description']}{count}{example}")
     exc = InputRejected(f"{len(failed)} of {report['checks']} checks failed:\n  " + "\n  ".join(lines), path=where)
     exc.result = result
@@ -59,7 +65,8 @@ def _rejection(report: dict, where: str, result: dict) -> InputRejected:
 
 def _result(report: dict) -> dict:
     return {"passed": report["passed"], "checks": report["checks"], "failed": report["failed_checks"],
-            "warnings": report.get("warnings", []), "previous_snapshot": report.get("previous_snapshot"),
+            "warnings": report.get("warnings", []), "unused_classes": report.get("unused_classes", []),
+            "previous_snapshot": report.get("previous_snapshot"),
             "rows": report["tables"]}
 
 
@@ -88,7 +95,7 @@ def run(cfg: Config, ctx) -> dict:
     if not report["passed"]:
         raise _rejection(report, ctx.url("dataset", stage="ingest"), result)
     if report["warnings"]:
-        log.warning("compared with the last snapshot %s: %s", report["previous_snapshot"],
+        log.warning("warnings (drift ones compared with the last snapshot %s): %s", report["previous_snapshot"],
                     ", ".join(report["warnings"]))
     log.info("all %d checks passed (%d warnings)", report["checks"], len(report["warnings"]))
     return result

@@ -88,6 +88,7 @@ def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig, previous: d
     imgs = coco["images"]
     images = pd.DataFrame({"index": np.arange(len(imgs)), "id": [im.get("id") for im in imgs],
                            "file_name": [im.get("file_name") for im in imgs],
+                           "source_file": [_source(im)[0] for im in imgs],
                            "split": [im.get("split") for im in imgs],
                            "width": [im.get("width") for im in imgs], "height": [im.get("height") for im in imgs]})
     if cfg.check_image_decode:
@@ -98,7 +99,9 @@ def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig, previous: d
     annotations = pd.DataFrame({"index": np.arange(len(anns)), "id": [a.get("id") for a in anns],
                                 "image_id": [a.get("image_id") for a in anns],
                                 "category_id": [a.get("category_id") for a in anns],
-                                "x": box[:, 0], "y": box[:, 1], "w": box[:, 2], "h": box[:, 3]})
+                                "x": box[:, 0], "y": box[:, 1], "w": box[:, 2], "h": box[:, 3],
+                                "source_file": [_source(a)[0] for a in anns],
+                                "source_item": [_source(a)[1] for a in anns]})
     annotations["finite"] = np.isfinite(box).all(axis=1)
     annotations["image_known"] = annotations["image_id"].isin([i for i in images["id"] if isinstance(i, int)])
     by_id = images.drop_duplicates("id").set_index("id")
@@ -120,9 +123,15 @@ def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig, previous: d
                              "total_annotations": counts["per_class"].get(c.get("name"), {}).get("total", 0)}
                             for c in coco["categories"]], columns=["category_id", "name", "train_annotations",
                                                                    "total_annotations"])
-    per_class = [c for c in classes["total_annotations"]] if len(classes) else []
-    ratio = (max(per_class) / min(per_class) if min(per_class) > 0 else math.inf) if per_class else 1.0
-    summary = pd.DataFrame([{"classes": len(per_class), "class_imbalance_ratio": ratio,
+    # a class the export declares but never uses (Roboflow's supercategory, COCO128's 9 absent classes) is a
+    # named warning: it takes part in neither the per-class minimum nor the balance ratio
+    classes["used"] = classes["total_annotations"] > 0
+    classes["train_annotations_if_used"] = classes["train_annotations"].where(classes["used"]).astype("float")
+    per_class = [int(c) for c, used in zip(classes["total_annotations"], classes["used"]) if used]
+    ratio = max(per_class) / min(per_class) if per_class else 1.0
+    summary = pd.DataFrame([{"classes": len(classes), "used_classes": len(per_class),
+                             "unused_classes": int((~classes["used"]).sum()) if len(classes) else 0,
+                             "class_imbalance_ratio": ratio,
                              "largest_class": int(max(per_class, default=0)),
                              "smallest_class": int(min(per_class, default=0))}])
     tables = {"images": images, "annotations": annotations, "splits": splits, "classes": classes,
@@ -212,15 +221,20 @@ def _checks(tables: dict, coco: dict, cfg: ValidateConfig) -> list[dict]:
                                                    ignore_row_if="either_value_is_missing", mostly=tolerated)),
         ("min_images_per_split", "splits", f"images per split >= {dict(cfg.min_images_per_split)}",
          E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="images", column_B="min_images", or_equal=True)),
-        ("min_annotations_per_class", "classes", f"every class has >= {cfg.min_annotations_per_class} boxes in train",
-         E.ExpectColumnValuesToBeBetween(column="train_annotations", min_value=cfg.min_annotations_per_class)),
-        ("class_balance", "summary", f"largest class / smallest class <= {cfg.max_class_imbalance}",
+        ("min_annotations_per_class", "classes", f"every class in use has >= {cfg.min_annotations_per_class} "
+                                                 "boxes in train",
+         E.ExpectColumnValuesToBeBetween(column="train_annotations_if_used", min_value=cfg.min_annotations_per_class)),
+        ("class_balance", "summary", f"largest class / smallest class in use <= {cfg.max_class_imbalance}",
          E.ExpectColumnValuesToBeBetween(column="class_imbalance_ratio", max_value=cfg.max_class_imbalance)),
         ("has_categories", "summary", "the dataset declares at least one category",
          E.ExpectColumnValuesToBeBetween(column="classes", min_value=1)),
     ]
     out = [{"name": n, "table": t, "description": d, "expectation": e, "severity": "failure"}
            for n, t, d, e in checks]
+    out.append({"name": "declared_classes_used", "table": "classes", "severity": "warning",
+                "description": "every declared class has at least one box (unused ones are left out of the "
+                               "per-class minimum and the balance ratio)",
+                "expectation": E.ExpectColumnValuesToBeInSet(column="used", value_set=[True])})
     drift = "warning" if cfg.drift_action == "warn" else "failure"
     if "drift_vocabulary" in tables and cfg.vocabulary_change != "ignore":
         severity = "warning" if cfg.vocabulary_change == "warn" else "failure"
@@ -251,14 +265,22 @@ def _examples(table: str, df, indices) -> list[str]:
         row = df.loc[i]
         if table == "images":
             extra = f" ({row['decode_error']})" if "decode_error" in df and row.get("decode_error") else ""
-            out.append(f"annotations.json: images[{row['index']}] images/{row['file_name']}{extra}")
+            where = f"{row['source_file']}: " if row.get("source_file") else ""
+            out.append(f"{where}images/{row['file_name']}{extra} (canonical annotations.json images[{row['index']}])")
         elif table == "annotations":
-            out.append(f"annotations.json: annotations[{row['index']}].bbox (id {row['id']}, "
-                       f"image {row['file_name']}, box {[row['x'], row['y'], row['w'], row['h']]})")
+            box = [round(float(v), 3) for v in (row['x'], row['y'], row['w'], row['h'])]
+            if row.get("source_file"):
+                out.append(f"{row['source_file']}: {row['source_item'] or 'box'}: image {row['file_name']} "
+                           f"({row['image_width']} x {row['image_height']}), box [x, y, w, h] {box} "
+                           f"(canonical annotations.json annotations[{row['index']}])")
+            else:
+                out.append(f"annotations.json: annotations[{row['index']}].bbox (id {row['id']}, "
+                           f"image {row['file_name']}, box {box})")
         elif table == "splits":
             out.append(f"split {row['split']}: {row['images']} images < {row['min_images']}")
         elif table == "classes":
-            out.append(f"class {row['name']!r} (id {row['category_id']}): {row['train_annotations']} train boxes")
+            out.append(f"class {row['name']!r} (id {row['category_id']}): {row['train_annotations']} train boxes, "
+                       f"{row['total_annotations']} in all")
         elif table == "drift_classes":
             out.append(f"class {row['name']!r}: {row['previous']} -> {row['current']} boxes ({row['change']:.0%})")
         elif table == "drift_vocabulary":
@@ -269,6 +291,14 @@ def _examples(table: str, df, indices) -> list[str]:
         else:
             out.append(", ".join(f"{k}={v}" for k, v in row.items()))
     return out
+
+
+def _source(entry: dict) -> tuple[str, str]:
+    """(file, item) of the export's line / object / shape a canonical row came from ("" when unknown)."""
+    src = entry.get("source") if isinstance(entry, dict) else None
+    if isinstance(src, dict):
+        return str(src.get("file") or ""), str(src.get("item") or "")
+    return "", ""
 
 
 def _jsonable(value):
@@ -299,6 +329,10 @@ def validate_dataset(dataset_dir: Path, cfg: ValidateConfig, previous: dict | No
     coco = canonical_io.load(dataset_dir)
     tables = build_tables(dataset_dir, coco, cfg, previous)
     checks = _checks(tables, coco, cfg)
+    unused = [str(n) for n, used in zip(tables["classes"]["name"], tables["classes"]["used"]) if not used]
+    if unused:
+        log.warning("%d declared classes have no box and are left out of the per-class minimum and the balance "
+                    "ratio: %s", len(unused), ", ".join(unused))
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -338,6 +372,7 @@ def validate_dataset(dataset_dir: Path, cfg: ValidateConfig, previous: dict | No
     return {
         "dataset": str(dataset_dir), "passed": not failed, "checks": len(results), "failed": len(failed),
         "failed_checks": [r["name"] for r in failed], "warnings": [r["name"] for r in warned],
+        "unused_classes": unused,
         "previous_snapshot": (previous or {}).get("dataset_hash"),
         "tables": {name: int(len(df)) for name, df in tables.items()},
         "observed_tables": {name: _jsonable(tables[name].to_dict(orient="records"))

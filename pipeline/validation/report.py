@@ -42,7 +42,7 @@ def render_html(report: dict, title: str = "Nightshift dataset validation") -> s
         + "</div>",
     ]
     if report.get("warnings"):
-        parts.append(f"<div class='banner warn'>Warnings (compared with the last snapshot "
+        parts.append(f"<div class='banner warn'>Warnings (drift ones compared with the last snapshot "
                      f"<code>{html.escape(str(report.get('previous_snapshot') or ''))}</code>): "
                      + html.escape(", ".join(report["warnings"])) + "</div>")
     tables = list(dict.fromkeys(r["table"] for r in report["results"]))
