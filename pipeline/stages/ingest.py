@@ -173,10 +173,8 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     ds, found = formats.locate_and_read(fmt, export, origin=origin, scratch=work / "embedded",
                                         one_based=data.voc_one_based)
     where = found.root.relative_to(export).as_posix()
-    log.info("reading %s as %s%s: %s", origin, found.format, "" if where == "." else f" from {where}/",
-             found.reason)
-    if fmt == "auto":
-        log.info("data.format=auto detected %s (%s)", found.format, found.reason)
+    log.info("reading %s as %s%s%s: %s", origin, found.format, " (detected: data.format=auto)" if fmt == "auto" else "",
+             "" if where == "." else f" from {where}/", found.reason)
     if found.format == "voc":
         log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
