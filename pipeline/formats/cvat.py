@@ -1,4 +1,5 @@
-"""CVAT for images 1.1 exports: `annotations.xml` + `images/`, parsed with defusedxml.
+"""CVAT for images 1.1 exports: `annotations.xml` (or one other XML file with an `<annotations>` root, as
+Datumaro names it after the subset) + `images/`, parsed with defusedxml.
 
 Task exports keep images in `images/<name>`; project exports add `subset="..."` to every `<image>` and keep
 the images in `images/<subset>/<name>` (their canonical file name is then `<subset>/<name>`, since two subsets
@@ -85,9 +86,15 @@ def read_cvat(root, origin: str = "") -> Dataset:
 
     root = export_root(Path(root))
     origin = origin or str(root)
-    xml = root / "annotations.xml"
-    if not xml.is_file():
+    from pipeline.formats.layout import cvat_xmls
+
+    xmls = cvat_xmls(root)
+    if len(xmls) > 1:
+        raise InputRejected(f"several CVAT XML files ({', '.join(p.name for p in xmls)}): cannot tell which to read; "
+                            "keep one", path=origin)
+    if not xmls:
         raise InputRejected("no CVAT annotations: expected annotations.xml (CVAT for images 1.1)", path=origin)
+    xml = xmls[0]
     name = display(origin, root, xml)
     try:
         tree = ElementTree.parse(xml, forbid_dtd=True)

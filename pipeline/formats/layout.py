@@ -13,7 +13,8 @@ files, never by folder names alone:
 - yolo: an Ultralytics dataset YAML of any name (a mapping with `names` and `train`/`val`), or Darknet's
   `obj.data` / `obj.names` (CVAT's YOLO 1.1 export);
 - labelme: JSON files with `shapes` and `imagePath`;
-- cvat: `annotations.xml` whose root is `<annotations>` (CVAT for images 1.1, task or project);
+- cvat: `annotations.xml` (or another XML file) whose root is `<annotations>` (CVAT for images 1.1, task or
+  project);
 - kitti: `label_2/` beside `image_2/`, or `training/label_2/`.
 
 With an explicit format and nothing recognised, the source folder itself goes to the reader, whose message
@@ -155,10 +156,17 @@ def _labelme(d: Path) -> str | None:
     return None
 
 
+def cvat_xmls(d: Path) -> list[Path]:
+    """CVAT for images 1.1 files in `d`: annotations.xml, else any XML whose root is <annotations> (`train.xml`)."""
+    if (d / "annotations.xml").is_file():
+        return [d / "annotations.xml"]
+    return [p for p in _files(d, ".xml") if re.search(rb"<annotations[\s>]", _peek(p))]
+
+
 def _cvat(d: Path) -> str | None:
-    xml = d / "annotations.xml"
-    if xml.is_file() and b"<annotations" in _peek(xml):
-        return "annotations.xml with <annotations> (CVAT for images 1.1)"
+    xmls = cvat_xmls(d)
+    if xmls:
+        return f"{', '.join(p.name for p in xmls)} with <annotations> (CVAT for images 1.1)"
     return None
 
 

@@ -2,7 +2,8 @@
 independent converter written here (stdlib XML / JSON / YAML + Pillow for sizes, nothing from pipeline.formats).
 
 The exports are public data sets (images included) that are not committed to this repository: the folder named
-by NIGHTSHIFT_REAL_EXPORTS (else `shared/fixtures/real/` of the checkout) holds one sub-folder per entry of
+by NIGHTSHIFT_REAL_EXPORTS (else `shared/fixtures/real/` in or beside the checkout; tests/fixtures/real/README.md
+says how to lay it out) holds one sub-folder per entry of
 REAL below, laid out exactly as its source repository publishes it (see REAL's provenance). Entries that are
 absent are skipped, each with a reason naming the folder it expected.
 
@@ -27,7 +28,9 @@ from PIL import Image
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
-REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or ROOT / "shared" / "fixtures" / "real")
+REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or next(
+    (p for p in (ROOT / "shared" / "fixtures" / "real", ROOT.parent / "shared" / "fixtures" / "real") if p.is_dir()),
+    ROOT / "shared" / "fixtures" / "real"))
 
 TINY = ("min_images_per_split", "min_annotations_per_class")
 # folder: (format, export inside the folder, provenance, checks that fail on the real data under the defaults)
@@ -44,13 +47,21 @@ REAL = {
                                      "examples/bbox_detection/data_annotated", TINY),
     "labelme-voc": ("voc", ".", "github.com/wkentaro/labelme @ 51e50e43 examples/bbox_detection/data_dataset_voc "
                                 "(labelme2voc output)", TINY),
+    "cvat-project": ("cvat", ".", "github.com/openvinotoolkit/datumaro @ 3d533b9c (MIT) tests/assets/cvat_dataset/"
+                                  "for_images/export_project: a CVAT server's project export, Train/Validation/Test "
+                                  "subsets with the same image names, polylines and points", ("min_images_per_split",)),
+    "cvat-task": ("cvat", ".", "github.com/openvinotoolkit/datumaro @ 3d533b9c (MIT) tests/assets/cvat_dataset/"
+                               "for_images/export_task: train.xml with shapes whose label is empty", TINY),
+    "kitti-datumaro": ("kitti", ".", "github.com/openvinotoolkit/datumaro @ 3d533b9c (MIT) tests/assets/kitti_dataset/"
+                                     "kitti_detection: training/image_2 + label_2", TINY),
     "labelme-imagedata": ("labelme", ".", "github.com/wkentaro/labelme @ 51e50e43 examples/tutorial/apc2016_obj3.json alone (as tests/data/annotated_with_data links it): "
                                           "imagePath names the JSON itself, the picture is in imageData", TINY),
 }
 
 
-def _stem(name: str) -> str:
-    return Path(name.replace("\\", "/")).stem
+def _key(name: str) -> str:
+    """An image's file name without its extension: the key both sides are compared by."""
+    return Path(name.replace("\\", "/")).with_suffix("").as_posix()
 
 
 # -- independent converters: {image stem: sorted [(class, [x, y, w, h])]} -------------------------------------
@@ -59,7 +70,7 @@ def voc_boxes(export: Path) -> dict:
     out: dict = {}
     for xml in sorted(ann.glob("*.xml")):
         node = ET.parse(xml).getroot()
-        boxes = out.setdefault(_stem(node.findtext("filename") or xml.stem), [])
+        boxes = out.setdefault(_key(node.findtext("filename") or xml.stem), [])
         for obj in node.iter("object"):
             b = obj.find("bndbox")
             x1, y1, x2, y2 = (float(b.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
@@ -71,7 +82,7 @@ def voc_boxes(export: Path) -> dict:
 def coco_boxes(export: Path) -> dict:
     doc = json.loads(next(export.glob("*.json")).read_text())
     names = {c["id"]: c["name"] for c in doc["categories"]}
-    files = {im["id"]: _stem(im["file_name"]) for im in doc["images"]}
+    files = {im["id"]: _key(im["file_name"]) for im in doc["images"]}
     out: dict = {s: [] for s in files.values()}
     for a in doc["annotations"]:
         if a["bbox"][2] > 0 and a["bbox"][3] > 0:
@@ -86,7 +97,7 @@ def yolo_boxes(export: Path) -> dict:
     for image in sorted((export / "images").rglob("*.jpg")):
         w, h = Image.open(image).size
         label = export / "labels" / image.relative_to(export / "images").with_suffix(".txt")
-        boxes = out.setdefault(image.stem, [])
+        boxes = out.setdefault(image.relative_to(export / "images").with_suffix("").as_posix(), [])
         for line in (label.read_text().splitlines() if label.is_file() else []):
             if line.strip():
                 c, cx, cy, bw, bh = line.split()[:5]
@@ -106,13 +117,45 @@ def labelme_boxes(export: Path) -> dict:
     return out
 
 
-CONVERTERS = {"voc": voc_boxes, "coco": coco_boxes, "yolo": yolo_boxes, "labelme": labelme_boxes}
+def cvat_boxes(export: Path) -> dict:
+    xml = export / "annotations.xml" if (export / "annotations.xml").is_file() else next(export.glob("*.xml"))
+    out: dict = {}
+    for image in ET.parse(xml).getroot().iter("image"):
+        subset = image.get("subset")
+        boxes = out.setdefault(_key(f"{subset}/{image.get('name')}" if subset else image.get("name")), [])
+        for el in image:
+            if not el.get("label"):  # CVAT's label="": not a box to learn
+                continue
+            if el.tag == "box":
+                x1, y1, x2, y2 = (float(el.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
+                boxes.append((el.get("label"), [x1, y1, x2 - x1, y2 - y1]))
+            elif el.tag == "polygon":
+                pts = [[float(v) for v in p.split(",")] for p in el.get("points").split(";")]
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                boxes.append((el.get("label"), [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]))
+    return out
+
+
+def kitti_boxes(export: Path) -> dict:
+    out: dict = {}
+    for label in sorted((export / "training" / "label_2").glob("*.txt")):
+        boxes = out.setdefault(f"image_2/{label.stem}", [])
+        for line in label.read_text().splitlines():
+            f = line.split()
+            if f and f[0] != "DontCare":
+                left, top, right, bottom = (float(v) for v in f[4:8])
+                boxes.append((f[0], [left, top, right - left, bottom - top]))
+    return out
+
+
+CONVERTERS = {"voc": voc_boxes, "coco": coco_boxes, "yolo": yolo_boxes, "labelme": labelme_boxes,
+              "cvat": cvat_boxes, "kitti": kitti_boxes}
 
 
 def canonical_boxes(dataset: Path) -> dict:
     coco = json.loads((dataset / "annotations.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    files = {im["id"]: _stem(im["file_name"]) for im in coco["images"]}
+    files = {im["id"]: _key(im["file_name"]) for im in coco["images"]}
     out: dict = {s: [] for s in files.values()}
     for a in coco["annotations"]:
         if not a.get("iscrowd"):
@@ -151,6 +194,17 @@ def _break_one_label(fmt: str, export: Path) -> tuple[str, str]:
         doc["annotations"][0]["bbox"][0] = 99999.0
         path.write_text(json.dumps(doc))
         return path.name, f"annotations[0] (id {doc['annotations'][0]['id']})"
+    if fmt == "cvat":
+        xml = export / "annotations.xml" if (export / "annotations.xml").is_file() else next(export.glob("*.xml"))
+        xml.write_text(re.sub(r'xbr="[\d.]+"', 'xbr="99999"', xml.read_text(), count=1))
+        return xml.name, "image[0] (id 0, img0.jpg).box[0]"
+    if fmt == "kitti":
+        label = sorted((export / "training" / "label_2").glob("*.txt"))[0]
+        lines = label.read_text().splitlines()
+        f = lines[0].split()
+        f[6] = "99999"  # right
+        label.write_text("\n".join([" ".join(f), *lines[1:]]) + "\n")
+        return label.relative_to(export).as_posix(), "line 1"
     path = sorted(export.glob("*.json"))[0]
     doc = json.loads(path.read_text())
     doc["shapes"][0]["points"][0][0] = 99999.0
