@@ -12,7 +12,7 @@ files, never by folder names alone:
   Roboflow's `train/`, `valid/`, `test/` each holding `_annotations.coco.json`;
 - yolo: an Ultralytics dataset YAML of any name (a mapping with `names` and `train`/`val`), or Darknet's
   `obj.data` / `obj.names` (CVAT's YOLO 1.1 export);
-- labelme: JSON files with `shapes` and `imagePath`;
+- labelme: JSON files with `shapes` and `imagePath`, beside the images or in `annotations/` (any case);
 - cvat: `annotations.xml` (or another XML file) whose root is `<annotations>` (CVAT for images 1.1, task or
   project);
 - kitti: `label_2/` beside `image_2/`, or `training/label_2/`.
@@ -75,13 +75,20 @@ def _child(d: Path, *names: str) -> Path | None:
     return next((p for p in _subdirs(d) if p.name.lower() in wanted), None)
 
 
-def _json_keys(path: Path, limit: int = 256 * 2**20) -> set[str]:
-    """Top-level keys of a JSON object file (empty when it is not one, or is too large to look at)."""
+def _json_keys(path: Path, limit: int = 32 * 2**20) -> set[str]:
+    """Top-level keys of a JSON object file (empty when it is not one); a large file is judged by its first and
+    last megabyte, where a COCO file's `images` and `categories` (or `annotations`) keys sit."""
     try:
-        if path.stat().st_size > limit:
-            head = _peek(path, 1 << 20)
+        size = path.stat().st_size
+        if size > limit:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 20)
+                fh.seek(max(0, size - (1 << 20)))
+                tail = fh.read()
+            if not head.lstrip().startswith(b"{"):
+                return set()
             return {k for k in ("images", "annotations", "categories", "shapes", "imagePath") if
-                    f'"{k}"'.encode() in head}
+                    f'"{k}"'.encode() in head + tail}
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return set()
@@ -150,9 +157,14 @@ def _yolo(d: Path) -> str | None:
 
 
 def _labelme(d: Path) -> str | None:
-    for p in _files(d, ".json")[:20]:
-        if {"shapes", "imagePath"} <= _json_keys(p):
-            return f"Labelme JSON files (shapes + imagePath), e.g. {p.name}"
+    # beside the images, or in their own folder (`labelme --output annotations/`) next to images/
+    for folder in (d, _child(d, "annotations", "labels", "json", "jsons")):
+        if folder is None:
+            continue
+        for p in _files(folder, ".json")[:20]:
+            if {"shapes", "imagePath"} <= _json_keys(p):
+                where = "" if folder == d else f" in {folder.name}/"
+                return f"Labelme JSON files (shapes + imagePath){where}, e.g. {p.name}"
     return None
 
 

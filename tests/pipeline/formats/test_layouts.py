@@ -259,6 +259,19 @@ def test_labelme_windows_path_and_imagedata_naming_itself(tmp_path):
     assert by_name["scene2.png"]["path"].read_bytes()[:4] == b"\x89PNG"  # written out of imageData
 
 
+def test_labelme_json_in_their_own_folder(tmp_path):
+    src = tmp_path / "project"
+    (src / "Annotations").mkdir(parents=True)
+    shutil.copytree(SCENE / "coco" / "images", src / "images")
+    for stem in SIZES:
+        doc = json.loads((SCENE / "labelme" / f"{stem}.json").read_text())
+        doc.update(imagePath=f"..\\images\\{stem}.png", imageData=None)  # written on Windows, --nodata
+        (src / "Annotations" / f"{stem}.json").write_text(json.dumps(doc))
+    ds, found = read_auto(src, tmp_path)
+    assert found.format == "labelme" and found.root == src and "in Annotations/" in found.reason
+    assert sorted(im["file_name"] for im in ds.images) == ["images/scene1.png", "images/scene2.png"]
+
+
 def test_cvat_zip_with_images_and_an_empty_label(tmp_path, capsys, nightshift_home):
     src = tmp_path / "task"
     shutil.copytree(SCENE / "cvat_task", src)
