@@ -57,7 +57,42 @@ def locate_and_read(fmt: str, top, origin: str = "", scratch=None, **options) ->
     """Find the export under `top` (up to two folders down; `fmt` "auto" also detects the format), then read it."""
     found = locate(Path(top), fmt, origin or str(top))
     sub = sub_origin(origin or str(top), Path(top), found.root)
+    if found.parts:
+        parts = [(part.name, read(found.format, part, origin=sub_origin(sub, found.root, part),
+                                  scratch=None if scratch is None else Path(scratch) / part.name, **options))
+                 for part in found.parts]
+        return merge_split_folders(parts), found
     return read(found.format, found.root, origin=sub, scratch=scratch, **options), found
+
+
+def merge_split_folders(parts: list[tuple[str, Dataset]]) -> Dataset:
+    """One Dataset from per-split folders: categories matched by name, file names prefixed with their folder
+    (two splits may hold the same name), each image's split its folder's unless its reader set one."""
+    from pipeline.formats.base import split_of
+
+    merged = Dataset([], [], [], [])
+    names: dict[str, int] = {}
+    for folder, ds in parts:
+        cat_map = {}
+        for cat in ds.categories:
+            if cat["name"] not in names:
+                names[cat["name"]] = len(merged.categories) + 1
+                merged.categories.append({**cat, "id": names[cat["name"]]})
+            cat_map[cat["id"]] = names[cat["name"]]
+        img_map = {}
+        for img in ds.images:
+            img_map[img["id"]] = len(merged.images) + 1
+            merged.images.append({**img, "id": img_map[img["id"]], "file_name": f"{folder}/{img['file_name']}",
+                                  "split": img.get("split") or split_of(folder)})
+        for ann in ds.annotations:
+            merged.annotations.append({**ann, "id": len(merged.annotations) + 1, "image_id": img_map[ann["image_id"]],
+                                       "category_id": cat_map[ann["category_id"]]})
+        for kind in ("quarantine", "skipped"):
+            getattr(merged, kind).extend({**q, "image": f"{folder}/{q['image']}" if q.get("image") else None}
+                                         for q in getattr(ds, kind))
+        merged.files += ds.files
+        merged.listed_images += ds.listed_images or len(ds.images)
+    return merged
 
 
 __all__ = ["READERS", "Dataset", "Found", "Problems", "locate", "locate_and_read", "read"]

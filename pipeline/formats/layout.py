@@ -18,7 +18,9 @@ files, never by folder names alone:
 - kitti: `label_2/` beside `image_2/`, or `training/label_2/`.
 
 With an explicit format and nothing recognised, the source folder itself goes to the reader, whose message
-names the missing or broken file. More than one candidate at that level (two folders, or two formats in one folder under `auto`) is an error
+names the missing or broken file. Sibling folders named by split (`train/`, `valid/`, `test/`), each an export of the same format, are one
+export whose splits are those folders (Roboflow's VOC and other per-split exports). More than one other
+candidate at that level (two folders, or two formats in one folder under `auto`) is an error
 that lists them all: Nightshift never guesses between two exports.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Found:
     format: str
     root: Path
     reason: str
+    parts: tuple[Path, ...] = ()  # split folders read one by one and merged (Roboflow's VOC train/ valid/ test/)
 
 
 def _peek(path: Path, n: int = _PEEK) -> bytes:
@@ -193,6 +196,20 @@ def _kitti(d: Path) -> str | None:
 PROBES = {"coco": _coco, "voc": _voc, "yolo": _yolo, "labelme": _labelme, "cvat": _cvat, "kitti": _kitti}
 
 
+def _split_folders(found: list[Found]) -> Found | None:
+    """Sibling folders named by split (train/ valid/ test/), each an export of one format: one export."""
+    from pipeline.formats.base import split_of
+
+    if len(found) < 2 or len({f.format for f in found}) != 1 or len({f.root.parent for f in found}) != 1:
+        return None
+    splits = [split_of(f.root.name) for f in found]
+    if None in splits or len(set(splits)) != len(splits):
+        return None
+    names = ", ".join(f"{f.root.name}/" for f in found)
+    return Found(found[0].format, found[0].root.parent, f"split folders {names} each with {found[0].reason}",
+                 tuple(f.root for f in found))
+
+
 def _describe(found: list[Found], top: Path) -> str:
     def rel(p: Path) -> str:
         r = p.relative_to(top).as_posix()
@@ -210,6 +227,9 @@ def locate(top: Path, fmt: str, origin: str) -> Found:
                  if (reason := probe(d)) is not None]
         if len(found) == 1:
             return found[0]
+        split_folders = _split_folders(found)
+        if split_folders is not None:
+            return split_folders
         if found:
             what = "exports" if len({f.root for f in found}) > 1 else "formats"
             raise InputRejected(f"several {what} found, cannot tell which to read: {_describe(found, top)}; "

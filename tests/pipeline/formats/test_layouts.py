@@ -98,6 +98,18 @@ VOC_LAYOUTS = {
 }
 
 
+def test_roboflow_voc_split_folders_are_one_export(tmp_path):
+    src = tmp_path / "roboflow-voc"
+    for folder, stem in (("train", "scene1"), ("valid", "scene2")):  # XML beside the images in each split
+        (src / folder).mkdir(parents=True)
+        shutil.copy(SCENE / "voc" / "Annotations" / f"{stem}.xml", src / folder / f"{stem}.xml")
+        shutil.copy(_png(f"{stem}.png"), src / folder / f"{stem}.png")
+    ds, found = read_auto(src, tmp_path)
+    assert found.format == "voc" and found.root == src and found.reason.startswith("split folders train/, valid/")
+    assert {im["file_name"]: im["split"] for im in ds.images} == {"train/scene1.png": "train",
+                                                                  "valid/scene2.png": "val"}
+
+
 @pytest.mark.parametrize("layout", VOC_LAYOUTS)
 def test_voc_layouts(layout, tmp_path):
     make, export, splits = VOC_LAYOUTS[layout]
