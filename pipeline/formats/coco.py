@@ -214,9 +214,10 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
         elif iid in img_by_id:
             problems.add(f"{where}.id", f"duplicate image id {iid} (also images[{img_by_id[iid][0]}])")
             bad = True
-        if isinstance(fname, str) and not safe_relative(fname) and ".." not in fname.replace("\\", "/").split("/") \
-                and safe_relative(basename(fname)):
-            fname = basename(fname)  # an absolute path from the annotating machine: the image is in the export
+        if isinstance(fname, str) and not safe_relative(fname) and safe_relative(basename(fname)):
+            # an absolute path from the annotating machine, or one relative to the tool's upload folder
+            # (`../../media/upload/1/x.jpg`): the image is looked up by its name inside the export only
+            fname = basename(fname)
         if not safe_relative(fname):
             problems.add(f"{where}.file_name", f"must be a relative path inside the export, got {fname!r}")
             bad = True

@@ -78,7 +78,37 @@ def _source_splits(root: Path) -> dict[str, str]:
     return out
 
 
-def _find_image(node, xml: Path, image_dirs: list[Path]) -> tuple[Path | None, str]:
+class _Lookup:
+    """Image files by name in a list of folders, exact first, then ignoring letter case (`IMG_1.JPG` named
+    `IMG_1.jpg` by a tool on Windows or macOS)."""
+
+    def __init__(self, dirs: list[Path]):
+        self.dirs = dirs
+        self._lower: dict[Path, dict[str, Path]] = {}
+
+    def _index(self, d: Path) -> dict[str, Path]:
+        if d not in self._lower:
+            self._lower[d] = {p.name.lower(): p for p in sorted(d.iterdir()) if p.is_file()} if d.is_dir() else {}
+        return self._lower[d]
+
+    def find(self, name: str) -> Path | None:
+        names = [name] + ([name + s for s in IMAGE_SUFFIXES] if Path(name).suffix.lower() not in IMAGE_SUFFIXES
+                          else [])
+        for d in self.dirs:
+            hit = next((d / n for n in names if (d / n).is_file()), None)
+            if hit is not None:
+                return hit
+        if "/" in name:
+            return None
+        for d in self.dirs:
+            index = self._index(d)
+            hit = next((index[n.lower()] for n in names if n.lower() in index), None)
+            if hit is not None:
+                return hit
+        return None
+
+
+def _find_image(node, xml: Path, lookup: _Lookup) -> tuple[Path | None, str]:
     """The image file an annotation names, and the name tried (for the message when there is none)."""
     fname = (node.findtext("filename") or "").strip()
     tried = []
@@ -87,17 +117,10 @@ def _find_image(node, xml: Path, image_dirs: list[Path]) -> tuple[Path | None, s
     path_name = basename((node.findtext("path") or "").strip())
     if path_name:
         tried.append(path_name)
-    for name in dict.fromkeys(tried):
-        for d in image_dirs:
-            cands = [d / name] + ([d / (name + s) for s in IMAGE_SUFFIXES] if Path(name).suffix.lower()
-                                  not in IMAGE_SUFFIXES else [])
-            hit = next((c for c in cands if c.is_file()), None)
-            if hit is not None:
-                return hit, name
-    for d in image_dirs:
-        hit = next((d / (xml.stem + s) for s in IMAGE_SUFFIXES if (d / (xml.stem + s)).is_file()), None)
+    for name in [*dict.fromkeys(tried), xml.stem]:
+        hit = lookup.find(name)
         if hit is not None:
-            return hit, xml.stem
+            return hit, name
     return None, (tried[0] if tried else xml.stem)
 
 
@@ -117,6 +140,7 @@ def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
                             "or <annotation> XML files beside the images", path=origin)
     image_dirs = [d for d in (child_dir(root, name) for name in IMAGE_DIRS) if d is not None] + [ann_dir, root]
     image_dirs = list(dict.fromkeys(image_dirs))
+    lookup = _Lookup(image_dirs)
     splits = _source_splits(root)
     records, names = [], set()
     ds = Dataset([], [], [], [display(origin, root, ann_dir)], listed_images=len(xmls))
@@ -131,7 +155,7 @@ def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
         node = tree.getroot()
         if node.tag != "annotation":
             raise InputRejected(f"root element must be <annotation>, got <{node.tag}>", path=name)
-        local, tried = _find_image(node, xml, image_dirs)
+        local, tried = _find_image(node, xml, lookup)
         if local is None:
             ds.set_aside(name, "filename", f"no image file for {tried!r} in "
                          f"{', '.join(display(origin, root, d) for d in image_dirs)}", tried)

@@ -30,7 +30,7 @@ CLASSES = ["car", "person"]
 
 def boxes_by_image(ds) -> dict[str, list]:
     names = {c["id"]: c["name"] for c in ds.categories}
-    files = {im["id"]: Path(im["file_name"]).stem for im in ds.images}
+    files = {im["id"]: Path(im["file_name"]).stem.lower() for im in ds.images}
     out: dict[str, list] = {}
     for a in ds.annotations:
         out.setdefault(files[a["image_id"]], []).append((names[a["category_id"]], [round(v, 2) for v in a["bbox"]]))
@@ -38,7 +38,7 @@ def boxes_by_image(ds) -> dict[str, list]:
 
 
 def splits_by_image(ds) -> dict[str, str | None]:
-    return {Path(im["file_name"]).stem: im.get("split") for im in ds.images}
+    return {Path(im["file_name"]).stem.lower(): im.get("split") for im in ds.images}
 
 
 def read_auto(src: Path, tmp_path: Path, **options):
@@ -82,6 +82,7 @@ def _windows_paths(root: Path) -> Path:
         xml.write_text(xml.read_text().replace(f"<filename>{stem}.png</filename>",
                                                f"<filename>{stem}</filename><path>C:\\Users\\me\\data\\{stem}.png</path>"))
         xml.rename(src / "annots" / f"frame_{stem}.xml")  # and XML names that are not the image's
+    (src / "images" / "scene2.png").rename(src / "images" / "SCENE2.PNG")  # and a file name in another case
     return src
 
 
@@ -177,19 +178,24 @@ def _per_split(root: Path) -> Path:
     return src
 
 
-def _subpaths(root: Path) -> Path:
-    src, doc = root / "export", _coco_doc()
-    shutil.copytree(SCENE / "coco" / "images", src / "images")
-    names = {"scene1": "frames/scene1.png", "scene2": "C:\\labeling\\project\\scene2.png"}
-    (src / "annotations.json").write_text(json.dumps(_subset(doc, list(SIZES), lambda s: names[s])))
-    return src
+def _renamed(names: dict[str, str]):
+    def make(root: Path) -> Path:
+        src, doc = root / "export", _coco_doc()
+        shutil.copytree(SCENE / "coco" / "images", src / "images")
+        (src / "annotations.json").write_text(json.dumps(_subset(doc, list(SIZES), lambda s: names[s])))
+        return src
+    return make
 
 
 COCO_LAYOUTS = {
     "coco2017_instances": (_coco_instances, {"scene1": "train", "scene2": "val"}),
     "roboflow_split_folders": (_roboflow, {"train/scene1": "train", "valid/scene2": "val"}),
     "per_split_files": (_per_split, {"scene1": "train", "scene2": "val"}),
-    "sub_path_and_absolute_file_names": (_subpaths, {"frames/scene1": None, "scene2": None}),
+    "sub_path_file_names": (_renamed({"scene1": "frames/scene1.png", "scene2": "train2017/scene2.png"}),
+                            {"frames/scene1": None, "train2017/scene2": None}),
+    "absolute_and_upload_folder_file_names": (_renamed({"scene1": "C:\\labeling\\project\\scene1.png",
+                                                        "scene2": "../../media/upload/3/scene2.png"}),  # Label Studio
+                                              {"scene1": None, "scene2": None}),
 }
 
 
