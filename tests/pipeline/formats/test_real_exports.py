@@ -37,6 +37,11 @@ TINY = ("min_images_per_split", "min_annotations_per_class")
 REAL = {
     "bccd": ("voc", "BCCD", "github.com/Shenggan/BCCD_Dataset @ d272fb14 (MIT), whole repository: labelImg VOC one "
                             "folder down, ImageSets/Main splits", ()),
+    "raccoon-labelimg-voc": ("voc", ".", "github.com/datitran/raccoon_dataset @ 93938849 (MIT): labelImg VOC as "
+                                         "lowercase annotations/ + images/ beside data/*.csv (data/*.record left out: "
+                                         "over the snapshot size limit)", ()),
+    "kangaroo-labelimg-voc": ("voc", ".", "github.com/experiencor/kangaroo @ 882bbbd7 (no licence stated): labelImg "
+                                          "VOC as annots/ + images/, one truncated JPEG", ()),
     "coco128-yolo": ("yolo", ".", "github.com/lightly-ai/coco128_yolo @ 6d6f7a05, object_detection/ with its images "
                                   "symlink resolved: Ultralytics config.yaml, names as a dict",
                      ("min_annotations_per_class", "class_balance")),
@@ -163,7 +168,9 @@ def canonical_boxes(dataset: Path) -> dict:
     return out
 
 
-def assert_same_boxes(got: dict, want: dict) -> int:
+def assert_same_boxes(got: dict, want: dict, quarantined: set[str]) -> int:
+    """Every image within 1 px of the converter, except those ingest set aside (each named in its report)."""
+    want = {k: v for k, v in want.items() if k not in quarantined}
     assert sorted(got) == sorted(want), set(got) ^ set(want)
     n = 0
     for stem in want:
@@ -223,7 +230,10 @@ def test_real_export_ingests_validates_and_matches_box_by_box(name, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"as {fmt} (detected" in err  # format auto, and the log says why
-    n = assert_same_boxes(canonical_boxes(out), CONVERTERS[fmt](src / inner))
+    report = json.loads(Path(f"{out}.quarantine.json").read_text())
+    assert report["bad_fraction"] <= 0.01
+    n = assert_same_boxes(canonical_boxes(out), CONVERTERS[fmt](src / inner),
+                          {_key(q["image"]) for q in report["items"] if q.get("image")})
     assert n > 0
 
     code = main(["validate", "--dataset", str(out), "--report-dir", str(tmp_path / "report")])
