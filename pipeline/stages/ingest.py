@@ -1,15 +1,20 @@
 """Read a dataset export (COCO, Pascal VOC, YOLO, Labelme, CVAT, KITTI) and write the canonical COCO dataset.
 
 The source (`data.source`, or --source) is a directory, a .zip / .tar / .tar.gz archive (extracted safely)
-or an s3://bucket/prefix; empty means the generated demo set. The export is checked (every problem names
+or an s3://bucket/prefix; empty means the generated demo set. The export may sit up to two folders below
+the source, in any layout its tool or dataset repository uses, and `data.format: auto` detects the format
+(pipeline/formats/layout.py; the log says what was found and why). The export is checked (every problem names
 the file and the field, exit 3) and written as `annotations.json` + `images/` to
 runs/<run_id>/ingest/dataset/. Each image gets a split from a hash of its group key (new images never move
-old ones), category ids come from the store's label map (stable across nights), and images duplicated
-across splits are flagged in the result.
+old ones; `data.splits: source` keeps the splits the export defines instead, and annotations.json's
+`info.splits` records which), category ids come from the store's label map (stable across nights), and
+images duplicated across splits are flagged in the result. Every image and box keeps `source`, the export's
+file and item (line, object, shape) it came from, so later checks name what the user must fix.
 
-Per-item defects (an unreadable or truncated image, a declared size that is not the real one, a box with no
-area or with bad numbers, an unknown class) set that image aside: every one is listed in
-ingest/quarantine.json, and the stage fails (exit 3) only when they are more than validate.max_bad_fraction
+Per-item defects (an unreadable or truncated image, a declared size that is not the real one, a box with bad
+numbers, an unknown class) set that image aside: every one is listed in ingest/quarantine.json, as are the
+shapes left out while their image is kept (an empty label, a shape that is not a box, a box with no area:
+reported, never grown into a valid one), and the stage fails (exit 3) only when they are more than validate.max_bad_fraction
 of the export. Whole-export problems (unsafe XML, paths or symlinks leaving the export, an image header
 declaring more than data.max_image_pixels, an archive beyond data.max_archive_bytes / _members, an empty
 dataset or split) reject it at once.
@@ -178,7 +183,7 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     if found.format == "voc":
         log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
-    _check_images(ds, cfg, origin, found.root)
+    _check_images(ds, cfg, origin, export)
     quarantine = _enforce_quarantine(ds, cfg, origin)
     new_map = canonical_io.extend_label_map(label_map, [c["name"] for c in ds.categories])
     coco, files, info = canonical_io.build(ds, new_map, data.group_pattern, data.split_salt, data.split_ratios)
