@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import ConfigError
 
 FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
-FORMAT_CHOICES = ("auto", *FORMATS)  # "auto": detect the format and layout from the export (pipeline/formats/layout.py)
+FORMAT_CHOICES = ("auto", *FORMATS)  # "auto": detect format and layout (pipeline/formats/layout.py)
 
 
 def nightshift_home() -> Path:

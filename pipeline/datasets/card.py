@@ -1,6 +1,7 @@
 """The dataset card: what one snapshot holds, as self-contained HTML and Markdown.
 
-Counts per split and per class (and whether the splits are the export's own or Nightshift's hash), image width/height histograms and sample images with their boxes drawn (PNG
+Counts per split and per class (and whether the splits are the export's own or Nightshift's hash), image
+width/height histograms and sample images with their boxes drawn (PNG
 and JPEG embedded as data: URIs, so the card reads offline and travels as one file), the validation summary of
 the same run when there is one, and the DVC dataset hash that names the snapshot. The snapshot stage writes it
 to runs/<run_id>/snapshot/card.html and card.md.

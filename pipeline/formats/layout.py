@@ -18,10 +18,10 @@ files, never by folder names alone:
 - kitti: `label_2/` beside `image_2/`, or `training/label_2/`.
 
 With an explicit format and nothing recognised, the source folder itself goes to the reader, whose message
-names the missing or broken file. Sibling folders named by split (`train/`, `valid/`, `test/`), each an export of the same format, are one
-export whose splits are those folders (Roboflow's VOC and other per-split exports). More than one other
-candidate at that level (two folders, or two formats in one folder under `auto`) is an error
-that lists them all: Nightshift never guesses between two exports.
+names the missing or broken file. Sibling folders named by split (`train/`, `valid/`, `test/`), each an
+export of the same format, are one export whose splits are those folders (Roboflow's VOC and other
+per-split exports). More than one other candidate at that level (two folders, or two formats in one folder
+under `auto`) is an error that lists them all: Nightshift never guesses between two exports.
 """
 from __future__ import annotations
 
@@ -242,8 +242,9 @@ def locate(top: Path, fmt: str, origin: str) -> Found:
         return Found(fmt, top, f"data.format={fmt} (no {fmt} layout recognised below: read as it is)")
     if _files(top, ".json"):  # e.g. an annotations.json that does not parse: the COCO reader says where
         return Found("coco", top, "JSON files at the top and nothing else recognised: read as COCO")
-    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below (see pipeline/formats/layout.py "
-                        "for the layouts each format is recognised by)", path=origin, field="data.source")
+    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below (see "
+                        "pipeline/formats/layout.py for the layouts each format is recognised by)", path=origin,
+                        field="data.source")
 
 
 def sub_origin(origin: str, top: Path, root: Path) -> str:

@@ -4,7 +4,8 @@ Ultralytics: a dataset YAML of any name (`data.yaml`, `coco128.yaml`, `config.ya
 as a list or {id: name}, and `train` / `val` / `test` as folders, lists of folders or image-list .txt files,
 relative to `path` when that exists in the export, else to the YAML's folder; Roboflow's `../train/images`
 and absolute paths from the exporting machine are matched inside the export) + images/ and labels/; each
-image `.../images/<rel>.jpg` has `.../labels/<rel>.txt`. Darknet (CVAT): `obj.data` (`names = obj.names`, `train = train.txt`,
+image `.../images/<rel>.jpg` has `.../labels/<rel>.txt`. Darknet (CVAT): `obj.data` (`names = obj.names`,
+`train = train.txt`,
 `valid = valid.txt`), `obj.names` (one class per line, line k = class k), `train.txt` listing
 `data/obj_train_data/<image>` (older CVAT) or `obj_train_data/<image>`, and `obj_<subset>_data/` holding each
 image beside its `<stem>.txt`. A label line is `class cx cy w h` normalised to 0..1 (or `class x1 y1 ...` for
@@ -125,7 +126,8 @@ def _read_labels(label: Path, lname: str, names: dict[int, str], cat_of: dict[in
             continue
         ok_count = len(vals) == 4 or (polygons and len(vals) >= 6 and len(vals) % 2 == 0)
         if not all(math.isfinite(v) for v in vals) or not ok_count:
-            problems.add(f"line {n}", f"expected 4 box values{' or an even number (>= 6) of polygon values' if polygons else ''}, got {len(vals)}")
+            extra = " or an even number (>= 6) of polygon values" if polygons else ""
+            problems.add(f"line {n}", f"expected 4 box values{extra}, got {len(vals)}")
             continue
         ann = {"image_id": image_id, "category_id": cat_of[cls], "iscrowd": 0,
                "source": provenance(lname, f"line {n}")}

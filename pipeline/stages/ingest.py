@@ -14,12 +14,12 @@ file and item (line, object, shape) it came from, so later checks name what the 
 Per-item defects (an unreadable or truncated image, a declared size that is not the real one, a box with bad
 numbers, an unknown class) set that image aside: every one is listed in ingest/quarantine.json, as are the
 shapes left out while their image is kept (an empty label, a shape that is not a box, a box with no area:
-reported, never grown into a valid one), and the stage fails (exit 3) only when they are more than validate.max_bad_fraction
-of the export. Whole-export problems (unsafe XML, paths or symlinks leaving the export, an image header
-declaring more than data.max_image_pixels, an archive beyond data.max_archive_bytes / _members, an empty
-dataset or split) reject it at once.
+reported, never grown into a valid one), and the stage fails (exit 3) only when set-aside images are more than
+validate.max_bad_fraction of the export. Whole-export problems (unsafe XML, paths or symlinks leaving the
+export, an image header declaring more than data.max_image_pixels, an archive beyond data.max_archive_bytes /
+_members, an empty dataset or split) reject it at once.
 
-Standalone: `nightshift ingest --format coco --source SRC --out DIR` writes the canonical dataset to DIR
+Standalone: `nightshift ingest [--format coco] --source SRC --out DIR` writes the canonical dataset to DIR
 (DIR appears only on success, its quarantine report beside it as DIR.quarantine.json; category ids still come
 from the store's label map, which is not updated).
 """

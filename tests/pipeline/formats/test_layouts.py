@@ -79,8 +79,9 @@ def _windows_paths(root: Path) -> Path:
     src = _voc(root / "export", ann="annots", img="images")
     for stem in SIZES:  # labelImg on Windows: no extension in <filename>, the full path in <path>
         xml = src / "annots" / f"{stem}.xml"
-        xml.write_text(xml.read_text().replace(f"<filename>{stem}.png</filename>",
-                                               f"<filename>{stem}</filename><path>C:\\Users\\me\\data\\{stem}.png</path>"))
+        path = f"<path>C:\\Users\\me\\data\\{stem}.png</path>"
+        text = xml.read_text().replace(f"<filename>{stem}.png</filename>", f"<filename>{stem}</filename>{path}")
+        xml.write_text(text)
         xml.rename(src / "annots" / f"frame_{stem}.xml")  # and XML names that are not the image's
     (src / "images" / "scene2.png").rename(src / "images" / "SCENE2.PNG")  # and a file name in another case
     return src
@@ -143,7 +144,8 @@ def _coco_doc() -> dict:
 
 def _subset(doc: dict, stems: list[str], name=lambda s: f"{s}.png") -> dict:
     ids = {im["id"] for im in doc["images"] if Path(im["file_name"]).stem in stems}
-    return {"images": [{**im, "file_name": name(Path(im["file_name"]).stem)} for im in doc["images"] if im["id"] in ids],
+    return {"images": [{**im, "file_name": name(Path(im["file_name"]).stem)} for im in doc["images"]
+                       if im["id"] in ids],
             "annotations": [a for a in doc["annotations"] if a["image_id"] in ids], "categories": doc["categories"]}
 
 
@@ -372,7 +374,8 @@ def test_degenerate_boxes_are_reported_not_inflated(tmp_path, capsys, nightshift
                                            "</annotation>"))
     for one_based in ("false", "true"):
         out = tmp_path / f"canonical-{one_based}"
-        assert main(["ingest", "--source", str(src), "--out", str(out), "--set", f"data.voc_one_based={one_based}"]) == 0
+        code = main(["ingest", "--source", str(src), "--out", str(out), "--set", f"data.voc_one_based={one_based}"])
+        assert code == 0
         report = json.loads(Path(f"{out}.quarantine.json").read_text())
         coco = json.loads((out / "annotations.json").read_text())
         if one_based == "false":

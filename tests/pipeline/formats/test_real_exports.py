@@ -59,7 +59,9 @@ REAL = {
                                "for_images/export_task: train.xml with shapes whose label is empty", TINY),
     "kitti-datumaro": ("kitti", ".", "github.com/openvinotoolkit/datumaro @ 3d533b9c (MIT) tests/assets/kitti_dataset/"
                                      "kitti_detection: training/image_2 + label_2", TINY),
-    "labelme-imagedata": ("labelme", ".", "github.com/wkentaro/labelme @ 51e50e43 examples/tutorial/apc2016_obj3.json alone (as tests/data/annotated_with_data links it): "
+    "labelme-imagedata": ("labelme", ".", "github.com/wkentaro/labelme @ 51e50e43 examples/tutorial/"
+                                          "apc2016_obj3.json alone "
+                                          "(tests/data/annotated_with_data links to it): "
                                           "imagePath names the JSON itself, the picture is in imageData", TINY),
 }
 
