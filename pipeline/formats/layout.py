@@ -10,8 +10,9 @@ files, never by folder names alone:
   or such XML files beside the images;
 - coco: `annotations/instances_*.json` (or other COCO JSON files there), COCO JSON files at the top,
   Roboflow's `train/`, `valid/`, `test/` each holding `_annotations.coco.json`;
-- yolo: an Ultralytics dataset YAML of any name (a mapping with `names` and `train`/`val`), or Darknet's
-  `obj.data` / `obj.names` (CVAT's YOLO 1.1 export);
+- yolo: an Ultralytics dataset YAML of any name (a mapping with `names` and `train`/`val`), Darknet's
+  `obj.data` / `obj.names` (CVAT's YOLO 1.1 export), or `classes.txt` with `labels/` (Label Studio) or with
+  label files beside the images (labelImg);
 - labelme: JSON files with `shapes` and `imagePath`, beside the images or in `annotations/` (any case);
 - cvat: `annotations.xml` (or another XML file) whose root is `<annotations>` (CVAT for images 1.1, task or
   project);
@@ -156,6 +157,13 @@ def _yolo(d: Path) -> str | None:
         return f"Ultralytics dataset YAML {', '.join(p.name for p in yamls)}"
     if (d / "obj.data").is_file() or (d / "obj.names").is_file():
         return "Darknet obj.data / obj.names (CVAT YOLO 1.1)"
+    if (d / "classes.txt").is_file():
+        labels = _child(d, "labels")
+        if labels is not None and _files(labels, ".txt"):
+            return "classes.txt + images/ and labels/ (Label Studio YOLO export)"
+        if any(p.name != "classes.txt" for p in _files(d, ".txt")) and any(
+                p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp") for p in d.iterdir()):
+            return "classes.txt + label files beside the images (labelImg YOLO)"
     return None
 
 

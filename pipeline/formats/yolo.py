@@ -9,7 +9,9 @@ image `.../images/<rel>.jpg` has `.../labels/<rel>.txt`. Darknet (CVAT): `obj.da
 `valid = valid.txt`), `obj.names` (one class per line, line k = class k), `train.txt` listing
 `data/obj_train_data/<image>` (older CVAT) or `obj_train_data/<image>`, and `obj_<subset>_data/` holding each
 image beside its `<stem>.txt`. A label line is `class cx cy w h` normalised to 0..1 (or `class x1 y1 ...` for
-a polygon, Ultralytics only), converted to pixels with the size read from the image header. Each image keeps
+a polygon, Ultralytics only), converted to pixels with the size read from the image header. `classes.txt`
+(one class per line) with `images/` + `labels/` (Label Studio) or with each label file beside its image
+(labelImg) is read the same way, without splits. Each image keeps
 the subset that listed it as its source split (used with `data.splits: source`). A line with an unknown class
 or bad numbers sets its image aside (quarantine); a train/val list naming no image is an empty split and
 rejects the export (a `test` entry missing from the export is logged and left out).
@@ -207,9 +209,11 @@ def read_yolo(root, origin: str = "") -> Dataset:
 
     root = export_root(Path(root))
     origin = origin or str(root)
-    if not yolo_yamls(root) and not (root / "data.yaml").is_file() and not (root / "dataset.yaml").is_file() and \
-            ((root / "obj.data").is_file() or (root / "obj.names").is_file()):
+    no_yaml = not yolo_yamls(root) and not (root / "data.yaml").is_file() and not (root / "dataset.yaml").is_file()
+    if no_yaml and ((root / "obj.data").is_file() or (root / "obj.names").is_file()):
         return read_darknet(root, origin)
+    if no_yaml and (root / "classes.txt").is_file():
+        return read_classes_txt(root, origin)
     yaml_path = _dataset_yaml(root, origin)
     where = display(origin, root, yaml_path)
     try:
@@ -238,6 +242,39 @@ def read_yolo(root, origin: str = "") -> Dataset:
             rel = path.relative_to(root).as_posix() if _inside(path, root) else path.name
             rel = rel.split("images/", 1)[1] if rel.startswith("images/") or "/images/" in rel else rel
             entries.append((path, rel, _label_path(path), split_of(key)))
+    return _assemble(root, origin, entries, names, [where], polygons=True)
+
+
+def _class_list(path: Path, name: str) -> dict[int, str]:
+    """One class per line, line k = class k (obj.names, classes.txt)."""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines or not all(lines):
+        raise InputRejected("must list one non-empty class name per line", path=name)
+    return dict(enumerate(lines))
+
+
+def read_classes_txt(root, origin: str = "") -> Dataset:
+    """`classes.txt` + `images/` and `labels/` (Label Studio's YOLO export) or + label files beside the images
+    (labelImg's YOLO mode). The export defines no splits."""
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    names_path = root / "classes.txt"
+    where = display(origin, root, names_path)
+    names = _class_list(names_path, where)
+    images_dir = next((p for p in root.iterdir() if p.is_dir() and p.name.lower() == "images"), None)
+    base = images_dir if images_dir is not None else root
+    images = sorted(f for f in base.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not images:
+        raise InputRejected("no images beside classes.txt or in images/", path=where)
+    labels_dir = next((p for p in root.iterdir() if p.is_dir() and p.name.lower() == "labels"), None)
+    entries = []
+    for path in images:
+        rel = PurePosixPath(path.relative_to(base).as_posix())
+        beside = images_dir is None or labels_dir is None
+        label = path.with_suffix(".txt") if beside else labels_dir / rel.with_suffix(".txt")
+        entries.append((path, rel.as_posix(), label, None))
     return _assemble(root, origin, entries, names, [where], polygons=True)
 
 

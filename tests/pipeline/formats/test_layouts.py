@@ -250,15 +250,35 @@ def _exporting_machine_paths(root: Path) -> Path:
     return root / "repo"
 
 
-YOLO_LAYOUTS = {"ultralytics_yaml_of_any_name": _ultralytics_any_name, "roboflow_yolo": _roboflow_yolo,
-                "exporting_machine_paths_one_folder_down": _exporting_machine_paths}
+def _label_studio(root: Path) -> Path:
+    src = root / "project-3-at-2026-11-30"
+    _yolo_labels(src / "images", src / "labels", list(SIZES))
+    (src / "classes.txt").write_text("car\nperson\n")
+    (src / "notes.json").write_text('{"categories": [{"id": 0, "name": "car"}, {"id": 1, "name": "person"}]}')
+    return src
+
+
+def _labelimg_yolo(root: Path) -> Path:
+    src = root / "pictures"
+    _yolo_labels(src, src, list(SIZES))
+    (src / "classes.txt").write_text("car\nperson\n")
+    return src
+
+
+TRAIN_VAL = {"scene1": "train", "scene2": "val"}
+YOLO_LAYOUTS = {"ultralytics_yaml_of_any_name": (_ultralytics_any_name, TRAIN_VAL),
+                "roboflow_yolo": (_roboflow_yolo, TRAIN_VAL),
+                "exporting_machine_paths_one_folder_down": (_exporting_machine_paths, TRAIN_VAL),
+                "label_studio_classes_txt": (_label_studio, {"scene1": None, "scene2": None}),
+                "labelimg_classes_txt_beside_images": (_labelimg_yolo, {"scene1": None, "scene2": None})}
 
 
 @pytest.mark.parametrize("layout", YOLO_LAYOUTS)
 def test_yolo_layouts(layout, tmp_path):
-    ds, found = read_auto(YOLO_LAYOUTS[layout](tmp_path), tmp_path)
+    make, splits = YOLO_LAYOUTS[layout]
+    ds, found = read_auto(make(tmp_path), tmp_path)
     assert found.format == "yolo"
-    assert splits_by_image(ds) == {"scene1": "train", "scene2": "val"}
+    assert splits_by_image(ds) == splits
     assert all(a["source"]["item"] == f"line {k}" for a, k in zip(ds.annotations, (1, 2, 1)))
 
 
