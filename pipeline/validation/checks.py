@@ -26,6 +26,7 @@ from pipeline.datasets import canonical_io
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 10
+MAX_CLASSES_LISTED = 1000
 
 
 def _decode(path: Path) -> tuple[bool, int | None, int | None, str]:
@@ -127,13 +128,17 @@ def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig, previous: d
     # named warning: it takes part in neither the per-class minimum nor the balance ratio
     classes["used"] = classes["total_annotations"] > 0
     classes["train_annotations_if_used"] = classes["train_annotations"].where(classes["used"]).astype("float")
-    per_class = [int(c) for c, used in zip(classes["total_annotations"], classes["used"]) if used]
+    used_rows = sorted(((int(c), str(n)) for c, n, used in zip(classes["total_annotations"], classes["name"],
+                                                             classes["used"]) if used), key=lambda r: r[0])
+    per_class = [c for c, _ in used_rows]
     ratio = max(per_class) / min(per_class) if per_class else 1.0
     summary = pd.DataFrame([{"classes": len(classes), "used_classes": len(per_class),
                              "unused_classes": int((~classes["used"]).sum()) if len(classes) else 0,
                              "class_imbalance_ratio": ratio,
                              "largest_class": int(max(per_class, default=0)),
-                             "smallest_class": int(min(per_class, default=0))}])
+                             "smallest_class": int(min(per_class, default=0)),
+                             "largest_name": used_rows[-1][1] if used_rows else "",
+                             "smallest_name": used_rows[0][1] if used_rows else ""}])
     tables = {"images": images, "annotations": annotations, "splits": splits, "classes": classes,
               "summary": summary}
     if previous:
@@ -261,7 +266,8 @@ def _checks(tables: dict, coco: dict, cfg: ValidateConfig) -> list[dict]:
 def _examples(table: str, df, indices) -> list[str]:
     """Where the failing rows are, in the dataset's own terms (file and field)."""
     out = []
-    for i in list(indices)[:MAX_EXAMPLES]:
+    limit = MAX_CLASSES_LISTED if table == "classes" else MAX_EXAMPLES  # every class below the minimum is named
+    for i in list(indices)[:limit]:
         row = df.loc[i]
         if table == "images":
             extra = f" ({row['decode_error']})" if "decode_error" in df and row.get("decode_error") else ""
@@ -281,6 +287,10 @@ def _examples(table: str, df, indices) -> list[str]:
         elif table == "classes":
             out.append(f"class {row['name']!r} (id {row['category_id']}): {row['train_annotations']} train boxes, "
                        f"{row['total_annotations']} in all")
+        elif table == "summary":
+            out.append(f"largest class {row['largest_name']!r} {row['largest_class']} boxes / smallest "
+                       f"{row['smallest_name']!r} {row['smallest_class']} = {row['class_imbalance_ratio']:.1f}, over "
+                       f"{row['used_classes']} classes in use ({row['unused_classes']} declared but unused)")
         elif table == "drift_classes":
             out.append(f"class {row['name']!r}: {row['previous']} -> {row['current']} boxes ({row['change']:.0%})")
         elif table == "drift_vocabulary":
