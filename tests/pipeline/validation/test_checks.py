@@ -55,11 +55,13 @@ def test_minimum_lists_classes_with_counts_and_box_messages_name_the_source_line
 
     ds = _dataset(tmp_path / "d", {"car": 20, "person": 3, "bike": 1}, declared_only=[], outside=4)
     code = main(["validate", "--dataset", str(ds), "--set", "validate.max_bad_fraction=0",
-                 "--set", "validate.max_class_imbalance=100"])
+                 "--set", "validate.max_class_imbalance=10"])
     err = capsys.readouterr().err
     assert code == 3
     assert ("min_annotations_per_class: every class in use has >= 5 boxes in train (2 of 3 rows): "
             "class 'person' (id 2): 3 train boxes, 3 in all; class 'bike' (id 3): 1 train boxes, 1 in all") in err
+    assert "class_balance: largest class / smallest class in use <= 10.0 (1 of 1 rows), e.g. largest class 'car' " \
+           "20 boxes / smallest 'bike' 1 = 20.0, over 3 classes in use (0 declared but unused)" in err
     # annotations[4] is img4's first box: the message names the label file and line, then the canonical row
     assert "export/labels/train/img4.txt: line 1: image img4.png (40 x 30), box [x, y, w, h] [35.0, 2.0, 50.0, 8.0] " \
            "(canonical annotations.json annotations[4])" in err
