@@ -185,6 +185,7 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
     _check_images(ds, cfg, origin, export)
     quarantine = _enforce_quarantine(ds, cfg, origin)
+    _compact_provenance(ds, origin)
     new_map = canonical_io.extend_label_map(label_map, [c["name"] for c in ds.categories])
     coco, files, info = canonical_io.build(ds, new_map, data.group_pattern, data.split_salt, data.split_ratios)
     splits = _apply_source_splits(coco, ds, data.splits)
@@ -210,6 +211,27 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
         "quarantine": quarantine,
     }
     return out, coco, new_map, result
+
+
+def _compact_provenance(ds, origin: str) -> None:
+    """Provenance as it is kept in annotations.json: file paths relative to the source (so the dataset's hash
+    does not depend on where the export was read from), and on a box only when its file is not its image's."""
+    prefixes = (origin.rstrip("/") + "/", origin + ":")
+
+    def rel(name: str) -> str:
+        return next((name[len(p):] for p in prefixes if name.startswith(p)), name)
+
+    image_file = {}
+    for img in ds.images:
+        if img.get("source"):
+            img["source"] = {"file": rel(img["source"]["file"])}
+            image_file[img["id"]] = img["source"]["file"]
+    for ann in ds.annotations:
+        src = ann.get("source")
+        if src:
+            file = rel(src["file"])
+            ann["source"] = {"item": src["item"]} if file == image_file.get(ann["image_id"]) else \
+                {"file": file, "item": src["item"]}
 
 
 def _apply_source_splits(coco: dict, ds, mode: str) -> dict:

@@ -103,6 +103,10 @@ def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig, previous: d
                                 "x": box[:, 0], "y": box[:, 1], "w": box[:, 2], "h": box[:, 3],
                                 "source_file": [_source(a)[0] for a in anns],
                                 "source_item": [_source(a)[1] for a in anns]})
+    # a box's file is its image's unless it names its own (ingest keeps only what differs)
+    image_source = dict(zip(images["id"], images["source_file"]))
+    annotations["source_file"] = [f or image_source.get(i, "") for f, i in zip(annotations["source_file"],
+                                                                               annotations["image_id"])]
     annotations["finite"] = np.isfinite(box).all(axis=1)
     annotations["image_known"] = annotations["image_id"].isin([i for i in images["id"] if isinstance(i, int)])
     by_id = images.drop_duplicates("id").set_index("id")

@@ -376,7 +376,10 @@ def test_auto_is_logged_and_splits_follow_data_splits(tmp_path, capsys, nightshi
     coco = json.loads((out / "annotations.json").read_text())
     assert coco["info"]["splits"] == "source"
     assert {im["file_name"]: im["split"] for im in coco["images"]} == {"scene1.png": "train", "scene2.png": "val"}
-    assert coco["annotations"][0]["source"] == {"file": f"{src}/VOC2007/Annotations/scene1.xml", "item": "object[0]"}
+    # provenance relative to the source (the dataset's hash does not depend on where the export lay); a box
+    # names only its item when its file is its image's
+    assert coco["images"][0]["source"] == {"file": "VOC2007/Annotations/scene1.xml"}
+    assert coco["annotations"][0]["source"] == {"item": "object[0]"}
     from pipeline.datasets.card import split_method
     assert "as the export defines them" in split_method(coco)
 
@@ -406,3 +409,17 @@ def test_degenerate_boxes_are_reported_not_inflated(tmp_path, capsys, nightshift
             assert len(coco["annotations"]) == 3  # the image and its good box are kept
         else:  # the devkit's inclusive pixels: xmin == xmax is one pixel wide there
             assert report["skipped_shapes"] == 0 and len(coco["annotations"]) == 4
+
+
+def test_the_same_export_elsewhere_gives_the_same_dataset(tmp_path, capsys, nightshift_home):
+    """Provenance is kept relative to the source: the canonical dataset (and so its hash) does not depend on
+    where the export lay, or on whether it came as a folder or a zip."""
+    first = _devkit(tmp_path / "a")
+    second = shutil.copytree(first, tmp_path / "b" / "elsewhere" / "VOCdevkit")
+    archive = shutil.make_archive(str(tmp_path / "devkit"), "zip", first)
+    outs = []
+    for n, src in enumerate((first, second, archive)):
+        out = tmp_path / f"canonical{n}"
+        assert main(["ingest", "--source", str(src), "--out", str(out)]) == 0, capsys.readouterr().err
+        outs.append((out / "annotations.json").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
