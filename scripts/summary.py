@@ -9,7 +9,8 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.store import LocalStore
 
-STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
+STAGES = ("check", "ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
+          "notify")
 
 
 def main() -> int:

@@ -156,7 +156,8 @@ def resolve_thresholds(gates: GatesConfig, policy: Mapping | None = None) -> tup
             relaxed.append(name)
     if relaxed and not gates.override_reason.strip():
         details = ", ".join(f"{n} {defaults[n]:g} -> {thresholds[n]:g}" for n in relaxed)
-        raise InputRejected(f"override relaxes {details}; set gates.override_reason to say why",
+        raise InputRejected(f"override relaxes {details}; give a reason: the trigger param `override_reason` "
+                            "(gates.override_reason)",
                             path="gates.overrides", field=relaxed[0])
     return thresholds, relaxed
 
