@@ -323,7 +323,9 @@ def run(cfg: Config, ctx: RunContext) -> dict:
             from pipeline.report import build_report
 
             report = build_report(cfg, ctx)
-            exc.result["report"] = ctx.store.url(report["html"])
+            from pipeline.alerts import report_link
+
+            exc.result["report"] = report_link(cfg, ctx.store, report["html"], ctx.run_id)
             exc.args = (f"{exc}. Report: {exc.result['report']}",)
         except Exception:  # noqa: BLE001 - a report problem must not hide the gate's verdict
             log.exception("could not build the run report")
