@@ -45,7 +45,9 @@ def _setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s", force=True)
+    # under Airflow every line is re-logged with Airflow's own timestamp (NIGHTSHIFT_LOG_TIMESTAMPS=0): one is enough
+    stamp = "" if os.environ.get("NIGHTSHIFT_LOG_TIMESTAMPS", "1") == "0" else "%(asctime)s "
+    logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(name)s: {prefix}%(message)s", force=True)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "git", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
