@@ -4,7 +4,8 @@ the LocalExecutor's scheduler, the dag-processor and the API server on 127.0.0.1
 with HTTP 500.
 
 Bounded: only the light first tasks run to the end (check_conf, check: a few seconds each); the one run that
-passes them is failed through the API as soon as ingest starts. The last test stops Airflow with SIGTERM and
+passes them (started from the trigger form in headless Chromium, every field left empty) is failed through the
+API as soon as its checks pass. The last test stops Airflow with SIGTERM and
 requires that no process it started is left, and that the webhook token appears in no log.
 """
 from __future__ import annotations
@@ -249,13 +250,108 @@ def test_bad_params_are_refused_in_seconds_with_a_chat_alert(airflow):
     assert airflow.receiver.posts[0]["status"] == 500  # the first post failed and was retried, not lost
 
 
-def test_a_run_with_every_field_empty_gets_past_the_checks(airflow):
-    status, run = airflow.trigger({})
-    assert status == 200, run
-    states = airflow.wait_for(run["dag_run_id"], lambda s: s["check"] == "success" or s["check"] == "failed"
+class Browser:
+    """Headless Chromium (Debian's `chromium`) driven over the DevTools protocol on 127.0.0.1."""
+
+    def __init__(self, profile: Path):
+        import shutil
+
+        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        if binary is None:
+            pytest.fail("no chromium: `make browser` installs Debian's package (make test does it first)")
+        port = _free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,1000",
+             f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1", f"--user-data-dir={profile}",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline, targets = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not targets:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+                    targets = [t for t in json.loads(r.read()) if t["type"] == "page"]
+            except OSError:
+                time.sleep(0.5)
+        assert targets, "chromium's DevTools endpoint did not answer"
+        import websocket
+
+        self.ws = websocket.create_connection(targets[0]["webSocketDebuggerUrl"], timeout=30)
+        self.next_id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message.get("result", {})
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return result.get("result", {}).get("value")
+
+    def wait_js(self, expression: str, timeout: float = 90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.5)
+        self.screenshot(Path(os.environ.get("NIGHTSHIFT_TEST_SCREENSHOT", "/tmp/nightshift-trigger-form.png")))
+        pytest.fail(f"in the browser, never true: {expression}\n{self.js('document.body.innerText')[:2000]}")
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self):
+        self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+SUBMIT = "document.querySelector('[data-testid=trigger-dag-submit]')"
+
+
+def test_trigger_form_in_a_browser_starts_a_run_with_every_field_empty(airflow, tmp_path):
+    """The ML lead's path: open the DAG, press Trigger, touch nothing, press Trigger in the form."""
+    _, before = airflow.request("GET", f"/api/v2/dags/{DAG}/dagRuns")
+    known = {r["dag_run_id"] for r in before["dag_runs"]}
+    browser = Browser(tmp_path / "chromium-profile")
+    try:
+        browser.call("Network.enable")
+        browser.call("Network.setCookie", name="_token", value=airflow.token, url=airflow.base)  # logged in
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{airflow.base}/dags/{DAG}")
+        browser.wait_js("!!document.querySelector('[data-testid=trigger-dag-button]')")
+        browser.js("document.querySelector('[data-testid=trigger-dag-button]').click()")
+        browser.wait_js(f"!!{SUBMIT}")
+        form = browser.js(f"({SUBMIT}.closest('[role=dialog]') || document.body).innerText")
+        for label in ("Dataset source", "Annotation format", "(from the config file)", "Model", "Epochs",
+                      "Gate overrides", "Override reason", "Force", "Empty: the config's train.model"):
+            assert label in form, label
+        assert "null" not in form.split("Run Parameters", 1)[-1].split("Gate overrides")[0], form
+        assert browser.js(f"{SUBMIT}.disabled") is False, "Trigger is disabled with every field left empty"
+        browser.screenshot(tmp_path / "trigger-form.png")
+        browser.js(f"{SUBMIT}.click()")
+        deadline, new = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not new:
+            _, runs = airflow.request("GET", f"/api/v2/dags/{DAG}/dagRuns")
+            new = [r for r in runs["dag_runs"] if r["dag_run_id"] not in known]
+            time.sleep(1)
+    finally:
+        browser.close()
+    assert len(new) == 1, "the form's Trigger button started no run"
+    run = new[0]
+    print(f"the form sent conf {run['conf']}")
+    states = airflow.wait_for(run["dag_run_id"], lambda s: s["check"] in ("success", "failed")
                               or s["check_conf"] == "failed")
     assert states["check_conf"] == "success" and states["check"] == "success", states
-    # enough: stop it before the demo pipeline spends minutes training
     quoted = urllib.parse.quote(run["dag_run_id"], safe="")
     status, body = airflow.request("PATCH", f"/api/v2/dags/{DAG}/dagRuns/{quoted}", {"state": "failed"})
     assert status == 200, body
