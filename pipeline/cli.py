@@ -160,6 +160,8 @@ def run_stage(args: argparse.Namespace) -> int:
 
     result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
                   duration_s=round(time.time() - started, 2))
+    if os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):  # Airflow's own id, beside the store key it was rewritten to
+        result["airflow_run_id"] = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
     if code != EXIT_OK and is_rank0() and "mlflow_run_url" not in result:
         link = mlflow_link(cfg, ctx.run_id)
         if link:  # the failure alert links to the run's MLflow run

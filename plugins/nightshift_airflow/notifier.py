@@ -110,6 +110,8 @@ class NightshiftChatNotifier(BaseNotifier):
             error = exception or context.get("reason") or "unknown error (see the task log)"
             record["error"] = _clip(str(error))
             stage = _stage_result(exception, ti)
+            if stage.get("run_id") and stage["run_id"] != record["run_id"]:
+                record["store_key"] = str(stage["run_id"])  # where the stage's outputs are: runs/<store_key>/
             failures = [f for f in stage.get("failures") or [] if not (isinstance(f, dict) and f.get("passed"))]
             if failures:
                 record["failures"] = [failure_text(f) for f in failures]
@@ -136,7 +138,8 @@ class NightshiftChatNotifier(BaseNotifier):
     def text(record: dict[str, Any]) -> str:
         icon, verb = (":red_circle:", "failed") if record["event"] == "failure" else (":large_green_circle:", "succeeded")
         lines = [f"{icon} Nightshift *{record['dag_id']}* {verb} at task *{record['task_id']}*",
-                 f"run: `{record['run_id']}`"]
+                 f"run: `{record['run_id']}`" + (f" (store key `{record['store_key']}`)" if record.get("store_key")
+                                                 else "")]
         failures = record.get("failures") or []
         if failures:  # the checks say it all; of the error keep the headline ("nightshift gate: gate refused")
             lines.append(record["error"].splitlines()[0] if record.get("error") else "")

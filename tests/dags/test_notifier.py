@@ -346,4 +346,15 @@ def test_http_client_loggers_redact_the_webhook_url(caplog, secret_sentinel, dag
     logging.getLogger(HTTP_LOG).error("Going to retry the same request: POST %s", url)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2 and all(secret_sentinel not in m for m in messages), messages
-    assert messages[1].startswith("Going to retry the same request: POST ***")
+    assert messages[1].startswith("Going to retry the same request: POST ") and messages[1].endswith("***")
+
+
+def test_failure_alert_shows_airflows_run_id_beside_the_store_key(notifier_cls, context, monkeypatch, tmp_path):
+    from nightshift_airflow.command import stage_failure
+    from airflow.sdk.exceptions import AirflowFailException
+
+    result = {"status": "rejected", "exit_code": 3, "run_id": "scheduled__2026-11-25T02_00_00",
+              "error": "gates.overrides: map50_min: override relaxes map50_min 0.5 -> 0.1"}
+    exc = stage_failure(AirflowFailException, "check", 3, result)
+    text = _sent(notifier_cls, context(exception=exc), monkeypatch, tmp_path)
+    assert "run: `scheduled__2026-11-25T02:00:00` (store key `scheduled__2026-11-25T02_00_00`)" in text
