@@ -38,13 +38,16 @@ standalone() {
   export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT="$AIRFLOW_PORT" AIRFLOW__API__WORKERS=1
   local stop_timeout="${STOP_TIMEOUT_S:-30}" logs="$AIRFLOW_HOME/standalone-logs"
   mkdir -p "$logs"
+  # the console prefixer outlives Ctrl-C (which the terminal sends to it too), so a component's last words
+  # during shutdown never hit a closed pipe
+  prefix() { trap '' INT; exec sed -u "s/^/$1/"; }
   pids=()
   # each component leads its own process group, so stopping it reaches its workers too
-  setsid airflow api-server --host 127.0.0.1 --port "$AIRFLOW_PORT" > >(sed -u 's/^/api-server    | /') 2>&1 &
+  setsid airflow api-server --host 127.0.0.1 --port "$AIRFLOW_PORT" > >(prefix 'api-server    | ') 2>&1 &
   pids+=($!)
-  setsid airflow scheduler --skip-serve-logs > >(sed -u 's/^/scheduler     | /') 2>&1 &
+  setsid airflow scheduler --skip-serve-logs > >(prefix 'scheduler     | ') 2>&1 &
   pids+=($!)
-  setsid airflow dag-processor > >(sed -u 's/^/dag-processor | /') 2>&1 &
+  setsid airflow dag-processor > >(prefix 'dag-processor | ') 2>&1 &
   pids+=($!)
   stop() {
     trap '' INT TERM
