@@ -12,7 +12,7 @@ SOURCE ?=
 FORMAT ?= coco
 CONF ?=
 
-.PHONY: help envs demo run test test-pipeline test-dags test-integration bench airflow-ui mlflow-ui clean
+.PHONY: help envs browser demo run test test-pipeline test-dags test-integration bench airflow-ui mlflow-ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ venv-triton: .venv-triton/.installed  ## create the Triton server test environme
 
 envs: .venv-pipeline/.installed .venv-airflow/.installed  ## create the locked environments
 
+# headless Chromium from Debian's packages, for the browser check of Airflow's trigger form
+# (tests/integration/test_airflow_scheduler.py); installed with apt-get (as root, else through sudo) when missing
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:  ## install Debian's chromium for the trigger-form test, when it is missing
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (apt-get) for the trigger-form browser test"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 demo: envs  ## run the nightly DAG end to end on the generated demo dataset
 	bash scripts/airflow_local.sh dags-test '$(CONF)'
 
@@ -50,7 +59,7 @@ run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> F
 	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format>"; exit 2; }
 	bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
 
-test: envs .venv-triton/.installed  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
+test: envs .venv-triton/.installed browser  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
 	.venv-pipeline/bin/python -m pytest tests/pipeline tests/integration
 	.venv-airflow/bin/python -m pytest tests/dags tests/infra
 
@@ -60,13 +69,13 @@ test-pipeline: envs
 test-dags: envs
 	.venv-airflow/bin/python -m pytest tests/dags tests/infra
 
-test-integration: envs
+test-integration: envs browser
 	.venv-pipeline/bin/python -m pytest tests/integration
 
 bench: envs  ## print the performance figures
 	.venv-pipeline/bin/python -m pipeline.bench
 
-airflow-ui: envs  ## start Airflow's UI on http://127.0.0.1:8080 over the demo's runs
+airflow-ui: envs  ## Airflow on http://127.0.0.1:8080 (loopback only, no run by itself; Ctrl-C stops it)
 	bash scripts/airflow_local.sh standalone
 
 mlflow-ui: envs  ## start MLflow's UI on http://127.0.0.1:5000 over the demo's tracking database

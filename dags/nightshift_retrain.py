@@ -1,32 +1,45 @@
-"""Nightly retrain: ingest -> validate -> snapshot -> changed -> (branch) -> train -> evaluate -> gate ->
-export -> promote -> notify.
+"""Nightly retrain: check_conf -> check -> ingest -> validate -> snapshot -> changed -> (branch) -> train ->
+evaluate -> gate -> export -> promote -> notify.
 
 Every stage is `nightshift <stage> --run-id {{ run_id }}` (plugins/nightshift_airflow); when the dataset
 snapshot and config have not changed since the champion, the run goes straight to `notify`. Trigger it
 manually with Params to retrain on another export, model or epoch count, or with per-run gate thresholds
 (`gates` + `override_reason`). Empty params keep the values from the config file or the schema defaults.
-Where NIGHTSHIFT_TRAIN_LAUNCHERS enables them, `train_nodes` and `train_launcher` spread training over
-several GPU nodes (an Indexed Job or a Kubeflow TrainJob under torchrun).
+Unknown params and gate names are refused by the first task; relaxed gates without a reason, unknown models
+and missing sources by `check`, in seconds. Where NIGHTSHIFT_TRAIN_LAUNCHERS enables them, `train_nodes` and
+`train_launcher` spread training over several GPU nodes (an Indexed Job or a Kubeflow TrainJob under torchrun).
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, chain
-from nightshift_airflow import branch_on_change, default_args, settings, stage, train_params
+from nightshift_airflow import branch_on_change, check_conf, default_args, settings, stage, train_params
 
+FROM_CONFIG = "(from the config file)"
 PARAMS = {
-    "source": Param("", type="string", title="Dataset source",
-                    description="Dataset export to ingest: directory, archive or s3:// prefix (empty = config)."),
+    # every field may stay empty: empty means "the value from the config file (NIGHTSHIFT_CONFIG)"
+    "source": Param(None, type=["null", "string"], title="Dataset source",
+                    description="Dataset export to ingest: a directory, a .zip/.tar(.gz) archive or an s3:// "
+                                "prefix. Empty: the config's data.source (the generated demo set by default)."),
     "format": Param(None, type=["null", "string"], enum=[None, *settings.FORMATS], title="Annotation format",
-                    description="Annotation format of the source (empty = config)."),
-    "model": Param("", type="string", title="Model", description="Detector name from the model registry (empty = config)."),
-    "epochs": Param(None, type=["null", "integer"], minimum=1, title="Epochs", description="Empty = config."),
-    "gates": Param({}, type="object", additionalProperties={"type": "number"}, title="Gate overrides",
-                   description='This run\'s thresholds, e.g. {"map_min": 0.3, "map50_min": 0.5}.'),
-    "override_reason": Param("", type="string", title="Override reason",
-                             description="Why the gates are relaxed; required when they are, and announced."),
-    "force": Param(False, type="boolean", title="Force", description="Retrain even when nothing changed."),
+                    values_display={"null": FROM_CONFIG, **{f: f for f in settings.FORMATS}},
+                    description="Annotation format of the source. Empty: the config's data.format."),
+    "model": Param(None, type=["null", "string"], title="Model",
+                   description="Detector from the model registry, e.g. ssdlite320_mobilenet_v3_large. "
+                               "Empty: the config's train.model."),
+    "epochs": Param(None, type=["null", "integer"], minimum=1, title="Epochs",
+                    description="Training epochs. Empty: the config's train.epochs."),
+    "gates": Param(None, type=["null", "object"], additionalProperties={"type": "number"},
+                   propertyNames={"enum": list(settings.GATES)}, title="Gate overrides",
+                   description='This run\'s thresholds, e.g. {"map_min": 0.3, "map50_min": 0.5}; gates: '
+                               + ", ".join(settings.GATES) + ". Empty: the policy's thresholds. A relaxed "
+                               "threshold needs an override reason. When nothing changed since the champion, "
+                               "the run says the overrides were not applied unless Force is on."),
+    "override_reason": Param(None, type=["null", "string"], title="Override reason",
+                             description="Why the gates are relaxed: required when they are, and announced."),
+    "force": Param(False, type=["null", "boolean"], title="Force",
+                   description="Retrain (and judge the gates) even when nothing changed since the champion."),
     **train_params(),  # train_nodes / train_launcher where multi-node launchers are enabled
 }
 
@@ -46,6 +59,8 @@ with DAG(
     notify = stage("notify", trigger_rule="none_failed_min_one_success")
 
     chain(
+        check_conf(),  # unknown params or gate names: refused before anything runs
+        stage("check", retries=0),  # gate overrides, model and source: refused in seconds, not after training
         stage("ingest"),
         stage("validate"),
         stage("snapshot"),

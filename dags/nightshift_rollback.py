@@ -1,13 +1,14 @@
 """Manual rollback: move the served model back one version (or to `to_version`), and announce it.
 
-Runs `nightshift rollback --model <model> [--to <version>]` through the same task factory as the stages.
+Runs `nightshift rollback --model <model> [--to <version>]` through the same task factory as the stages. The
+rollback tool announces the rollback itself, in one readable message; failures come from the failure callback.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from nightshift_airflow import NightshiftChatNotifier, default_args, stage
+from nightshift_airflow import default_args, stage
 
 with DAG(
     dag_id="nightshift_rollback",
@@ -30,5 +31,4 @@ with DAG(
         run_id=False,
         extra_args=["--model", "{{ params.model }}",
                     "--to", "{{ params.to_version if params.to_version is not none else '' }}"],
-        on_success_callback=NightshiftChatNotifier(event="success"),
     )

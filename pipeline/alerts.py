@@ -20,6 +20,39 @@ from pipeline.config import Config
 log = logging.getLogger(__name__)
 
 
+def run_label(run_key: str) -> str:
+    """How messages name a run: Airflow's own run id (what the ML lead sees in the UI) beside the store key
+    it was rewritten to (`runs/<key>/`), or just the key outside Airflow or when the two are equal."""
+    airflow_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "").strip()
+    if airflow_id and airflow_id != run_key:
+        return f"{airflow_id} (store key {run_key})"
+    return run_key
+
+
+def report_link(cfg: Config, store, key: str, run_key: str) -> str:
+    """A link to the run's report that a teammate can open from chat, in order of preference: the report
+    artifact in the MLflow UI (`mlflow.ui_url`), an S3 presigned URL (`notify.report_link_expiry_s`) when the
+    store is S3, else the store URL (a file:// path on the local demo). Never raises."""
+    from pipeline import tracking
+
+    try:
+        if tracking.ui_base(cfg):
+            found = tracking.find_run(cfg, run_key)
+            if found is not None:
+                return tracking.run_url(cfg, found.info.run_id, artifact="report/" + key.rsplit("/", 1)[-1])
+    except Exception as exc:  # noqa: BLE001 - the link is a courtesy; its error text may hold the URI
+        log.warning("no MLflow link for the report (%s)", type(exc).__name__)
+    client = getattr(store, "client", None)
+    if client is not None and hasattr(store, "bucket"):
+        try:
+            return client.generate_presigned_url(
+                "get_object", Params={"Bucket": store.bucket, "Key": store._key(key)},
+                ExpiresIn=cfg.notify.report_link_expiry_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("no presigned link for the report (%s)", type(exc).__name__)
+    return store.url(key)
+
+
 def webhook_url(cfg: Config) -> str:
     return cfg.notify.webhook_url or os.environ.get("NIGHTSHIFT_WEBHOOK_URL", "")
 

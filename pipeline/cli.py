@@ -22,7 +22,8 @@ import yaml
 from pipeline import __version__
 from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError
 
-STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
+STAGES = ("check", "ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
+          "notify")
 # commands that are not pipeline stages; each module has add_arguments(parser) and main(args) -> int
 TOOLS = {
     "compare": "pipeline.report.compare",
@@ -44,7 +45,9 @@ def _setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s", force=True)
+    # under Airflow every line is re-logged with Airflow's own timestamp (NIGHTSHIFT_LOG_TIMESTAMPS=0): one is enough
+    stamp = "" if os.environ.get("NIGHTSHIFT_LOG_TIMESTAMPS", "1") == "0" else "%(asctime)s "
+    logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(name)s: {prefix}%(message)s", force=True)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "git", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -157,6 +160,8 @@ def run_stage(args: argparse.Namespace) -> int:
 
     result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
                   duration_s=round(time.time() - started, 2))
+    if os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):  # Airflow's own id, beside the store key it was rewritten to
+        result["airflow_run_id"] = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
     if code != EXIT_OK and is_rank0() and "mlflow_run_url" not in result:
         link = mlflow_link(cfg, ctx.run_id)
         if link:  # the failure alert links to the run's MLflow run

@@ -169,6 +169,9 @@ class MlflowConfig(Section):
     tracking_uri: str = ""  # "" = sqlite:///<home>/mlflow.db
     artifact_root: str = ""  # for new experiments ("" = the server's choice, or <home>/mlartifacts for sqlite)
     experiment: str = "nightshift"
+    # MLflow UI base URL for links in chat and reports, e.g. https://mlflow.example.com ("" = the tracking URI
+    # when it is http(s), else the alert names the run id and the tracking URI instead of linking)
+    ui_url: str = ""
 
 
 class NotifyConfig(Section):
@@ -176,6 +179,7 @@ class NotifyConfig(Section):
     webhook_url: str = ""  # Slack-compatible incoming webhook (normally from the nightshift_chat connection)
     on_success: bool = True  # post a short summary after a successful run
     retries: int = 3
+    report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)  # S3 presigned report links (max 7 days)
 
 
 class Config(Section):

@@ -17,6 +17,7 @@ from pipeline.config import Config
 log = logging.getLogger(__name__)
 
 RUN_TAG = "nightshift.run_id"
+AIRFLOW_RUN_TAG = "nightshift.airflow_run_id"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -82,7 +83,10 @@ def run_for(cfg: Config, run_id: str, tags: dict | None = None) -> str:
     if existing is not None:
         mlrun_id = existing.info.run_id
     else:
-        run = client.create_run(setup(cfg), run_name=run_id, tags={RUN_TAG: run_id})
+        first = {RUN_TAG: run_id}
+        if os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):  # Airflow's own run id, before safe_run_id rewrote it
+            first[AIRFLOW_RUN_TAG] = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
+        run = client.create_run(setup(cfg), run_name=run_id, tags=first)
         mlrun_id = run.info.run_id
     for key, value in (tags or {}).items():
         client.set_tag(mlrun_id, key, str(value))
@@ -111,10 +115,21 @@ def champion(cfg: Config):
         return None
 
 
-def run_url(cfg: Config, mlrun_id: str) -> str:
-    """A link to the run for reports and alerts: the server's UI when tracking is http(s), else the run id."""
+def ui_base(cfg: Config) -> str:
+    """The MLflow UI's base URL: `mlflow.ui_url`, else the tracking URI when it is a server, else ""."""
+    if cfg.mlflow.ui_url:
+        return cfg.mlflow.ui_url.rstrip("/")
     uri = cfg.mlflow.tracking_uri
-    if uri.startswith("http"):
-        exp = setup(cfg)
-        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{mlrun_id}"
-    return f"mlflow run {mlrun_id} ({uri})"
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ""
+
+
+def run_url(cfg: Config, mlrun_id: str, artifact: str = "") -> str:
+    """A link to the run (or one of its artifacts) for reports and alerts: the MLflow UI when one is known
+    (`mlflow.ui_url` or an http(s) tracking URI), else the run id and the tracking URI as text."""
+    base = ui_base(cfg)
+    if base:
+        exp = setup(cfg)  # every pipeline run logs into the configured experiment
+        url = f"{base}/#/experiments/{exp}/runs/{mlrun_id}"
+        return f"{url}/artifacts/{artifact}" if artifact else url
+    return f"mlflow run {mlrun_id} ({cfg.mlflow.tracking_uri})"
+

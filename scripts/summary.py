@@ -9,7 +9,8 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.store import LocalStore
 
-STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
+STAGES = ("check", "ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
+          "notify")
 
 
 def main() -> int:
@@ -31,7 +32,9 @@ def main() -> int:
             results[stage] = json.loads(path.read_text())
     home = os.environ.get("NIGHTSHIFT_HOME", ".nightshift")
     bar = "=" * 78
-    print(f"\n{bar}\nNightshift run {run.name}\n{bar}")
+    airflow_id = next((r.get("airflow_run_id") for r in results.values() if r.get("airflow_run_id")), None)
+    title = f"{airflow_id} (store key {run.name})" if airflow_id and airflow_id != run.name else run.name
+    print(f"\n{bar}\nNightshift run {title}\n{bar}")
     for stage in STAGES:
         r = results.get(stage)
         print(f"  {stage:<9} {r['status'] if r else 'not run'}" + (f"  ({r.get('duration_s')} s)" if r else ""))
@@ -51,7 +54,12 @@ def main() -> int:
     if promote:
         print(f"  Triton     {promote.get('model')} version {promote.get('version')} in {promote.get('repository')}")
     if notify:
-        print(f"  chat       {notify.get('event')} message delivered to {notify.get('delivered_to')} ({cfg.notify.sink})")
+        where = notify.get("delivered_to") or "nowhere (notify.on_success is false)"
+        if str(where).startswith("sink"):
+            where = f"{where.replace('sink', 'the local alert sink', 1)}: {cfg.notify.sink}"
+        elif where == "webhook":
+            where = "the chat webhook (connection nightshift_chat)"
+        print(f"  chat       {notify.get('event')} message sent to {where}")
     print(f"  artifacts  {run}")
     print("\n  Airflow UI: make airflow-ui   (http://127.0.0.1:8080, login printed by `airflow standalone`)")
     print("  MLflow UI:  make mlflow-ui    (http://127.0.0.1:5000)")

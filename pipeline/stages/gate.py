@@ -156,7 +156,8 @@ def resolve_thresholds(gates: GatesConfig, policy: Mapping | None = None) -> tup
             relaxed.append(name)
     if relaxed and not gates.override_reason.strip():
         details = ", ".join(f"{n} {defaults[n]:g} -> {thresholds[n]:g}" for n in relaxed)
-        raise InputRejected(f"override relaxes {details}; set gates.override_reason to say why",
+        raise InputRejected(f"override relaxes {details}; give a reason: the trigger param `override_reason` "
+                            "(gates.override_reason)",
                             path="gates.overrides", field=relaxed[0])
     return thresholds, relaxed
 
@@ -322,7 +323,9 @@ def run(cfg: Config, ctx: RunContext) -> dict:
             from pipeline.report import build_report
 
             report = build_report(cfg, ctx)
-            exc.result["report"] = ctx.store.url(report["html"])
+            from pipeline.alerts import report_link
+
+            exc.result["report"] = report_link(cfg, ctx.store, report["html"], ctx.run_id)
             exc.args = (f"{exc}. Report: {exc.result['report']}",)
         except Exception:  # noqa: BLE001 - a report problem must not hide the gate's verdict
             log.exception("could not build the run report")

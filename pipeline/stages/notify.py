@@ -2,7 +2,8 @@
 
 After a promotion: the new version, its metrics against the champion's, every gate check, any threshold
 override with its reason, and where the MLflow run, the export report and the Triton version are. When the
-changed? check skipped training: a short "nothing changed" note. Failures are announced by the Airflow
+changed? check skipped training: a short "nothing changed" note, which says plainly when the run's gate
+overrides were therefore not applied (and how to force). Failures are announced by the Airflow
 failure callback, not here. A delivery problem is logged and never fails the run.
 """
 from __future__ import annotations
@@ -28,14 +29,27 @@ def _results(ctx: RunContext) -> dict:
     return out
 
 
+def _overrides(overrides: dict) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in overrides.items())
+
+
 def compose(cfg: Config, ctx: RunContext, results: dict) -> tuple[str, str, dict]:
-    """(event, text, fields) for this run's outcome."""
+    """(event, text, fields) for this run's outcome: plain sentences, one fact per line, no raw dicts."""
     dag = os.environ.get("AIRFLOW_CTX_DAG_ID", "nightshift_retrain")
-    head = f"[{dag}] run {ctx.run_id}"
+    head = f"[{dag}] run {alerts.run_label(ctx.run_id)}"
     changed = results.get("changed", {})
     if changed and changed.get("changed") is False:
-        return "unchanged", f"{head}: {changed.get('reason', 'nothing changed')}; training skipped.", {
-            "dataset_hash": changed.get("dataset_hash")}
+        text = f"{head}: {changed.get('reason', 'nothing changed')}; training skipped."
+        fields = {"dataset_hash": changed.get("dataset_hash")}
+        overrides = dict(cfg.gates.overrides)
+        if overrides:
+            # never silently: the ML lead asked for other thresholds and nothing was judged against them
+            text += (f"\nGate overrides NOT applied: {_overrides(overrides)}. Nothing changed since the champion, "
+                     "so no model was trained and no gate ran. To judge a retrained model under these thresholds, "
+                     "trigger again with force=true.")
+            fields["overrides_not_applied"] = overrides
+            return "overrides_not_applied", text, fields
+        return "unchanged", text, fields
 
     lines = []
     promote, evaluate, gate, export = (results.get(k, {}) for k in ("promote", "evaluate", "gate", "export"))
@@ -55,9 +69,12 @@ def compose(cfg: Config, ctx: RunContext, results: dict) -> tuple[str, str, dict
         lines.append(f"gate: {sum(1 for c in checks if c.get('passed'))}/{len(checks)} checks passed"
                      + (f"; {gate['note']}" if gate.get("note") else ""))
         if gate.get("overrides"):
-            lines.append(f"threshold override {gate['overrides']} because: {gate.get('override_reason', '')}")
-    if export.get("parity"):
-        lines.append(f"export parity: {export['parity']}")
+            lines.append(f"threshold overrides {_overrides(gate['overrides'])}, reason: "
+                         f"{gate.get('override_reason') or '(none: only tightened)'}")
+    parity = export.get("parity") or {}
+    if parity:
+        lines.append(f"export: ONNX Runtime mAP {_fmt(parity.get('ap_onnxruntime'))} vs PyTorch "
+                     f"{_fmt(parity.get('ap_pytorch'))} (drop {_fmt(parity.get('map_drop'))})")
     if results.get("train", {}).get("mlflow_run_id"):
         lines.append("MLflow: " + tracking.run_url(cfg, results["train"]["mlflow_run_id"]))
     lines.append("artifacts: " + ctx.store.url(f"runs/{ctx.run_id}"))
@@ -72,8 +89,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         from pipeline.report import build_report
 
         report = build_report(cfg, ctx)
-        fields["report"] = ctx.store.url(report["html"])
-        text += f"\nreport: {fields['report']} ({report['decision']})"
+        fields["report"] = alerts.report_link(cfg, ctx.store, report["html"], ctx.run_id)
+        text += f"\nreport ({report['decision']}): {fields['report']}"
     if event == "success" and not cfg.notify.on_success:
         ctx.log.info("success summary not sent (notify.on_success is false):\n%s", text)
         return {"event": event, "delivered_to": None, "text": text}

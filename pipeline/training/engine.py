@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
-from tqdm import tqdm
 
 from pipeline.config import TrainConfig
 from pipeline.datasets.canonical import CanonicalDataset, collate
@@ -29,6 +28,7 @@ from pipeline.errors import NightshiftError
 from pipeline.store import ArtifactStore
 from pipeline.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.training.distributed import DistInfo, all_reduce_mean, all_reduce_sum, broadcast_flag
+from pipeline.training.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +372,9 @@ def fit(
         epoch_start = time.time()
         loss_sum, batches, epoch_images = 0.0, 0, 0
         comp_sum: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True,
-                   disable=not (progress and info.is_main), initial=skip, total=steps_per_epoch)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                           dynamic_ncols=True, disable=not (progress and info.is_main), initial=skip,
+                           total=steps_per_epoch)
         for b, (images, targets) in enumerate(bar, start=skip):
             images = [im.to(device, non_blocking=True) for im in images]
             targets = _targets_to(targets, device)
@@ -550,7 +551,7 @@ def predict(model: torch.nn.Module, dataset: CanonicalDataset, batch_size: int =
     results: list[dict] = []
     size = dataset.image_size
     try:
-        for images, targets in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        for images, targets in progress_bar(loader, desc="predict", unit="batch", disable=not progress, leave=False):
             outputs = model([im.to(device) for im in images])
             for out, target in zip(outputs, targets):
                 orig_h, orig_w = target["orig_size"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from nightshift_airflow import settings
-from nightshift_airflow.factory import RUNNER, branch_on_change, stage, train_params
+from nightshift_airflow.factory import RUNNER, branch_on_change, check_conf, stage, train_params
 from nightshift_airflow.notifier import NightshiftChatNotifier
 
 
@@ -27,4 +27,5 @@ def default_args(**overrides) -> dict:
     return args
 
 
-__all__ = ["RUNNER", "NightshiftChatNotifier", "branch_on_change", "default_args", "settings", "stage", "train_params"]
+__all__ = ["RUNNER", "NightshiftChatNotifier", "branch_on_change", "check_conf", "default_args", "settings", "stage",
+           "train_params"]

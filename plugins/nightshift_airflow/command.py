@@ -90,7 +90,8 @@ def parse_result(line: str) -> dict | None:
 # links a failed stage's result carries for its alert: result key -> label
 LINKS = (("mlflow_run_url", "MLflow run"), ("report", "Report"))
 # the part of a failed stage's result that its alert needs; it rides on the raised exception
-ALERT_KEYS = ("stage", "status", "exit_code", "error", "failures") + tuple(key for key, _ in LINKS)
+# (`run_id` is the store key the stage wrote under: the alert shows it beside Airflow's run id)
+ALERT_KEYS = ("stage", "status", "exit_code", "error", "failures", "run_id") + tuple(key for key, _ in LINKS)
 
 
 def _number(value) -> str:

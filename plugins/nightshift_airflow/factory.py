@@ -6,7 +6,7 @@ stage's small JSON result as XCom, and fail without retrying on exit codes 2, 3 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from nightshift_airflow import settings
@@ -93,3 +93,45 @@ def branch_on_change(*, changed_task: str = "changed", if_changed: str = "train"
         return follow
 
     return _branch()
+
+
+def unknown_conf(conf: dict | None, known: Iterable[str], gates: Iterable[str] = settings.GATES) -> str | None:
+    """Why a run's conf is refused (an unknown key, an unknown gate name, or not a mapping), else None."""
+    known, gates = list(known), list(gates)
+    if conf is None:
+        return None
+    if not isinstance(conf, dict):
+        return f"conf must be a JSON object of params, got {type(conf).__name__}"
+    unknown = [key for key in conf if key not in known]
+    if unknown:
+        return (f"unknown param{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in the run's conf; "
+                f"known params: {', '.join(known)}")
+    overrides = conf.get("gates")
+    if overrides is not None and not isinstance(overrides, dict):
+        return f"param 'gates' must be an object of gate name -> threshold, got {overrides!r}"
+    bad = [name for name in overrides or {} if name not in gates]
+    if bad:
+        return (f"unknown gate{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} in param 'gates'; "
+                f"known gates: {', '.join(gates)}")
+    return None
+
+
+def check_conf(task_id: str = "check_conf"):
+    """A light first task (Airflow venv, no subprocess): refuse a run whose conf has a key that is not one of
+    the DAG's params, or a gate name that does not exist, before anything runs (no retry: waiting cannot fix
+    a typo). Misspelt keys would otherwise be ignored silently."""
+    from airflow.sdk import task
+    from airflow.sdk.exceptions import AirflowFailException
+
+    @task(task_id=task_id, retries=0)
+    def _check_conf(**context) -> dict:
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        known = list(context["dag"].params.keys())
+        problem = unknown_conf(conf, known)
+        if problem:
+            raise AirflowFailException(problem)
+        given = {key: conf[key] for key in conf}
+        print("conf ok: " + (", ".join(f"{key}={value!r}" for key, value in given.items()) or "no params given"))
+        return {"conf_keys": sorted(given)}
+
+    return _check_conf()

@@ -74,6 +74,7 @@ class NightshiftLocalOperator(BaseOperator):
         env = dict(os.environ)
         env.setdefault("NIGHTSHIFT_HOME", str(settings.home()))
         env["PYTHONUNBUFFERED"] = "1"
+        env["NIGHTSHIFT_LOG_TIMESTAMPS"] = "0"  # each line gets the task log's timestamp: no second one
         webhook = chat_webhook_url(self.chat_conn_id)
         if webhook:  # through the environment only: never on a command line that `ps` or the log shows
             env["NIGHTSHIFT_WEBHOOK_URL"] = webhook
@@ -108,8 +109,13 @@ class NightshiftLocalOperator(BaseOperator):
             if result is None and self.require_result:
                 raise AirflowException(f"nightshift {stage} exited 0 without a NIGHTSHIFT_RESULT line")
             return result
-        raise stage_failure(AirflowFailException if code in FAIL_FAST else AirflowException, stage, code, result,
-                            list(tail))
+        failure = stage_failure(AirflowFailException if code in FAIL_FAST else AirflowException, stage, code, result,
+                                list(tail))
+        # said here, in the task's own log lines, rather than only in the traceback and the callback's alert
+        # that Airflow folds under "Post Execute"
+        for line in str(failure).splitlines():
+            self.log.error("%s", line)
+        raise failure
 
     def on_kill(self) -> None:
         proc = self._proc

@@ -26,6 +26,45 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PAS
               "NIGHTSHIFT_WEBHOOK_URL")
 
 log = logging.getLogger(__name__)
+# loggers that may print the webhook URL while we post: slack_sdk logs "Going to retry the same request:
+# POST <full URL>" on a retry, urllib3 its retries with the URL's path. Their records pass through
+# _RedactFilter, and slack_sdk's INFO chatter is quietened.
+HTTP_LOG = "nightshift_airflow.notifier.http"  # the logger slack_sdk's client gets
+HTTP_LOGGERS = (HTTP_LOG, "slack_sdk", "slack_sdk.webhook.client", "slack_sdk.webhook.async_client", "slack_sdk.http_retry",
+                "urllib3", "urllib3.connectionpool", "urllib3.util.retry")
+
+
+class _RedactFilter(logging.Filter):
+    """Rewrite a log record's message without the webhook URL, its token or any secret from SECRET_ENV."""
+
+    def __init__(self) -> None:
+        super().__init__("nightshift-redact")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to fix
+            return True
+        clean = redact(message, sorted(self.secrets | {os.environ.get(n, "") for n in SECRET_ENV}, key=len,
+                                       reverse=True))
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_REDACT = _RedactFilter()
+
+
+def protect_http_logs(*secrets: str) -> None:
+    """Make sure the HTTP client loggers cannot print `secrets` (the webhook URL and its token path)."""
+    _REDACT.secrets.update(s for s in secrets if s)
+    for name in HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+        if name in (HTTP_LOG, "slack_sdk") and logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 class NightshiftChatNotifier(BaseNotifier):
@@ -71,6 +110,8 @@ class NightshiftChatNotifier(BaseNotifier):
             error = exception or context.get("reason") or "unknown error (see the task log)"
             record["error"] = _clip(str(error))
             stage = _stage_result(exception, ti)
+            if stage.get("run_id") and stage["run_id"] != record["run_id"]:
+                record["store_key"] = str(stage["run_id"])  # where the stage's outputs are: runs/<store_key>/
             failures = [f for f in stage.get("failures") or [] if not (isinstance(f, dict) and f.get("passed"))]
             if failures:
                 record["failures"] = [failure_text(f) for f in failures]
@@ -82,12 +123,14 @@ class NightshiftChatNotifier(BaseNotifier):
             result = _task_result(ti)
             if result is not None:
                 record["result"] = _clip(json.dumps(result, default=str, sort_keys=True))
+                record["result_lines"] = readable(result)
         secrets = [os.environ.get(name, "") for name in SECRET_ENV]
         for key in ("error", "result", "log_url", *(key for key, _ in LINKS)):
             if record.get(key):
                 record[key] = redact(record[key], secrets)
-        if "failures" in record:
-            record["failures"] = [redact(line, secrets) for line in record["failures"]]
+        for key in ("failures", "result_lines"):
+            if key in record:
+                record[key] = [redact(line, secrets) for line in record[key]]
         record["text"] = self.text(record)
         return record
 
@@ -95,7 +138,8 @@ class NightshiftChatNotifier(BaseNotifier):
     def text(record: dict[str, Any]) -> str:
         icon, verb = (":red_circle:", "failed") if record["event"] == "failure" else (":large_green_circle:", "succeeded")
         lines = [f"{icon} Nightshift *{record['dag_id']}* {verb} at task *{record['task_id']}*",
-                 f"run: `{record['run_id']}`"]
+                 f"run: `{record['run_id']}`" + (f" (store key `{record['store_key']}`)" if record.get("store_key")
+                                                 else "")]
         failures = record.get("failures") or []
         if failures:  # the checks say it all; of the error keep the headline ("nightshift gate: gate refused")
             lines.append(record["error"].splitlines()[0] if record.get("error") else "")
@@ -105,8 +149,8 @@ class NightshiftChatNotifier(BaseNotifier):
                 lines.append(f"• ... and {len(failures) - MAX_FAILURES} more (see the report)")
         elif record.get("error"):
             lines.append("```" + record["error"] + "```")
-        if record.get("result"):
-            lines.append("result: `" + record["result"] + "`")
+        if record.get("result_lines"):  # a success's result as "key: value" lines, never a raw dict
+            lines.extend(record["result_lines"])
         if record.get("log_url"):
             lines.append(f"log: {_link(record['log_url'], 'task log')}")
         for key, label in LINKS:
@@ -140,7 +184,18 @@ class NightshiftChatNotifier(BaseNotifier):
                 return None
             from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
-            return SlackWebhookHook(slack_webhook_conn_id=self.conn_id, timeout=10)
+            from nightshift_airflow.local import chat_webhook_url
+
+            url = chat_webhook_url(self.conn_id)
+            if url:
+                protect_http_logs(url, url.split("://", 1)[-1].split("/", 1)[-1])  # the URL and its path
+            else:
+                protect_http_logs()
+            # slack_sdk logs through the logger it is given (by default the hook's, which is not a stdlib logger
+            # and would print "Going to retry the same request: POST <full URL>"): give it one that redacts.
+            # Retries are ours (self.attempts), so slack_sdk's own retry handlers are off.
+            return SlackWebhookHook(slack_webhook_conn_id=self.conn_id, timeout=10, retry_handlers=[],
+                                    logger=logging.getLogger(HTTP_LOG))
         except Exception as exc:
             log.warning("nightshift notifier: chat connection %r unusable (%s); using the alert sink",
                         self.conn_id, type(exc).__name__)
@@ -170,6 +225,28 @@ class NightshiftChatNotifier(BaseNotifier):
             log.info("nightshift alert -> %s:\n%s", path, record["text"])
         except OSError as exc:
             log.error("nightshift notifier: cannot write the alert sink %s (%s):\n%s", path, exc, record["text"])
+
+
+# bookkeeping keys of a stage result that say nothing to a reader
+_QUIET_KEYS = {"input_signature", "exit_code", "status", "duration_s", "stage", "run_id"}
+
+
+def readable(result: Any, prefix: str = "", limit: int = 20) -> list[str]:
+    """A task result as `key: value` lines (nested keys joined with '.'), for people rather than parsers."""
+    if not isinstance(result, dict):
+        return [f"{prefix or 'result'}: {result}"]
+    lines: list[str] = []
+    for key, value in result.items():
+        if key in _QUIET_KEYS and not prefix:
+            continue
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            lines.extend(readable(value, name, limit))
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"{name}: " + ", ".join(map(str, value)))
+        else:
+            lines.append(f"{name}: {value if value is not None else '-'}")
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 def _log_url(ti) -> str | None:

@@ -97,6 +97,10 @@ def env_vars() -> list[k8s.V1EnvVar]:
         k8s.V1EnvVar(name="XDG_CACHE_HOME", value=f"{WORKSPACE}/.cache"),
         k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib"),
         k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+        k8s.V1EnvVar(name="NIGHTSHIFT_LOG_TIMESTAMPS", value="0"),  # the task log stamps each line already
+        # Airflow's own run id and DAG, shown in chat beside the store key (rendered by KPO's env_vars template)
+        k8s.V1EnvVar(name="AIRFLOW_CTX_DAG_RUN_ID", value="{{ run_id }}"),
+        k8s.V1EnvVar(name="AIRFLOW_CTX_DAG_ID", value="{{ dag.dag_id }}"),
     ]
 
 

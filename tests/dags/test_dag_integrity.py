@@ -16,7 +16,7 @@ DAGS, PLUGINS = REPO / "dags", REPO / "plugins"
 
 pytestmark = pytest.mark.airflow
 
-RETRAIN_ORDER = ["ingest", "validate", "snapshot", "changed", "branch_on_change", "train", "evaluate", "gate",
+RETRAIN_ORDER = ["check_conf", "check", "ingest", "validate", "snapshot", "changed", "branch_on_change", "train", "evaluate", "gate",
                  "export", "promote", "notify"]
 
 
@@ -51,7 +51,8 @@ def test_rollback_dag_settings(dagbag):
     task = dag.get_task("rollback")
     assert task.arguments[0] == "rollback"
     assert "--run-id" not in task.arguments
-    assert task.on_success_callback, "a rollback must be announced on success too"
+    # the rollback tool announces itself, in words; a success callback would announce it a second time
+    assert not task.on_success_callback
 
 
 def _param_schema(dag, name):
@@ -64,13 +65,13 @@ def test_retrain_params(dagbag):
     dag = dagbag.dags["nightshift_retrain"]
     assert set(dag.params.keys()) == {"source", "format", "model", "epochs", "gates", "override_reason", "force"}
     defaults = dag.params.dump()
-    assert defaults == {"source": "", "format": None, "model": "", "epochs": None, "gates": {},
-                        "override_reason": "", "force": False}
-    assert _param_schema(dag, "source")["type"] == "string"
-    assert _param_schema(dag, "force")["type"] == "boolean"
+    assert defaults == {"source": None, "format": None, "model": None, "epochs": None, "gates": None,
+                        "override_reason": None, "force": False}
+    assert _param_schema(dag, "source")["type"] == ["null", "string"]
+    assert _param_schema(dag, "force")["type"] == ["null", "boolean"]
     assert set(_param_schema(dag, "format")["enum"]) == {None, "coco", "voc", "yolo", "labelme", "cvat", "kitti"}
     assert _param_schema(dag, "epochs")["type"] == ["null", "integer"] and _param_schema(dag, "epochs")["minimum"] == 1
-    assert _param_schema(dag, "gates")["type"] == "object"
+    assert _param_schema(dag, "gates")["type"] == ["null", "object"]
 
     def check(name, value):
         param = dag.params.get_param(name)
@@ -79,9 +80,57 @@ def test_retrain_params(dagbag):
     assert check("epochs", 3) == 3
     assert check("gates", {"map_min": 0.3, "map50_min": 0.5}) == {"map_min": 0.3, "map50_min": 0.5}
     for name, bad in [("epochs", 0), ("epochs", "three"), ("format", "pascal"), ("gates", {"map_min": "high"}),
-                      ("force", "yes")]:
+                      ("gates", {"map50": 0.5}), ("force", "yes")]:
         with pytest.raises(ParamValidationError):
             check(name, bad)
+
+
+def test_trigger_form_runs_with_every_field_empty(dagbag):
+    """Airflow 3's trigger form marks a param required when its schema type does not include "null" and then
+    keeps Trigger disabled while the field is empty (ui/src FlexibleForm: isRequired). No retrain param may be
+    required; every one explains itself, and a choice list shows words, not `null`."""
+    dag = dagbag.dags["nightshift_retrain"]
+    for name in dag.params.keys():
+        param = dag.params.get_param(name)
+        schema = param.schema
+        assert isinstance(schema["type"], list) and "null" in schema["type"], f"{name} would be required in the form"
+        assert schema.get("title") and param.description, name
+        assert param.resolve(value=None) is None or name == "force", name  # empty passes validation
+        if "enum" in schema:
+            labels = schema["values_display"]
+            assert all(labels.get("null" if v is None else v) for v in schema["enum"]), labels
+            assert "null" not in labels.values() and "None" not in labels.values()
+
+
+def test_gate_names_match_pipeline_gate():
+    """settings.GATES duplicates pipeline.stages.gate.GATES (the Airflow venv cannot import the pipeline)."""
+    from nightshift_airflow import settings
+
+    source = (REPO / "pipeline" / "stages" / "gate.py").read_text()
+    block = source[source.index("GATES = {g.name"):source.index("DEPLOYMENT_GATES")]
+    import re
+
+    assert tuple(re.findall(r'Gate\("(\w+)"', block)) == settings.GATES
+
+
+@pytest.mark.parametrize("conf, problem", [
+    ({}, None),
+    (None, None),
+    ({"epochs": 3, "gates": {"map50_min": 0.99}}, None),
+    ({"epochz": 5}, "unknown param 'epochz' in the run's conf; known params: source, format"),
+    ({"gates": {"map50": 0.5}}, "unknown gate 'map50' in param 'gates'; known gates: map_min, map50_min"),
+    ({"gates": [1]}, "param 'gates' must be an object"),
+    ([1, 2], "conf must be a JSON object"),
+])
+def test_unknown_conf_names_the_key_and_the_known_ones(dagbag, conf, problem):
+    from nightshift_airflow.factory import unknown_conf
+
+    known = list(dagbag.dags["nightshift_retrain"].params.keys())
+    found = unknown_conf(conf, known)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem), found
 
 
 def test_formats_match_pipeline_config():
@@ -107,7 +156,8 @@ def test_every_task_retries_and_alerts(dagbag, dag_id):
     from nightshift_airflow import NightshiftChatNotifier
 
     for task in dagbag.dags[dag_id].tasks:
-        assert task.retries == 1, task.task_id
+        # params are judged once: waiting five minutes cannot fix a typo
+        assert task.retries == (0 if task.task_id in ("check_conf", "check") else 1), task.task_id
         assert task.retry_delay == timedelta(minutes=5), task.task_id
         callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
         assert any(type(cb).__name__ == NightshiftChatNotifier.__name__ for cb in callbacks), task.task_id
@@ -133,6 +183,9 @@ def test_stage_tasks_use_the_one_factory(dagbag):
     for task in dag.tasks:
         if task.task_id == "branch_on_change":
             assert task.task_type.startswith("_BranchPython")
+            continue
+        if task.task_id == "check_conf":  # light: runs in the Airflow worker, no subprocess
+            assert task.task_type.startswith("_Python")
             continue
         assert type(task).__name__ == NightshiftLocalOperator.__name__, task.task_id
         assert task.arguments[:3] == [task.task_id, "--run-id", "{{ run_id }}"]

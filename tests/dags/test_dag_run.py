@@ -33,7 +33,7 @@ sys.exit(code)
 """
 
 
-def test_retrain_runs_to_a_refused_gate_and_alerts(tmp_path):
+def _airflow(tmp_path):
     fake = tmp_path / "nightshift"
     fake.write_text(FAKE.format(python=sys.executable))
     fake.chmod(0o755)
@@ -45,6 +45,11 @@ def test_retrain_runs_to_a_refused_gate_and_alerts(tmp_path):
                FAKE_TRACE=str(trace))
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=240)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
+    return airflow, env, trace
+
+
+def test_retrain_runs_to_a_refused_gate_and_alerts(tmp_path):
+    airflow, env, trace = _airflow(tmp_path)
     conf = {"epochs": 2, "gates": {"map50_min": 0.5}, "override_reason": "trial"}
     run = subprocess.run([airflow, "dags", "test", "nightshift_retrain", "-c", json.dumps(conf)],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -52,12 +57,25 @@ def test_retrain_runs_to_a_refused_gate_and_alerts(tmp_path):
     assert run.returncode == 1, log[-3000:]
 
     calls = [json.loads(line) for line in trace.read_text().splitlines()]
-    assert [c[0] for c in calls] == ["ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate"]
+    assert [c[0] for c in calls] == ["check", "ingest", "validate", "snapshot", "changed", "train", "evaluate",
+                                     "gate"]
     assert "train.epochs=2" in calls[0] and 'gates.overrides={"map50_min": 0.5}' in calls[0]
-    assert calls[3][-2:] == ["--force", "false"]
+    assert calls[4][-2:] == ["--force", "false"]
     assert "up_for_retry" not in log  # exit 4 fails fast although the task has retries=1
 
     (alert,) = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert alert["dag_id"] == "nightshift_retrain" and alert["task_id"] == "gate"
     assert "map50_min" in alert["error"] and "gate refused" in alert["error"]
     assert alert["run_id"].startswith("manual__") and "/dags/nightshift_retrain/runs/" in alert["log_url"]
+
+
+def test_a_misspelt_param_is_refused_before_any_stage_runs(tmp_path):
+    airflow, env, trace = _airflow(tmp_path)
+    run = subprocess.run([airflow, "dags", "test", "nightshift_retrain", "-c", json.dumps({"epochz": 5})],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 1, log[-3000:]
+    assert not trace.exists(), "no nightshift stage may run for a conf with an unknown key"
+    (alert,) = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert alert["task_id"] == "check_conf"
+    assert "unknown param 'epochz'" in alert["error"] and "known params: source, format, model, epochs" in alert["error"]

@@ -63,7 +63,7 @@ def test_every_stage_task_is_a_pod(k8s_dagbag):
     for dag_id in ("nightshift_retrain", "nightshift_rollback"):
         dag = k8s_dagbag.dags[dag_id]
         not_pods = {t.task_id for t in dag.tasks if type(t).__name__ != "NightshiftPodOperator"}
-        assert not_pods == ({"branch_on_change"} if dag_id == "nightshift_retrain" else set())
+        assert not_pods == ({"check_conf", "branch_on_change"} if dag_id == "nightshift_retrain" else set())
     assert k8s_dagbag.import_errors == {}
 
 

@@ -217,7 +217,7 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
                          timeout=180, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     parsed = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(parsed) == set(commands) and len(parsed) == 11
+    assert set(parsed) == set(commands) and len(parsed) == 12
     for name, values in parsed.items():
         if name.startswith("nightshift_retrain."):
             assert values == {"source": "s3://bucket/night: 1/it's \"quoted\"", "format": "kitti", "model": "yes",

@@ -138,7 +138,8 @@ def test_success_event_carries_the_result(notifier_cls, context, monkeypatch, tm
     notifier_cls(event="success")(context(exception=None))
     (record,) = _sink_lines(sink)
     assert record["event"] == "success" and '"version": 7' in record["result"] and "error" not in record
-    assert "succeeded" in record["text"]
+    assert "succeeded" in record["text"] and "version: 7" in record["text"]
+    assert "{" not in record["text"], record["text"]  # readable lines, not the raw JSON
 
 
 # -- failed gates and links ----------------------------------------------------------------------------------
@@ -280,3 +281,80 @@ def _jinja():
     import jinja2
 
     return jinja2.Environment()
+
+
+# -- no secret in any log, whatever the receiver does ----------------------------------------------------------
+
+class FlakyWebhook(Webhook):
+    """Answers 500 to the first `failures` posts (slack_sdk and our own retry both kick in), then 200."""
+
+    def __init__(self, failures):
+        super().__init__(status=500)
+        self.failures = failures
+        outer = self
+        handler = self.server.RequestHandlerClass
+        original = handler.do_POST
+
+        def do_post(req):
+            outer.status = 500 if len(outer.posts) < outer.failures else 200
+            original(req)
+
+        handler.do_POST = do_post
+
+
+@pytest.mark.parametrize("receiver", ["dead", "500", "500-then-ok"])
+def test_no_webhook_url_in_any_log_under_failures(notifier_cls, context, monkeypatch, tmp_path, free_port,
+                                                  secret_sentinel, caplog, capfd, receiver):
+    """Every log record at DEBUG and everything printed, under a dead receiver, a 500-answering one and one
+    that recovers: the webhook token (a sentinel) never appears; the alert still lands somewhere."""
+    import logging
+
+    sink = tmp_path / "alerts.jsonl"
+    monkeypatch.setenv("NIGHTSHIFT_ALERT_SINK", str(sink))
+    caplog.set_level(logging.DEBUG)
+    for name in ("slack_sdk", "urllib3"):  # as chatty as a deployment could make them
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.DEBUG)
+    if receiver == "dead":
+        _use_webhook(monkeypatch, f"http://127.0.0.1:{free_port()}/services/T/B/{secret_sentinel}")
+        notifier_cls(attempts=2, retry_delay=0.01)(context())
+        delivered = False
+    else:
+        with (Webhook(status=500) if receiver == "500" else FlakyWebhook(failures=1)) as hook:
+            _use_webhook(monkeypatch, hook.url[: -len("X")] + secret_sentinel)
+            notifier_cls(attempts=2, retry_delay=0.01)(context())
+        delivered = receiver != "500"
+        assert hook.posts and hook.posts[-1]["path"].endswith(secret_sentinel)
+    logged = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records)
+    out, err = capfd.readouterr()
+    everything = "\n".join([logged, out, err, sink.read_text() if sink.exists() else ""])
+    assert secret_sentinel not in everything
+    assert "/services/T/B/" not in logged + out + err or "/services/T/B/***" in logged + out + err
+    assert delivered or _sink_lines(sink)[-1]["webhook_failed"] is True
+
+
+def test_http_client_loggers_redact_the_webhook_url(caplog, secret_sentinel, dagbag):
+    """urllib3 logs its retries with the URL at WARNING: once protected, its records carry no token."""
+    import logging
+
+    from nightshift_airflow.notifier import HTTP_LOG, protect_http_logs
+
+    url = f"http://127.0.0.1:9/services/T/B/{secret_sentinel}"
+    protect_http_logs(url, url.split("://", 1)[-1].split("/", 1)[-1])
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("urllib3.connectionpool").warning(
+        "Retrying (Retry(total=2)) after connection broken by 'NewConnectionError': /services/T/B/%s", secret_sentinel)
+    logging.getLogger(HTTP_LOG).error("Going to retry the same request: POST %s", url)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and all(secret_sentinel not in m for m in messages), messages
+    assert messages[1].startswith("Going to retry the same request: POST ") and messages[1].endswith("***")
+
+
+def test_failure_alert_shows_airflows_run_id_beside_the_store_key(notifier_cls, context, monkeypatch, tmp_path):
+    from nightshift_airflow.command import stage_failure
+    from airflow.sdk.exceptions import AirflowFailException
+
+    result = {"status": "rejected", "exit_code": 3, "run_id": "scheduled__2026-11-25T02_00_00",
+              "error": "gates.overrides: map50_min: override relaxes map50_min 0.5 -> 0.1"}
+    exc = stage_failure(AirflowFailException, "check", 3, result)
+    text = _sent(notifier_cls, context(exception=exc), monkeypatch, tmp_path)
+    assert "run: `scheduled__2026-11-25T02:00:00` (store key `scheduled__2026-11-25T02_00_00`)" in text

@@ -182,7 +182,7 @@ def test_network_policies_default_deny_and_allow_the_flows():
     assert ports_to("stage-egress", "triton") == {8000, 8001}
     assert ports_to("mlflow", "postgres") == {5432} and ports_to("triton", "minio") == {9000}
     stage_components = next(e["values"] for e in policies["stage-egress"]["podSelector"]["matchExpressions"])
-    stages = {"ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
+    stages = {"check", "ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
               "notify", "rollback"}
     assert stages <= set(stage_components)
     # DDP: train pods reach each other on every port (NCCL), and nothing else is opened to them

@@ -1,0 +1,105 @@
+"""check: the run's parameters, judged in seconds before anything heavy runs.
+
+The first stage of the retrain DAG. It fails fast, with one line naming the parameter, on what would
+otherwise fail minutes (or hours) later:
+
+- gate overrides: unknown gate names, and a relaxed threshold without `override_reason`;
+- the model: a name the model registry (pipeline.training.models) does not know, or not a detector;
+- the source: a local path that does not exist, or an s3:// prefix that is empty or whose endpoint does not
+  answer (exit 5 when the endpoint is unreachable, 3 when it answers but the prefix is empty).
+
+Reads nothing of the dataset itself (ingest does) and writes only its result.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pipeline.config import Config
+from pipeline.context import RunContext
+from pipeline.errors import InfrastructureError, InputRejected
+
+UPSTREAM = ()
+SKIP_IF_DONE = False  # cheap; a re-run with other params must be judged again
+
+log = logging.getLogger(__name__)
+S3_TIMEOUT_S = 5  # connect and read timeout of the one listing call
+
+
+def check_gates(cfg: Config) -> dict:
+    """The run's thresholds and relaxed gates; InputRejected naming the trigger param when they are refused."""
+    from pipeline.stages.gate import resolve_thresholds
+
+    thresholds, relaxed = resolve_thresholds(cfg.gates)
+    return {"thresholds": thresholds, "relaxed": relaxed}
+
+
+def check_model(cfg: Config) -> str:
+    from pipeline.training.models import MODELS
+
+    name = cfg.train.model
+    spec = MODELS.get(name)
+    detectors = sorted(n for n, s in MODELS.items() if s.task == "detection")
+    if spec is None or spec.task != "detection":
+        why = "unknown model" if spec is None else f"{name!r} is a {spec.task} model, not a detector"
+        raise InputRejected(f"{why}; known detectors: {', '.join(detectors)}", path="train.model (trigger param `model`)",
+                            field=name)
+    return name
+
+
+def check_source(cfg: Config) -> str:
+    """'demo', 'local' or 's3' after making sure the source is there to read."""
+    source = cfg.data.source
+    if not source:
+        return "demo"
+    if source.startswith("s3://"):
+        _check_s3(source, cfg.data.source_endpoint_url)
+        return "s3"
+    if "://" in source:
+        raise InputRejected("only local paths and s3:// URIs are supported", path="data.source (trigger param `source`)",
+                            field=source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputRejected("no such file or directory", path="data.source (trigger param `source`)", field=source)
+    return "local"
+
+
+def _check_s3(source: str, endpoint_url: str) -> None:
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+    parsed = urlparse(source)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    client = boto3.client("s3", endpoint_url=endpoint, config=BotoConfig(
+        retries={"max_attempts": 1}, connect_timeout=S3_TIMEOUT_S, read_timeout=S3_TIMEOUT_S))
+    where = "data.source (trigger param `source`)"
+    try:
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except EndpointConnectionError:
+        raise InfrastructureError(f"{where}: the S3 endpoint does not answer", uri=endpoint or "AWS S3") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise InputRejected(f"cannot list the S3 prefix ({code})", path=where, field=source) from None
+    except BotoCoreError as exc:
+        raise InfrastructureError(f"{where}: S3 did not answer ({type(exc).__name__})",
+                                  uri=endpoint or "AWS S3") from None
+    if not listing.get("KeyCount"):
+        raise InputRejected("no objects under this S3 prefix", path=where, field=source)
+
+
+def run(cfg: Config, ctx: RunContext) -> dict:
+    gates = check_gates(cfg)
+    model = check_model(cfg)
+    source = check_source(cfg)
+    overrides = dict(cfg.gates.overrides)
+    if overrides:
+        log.info("gate overrides for this run: %s%s", ", ".join(f"{k}={v:g}" for k, v in overrides.items()),
+                 f" (reason: {cfg.gates.override_reason})" if cfg.gates.override_reason else "")
+    log.info("params ok: model %s, source %s, %d gate thresholds", model, cfg.data.source or "(demo set)",
+             len(gates["thresholds"]))
+    return {"model": model, "source": cfg.data.source, "source_kind": source, "overrides": overrides,
+            "override_reason": cfg.gates.override_reason, "relaxed": gates["relaxed"]}
