@@ -9,7 +9,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 export UV_LINK_MODE ?= copy
 
 SOURCE ?=
-FORMAT ?= coco
+FORMAT ?= auto
 CONF ?=
 
 .PHONY: help envs browser demo run test test-pipeline test-dags test-integration bench airflow-ui mlflow-ui clean
@@ -55,7 +55,7 @@ browser:  ## install Debian's chromium for the trigger-form test, when it is mis
 demo: envs  ## run the nightly DAG end to end on the generated demo dataset
 	bash scripts/airflow_local.sh dags-test '$(CONF)'
 
-run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> FORMAT=<coco|voc|yolo|labelme|cvat|kitti>
+run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> FORMAT=<auto|coco|voc|yolo|labelme|cvat|kitti> (default auto)
 	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format>"; exit 2; }
 	bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
 

@@ -22,9 +22,11 @@ PARAMS = {
     "source": Param(None, type=["null", "string"], title="Dataset source",
                     description="Dataset export to ingest: a directory, a .zip/.tar(.gz) archive or an s3:// "
                                 "prefix. Empty: the config's data.source (the generated demo set by default)."),
-    "format": Param(None, type=["null", "string"], enum=[None, *settings.FORMATS], title="Annotation format",
-                    values_display={"null": FROM_CONFIG, **{f: f for f in settings.FORMATS}},
-                    description="Annotation format of the source. Empty: the config's data.format."),
+    "format": Param(None, type=["null", "string"], enum=[None, *settings.FORMAT_CHOICES], title="Annotation format",
+                    values_display={"null": FROM_CONFIG, "auto": "auto (detect it)",
+                                    **{f: f for f in settings.FORMATS}},
+                    description="Annotation format of the source; auto detects it from the files. "
+                                "Empty: the config's data.format."),
     "model": Param(None, type=["null", "string"], title="Model",
                    description="Detector from the model registry, e.g. ssdlite320_mobilenet_v3_large. "
                                "Empty: the config's train.model."),

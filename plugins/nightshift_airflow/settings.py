@@ -11,6 +11,8 @@ from pathlib import Path
 RUNNERS = ("local", "kubernetes")
 # data.format choices; tests/dags check this tuple against pipeline/config.py (the Airflow venv has no pipeline)
 FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
+# what the trigger form offers: "auto" detects the format and layout from the export (pipeline/formats/layout.py)
+FORMAT_CHOICES = ("auto", *FORMATS)
 # gate names a run may override; tests/dags check this tuple against pipeline/stages/gate.py's GATES
 GATES = ("map_min", "map50_min", "max_regression", "per_class_max_regression", "latency_p95_ms_max",
          "model_size_mb_max")

@@ -69,7 +69,7 @@ def test_retrain_params(dagbag):
                         "override_reason": None, "force": False}
     assert _param_schema(dag, "source")["type"] == ["null", "string"]
     assert _param_schema(dag, "force")["type"] == ["null", "boolean"]
-    assert set(_param_schema(dag, "format")["enum"]) == {None, "coco", "voc", "yolo", "labelme", "cvat", "kitti"}
+    assert set(_param_schema(dag, "format")["enum"]) == {None, "auto", "coco", "voc", "yolo", "labelme", "cvat", "kitti"}
     assert _param_schema(dag, "epochs")["type"] == ["null", "integer"] and _param_schema(dag, "epochs")["minimum"] == 1
     assert _param_schema(dag, "gates")["type"] == ["null", "object"]
 
@@ -134,15 +134,19 @@ def test_unknown_conf_names_the_key_and_the_known_ones(dagbag, conf, problem):
 
 
 def test_formats_match_pipeline_config():
-    """settings.FORMATS duplicates pipeline.config.FORMATS (the Airflow venv cannot import the pipeline)."""
+    """settings.FORMATS duplicates pipeline.config.FORMATS (the Airflow venv cannot import the pipeline),
+    and the trigger form offers exactly the config's choices ("auto" first)."""
     from nightshift_airflow import settings
 
     tree = ast.parse((REPO / "pipeline" / "config.py").read_text())
+    found = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FORMATS" for t in node.targets):
-            assert tuple(ast.literal_eval(node.value)) == settings.FORMATS
-            return
-    pytest.fail("pipeline/config.py defines no FORMATS")
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("FORMATS", "FORMAT_CHOICES"):
+            found[node.targets[0].id] = node
+    assert "FORMATS" in found, "pipeline/config.py defines no FORMATS"
+    assert tuple(ast.literal_eval(found["FORMATS"].value)) == settings.FORMATS
+    assert settings.FORMAT_CHOICES == ("auto", *settings.FORMATS)
+    assert "FORMAT_CHOICES" in found and ast.unparse(found["FORMAT_CHOICES"].value) == "('auto', *FORMATS)"
 
 
 def test_rollback_params(dagbag):
