@@ -238,7 +238,9 @@ def _checks(tables: dict, coco: dict, cfg: ValidateConfig) -> list[dict]:
         ("has_categories", "summary", "the dataset declares at least one category",
          E.ExpectColumnValuesToBeBetween(column="classes", min_value=1)),
     ]
-    out = [{"name": n, "table": t, "description": d, "expectation": e, "severity": "failure"}
+    stats = "warning" if cfg.class_stats_action == "warn" else "failure"
+    out = [{"name": n, "table": t, "description": d, "expectation": e,
+            "severity": stats if n in ("min_annotations_per_class", "class_balance") else "failure"}
            for n, t, d, e in checks]
     out.append({"name": "declared_classes_used", "table": "classes", "severity": "warning",
                 "description": "every declared class has at least one box (unused ones are left out of the "

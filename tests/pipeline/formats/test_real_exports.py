@@ -32,7 +32,7 @@ REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or next(
     (p for p in (ROOT / "shared" / "fixtures" / "real", ROOT.parent / "shared" / "fixtures" / "real") if p.is_dir()),
     ROOT / "shared" / "fixtures" / "real"))
 
-TINY = ("min_images_per_split", "min_annotations_per_class")
+TINY = ("min_images_per_split",)  # the per-class minimum and balance only warn by default
 # folder: (format, export inside the folder, provenance, checks that fail on the real data under the defaults)
 REAL = {
     "bccd": ("voc", "BCCD", "github.com/Shenggan/BCCD_Dataset @ d272fb14 (MIT), whole repository: labelImg VOC one "
@@ -44,7 +44,7 @@ REAL = {
                                           "VOC as annots/ + images/, one truncated JPEG", ()),
     "coco128-yolo": ("yolo", ".", "github.com/lightly-ai/coco128_yolo @ 6d6f7a05, object_detection/ with its images "
                                   "symlink resolved: Ultralytics config.yaml, names as a dict",
-                     ("min_annotations_per_class", "class_balance")),
+                     ()),
     "raccoon-roboflow-coco": ("coco", ".", "github.com/Ikwus/raccoon @ 67a03b8a (MIT, Roboflow export): "
                                            "_annotations.coco.json with the unused supercategory class", ()),
     # Labelme's examples are 1 to 3 images: too few for the default split and per-class minimums

@@ -106,7 +106,8 @@ def test_thresholds_come_from_the_config(capsys, dataset, tmp_path):
     # a tolerance of 0 and impossible minimums reject it
     code, _, err = run(capsys, "validate", "--dataset", dataset, "--report-dir", report_dir,
                        "--set", "validate.max_bad_fraction=0", "--set", "validate.min_images_per_split={train: 1000}",
-                       "--set", "validate.min_annotations_per_class=1000", "--set", "validate.max_class_imbalance=1.0")
+                       "--set", "validate.min_annotations_per_class=1000", "--set", "validate.max_class_imbalance=1.0",
+                       "--set", "validate.class_stats_action=fail")
     assert code == 3
     failed = set(json.loads((report_dir / "report.json").read_text())["failed_checks"])
     assert {"box_right_inside", "min_images_per_split", "min_annotations_per_class", "class_balance"} <= failed

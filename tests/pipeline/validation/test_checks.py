@@ -55,7 +55,7 @@ def test_minimum_lists_classes_with_counts_and_box_messages_name_the_source_line
 
     ds = _dataset(tmp_path / "d", {"car": 20, "person": 3, "bike": 1}, declared_only=[], outside=4)
     code = main(["validate", "--dataset", str(ds), "--set", "validate.max_bad_fraction=0",
-                 "--set", "validate.max_class_imbalance=10"])
+                 "--set", "validate.max_class_imbalance=10", "--set", "validate.class_stats_action=fail"])
     err = capsys.readouterr().err
     assert code == 3
     assert ("min_annotations_per_class: every class in use has >= 5 boxes in train (2 of 3 rows): "
@@ -65,3 +65,15 @@ def test_minimum_lists_classes_with_counts_and_box_messages_name_the_source_line
     # annotations[4] is img4's first box: the message names the label file and line, then the canonical row
     assert "export/labels/train/img4.txt: line 1: image img4.png (40 x 30), box [x, y, w, h] [35.0, 2.0, 50.0, 8.0] " \
            "(canonical annotations.json annotations[4])" in err
+
+
+def test_rare_and_imbalanced_classes_warn_by_default_and_fail_when_asked(tmp_path):
+    """Real exports are imbalanced (COCO128: ratio 302, 12 classes under 5 train boxes): by default both checks
+    are named warnings; class_stats_action=fail makes them stop the run."""
+    ds = _dataset(tmp_path / "d", {"car": 200, "person": 3, "bike": 1}, declared_only=[])
+    report = validate_dataset(ds, ValidateConfig())
+    assert report["passed"], report["failed_checks"]
+    assert {"min_annotations_per_class", "class_balance"} <= set(report["warnings"])
+    strict = validate_dataset(ds, ValidateConfig(class_stats_action="fail"))
+    assert not strict["passed"]
+    assert {"min_annotations_per_class", "class_balance"} <= set(strict["failed_checks"])
