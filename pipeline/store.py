@@ -22,6 +22,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import urlparse
 
+from pipeline.errors import ConfigError, InfrastructureError
+
 _log = logging.getLogger(__name__)
 
 
@@ -45,8 +47,6 @@ def _limit(name: str) -> float:
     except ValueError:
         value = float("nan")
     if not (value > 0 and value < float("inf")):
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"{name}={raw!r}: must be a positive number of seconds")
     return value
 
@@ -75,6 +75,11 @@ def s3_client(endpoint_url: str = ""):
 
 class S3NotFound(Exception):
     """A definite "no such object" (404 / NoSuchKey) from S3."""
+
+
+
+class NoSuchBucket(InfrastructureError):
+    """The bucket itself does not exist: a misconfiguration, reported at once (no retries)."""
 
 
 def s3_error_code(exc: BaseException) -> str | None:
@@ -111,8 +116,6 @@ def s3_call(fn, what: str, uri: str, budget_s: float | None = None, log=None):
     """
     import random
 
-    from pipeline.errors import InfrastructureError
-
     budget = _limit("NIGHTSHIFT_S3_RETRY_BUDGET_S") if budget_s is None else budget_s
     start = time.monotonic()
     attempt = 0
@@ -126,8 +129,7 @@ def s3_call(fn, what: str, uri: str, budget_s: float | None = None, log=None):
                 raise S3NotFound(uri) from None
             if code == "NoSuchBucket":
                 bucket = urlparse(uri).netloc
-                raise InfrastructureError(f"bucket {bucket!r} does not exist (NoSuchBucket) during {what}",
-                                          uri=uri) from None
+                raise NoSuchBucket(f"bucket {bucket!r} does not exist (NoSuchBucket)", uri=uri) from None
             if code in PERMANENT or (code and code.isdigit() and 400 <= int(code) < 500 and code != "429"):
                 raise InfrastructureError(f"{what} refused: {_describe(exc)}", uri=uri) from None
             if not _transient(exc):
@@ -303,10 +305,7 @@ class S3Store(ArtifactStore):
         try:
             s3_call(lambda: self.client.head_bucket(Bucket=self.bucket), "HEAD bucket", f"s3://{self.bucket}")
         except S3NotFound:
-            from pipeline.errors import InfrastructureError
-
-            raise InfrastructureError(f"bucket {self.bucket!r} does not exist (NoSuchBucket)",
-                                      uri=self.url(key)) from None
+            raise NoSuchBucket(f"bucket {self.bucket!r} does not exist (NoSuchBucket)", uri=self.url(key)) from None
         self._bucket_seen = True
 
     def put_file(self, local, key):
