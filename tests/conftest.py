@@ -42,6 +42,11 @@ def s3_server(monkeypatch):
     """A local S3-compatible server (moto) on 127.0.0.1 with fake credentials; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    # werkzeug logs every request from the server's threads through a handler bound to the stderr of the
+    # test that started it; once pytest closes that stream each line becomes a "--- Logging error ---" traceback
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -53,6 +58,7 @@ def s3_server(monkeypatch):
         yield endpoint
     finally:
         server.stop()
+        werkzeug.setLevel(level)
 
 
 @pytest.fixture

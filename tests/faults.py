@@ -9,6 +9,7 @@ HTTP port ...) behind a network that misbehaves on cue.
         proxy.fail(None, status=500, code="InternalError")  # every request from now on, until clear()
         proxy.drop(2)                               # read the next 2 requests, close without an answer
         proxy.blackhole(match=r"GET ")              # accept and never answer (until clear() or stop())
+        proxy.fail(None, match=r"^PUT ", after=10)  # let 10 matching requests through, then fail them all
         proxy.clear()                               # forward everything again
         proxy.seen(r"HEAD ")                        # how many requests matching this arrived, faults included
     url = dead_endpoint()                           # an http://127.0.0.1:PORT where nothing listens (refused)
@@ -18,7 +19,8 @@ API:
   base URL. Only loopback: it refuses an upstream that is not 127.0.0.1 / localhost.
 - Faults are rules tried in the order added; the first whose `match` (a regex searched in
   "METHOD /path?query") applies and whose count is not used up decides the request. `count=None` means
-  until `clear()`. Kinds: `fail(count, status=503, code="SlowDown", match=None)` answers an S3-style XML error;
+  until `clear()`; `after=N` lets the first N matching requests through before the rule starts to apply.
+  Kinds: `fail(count, status=503, code="SlowDown", match=None)` answers an S3-style XML error;
   `drop(count, match=None)` closes the connection without an answer (botocore: ConnectionClosedError);
   `blackhole(count=None, match=None)` holds the connection open without answering until the rule is cleared
   or the proxy stops (the client's read timeout fires).
@@ -54,12 +56,20 @@ class _Rule:
     match: re.Pattern | None
     status: int = 503
     code: str = "SlowDown"
+    after: int = 0
     used: int = 0
+    passed: int = 0
 
     def takes(self, line: str) -> bool:
+        """Whether this rule decides the request (call with the state lock held: it counts)."""
         if self.count is not None and self.used >= self.count:
             return False
-        return self.match is None or bool(self.match.search(line))
+        if self.match is not None and not self.match.search(line):
+            return False
+        if self.passed < self.after:
+            self.passed += 1
+            return False
+        return True
 
 
 @dataclass
@@ -111,14 +121,15 @@ class FaultProxy:
                 self.state.released.clear()
             self.state.rules.append(rule)
 
-    def fail(self, count: int | None = 1, status: int = 503, code: str = "SlowDown", match: str | None = None):
-        self._add("fail", count, match, status=status, code=code)
+    def fail(self, count: int | None = 1, status: int = 503, code: str = "SlowDown", match: str | None = None,
+             after: int = 0):
+        self._add("fail", count, match, status=status, code=code, after=after)
 
-    def drop(self, count: int | None = 1, match: str | None = None):
-        self._add("drop", count, match)
+    def drop(self, count: int | None = 1, match: str | None = None, after: int = 0):
+        self._add("drop", count, match, after=after)
 
-    def blackhole(self, count: int | None = None, match: str | None = None):
-        self._add("blackhole", count, match)
+    def blackhole(self, count: int | None = None, match: str | None = None, after: int = 0):
+        self._add("blackhole", count, match, after=after)
 
     def clear(self) -> None:
         with self.state.lock:
