@@ -55,10 +55,11 @@ def s3_endpoint(endpoint_url: str = "") -> str:
     return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
-def s3_client(endpoint_url: str = ""):
+def s3_client(endpoint_url: str = "", attempts: int = 4):
     """A boto3 S3 client with bounded connect/read timeouts; honours AWS_ENDPOINT_URL_S3 too.
 
-    botocore itself tries each request once: retries (with backoff, within a total time budget) are
+    `attempts` is botocore's own retry count (standard mode, with backoff) for callers that make requests
+    directly. Calls wrapped in `s3_call` use `attempts=1`: there the retries, within a total time budget, are
     `s3_call`'s, which also tells "not found" from "could not ask".
     """
     import boto3
@@ -67,7 +68,7 @@ def s3_client(endpoint_url: str = ""):
     return boto3.client(
         "s3",
         endpoint_url=s3_endpoint(endpoint_url) or None,
-        config=BotoConfig(retries={"total_max_attempts": 1, "mode": "standard"},
+        config=BotoConfig(retries={"total_max_attempts": attempts, "mode": "standard"},
                           connect_timeout=_limit("NIGHTSHIFT_S3_CONNECT_TIMEOUT_S"),
                           read_timeout=_limit("NIGHTSHIFT_S3_READ_TIMEOUT_S")),
     )
@@ -287,8 +288,21 @@ class S3Store(ArtifactStore):
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self.client = s3_client(endpoint_url)
+        self.endpoint_url = endpoint_url
+        self._once = s3_client(endpoint_url, attempts=1)  # for s3_call, which does the retrying
+        self._client = None
         self._bucket_seen = False
+
+    @property
+    def client(self):
+        """A client with botocore's own retries, for callers that make their own requests (conditional PUTs)."""
+        if self._client is None:
+            self._client = s3_client(self.endpoint_url)
+        return self._client
+
+    @client.setter
+    def client(self, value):
+        self._client = value
 
     def _key(self, key: str) -> str:
         if ".." in Path(key).parts:
@@ -303,14 +317,14 @@ class S3Store(ArtifactStore):
         if self._bucket_seen:
             return
         try:
-            s3_call(lambda: self.client.head_bucket(Bucket=self.bucket), "HEAD bucket", f"s3://{self.bucket}")
+            s3_call(lambda: self._once.head_bucket(Bucket=self.bucket), "HEAD bucket", f"s3://{self.bucket}")
         except S3NotFound:
             raise NoSuchBucket(f"bucket {self.bucket!r} does not exist (NoSuchBucket)", uri=self.url(key)) from None
         self._bucket_seen = True
 
     def put_file(self, local, key):
         try:
-            self._call(lambda: self.client.upload_file(str(local), self.bucket, self._key(key)), "upload", key)
+            self._call(lambda: self._once.upload_file(str(local), self.bucket, self._key(key)), "upload", key)
         except S3NotFound:  # an upload answered 404: the bucket is missing
             self._check_bucket(key)
             raise
@@ -321,7 +335,7 @@ class S3Store(ArtifactStore):
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._call(lambda: self.client.download_file(self.bucket, self._key(key), str(local)), "download", key)
+            self._call(lambda: self._once.download_file(self.bucket, self._key(key), str(local)), "download", key)
         except S3NotFound:
             local.unlink(missing_ok=True)
             self._check_bucket(key)
@@ -335,7 +349,7 @@ class S3Store(ArtifactStore):
     def exists(self, key):
         """True / False only on a definite answer; an S3 that cannot be asked raises InfrastructureError."""
         try:
-            self._call(lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)), "HEAD", key)
+            self._call(lambda: self._once.head_object(Bucket=self.bucket, Key=self._key(key)), "HEAD", key)
         except S3NotFound:
             self._check_bucket(key)
             return False
@@ -348,7 +362,7 @@ class S3Store(ArtifactStore):
 
         def listing() -> list[str]:  # the whole listing is one retried unit: a retry starts it again
             keys = []
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for page in self._once.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
             return keys
 
@@ -369,7 +383,7 @@ class S3Store(ArtifactStore):
         keys.sort(key=lambda k: (PurePosixPath(k).name not in COMMIT_LAST, k))
         for i in range(0, len(keys), 1000):
             batch = {"Objects": [{"Key": k} for k in keys[i : i + 1000]]}
-            self._call(lambda: self.client.delete_objects(Bucket=self.bucket, Delete=batch), "DELETE", prefix)
+            self._call(lambda: self._once.delete_objects(Bucket=self.bucket, Delete=batch), "DELETE", prefix)
 
 
 def open_store(uri: str, endpoint_url: str = "") -> ArtifactStore:

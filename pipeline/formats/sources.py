@@ -153,7 +153,7 @@ def _download_s3(source: str, dest: Path, endpoint_url: str) -> Path:
 
     parsed = urlparse(source)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
-    client = s3_client(endpoint_url)
+    client = s3_client(endpoint_url, attempts=1)  # s3_call retries
     if is_archive(prefix):
         local = dest / PurePosixPath(prefix).name
         local.parent.mkdir(parents=True, exist_ok=True)
