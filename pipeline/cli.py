@@ -84,11 +84,15 @@ def mask_logs(secrets: list[str] | None = None) -> None:
             handler.addFilter(_MASK)
 
 
-def _say(text: str) -> None:
-    """One message on stderr, secrets masked."""
+def _masked(text: str) -> str:
     from pipeline.config import mask_text
 
-    print(mask_text(text, _MaskSecrets.secrets), file=sys.stderr)
+    return mask_text(text, _MaskSecrets.secrets)
+
+
+def _say(text: str) -> None:
+    """One message on stderr, secrets masked."""
+    print(_masked(text), file=sys.stderr)
 
 
 def stage_module(name: str):
@@ -204,13 +208,13 @@ def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
         if error is None:  # an unexpected error: keep the traceback for whoever debugs it
             log.exception("stage %s failed unexpectedly", args.stage)
             code = EXIT_ERROR
-            result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            result = {"status": "error", "error": _masked(f"{type(exc).__name__}: {exc}")}
         else:
             if error is not exc:
                 log.debug("stage %s: %s", args.stage, type(exc).__name__, exc_info=exc)
             code = error.exit_code
             result = dict(getattr(error, "result", {}) or {})
-            result.update(status=STATUS.get(code, "error"), error=str(error))
+            result.update(status=STATUS.get(code, "error"), error=_masked(str(error)))
             if getattr(error, "failures", None):
                 result["failures"] = error.failures
             _say(f"nightshift {args.stage}: error: {error}")

@@ -257,6 +257,8 @@ def test_a_webhook_given_in_config_is_masked_everywhere(fake_stage, capsys, tmp_
     def run(cfg, ctx):
         logging.getLogger("urllib3.connectionpool").warning("Retrying POST %s", cfg.notify.webhook_url)
         logging.getLogger("pipeline.stages.fake").info("config: %s", cfg.to_dict())
+        if ctx.run_id == "r-secret-fails":
+            raise ConnectionResetError(f"POST {cfg.notify.webhook_url}: Connection reset by peer")
         return {"ok": True}
 
     fake_stage.run = run
@@ -272,3 +274,8 @@ def test_a_webhook_given_in_config_is_masked_everywhere(fake_stage, capsys, tmp_
         assert "s3cr3t" not in text and "pa55word" not in text, where
     assert "webhook_url: '***'" in written["config.yaml"] and "bob:***@mlflow.invalid" in written["config.yaml"]
     assert "Retrying POST ***" in captured.err
+    # a failure whose text holds the secret: masked in the one line and in result.json
+    assert cli.main(["fake", "--run-id", "r-secret-fails", "--set", f"notify.webhook_url={WEBHOOK}"]) == 5
+    captured = capsys.readouterr()
+    assert "s3cr3t" not in captured.err + captured.out and "POST ***" in captured.err
+    assert "s3cr3t" not in store.get_bytes("runs/r-secret-fails/fake/result.json").decode()
