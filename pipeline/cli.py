@@ -169,7 +169,7 @@ def run_stage(args: argparse.Namespace) -> int:
     if hasattr(module, "overrides_from_args"):
         overrides += module.overrides_from_args(args)
     cfg = load_config(args.config, overrides).resolved()
-    mask_logs(cfg.secrets())
+    mask_logs(cfg.secrets() + [os.environ.get("NIGHTSHIFT_WEBHOOK_URL", "")])  # config's and the environment's
 
     if args.run_id is None:  # standalone use, e.g. `nightshift ingest --source X --format voc --out DIR`
         return module.run_standalone(cfg, args)

@@ -279,3 +279,18 @@ def test_a_webhook_given_in_config_is_masked_everywhere(fake_stage, capsys, tmp_
     captured = capsys.readouterr()
     assert "s3cr3t" not in captured.err + captured.out and "POST ***" in captured.err
     assert "s3cr3t" not in store.get_bytes("runs/r-secret-fails/fake/result.json").decode()
+
+
+def test_the_environment_webhook_is_masked_in_logs_too(fake_stage, capsys, monkeypatch):
+    import logging
+
+    monkeypatch.setenv("NIGHTSHIFT_WEBHOOK_URL", WEBHOOK)
+
+    def run(cfg, ctx):
+        logging.getLogger("pipeline.alerts").warning("chat webhook delivery failed (%s)", f"POST {WEBHOOK}: 500")
+        return {}
+
+    fake_stage.run = run
+    assert cli.main(["fake", "--run-id", "r-env-secret"]) == 0
+    err = capsys.readouterr().err
+    assert "s3cr3t" not in err and "delivery failed (POST ***: 500)" in err

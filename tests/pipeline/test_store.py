@@ -114,7 +114,7 @@ def test_a_store_that_cannot_be_asked_raises_within_the_budget(faulty_s3, fault,
         with pytest.raises(InfrastructureError, match=r"^s3://artifacts/ns/runs/r/\S*: \w+ failed after \d+ "
                                                       r"attempts? in \d+ s") as info:
             call()
-        assert time.monotonic() - started < 1.5 + 1 + 1 + 2  # budget + connect + read + slack
+        assert time.monotonic() - started < 1.5 + 1 + 1 + 5  # budget + connect + read + slack for a busy machine
         assert info.value.exit_code == 5 and "\n" not in str(info.value)
         assert "testing" not in str(info.value)  # the fixture's credentials
     proxy.clear()
@@ -126,7 +126,7 @@ def test_a_dead_endpoint_fails_in_bounded_time(s3_server, monkeypatch):
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match="EndpointConnectionError"):
         S3Store("s3://artifacts/ns", dead_endpoint()).exists("k")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 2 + 6  # the budget, and slack for a busy machine
 
 
 def test_no_such_bucket_is_one_clear_line_without_retries(faulty_s3):
