@@ -157,8 +157,8 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (BotoCoreError, ClientError, ConnectionError, TimeoutError)):
         return True
     module = type(exc).__module__ or ""
-    # boto3's RetriesExceededError, s3transfer's and urllib3's connection errors
-    return module.startswith(("boto3", "s3transfer", "urllib3", "botocore")) or isinstance(exc, OSError)
+    # boto3's RetriesExceededError, s3transfer's and urllib3's connection errors; not a local file's OSError
+    return module.startswith(("boto3", "s3transfer", "urllib3", "botocore"))
 
 
 # file names that mark a directory as complete: uploaded after everything else, deleted before it

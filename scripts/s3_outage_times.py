@@ -27,6 +27,9 @@ def main() -> int:
 
     from tests.faults import FaultProxy, dead_endpoint
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

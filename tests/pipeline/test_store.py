@@ -186,3 +186,11 @@ def test_time_bounds_must_be_positive_numbers(monkeypatch):
         monkeypatch.setenv("NIGHTSHIFT_S3_READ_TIMEOUT_S", bad)
         with pytest.raises(ConfigError, match="NIGHTSHIFT_S3_READ_TIMEOUT_S"):
             s3_client("http://127.0.0.1:9")
+
+
+def test_a_local_file_error_is_not_retried_as_an_outage(faulty_s3, tmp_path):
+    proxy, store = faulty_s3
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        store.put_file(tmp_path / "missing.bin", "runs/r/x")
+    assert time.monotonic() - started < 1 and proxy.seen(r"^PUT ") == 0
