@@ -294,3 +294,19 @@ def test_the_environment_webhook_is_masked_in_logs_too(fake_stage, capsys, monke
     assert cli.main(["fake", "--run-id", "r-env-secret"]) == 0
     err = capsys.readouterr().err
     assert "s3cr3t" not in err and "delivery failed (POST ***: 500)" in err
+
+
+def test_an_unreachable_triton_through_its_real_client_is_exit_5_naming_its_url(fake_stage, capsys):
+    from tests.faults import dead_endpoint
+
+    def run(cfg, ctx):
+        from pipeline.triton.client import load_and_wait
+
+        load_and_wait(cfg.promote.triton_url, cfg.promote.model_name, 1)  # raises ConnectionRefusedError
+        return {}
+
+    fake_stage.run = run
+    url = dead_endpoint()
+    assert cli.main(["fake", "--run-id", "r-triton", "--set", f"promote.triton_url={url}"]) == 5
+    line = _one_line_error(capsys.readouterr())
+    assert f"promote.triton_url={url}" in line and "ConnectionRefusedError" in line
