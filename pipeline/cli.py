@@ -177,7 +177,9 @@ def run_stage(args: argparse.Namespace) -> int:
     ctx = RunContext.create(args.run_id, args.stage, cfg)
     # a stage that must not run twice at once for one run id (shared scratch space, outputs replaced in
     # place) holds a lock for its whole run; a second one is refused before it reads or writes anything
-    with ctx.exclusive() if getattr(module, "EXCLUSIVE", False) else contextlib.nullcontext():
+    # (torchrun's ranks run this same command under their launcher, which holds the lock for them)
+    exclusive = getattr(module, "EXCLUSIVE", False) and "LOCAL_RANK" not in os.environ
+    with ctx.exclusive() if exclusive else contextlib.nullcontext():
         return _run_stage(args, module, cfg, ctx)
 
 

@@ -26,6 +26,7 @@ from pipeline.store import LocalStore
 
 UPSTREAM = ("ingest", "snapshot")
 SKIP_IF_DONE = True
+EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
 
 MODEL_KEY = "model.pt"
 CHECKPOINT_KEY = "checkpoints/last.pt"
