@@ -13,10 +13,10 @@ Errors are never "absent": `exists()` is False only on a definite not-found; an 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
-import logging
 import time
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -38,6 +38,9 @@ NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 # answers that retrying will not change: reported at once
 PERMANENT = ("NoSuchBucket", "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
              "InvalidBucketName", "AllAccessDisabled", "AccountProblem", "InvalidObjectState")
+# 4xx answers that are worth another try (any other 4xx is permanent; every 5xx is retried)
+RETRIED_4XX = ("SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+               "TooManyRequests", "408", "429")
 
 
 def _limit(name: str) -> float:
@@ -78,24 +81,35 @@ class S3NotFound(Exception):
     """A definite "no such object" (404 / NoSuchKey) from S3."""
 
 
-
 class NoSuchBucket(InfrastructureError):
     """The bucket itself does not exist: a misconfiguration, reported at once (no retries)."""
 
 
-def s3_error_code(exc: BaseException) -> str | None:
-    """The S3 error code behind `exc` (a ClientError, or boto3's wrappers around one), else None."""
+def _response(exc: BaseException) -> dict | None:
+    """The botocore response behind `exc` (a ClientError, or boto3's wrappers around one), else None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         response = getattr(exc, "response", None)
         if isinstance(response, dict):
-            error = response.get("Error", {})
-            code = error.get("Code") or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code:
-                return str(code)
+            return response
         exc = getattr(exc, "last_exception", None) or exc.__cause__ or exc.__context__
     return None
+
+
+def s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind `exc` ("NoSuchKey", "SlowDown", or the bare HTTP status of a HEAD), else None."""
+    response = _response(exc)
+    if response is None:
+        return None
+    code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(code) if code else None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = _response(exc)
+    status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -131,7 +145,9 @@ def s3_call(fn, what: str, uri: str, budget_s: float | None = None, log=None):
             if code == "NoSuchBucket":
                 bucket = urlparse(uri).netloc
                 raise NoSuchBucket(f"bucket {bucket!r} does not exist (NoSuchBucket)", uri=uri) from None
-            if code in PERMANENT or (code and code.isdigit() and 400 <= int(code) < 500 and code != "429"):
+            status = _http_status(exc) or (int(code) if code and code.isdigit() else None)
+            if code in PERMANENT or (status and 400 <= status < 500 and code not in RETRIED_4XX
+                                     and str(status) not in RETRIED_4XX):
                 raise InfrastructureError(f"{what} refused: {_describe(exc)}", uri=uri) from None
             if not _transient(exc):
                 raise

@@ -194,3 +194,17 @@ def test_a_local_file_error_is_not_retried_as_an_outage(faulty_s3, tmp_path):
     with pytest.raises(FileNotFoundError):
         store.put_file(tmp_path / "missing.bin", "runs/r/x")
     assert time.monotonic() - started < 1 and proxy.seen(r"^PUT ") == 0
+
+
+@pytest.mark.parametrize("status, code, retried", [(503, "SlowDown", True), (500, "InternalError", True),
+                                                   (400, "RequestTimeout", True), (429, "TooManyRequests", True),
+                                                   (403, "AccessDenied", False), (400, "InvalidRequest", False)])
+def test_which_answers_are_retried(faulty_s3, status, code, retried):
+    proxy, store = faulty_s3
+    store.put_bytes(b"x", "k")
+    proxy.fail(1, status=status, code=code, match=r"^GET /artifacts/ns/k")
+    if retried:
+        assert store.get_bytes("k") == b"x"
+    else:
+        with pytest.raises(InfrastructureError, match=rf"^s3://artifacts/ns/k: download refused: S3 answered {code}$"):
+            store.get_bytes("k")
