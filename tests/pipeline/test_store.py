@@ -80,7 +80,8 @@ def faulty_s3(s3_server, monkeypatch):
     """(proxy, store): an S3Store on bucket 'artifacts' through a FaultProxy, with short time bounds."""
     import boto3
 
-    for name, value in {"NIGHTSHIFT_S3_CONNECT_TIMEOUT_S": "1", "NIGHTSHIFT_S3_READ_TIMEOUT_S": "1",
+    # a generous read timeout: a busy machine's moto may be slow to answer (the black-hole test sets its own)
+    for name, value in {"NIGHTSHIFT_S3_CONNECT_TIMEOUT_S": "1", "NIGHTSHIFT_S3_READ_TIMEOUT_S": "10",
                         "NIGHTSHIFT_S3_RETRY_BUDGET_S": "3"}.items():
         monkeypatch.setenv(name, value)
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="artifacts")
@@ -107,6 +108,8 @@ def test_a_store_that_cannot_be_asked_raises_within_the_budget(faulty_s3, fault,
     proxy, store = faulty_s3
     store.put_bytes(b"x", "runs/r/ingest/result.json")
     monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "1.5")  # read at each call
+    monkeypatch.setenv("NIGHTSHIFT_S3_READ_TIMEOUT_S", "1")  # read when a client is made
+    store = S3Store("s3://artifacts/ns", proxy.url)
     getattr(proxy, fault)(None)
     for call in (lambda: store.exists("runs/r/ingest/result.json"), lambda: store.list("runs/r/"),
                  lambda: store.get_bytes("runs/r/ingest/result.json"), lambda: store.put_bytes(b"y", "runs/r/x")):

@@ -408,7 +408,7 @@ def s3_store(s3_server, monkeypatch):
     from pipeline.store import s3_client
 
     s3_client(s3_server).create_bucket(Bucket="artifacts")
-    monkeypatch.setenv("NIGHTSHIFT_S3_READ_TIMEOUT_S", "1")
+    monkeypatch.setenv("NIGHTSHIFT_S3_READ_TIMEOUT_S", "10")  # a busy machine's moto may be slow to answer
     monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "2")
     with FaultProxy(s3_server) as proxy:
         yield proxy, ["--set", "store.uri=s3://artifacts/ns", "--set", f"store.s3_endpoint_url={proxy.url}"]
