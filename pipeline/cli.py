@@ -3,11 +3,15 @@
 The pod's command, the local Airflow task, dvc.yaml and the README all call this. It parses arguments, loads
 the config, calls `pipeline.stages.<stage>.run(cfg, ctx)`, stores the small JSON result beside the stage's
 outputs (and in /airflow/xcom/return.json inside a pod), writes the command that reproduces it, and maps
-errors onto exit codes: 0 ok, 1 unexpected error, 2 usage, 3 input rejected, 4 gate refused.
+errors onto exit codes: 0 ok, 1 unexpected error, 2 usage, 3 input rejected, 4 gate refused, 5 a service
+(S3, MLflow, Triton ...) could not be reached or failed after retries. Every failure is one line on stderr;
+only an unexpected error (exit 1) keeps its traceback. Secrets (config secret fields, URL passwords) are
+masked in the written config.yaml, reproduce.sh, stderr and every log line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -20,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import __version__
-from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError
+from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError, infrastructure_error
 
 STAGES = ("check", "ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
           "notify")
@@ -34,7 +38,7 @@ TOOLS = {
 }
 XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
 RESULT_MARKER = "NIGHTSHIFT_RESULT "
-STATUS = {0: "ok", 3: "rejected", 4: "gate_failed"}
+STATUS = {0: "ok", 3: "rejected", 4: "gate_failed", 5: "infrastructure_error"}
 # the MLflow link of a failed stage is a courtesy for its alert: one short try, no retries
 QUICK_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -50,6 +54,48 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(name)s: {prefix}%(message)s", force=True)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "git", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    mask_logs()
+
+
+class _MaskSecrets(logging.Filter):
+    """Rewrites every record with secret values and URL passwords masked (urllib3 logs full URLs on retry)."""
+
+    secrets: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pipeline.config import mask_text
+
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: leave it to the handler to report
+            return True
+        record.msg, record.args = mask_text(message, self.secrets), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info), self.secrets)
+        return True
+
+
+_MASK = _MaskSecrets()
+
+
+def mask_logs(secrets: list[str] | None = None) -> None:
+    """Mask `secrets` (and URL passwords) in everything the root logger's handlers write."""
+    if secrets is not None:
+        _MaskSecrets.secrets = [s for s in secrets if s]
+    for handler in logging.root.handlers:
+        if _MASK not in handler.filters:
+            handler.addFilter(_MASK)
+
+
+def _masked(text: str) -> str:
+    from pipeline.config import mask_text
+
+    return mask_text(text, _MaskSecrets.secrets)
+
+
+def _say(text: str) -> None:
+    """One message on stderr, secrets masked."""
+    print(_masked(text), file=sys.stderr)
 
 
 def stage_module(name: str):
@@ -63,7 +109,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="nightshift",
         description="Nightshift: a computer-vision model's whole life as a batch pipeline. Each stage reads "
         "from and writes to the artifact store under runs/<run_id>/<stage>/.",
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 input rejected, 4 gate refused. "
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 input rejected, 4 gate refused, "
+        "5 infrastructure unavailable (after retries). "
         "Example: nightshift train --run-id nightly-1 --set train.epochs=3",
     )
     parser.add_argument("--version", action="version", version=f"nightshift {__version__}")
@@ -103,9 +150,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _write_outputs(ctx, module, result: dict, args: argparse.Namespace) -> None:
     """result.json, the resolved config and the reproduce command beside the stage's outputs."""
     ctx.publish_json(result, "result.json")
-    ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.to_dict(), sort_keys=False).encode(), ctx.key("config.yaml"))
+    # secrets masked: reproducing a stage that needs one takes it from --set or the environment again
+    ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.redacted(), sort_keys=False).encode(), ctx.key("config.yaml"))
     command = ["nightshift", ctx.stage, "--run-id", ctx.run_id, "--config", "config.yaml"]
-    extra = getattr(module, "reproduce_args", lambda _args: [])(args)
+    from pipeline.config import mask_args
+
+    extra = mask_args(list(getattr(module, "reproduce_args", lambda _args: [])(args)))
     script = (
         "#!/usr/bin/env bash\n# Re-runs this stage exactly: same run id, same resolved config.\n"
         "set -euo pipefail\ncd \"$(dirname \"$0\")\"\n" + shlex.join(command + list(extra)) + "\n"
@@ -115,20 +165,32 @@ def _write_outputs(ctx, module, result: dict, args: argparse.Namespace) -> None:
 
 def run_stage(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.context import RunContext, is_rank0, signature
+    from pipeline.context import RunContext
 
     module = stage_module(args.stage)
     overrides = list(args.overrides)
     if hasattr(module, "overrides_from_args"):
         overrides += module.overrides_from_args(args)
     cfg = load_config(args.config, overrides).resolved()
+    mask_logs(cfg.secrets() + [os.environ.get("NIGHTSHIFT_WEBHOOK_URL", "")])  # config's and the environment's
 
     if args.run_id is None:  # standalone use, e.g. `nightshift ingest --source X --format voc --out DIR`
         return module.run_standalone(cfg, args)
 
     ctx = RunContext.create(args.run_id, args.stage, cfg)
+    # a stage that must not run twice at once for one run id (shared scratch space, outputs replaced in
+    # place) holds a lock for its whole run; a second one is refused before it reads or writes anything
+    # (torchrun's ranks run this same command under their launcher, which holds the lock for them)
+    exclusive = getattr(module, "EXCLUSIVE", False) and "LOCAL_RANK" not in os.environ
+    with ctx.exclusive() if exclusive else contextlib.nullcontext():
+        return _run_stage(args, module, cfg, ctx)
+
+
+def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
+    from pipeline.context import is_rank0, signature
+
     upstream = [ctx.result_of(u) if ctx.has_result(u) else None for u in getattr(module, "UPSTREAM", ())]
-    input_sig = signature(args.stage, cfg.to_dict(), upstream)
+    input_sig = signature(args.stage, cfg.redacted(), upstream)  # a changed secret does not redo the work
     log.info("stage %s start: run %s, store %s", args.stage, ctx.run_id, ctx.url())
     started = time.time()
 
@@ -144,19 +206,23 @@ def run_stage(args: argparse.Namespace) -> int:
         kwargs = module.run_kwargs(args) if hasattr(module, "run_kwargs") else {}
         result = module.run(cfg, ctx, **kwargs) or {}
         result["status"] = "ok"
-    except NightshiftError as exc:
-        code = exc.exit_code
-        result = dict(getattr(exc, "result", {}) or {})
-        result.update(status=STATUS.get(code, "error"), error=str(exc))
-        if getattr(exc, "failures", None):
-            result["failures"] = exc.failures
-        print(f"nightshift {args.stage}: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # an unexpected error: keep the traceback for whoever debugs it
-        log.exception("stage %s failed unexpectedly", args.stage)
-        code = EXIT_ERROR
-        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:
+        error = exc if isinstance(exc, NightshiftError) else infrastructure_error(exc, services(cfg))
+        if error is None:  # an unexpected error: keep the traceback for whoever debugs it
+            log.exception("stage %s failed unexpectedly", args.stage)
+            code = EXIT_ERROR
+            result = {"status": "error", "error": _masked(f"{type(exc).__name__}: {exc}")}
+        else:
+            if error is not exc:
+                log.debug("stage %s: %s", args.stage, type(exc).__name__, exc_info=exc)
+            code = error.exit_code
+            result = dict(getattr(error, "result", {}) or {})
+            result.update(status=STATUS.get(code, "error"), error=_masked(str(error)))
+            if getattr(error, "failures", None):
+                result["failures"] = error.failures
+            _say(f"nightshift {args.stage}: error: {error}")
 
     result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
                   duration_s=round(time.time() - started, 2))
@@ -167,10 +233,32 @@ def run_stage(args: argparse.Namespace) -> int:
         if link:  # the failure alert links to the run's MLflow run
             result["mlflow_run_url"] = link
     if is_rank0():
-        _write_outputs(ctx, module, result, args)
+        try:
+            _write_outputs(ctx, module, result, args)
+        except NightshiftError as exc:
+            if code == EXIT_OK:
+                raise
+            # the store failed too (often the very outage that failed the stage): report the first error
+            log.warning("could not record the failure in the store: %s", exc)
         _emit(result)
     log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result["status"], result["duration_s"])
     return code
+
+
+def services(cfg) -> dict[str, str]:
+    """The network services this config points at, `config key -> URL`, for messages about unreachable ones."""
+    from pipeline.store import s3_endpoint
+
+    found = {
+        "promote.triton_url": cfg.promote.triton_url,
+        "mlflow.tracking_uri": cfg.mlflow.tracking_uri if "://" in cfg.mlflow.tracking_uri
+        and not cfg.mlflow.tracking_uri.startswith(("file:", "sqlite:")) else "",
+        "store.uri": cfg.store.uri if cfg.store.uri.startswith("s3://") else "",
+        "store.s3_endpoint_url": s3_endpoint(cfg.store.s3_endpoint_url) if cfg.store.uri.startswith("s3://") else "",
+        "data.source": cfg.data.source if cfg.data.source.startswith("s3://") else "",
+        "snapshot.remote": cfg.snapshot.remote if cfg.snapshot.remote.startswith("s3://") else "",
+    }
+    return {key: url for key, url in found.items() if url}
 
 
 def mlflow_link(cfg, run_id: str) -> str | None:
@@ -226,11 +314,19 @@ def main(argv: list[str] | None = None) -> int:
             return args.tool.main(args) or 0
         return run_stage(args)
     except ConfigError as exc:
-        print(f"nightshift: config error:\n{exc}", file=sys.stderr)
+        text = str(exc)
+        _say(f"nightshift: config error:\n{text}" if "\n" in text else f"nightshift: config error: {text}")
         return exc.exit_code
     except NightshiftError as exc:
-        print(f"nightshift: error: {exc}", file=sys.stderr)
+        _say(f"nightshift: error: {exc}")
         return exc.exit_code
+    except Exception as exc:  # outside a stage's run(): loading, the skip check, a tool
+        error = infrastructure_error(exc)
+        if error is None:
+            raise
+        log.debug("%s", type(exc).__name__, exc_info=exc)
+        _say(f"nightshift: error: {error}")
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Every stage reads the same `Config`. Values come, in order of precedence, from `--set key=value`
 overrides, a YAML `--config FILE`, `NIGHTSHIFT_*` environment defaults for locations, and the defaults below.
-Unknown keys and wrong types are errors that name the key (pydantic `extra="forbid"`).
+Unknown keys and wrong types are errors that name the key (pydantic `extra="forbid"`); a number field refuses
+NaN and +-inf. Secret fields (`notify.webhook_url`, and any field named like token, password, secret or key)
+and the password of any URL are masked as `***` in every copy of the config that is written or logged
+(`redacted()`, `flat()`); loading a copy with a masked value leaves that field empty and says so.
 
 Locations default to a local workspace (`NIGHTSHIFT_HOME`, else `./.nightshift`): a `file://` artifact
 store, a sqlite MLflow with a local artifact root, a directory DVC remote, a directory Triton model
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +28,33 @@ from pipeline.errors import ConfigError
 
 FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
 FORMAT_CHOICES = ("auto", *FORMATS)  # "auto": detect format and layout (pipeline/formats/layout.py)
+MASK = "***"
+# field names whose values are secrets: masked wherever the config is written, logged or tracked
+SECRET_FIELD = re.compile(r"(^|_)(webhook_url|webhook|token|password|passwd|secret|key|api_key|credentials?)$")
+_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/:@\s]*):(?P<pw>[^@/\s]+)@")
+
+log = logging.getLogger(__name__)
+
+
+def is_secret(name: str) -> bool:
+    """Whether a config field (`webhook_url` or `notify.webhook_url`) holds a secret."""
+    return bool(SECRET_FIELD.search(name.rsplit(".", 1)[-1]))
+
+
+def mask_text(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """`text` with every known secret value and every URL password replaced by ***."""
+    for value in sorted((v for v in secrets if v and len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+
+
+def mask_args(argv: list[str]) -> list[str]:
+    """A command line for logs: `--set section.secret=VALUE` and URL passwords masked."""
+    out = []
+    for arg in argv:
+        key, eq, _value = arg.partition("=")
+        out.append(f"{key}={MASK}" if eq and "." in key and is_secret(key) else mask_text(arg))
+    return out
 
 
 def nightshift_home() -> Path:
@@ -30,7 +62,8 @@ def nightshift_home() -> Path:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `validate.max_bad_fraction=nan` would otherwise pass every comparison (fail open)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StoreConfig(Section):
@@ -199,7 +232,7 @@ class Config(Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
 
     # -- derived locations -------------------------------------------------------------------
     def resolved(self) -> "Config":
@@ -226,10 +259,23 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
-    def flat(self) -> dict[str, Any]:
-        """`section.key -> value`, for MLflow params."""
+    def secrets(self) -> list[str]:
+        """The values of the secret fields that are set (to mask them in logs and messages)."""
+        return [v for values in self.to_dict().values() for k, v in values.items()
+                if is_secret(k) and isinstance(v, str) and v and v != MASK]
+
+    def redacted(self) -> dict[str, Any]:
+        """`to_dict()` with secret fields and URL passwords masked: for every copy that is written or logged."""
         out = {}
         for section, values in self.to_dict().items():
+            out[section] = {k: (MASK if is_secret(k) and v else mask_text(v) if isinstance(v, str) else v)
+                            for k, v in values.items()}
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value` with secrets masked, for MLflow params."""
+        out = {}
+        for section, values in self.redacted().items():
             for key, value in values.items():
                 out[f"{section}.{key}"] = value
         return out
@@ -254,6 +300,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
         if e["type"] == "extra_forbidden":
             lines.append(f"{origin}: unknown key '{key}'")
+        elif is_secret(key):  # never echo a secret, even a malformed one
+            lines.append(f"{origin}: '{key}': {e['msg']}")
         else:
             lines.append(f"{origin}: '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -265,18 +313,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     origin = "defaults"
     if path:
         origin = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        loaded = yaml_file(path, "config file", ConfigError)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         data = loaded
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
+            raise ConfigError(f"--set {mask_text(item)!r}: expected section.key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if len(parts) != 2 or not all(parts):
@@ -288,8 +331,60 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(data[section], dict):
             raise ConfigError(f"{origin}: section '{section}' must be a mapping")
         data[section][name] = _parse_value(raw)
+    for section, values in data.items():  # a copy written with masked secrets: the secret is not in it
+        if isinstance(values, dict):
+            for name, value in values.items():
+                if value == MASK and is_secret(name):
+                    values[name] = ""
+                    log.warning("%s: %s.%s is masked (%s) in this copy: left empty; give it with --set or the "
+                                "environment", origin, section, name, MASK)
     try:
         return Config.model_validate(data)
     except ValidationError as err:
         src = origin if not overrides else f"{origin} + --set"
         raise ConfigError(_format_errors(err, src)) from None
+
+
+def read_text_file(path: str | os.PathLike, what: str, error=ConfigError) -> str:
+    """The text of a regular UTF-8 file, or `error` with one line naming it: never blocks on a FIFO or device.
+
+    `what` names the file's role in messages ("config file", "gates.policy_file").
+    """
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what}: {path} not found") from None
+    except OSError as exc:
+        raise error(f"{what}: {path}: cannot read it: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{what}: {path} is a directory, not a file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what}: {path} is not a regular file (a FIFO, socket or device?)") from None
+    try:
+        # O_NONBLOCK: had the path been swapped for a FIFO since the stat, open() would not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise error(f"{what}: {path} is not a regular file") from None
+            raw = fh.read()
+    except OSError as exc:
+        raise error(f"{what}: {path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what}: {path} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+                    "is it a binary file?") from None
+
+
+def yaml_file(path: str | os.PathLike, what: str, error=ConfigError):
+    """The YAML document in a regular UTF-8 file; every failure is `error` with one line naming the file."""
+    text = read_text_file(path, what, error)
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{what}: {path} is not valid YAML{where}: {problem}") from None

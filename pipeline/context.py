@@ -6,21 +6,40 @@ import json
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config, nightshift_home
+from pipeline.errors import ConfigError, StageBusy
 from pipeline.store import ArtifactStore, open_store
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_KEPT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9-])?")  # what a run id may be as it is
+MAX_RUN_ID = 200
+
+
+class RunIdError(ConfigError, ValueError):
+    """--run-id is empty or has no usable character (a usage error, exit 2)."""
 
 
 def safe_run_id(run_id: str) -> str:
-    """Airflow run ids carry ':' and '+' (manual__2026-11-25T00:00:00+00:00); keys and paths may not."""
+    """The run id as store keys and paths may carry it; one-to-one, so two runs never share outputs.
+
+    An id made only of letters, digits, '.', '_' and '-' (not starting or ending with '.' or '_', at most
+    200 characters) is kept as it is, so the function is idempotent: a safe id names the same run again.
+    Any other id (Airflow's `manual__2026-11-25T00:00:00+00:00`, `nüit`) keeps a readable cleaned part and
+    gets `-` + 12 hex digits of the SHA-256 of the original, so `nüit` and `nöit` stay apart.
+    """
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise RunIdError(f"--run-id {run_id!r}: empty; give a name made of letters, digits, '.', '_' or '-'")
+    if _KEPT.fullmatch(run_id) and len(run_id) <= MAX_RUN_ID:
+        return run_id
     cleaned = _SAFE.sub("_", run_id.strip()).strip("._")
     if not cleaned:
-        raise ValueError(f"run id {run_id!r} has no usable characters")
-    return cleaned[:200]
+        raise RunIdError(f"--run-id {run_id!r}: no usable character; use letters, digits, '.', '_' or '-'")
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{cleaned[:MAX_RUN_ID - 13]}-{digest}"
 
 
 def is_rank0() -> bool:
@@ -43,6 +62,32 @@ class RunContext:
         workdir.mkdir(parents=True, exist_ok=True)
         store = open_store(cfg.store.uri, cfg.store.s3_endpoint_url)
         return cls(run_id, stage, cfg, store, workdir, logging.getLogger(f"pipeline.stages.{stage}"))
+
+    @contextmanager
+    def exclusive(self):
+        """Hold this run's lock for this stage (a local lock file beside its scratch space, released when the
+        process ends, even by kill -9); StageBusy at once if another process holds it."""
+        import fcntl
+        import socket
+
+        path = self.workdir / ".lock"
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip()  # may still be empty: the holder writes it just after locking
+                raise StageBusy(f"another {self.stage} of run {self.run_id} is in progress"
+                                + (f" ({holder})" if holder else "") + "; nothing was changed: retry when it "
+                                "has finished (a finished one makes the retry skip)") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- keys ---------------------------------------------------------------------------------
     def key(self, rel: str = "", stage: str | None = None) -> str:

@@ -68,3 +68,54 @@ class InfrastructureError(NightshiftError):
     def __init__(self, message: str, uri: str | None = None):
         self.uri = uri
         super().__init__(f"{uri}: {message}" if uri else message)
+
+
+class StageBusy(NightshiftError):
+    """The same stage of the same run is running in another process; nothing was read or written."""
+
+    exit_code = EXIT_INFRA
+
+
+# exception types (by module prefix and name) that mean "could not talk to a service", whatever the client
+_NETWORK_NAMES = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError",
+                  "NewConnectionError", "ProtocolError", "RemoteDisconnected", "EndpointConnectionError",
+                  "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError", "ServiceUnavailable")
+_NETWORK_TEXT = ("Connection refused", "Max retries exceeded", "Failed to establish a new connection",
+                 "Name or service not known", "Connection reset", "Temporary failure in name resolution")
+
+
+def infrastructure_error(exc: BaseException, services: dict[str, str] | None = None) -> InfrastructureError | None:
+    """An InfrastructureError (exit 5, one line) for `exc` when it, or an error it was raised from, means that a
+    service could not be reached (refused, reset, timed out, DNS); None when it is something else.
+
+    The message names the service's URL when the error text carries one, else the services the config points
+    at (`services`: config key -> URL), so "Connection refused" never comes without a place. Passwords in
+    URLs are masked.
+    """
+    import re
+
+    from pipeline.config import mask_text
+
+    chain, seen, current = [], set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    network = None
+    for err in chain:
+        name = type(err).__name__
+        if isinstance(err, (ConnectionError, TimeoutError)) or any(n in name for n in _NETWORK_NAMES) \
+                or any(t in str(err) for t in _NETWORK_TEXT):
+            network = err
+            break
+    if network is None:
+        return None
+    text = " ".join(str(e) for e in chain)
+    urls = re.findall(r"\b(?:https?|grpc|s3)://[^\s'\"<>),]+", text)
+    first = (str(network).splitlines() or [""])[0].strip()
+    reason = f"{type(network).__name__}: {first}" if first else type(network).__name__
+    if urls:
+        return InfrastructureError(f"cannot reach the service ({mask_text(reason)})", uri=mask_text(urls[0]))
+    where = ", ".join(f"{key}={mask_text(url)}" for key, url in (services or {}).items())
+    hint = f"; the services configured: {where}" if where else ""
+    return InfrastructureError(f"cannot reach a service ({mask_text(reason)}){hint}")

@@ -42,10 +42,20 @@ def s3_server(monkeypatch):
     """A local S3-compatible server (moto) on 127.0.0.1 with fake credentials; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    # werkzeug logs every request from the server's threads through a handler bound to the stderr of the
+    # test that started it; once pytest closes that stream each line becomes a "--- Logging error ---" traceback
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets in process-wide memory, shared by every server started in this process: start
+    # each test from an empty S3, so no test sees another's objects
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(key, value)
@@ -53,6 +63,7 @@ def s3_server(monkeypatch):
         yield endpoint
     finally:
         server.stop()
+        werkzeug.setLevel(level)
 
 
 @pytest.fixture

@@ -144,36 +144,52 @@ def extract(archive: Path, dest: Path, label: str | None = None, limits: Limits 
 
 
 def _download_s3(source: str, dest: Path, endpoint_url: str) -> Path:
-    from botocore.exceptions import BotoCoreError, ClientError
+    """Download an s3:// archive or every object under an s3:// prefix into `dest`.
 
-    from pipeline.store import s3_client
+    Every request is bounded and retried (`pipeline.store.s3_call`): an S3 that cannot be asked fails with
+    InfrastructureError (exit 5), not "input rejected"; a missing object or an empty prefix is the input's fault.
+    """
+    from pipeline.store import NoSuchBucket, S3NotFound, s3_call, s3_client
 
     parsed = urlparse(source)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
-    client = s3_client(endpoint_url)
-    try:
-        if is_archive(prefix):
-            local = dest / PurePosixPath(prefix).name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, prefix, str(local))
-            return local
-        base = prefix.rstrip("/") + "/" if prefix else ""
-        n = 0
+    client = s3_client(endpoint_url, attempts=1)  # s3_call retries
+    if is_archive(prefix):
+        local = dest / PurePosixPath(prefix).name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            s3_call(lambda: client.download_file(bucket, prefix, str(local)), "download", source)
+        except S3NotFound:
+            try:  # a HEAD answers a bare 404 for a missing bucket too: say which one is missing
+                s3_call(lambda: client.head_bucket(Bucket=bucket), "HEAD bucket", f"s3://{bucket}")
+            except S3NotFound:
+                raise InputRejected(f"no such S3 bucket {bucket!r}", path=source, field="data.source") from None
+            raise InputRejected("no such object in S3", path=source, field="data.source") from None
+        return local
+    base = prefix.rstrip("/") + "/" if prefix else ""
+
+    def listing() -> list[str]:
+        keys = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if key.endswith("/"):
-                    continue
-                rel = _check_member(source, key[len(base):])
-                out = dest / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, key, str(out))
-                n += 1
-    except (ClientError, BotoCoreError) as exc:
-        raise InputRejected(f"cannot read from S3: {exc}", path=source) from None
-    if n == 0:
+            keys.extend(obj["Key"] for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+        return keys
+
+    try:
+        keys = s3_call(listing, "LIST", source)
+    except (S3NotFound, NoSuchBucket):
+        raise InputRejected(f"no such S3 bucket {bucket!r}", path=source, field="data.source") from None
+    for key in keys:
+        rel = _check_member(source, key[len(base):])
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        url = f"s3://{bucket}/{key}"
+        try:
+            s3_call(lambda: client.download_file(bucket, key, str(out)), "download", url)  # noqa: B023 - called now
+        except S3NotFound:
+            raise InputRejected("listed, then gone: the export changed while it was read", path=url) from None
+    if not keys:
         raise InputRejected("no objects under this S3 prefix", path=source)
-    log.info("downloaded %d objects from %s", n, source)
+    log.info("downloaded %d objects from %s", len(keys), source)
     return dest
 
 

@@ -22,6 +22,7 @@ from pipeline.errors import InputRejected
 from pipeline.metrics.coco import STAT_KEYS, Evaluation, report
 
 UPSTREAM = ("train",)
+EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from pipeline.context import RunContext
 from pipeline.errors import GateFailed, InputRejected
 
 UPSTREAM = ("train",)
+EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
 FORMAT = "onnx"
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import Mapping
 
 import yaml
 
-from pipeline.config import Config, GatesConfig
+from pipeline.config import Config, GatesConfig, read_text_file
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, GateFailed, InputRejected
 
@@ -78,22 +78,21 @@ OPTIONAL_GATES = ("per_class_max_regression", *DEPLOYMENT_GATES)  # may be null 
 # -- the policy ----------------------------------------------------------------------------------------
 
 def _read_policy_file(location: str) -> tuple[str, str]:
-    """(text, a name for messages) of a local path, file:// or s3:// URI."""
+    """(text, a name for messages) of a local path, file:// or s3:// URI; a regular UTF-8 file only."""
     if location.startswith("s3://"):
         from pipeline.store import open_store
 
         parent, _, name = location.rstrip("/").rpartition("/")
         try:
-            return open_store(parent).get_bytes(name).decode(), location
+            raw = open_store(parent).get_bytes(name)
         except FileNotFoundError:
             raise ConfigError(f"gates.policy_file: {location} not found") from None
+        try:
+            return raw.decode("utf-8"), location
+        except UnicodeDecodeError:
+            raise ConfigError(f"gates.policy_file: {location} is not UTF-8 text; is it a binary file?") from None
     path = Path(location[len("file://"):] if location.startswith("file://") else location)
-    try:
-        return path.read_text(), str(path)
-    except FileNotFoundError:
-        raise ConfigError(f"gates.policy_file: {path} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"gates.policy_file: cannot read {path}: {exc.strerror or exc}") from None
+    return read_text_file(path, "gates.policy_file"), str(path)
 
 
 def _number(value, where: str, field: str, optional: bool, integer: bool = False):

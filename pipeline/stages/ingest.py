@@ -22,6 +22,11 @@ _members, an empty dataset or split) reject it at once.
 Standalone: `nightshift ingest [--format coco] --source SRC --out DIR` writes the canonical dataset to DIR
 (DIR appears only on success, its quarantine report beside it as DIR.quarantine.json; category ids still come
 from the store's label map, which is not updated).
+
+Two ingests of the same run id at once: the second is refused at once ("another ingest of run X is in
+progress", exit 5) and changes nothing. The dataset is published with `annotations.json` last, so an upload
+cut short (S3 down) never looks like a whole dataset; an s3:// source or store that cannot be reached fails
+with exit 5 (infrastructure), never exit 3 (the export is not at fault).
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 UPSTREAM: tuple[str, ...] = ()
 SKIP_IF_DONE = True
 STANDALONE = True
+EXCLUSIVE = True  # one ingest of a run at a time: a second is refused at once (its scratch space is shared)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Config
+from pipeline.config import Config, is_secret
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, InputRejected, NightshiftError
 from pipeline.store import LocalStore
 
 UPSTREAM = ("ingest", "snapshot")
 SKIP_IF_DONE = True
+EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
 
 MODEL_KEY = "model.pt"
 CHECKPOINT_KEY = "checkpoints/last.pt"
@@ -84,7 +85,10 @@ def _child_argv(cfg: Config, ctx: RunContext) -> list[str]:
     if argv[:1] == [ctx.stage] and "--run-id" in argv:
         return argv
     path = ctx.scratch("torchrun") / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    data = cfg.to_dict()
+    for values in data.values():  # the ranks never post to chat: keep secret fields out of the scratch copy
+        values.update({k: "" for k in values if is_secret(k)})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return [ctx.stage, "--run-id", ctx.run_id, "--config", str(path)]
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 UPSTREAM = ("ingest",)
 SKIP_IF_DONE = True
+EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
 STANDALONE = True
 
 

@@ -70,10 +70,17 @@ def reproduction_config(recorded_yaml: bytes, current: Config) -> Config:
     """The recorded config with this invocation's locations."""
     from pipeline.config import Config
 
+    from pipeline.config import MASK, is_secret
+
     data = yaml.safe_load(recorded_yaml) or {}
     here = current.to_dict()
     for section in LOCATION_SECTIONS:
         data[section] = here[section]
+    for section, values in data.items():  # secrets were masked in the recorded copy: this invocation's own
+        if isinstance(values, dict) and section in here:
+            for key, value in values.items():
+                if value == MASK and is_secret(key):
+                    values[key] = here[section].get(key, "")
     return Config.model_validate(data)
 
 
@@ -182,8 +189,9 @@ def main(args: argparse.Namespace) -> int:
                 store.put_bytes(store.get_bytes(key), f"runs/{new_id}/{stage}/result.json")
 
         config_path = Path(tmp) / "config.yaml"
-        config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        store.put_file(config_path, f"runs/{new_id}/reproduce/config.yaml")
+        config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # local: the stages below read it
+        store.put_bytes(yaml.safe_dump(cfg.redacted(), sort_keys=False).encode(),
+                        f"runs/{new_id}/reproduce/config.yaml")  # the kept copy: secrets masked
         tracking.run_for(cfg, new_id, tags={REPRODUCTION_TAG: run_id})
         log.info("reproducing run %s as %s (code %s, dataset %s, seed %d)", run_id, new_id, recorded_code,
                  recorded_hash or "unknown", cfg.train.seed)

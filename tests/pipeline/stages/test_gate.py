@@ -241,6 +241,33 @@ def test_missing_policy_file_is_a_config_error(tmp_path):
     assert info.value.exit_code == 2
 
 
+def test_a_policy_file_that_is_not_a_regular_text_file_is_refused_at_once(tmp_path):
+    import os
+    import time
+
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    binary = tmp_path / "policy.bin"
+    binary.write_bytes(b"\x00\x01\xfe\xff" * 64)
+    for location, message in ((fifo, "policy.yaml is not a regular file"), (tmp_path, "is a directory"),
+                              (binary, "policy.bin is not UTF-8 text")):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            gate.load_policy(GatesConfig(policy_file=str(location)))  # a FIFO without a writer never blocks
+        assert time.monotonic() - started < 5
+        assert info.value.exit_code == 2 and str(info.value).startswith("gates.policy_file: ")
+        assert "\n" not in str(info.value)
+
+
+def test_a_binary_policy_in_s3_is_refused_in_one_line(s3_server):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="policies")
+    boto3.client("s3", endpoint_url=s3_server).put_object(Bucket="policies", Key="gates.yaml", Body=b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"^gates.policy_file: s3://policies/gates.yaml is not UTF-8 text"):
+        gate.load_policy(GatesConfig(policy_file="s3://policies/gates.yaml"))
+
+
 # -- deployment budgets on export's report -----------------------------------------------------------------
 
 def export_report(p95=35.0, onnx_bytes=9_500_000):

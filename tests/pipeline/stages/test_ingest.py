@@ -336,3 +336,145 @@ def test_standalone_replaces_a_previous_dataset_only_on_success(capsys, export, 
     (tmp_path / "precious" / "notes.txt").write_text("keep")
     code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "precious")
     assert code == 2 and "refusing" in err
+
+
+# -- faults, outages and two ingests at once -------------------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from tests.faults import FaultProxy, dead_endpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _upload(client, export: Path, bucket: str, prefix: str) -> None:
+    client.create_bucket(Bucket=bucket)
+    for p in sorted(export.rglob("*")):
+        if p.is_file():
+            client.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(export).as_posix()}")
+
+
+def _wait_for(condition, what: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}: "
+                                 + proc.stdout.read().decode(errors="replace")[-2000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_two_ingests_of_one_run_at_once_never_blame_the_data(export, s3_server, nightshift_home):
+    """Two real `nightshift ingest` processes with one run id: the first is held mid-download (its source
+    endpoint black-holed) while the second starts; the second is refused in one line, the first completes."""
+    from pipeline.store import s3_client
+
+    _upload(s3_client(s3_server), export, "exports", "nightly")
+    with FaultProxy(s3_server) as proxy:
+        proxy.blackhole(match=r"^(HEAD|GET) /exports/nightly/images/")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "NIGHTSHIFT_S3_READ_TIMEOUT_S": "60", "NIGHTSHIFT_S3_RETRY_BUDGET_S": "120"}
+        command = [sys.executable, "-m", "pipeline", "ingest", "--run-id", "twice", "--source", "s3://exports/nightly",
+                   "--set", f"data.source_endpoint_url={proxy.url}"]
+        first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            # the first holds the run's lock and is stuck reading an image from the source
+            _wait_for(lambda: proxy.seen(r"^(HEAD|GET) /exports/nightly/images/") >= 1, "the first ingest to "
+                      "start downloading images", proc=first)
+            second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            assert first.poll() is None, "the first ingest must still be running for this test to mean anything"
+            assert second.returncode == 5, second.stderr
+            errors = [line for line in second.stderr.splitlines() if line.startswith("nightshift")]
+            assert errors == [f"nightshift: error: another ingest of run twice is in progress (pid {first.pid} "
+                              f"on {os.uname().nodename}); nothing was changed: retry when it has finished "
+                              "(a finished one makes the retry skip)"]
+            assert "defective" not in second.stderr and "Traceback" not in second.stderr
+            proxy.clear()  # the source answers again
+            out, _ = first.communicate(timeout=120)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(timeout=30)
+        assert first.returncode == 0, out.decode(errors="replace")[-3000:]
+        assert result_of(out.decode())["images"] == 30
+        assert len(list((store_dataset(nightshift_home, "twice") / "images").iterdir())) == 30
+        # the refused one, retried now, finds the work done
+        again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "already done, skipping" in again.stderr
+
+
+@pytest.fixture
+def s3_store(s3_server, monkeypatch):
+    """A FaultProxy in front of the S3 server, the artifact store's bucket, and short time bounds."""
+    from pipeline.store import s3_client
+
+    s3_client(s3_server).create_bucket(Bucket="artifacts")
+    monkeypatch.setenv("NIGHTSHIFT_S3_READ_TIMEOUT_S", "10")  # a busy machine's moto may be slow to answer
+    monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "2")
+    with FaultProxy(s3_server) as proxy:
+        yield proxy, ["--set", "store.uri=s3://artifacts/ns", "--set", f"store.s3_endpoint_url={proxy.url}"]
+
+
+def test_s3_down_while_publishing_is_exit_5_and_leaves_no_dataset(capsys, export, s3_store, s3_server):
+    from pipeline.store import s3_client
+
+    proxy, store_args = s3_store
+    proxy.drop(None, match=r"^PUT /artifacts/ns/runs/down/ingest/dataset/", after=10)  # S3 goes away mid-upload
+    code, out, err = run(capsys, "ingest", "--run-id", "down", "--source", export, *store_args)
+    assert code == 5
+    lines = [line for line in err.splitlines() if line.startswith("nightshift")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "s3://artifacts/ns/runs/down/ingest/dataset/" in lines[0] and "ConnectionClosedError" in lines[0]
+    keys = [o["Key"] for o in s3_client(s3_server).list_objects_v2(Bucket="artifacts").get("Contents", [])]
+    uploaded = [k for k in keys if "/ingest/dataset/" in k]
+    assert 10 <= len(uploaded) < 31 and not any(k.endswith("annotations.json") for k in uploaded)
+    assert "ns/state/label_map.json" not in keys  # the label map moves only with a published dataset
+    assert result_of(out)["status"] == "infrastructure_error"  # the failure is recorded beside it
+
+
+def test_a_503_on_the_label_map_never_renumbers_categories(capsys, export, s3_store, s3_server):
+    from pipeline.store import open_store
+
+    proxy, store_args = s3_store
+    store = open_store("s3://artifacts/ns", proxy.url)
+    canonical_io.save_label_map(store, {"triangle": 1, "square": 2, "circle": 3})
+    proxy.fail(1, match=r"^HEAD /artifacts/ns/state/label_map\.json")
+    code, out, err = run(capsys, "ingest", "--run-id", "lm", "--source", export, *store_args)
+    assert code == 0, err
+    assert {c["name"]: c["id"] for c in result_of(out)["categories"]} == {"triangle": 1, "square": 2, "circle": 3}
+    assert proxy.faults_applied == 1
+    proxy.fail(None, match=r"label_map\.json")  # it stays down: the stage fails, nothing is rebuilt
+    code, out, err = run(capsys, "ingest", "--run-id", "lm2", "--source", export, *store_args)
+    assert code == 5 and "state/label_map.json" in err
+    proxy.clear()
+    assert canonical_io.load_label_map(store) == {"triangle": 1, "square": 2, "circle": 3}
+
+
+def test_an_s3_source_that_never_answers_fails_in_bounded_time(capsys, export, s3_server, monkeypatch):
+    from pipeline.store import s3_client
+
+    _upload(s3_client(s3_server), export, "exports", "nightly")
+    monkeypatch.setenv("NIGHTSHIFT_S3_READ_TIMEOUT_S", "1")
+    monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "2")
+    with FaultProxy(s3_server) as proxy:
+        proxy.blackhole()
+        started = time.monotonic()
+        code, _, err = run(capsys, "ingest", "--run-id", "hole", "--source", "s3://exports/nightly",
+                           "--set", f"data.source_endpoint_url={proxy.url}")
+    assert code == 5 and time.monotonic() - started < 20, err
+    assert "s3://exports/nightly" in err and "ReadTimeoutError" in err and "Traceback" not in err
+    code, _, err = run(capsys, "ingest", "--run-id", "dead", "--source", "s3://exports/nightly",
+                       "--set", f"data.source_endpoint_url={dead_endpoint()}")
+    assert code == 5 and "EndpointConnectionError" in err  # not 3: the export is not at fault
+
+
+def test_an_s3_source_in_a_missing_bucket_is_one_line(capsys, s3_server):
+    code, _, err = run(capsys, "ingest", "--run-id", "nob", "--source", "s3://no-such-bucket/x")
+    lines = [line for line in err.splitlines() if line.startswith("nightshift")]
+    assert code == 3 and len(lines) == 1 and "no such S3 bucket 'no-such-bucket'" in lines[0]
+    code, _, err = run(capsys, "ingest", "--run-id", "nob2", "--source", "s3://no-such-bucket/x.zip")
+    assert code == 3 and "no such S3 bucket 'no-such-bucket'" in err

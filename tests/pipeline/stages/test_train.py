@@ -333,3 +333,23 @@ def test_early_stopping_on_val_map(shared, only_train, monkeypatch, capsys):
                      "train.bn_calibration_images=0") == 0
     again = last_result(capsys)
     assert again["steps"] == 16 and again["early_stopped"] is True and len(calls) == 4
+
+
+def test_mlflow_params_and_the_torchrun_config_hold_no_secret(tmp_path, monkeypatch):
+    """A webhook given in config reaches neither MLflow's params nor the config copy the ranks read."""
+    import yaml
+
+    from pipeline import tracking
+    from pipeline.stages import train
+
+    webhook = "https://hooks.example.test/services/T0/B0/s3cr3t-token"
+    cfg = load_config(None, [f"notify.webhook_url={webhook}"]).resolved()
+    with tracking.active_run(cfg, "secret-params") as run:  # as train does
+        mlrun = run.info.run_id
+        train._log_params(mlrun, cfg.flat())
+    params = mlflow.MlflowClient().get_run(mlrun).data.params
+    assert params["notify.webhook_url"] == "***" and "s3cr3t" not in json.dumps(params)
+    monkeypatch.setattr("sys.argv", ["pytest"])  # not `nightshift train ...`: the ranks get a written config
+    argv = train._child_argv(cfg, RunContext.create("secret-params", "train", cfg))
+    written = yaml.safe_load(open(argv[argv.index("--config") + 1]).read())
+    assert written["notify"]["webhook_url"] == "" and written["train"] == cfg.to_dict()["train"]

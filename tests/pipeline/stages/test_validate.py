@@ -146,3 +146,26 @@ def test_drift_against_the_last_snapshot_warns_or_fails_as_configured(capsys, ni
                          "--set", "validate.vocabulary_change=ignore", "--set", "validate.max_size_drift=1.0")
     assert code == 3
     assert "class_counts_stable" in err and "image_sizes_stable" not in err and "no_classes_added" not in err
+
+
+def test_drift_statistics_are_never_taken_as_absent_on_a_storage_error(s3_server, monkeypatch):
+    """No statistics means "first snapshot: no drift check"; an S3 error must not be read that way."""
+    import boto3
+
+    from pipeline.datasets import canonical_io
+    from pipeline.errors import InfrastructureError
+    from pipeline.stages.validate import previous_stats
+    from pipeline.store import S3Store
+    from tests.faults import FaultProxy
+
+    monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "1.5")
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="artifacts")
+    with FaultProxy(s3_server) as proxy:
+        store = S3Store("s3://artifacts/ns", proxy.url)
+        assert previous_stats(store) is None  # a definite 404: really the first snapshot
+        store.put_json({"images": 30}, canonical_io.STATS_KEY)
+        proxy.fail(1, match="HEAD ")
+        assert previous_stats(store) == {"images": 30}
+        proxy.fail(None, match="HEAD ")
+        with pytest.raises(InfrastructureError, match="state/"):
+            previous_stats(store)
