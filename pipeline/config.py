@@ -83,7 +83,8 @@ class SnapshotConfig(Section):
 
 class TrainConfig(Section):
     model: str = "ssdlite320_mobilenet_v3_large"  # a name from pipeline.training.models.MODELS
-    weights: str = ""  # optional local weights file; nothing is ever downloaded
+    init: Literal["scratch", "weights", "champion"] = "scratch"  # first weights: random, `weights`, or the registry champion's
+    weights: str = ""  # for init=weights: a local path or s3:// URI (state dict, checkpoint, or backbone file); nothing is downloaded from a hub
     image_size: int = 128  # the model's input side S in pixels (images are resized to S x S); the demo set is 128
     epochs: int = Field(6, ge=1)  # 6 x 384 demo images: mAP@0.5 ~0.88 on val in ~70 s on 2 CPU cores
     batch_size: int = Field(8, ge=1)  # per rank
