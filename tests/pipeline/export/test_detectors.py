@@ -53,6 +53,8 @@ def test_wrapper_reproduces_torchvision_exactly(name):
 @pytest.mark.parametrize("name", OTHERS)
 def test_onnx_export_dynamic_batch_parity_triton_and_tensorrt_ops(name, tmp_path):
     model = representative(name, 3, SIZE)
+    if "rcnn" in name:  # fewer proposals keep the eager reference quick; the wrapper reads the model's values
+        model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"] = 150
     path = tmp_path / "model.onnx"
     spec = export_onnx(model, SIZE, path)
     detections = export_module(model, SIZE).detections
@@ -61,13 +63,13 @@ def test_onnx_export_dynamic_batch_parity_triton_and_tensorrt_ops(name, tmp_path
         ("boxes", [-1, detections, 4]), ("scores", [-1, detections]), ("labels", [-1, detections])]
 
     session = ort_session(path)
-    x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = real(model(list(x)))
         batched = OrtDetector(session)(list(x))
         single = [OrtDetector(session)([im])[0] for im in x]
     vs_torch = compare_detections(ref, batched)
-    assert vs_torch["compared"] >= 60 and vs_torch["match_fraction"] >= 0.98, vs_torch
+    assert vs_torch["compared"] >= 40 and vs_torch["match_fraction"] >= 0.98, vs_torch
     assert compare_detections(single, batched, iou_min=0.99, score_atol=1e-5)["match_fraction"] == 1.0
 
     config = parse(render(spec, "detector", max_batch_size=8))  # Triton's own schema
