@@ -52,18 +52,19 @@ def test_wrapper_reproduces_torchvision_exactly(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OTHERS)
 def test_onnx_export_dynamic_batch_parity_triton_and_tensorrt_ops(name, tmp_path):
-    model = representative(name, 3, SIZE)
+    size = 64  # the smallest input every FPN level still fits: the graph is the same, the eager reference quick
+    model = representative(name, 3, size)
     if "rcnn" in name:  # fewer proposals keep the eager reference quick; the wrapper reads the model's values
         model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"] = 150
     path = tmp_path / "model.onnx"
-    spec = export_onnx(model, SIZE, path)
-    detections = export_module(model, SIZE).detections
-    assert spec["inputs"] == [{"name": "images", "dtype": "float32", "shape": [-1, 3, SIZE, SIZE]}]
+    spec = export_onnx(model, size, path)
+    detections = export_module(model, size).detections
+    assert spec["inputs"] == [{"name": "images", "dtype": "float32", "shape": [-1, 3, size, size]}]
     assert [(o["name"], o["shape"]) for o in spec["outputs"]] == [
         ("boxes", [-1, detections, 4]), ("scores", [-1, detections]), ("labels", [-1, detections])]
 
     session = ort_session(path)
-    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = real(model(list(x)))
         batched = OrtDetector(session)(list(x))
