@@ -4,7 +4,9 @@ Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/mo
 docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id
 continues by itself. Rank 0 logs the resolved config, per-epoch loss / lr / images per second (and val_AP /
 val_AP50 with `train.eval_every_epochs` or early stopping), lineage tags and model.pt (artifact path `model`)
-to the pipeline run's MLflow run. With `train.ema_decay` model.pt holds the EMA of the weights.
+to the pipeline run's MLflow run. With `train.ema_decay` model.pt holds the EMA of the weights. The first
+weights come from `train.init` (pipeline/training/initialise.py): random, a weights file, or the registry's
+champion, whose version is recorded in the lineage tags and in the result's `init`.
 """
 from __future__ import annotations
 

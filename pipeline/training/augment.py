@@ -18,6 +18,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from pipeline.errors import ConfigError
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest(), "little")
@@ -43,6 +45,8 @@ class Augment(torch.utils.data.Dataset):
         self.iou_crop_p = float(cfg.aug_iou_crop)
         self.before = v2.Compose(steps) if steps else None
         lo, hi = (float(v) for v in cfg.aug_scale_jitter)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"'train.aug_scale_jitter': {list(cfg.aug_scale_jitter)}: need 0 < low <= high")
         self.jitter = v2.RandomAffine(degrees=0.0, scale=(lo, hi), fill=0.5) if (lo, hi) != (1.0, 1.0) else None
         self.geometric = bool(cfg.aug_zoom_out > 0 or cfg.aug_iou_crop > 0 or self.jitter is not None)
         self.finish = v2.Compose([v2.Resize((self.size, self.size), antialias=True), v2.ClampBoundingBoxes(),

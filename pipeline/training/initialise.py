@@ -178,9 +178,10 @@ def apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], label: s
 
 
 def _align_backbone(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, str]:
-    """A classification model's tensors (a file with no detector names), in order, onto the detector's `backbone.` tensors while the shapes
-    agree: torchvision's detection builders keep the classification network's modules in order (the resnet
-    body up to layer4, mobilenet's `features`), so position identifies the tensor. Returns {src: dst}."""
+    """A classification model's tensors (a file with no detector names), in order, onto the detector's
+    `backbone.` tensors while the shapes agree: torchvision's detection builders keep the classification
+    network's modules in order (the resnet body up to layer4, mobilenet's `features`), so position identifies
+    the tensor. Returns {src: dst}."""
     src = [k for k in state if _counted(k)]
     dst = [k for k in target if k.startswith("backbone.") and _counted(k)]
     out = {}
@@ -228,10 +229,7 @@ def prepare(cfg, ctx, is_local_main: bool, barrier) -> tuple[Path | None, dict]:
     """Resolve `train.init` to a local weights file (fetched once per node) and what it is; (None, {}) for
     scratch. Every rank gets the same answer: the node's first process fetches, the others read its note."""
     tc = cfg.train
-    if tc.init == "scratch":
-        if tc.weights:
-            raise ConfigError("'train.weights' is set but 'train.init' is 'scratch': set train.init=weights to "
-                              "start from it, or clear train.weights")
+    if tc.init == "scratch":  # (a `train.weights` without init=weights is refused by the train stage)
         return None, {}
     dest = ctx.workdir / "inputs" / "init"
     note = dest / "init.json"

@@ -100,3 +100,10 @@ def test_bad_augmentation_values_name_the_key():
 
     with pytest.raises(ConfigError, match="aug_photometric"):
         load_config(None, ["train.aug_photometric=1.5"])
+
+
+def test_an_empty_or_reversed_scale_range_names_the_key(boxes_dataset):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'train.aug_scale_jitter'"):
+        Augment(boxes_dataset, TrainConfig(aug_scale_jitter=(1.2, 0.8)))
