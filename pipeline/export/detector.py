@@ -215,7 +215,7 @@ def _padded(boxes: Tensor, scores: Tensor, labels: Tensor, kept: Tensor, detecti
     boxes = boxes * scale * kept.unsqueeze(-1).to(boxes.dtype)
     scores = torch.where(kept, scores, torch.zeros_like(scores))
     labels = labels * kept.to(labels.dtype)
-    pad = detections - scores.shape[1]
+    pad = detections - int(scores.shape[1])
     if pad > 0:
         boxes, scores, labels = F.pad(boxes, (0, 0, 0, pad)), F.pad(scores, (0, pad)), F.pad(labels, (0, pad))
     return boxes, scores, labels
