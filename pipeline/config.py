@@ -123,7 +123,8 @@ class SnapshotConfig(Section):
 
 class TrainConfig(Section):
     model: str = "ssdlite320_mobilenet_v3_large"  # a name from pipeline.training.models.MODELS
-    weights: str = ""  # optional local weights file; nothing is ever downloaded
+    init: Literal["scratch", "weights", "champion"] = "scratch"  # first weights: random, `weights`, or the champion's
+    weights: str = ""  # init=weights: path or s3:// URI of a state dict / checkpoint / backbone file; never downloaded
     image_size: int = 128  # the model's input side S in pixels (images are resized to S x S); the demo set is 128
     epochs: int = Field(6, ge=1)  # 6 x 384 demo images: mAP@0.5 ~0.88 on val in ~70 s on 2 CPU cores
     batch_size: int = Field(8, ge=1)  # per rank
@@ -143,6 +144,13 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights per step, e.g. 0.999 (0 = off); model.pt then holds it
     eval_every_epochs: int = Field(0, ge=0)  # val mAP on rank 0 every N epochs, logged as val_AP (0 = off, or 1 if early stopping)
     early_stop_patience: int = Field(0, ge=0)  # stop when val mAP has not improved for this many epochs (0 = off)
+    aug_hflip: float = Field(0.5, ge=0, le=1)  # probability of a horizontal flip (pipeline/training/augment.py)
+    aug_vflip: float = Field(0.0, ge=0, le=1)  # probability of a vertical flip (aerial / microscopy images)
+    aug_photometric: float = Field(0.0, ge=0, le=1)  # probability of each photometric distortion (brightness, ...)
+    aug_zoom_out: float = Field(0.0, ge=0, le=1)  # probability of placing the image on a larger canvas (small objects)
+    aug_zoom_out_max: float = Field(2.0, ge=1)  # largest canvas side / image side for zoom out
+    aug_iou_crop: float = Field(0.0, ge=0, le=1)  # probability of an SSD-style IoU crop
+    aug_scale_jitter: tuple[float, float] = (1.0, 1.0)  # random scale range around the centre (1, 1 = off)
 
 
 class EvaluateConfig(Section):

@@ -2,7 +2,8 @@
 
 Used by the export stage for `export/report.json`, and runnable on its own to see the ORT/eager ratio:
 
-    python -m pipeline.export.bench                      # untrained default detector (see below)
+    python -m pipeline.export.bench                      # every registered detector, representative weights
+    python -m pipeline.export.bench --models fcos_resnet50_fpn --size 160
     python -m pipeline.export.bench --model-pt model.pt  # a trained train/model.pt
 
 Latency is per batch call; throughput is images per second at the median latency. Each figure is over
@@ -76,18 +77,46 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _untrained_default(num_classes: int = 4):
-    """The default detector with random weights; backbone convs re-initialised (He) so that features do
-    not vanish and scores are not all tied, which would make NMS do unrepresentative work."""
+def representative(name: str, num_classes: int = 4, image_size: int = 320, seed: int = 0) -> torch.nn.Module:
+    """Detector `name` (K = num_classes) with random weights that behave like trained ones where it matters
+    for timing and output comparison: torchvision's init leaves BatchNorm statistics at 0/1 (features explode
+    or vanish) and ties every score, and tied scores make NMS do unrepresentative work and cannot be compared
+    element by element. So: BatchNorm statistics from random images, unit-variance class logits with a zero
+    bias (scores spread around 0.5), and FCOS's box distances positive (its ReLU would collapse half the boxes)."""
     from pipeline.training.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("ssdlite320_mobilenet_v3_large", num_classes + 1, 320).eval()
+    torch.manual_seed(seed)
+    model = build_model(name, num_classes + 1, image_size)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None  # a cumulative average over the batches below
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.train()
     with torch.no_grad():
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
-    return model, 320
+        for _ in range(3):
+            images, _ = model.transform(list(torch.rand(4, 3, image_size, image_size, generator=gen)))
+            model.backbone(images.tensors)
+    model.eval()
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            final_class = key.endswith(("cls_logits.weight", "cls_score.weight")) or (
+                "classification_head.module_list" in key and key.endswith(".1.weight"))
+            if final_class:
+                if float(param.std()) == 0:  # a constant init: spread it first
+                    param.normal_(generator=gen)
+                param.mul_(1.0 / float(param.std() * param[0].numel() ** 0.5))
+            elif key.endswith(("cls_logits.bias", "cls_score.bias")) or (
+                    "classification_head.module_list" in key and key.endswith(".1.bias")):
+                param.zero_()
+            elif key == "head.regression_head.bbox_reg.bias":
+                param.fill_(1.0)
+    return model
+
+
+DETECTORS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn",
+             "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn",
+             "fcos_resnet50_fpn")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,25 +124,40 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.training.models import load_trained
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-pt", help="a train/model.pt (default: the untrained default detector, 4 classes)")
+    parser.add_argument("--model-pt", help="a train/model.pt (default: representative untrained detectors, 4 classes)")
+    parser.add_argument("--models", nargs="+", default=list(DETECTORS),
+                        help="registered detectors to measure without --model-pt (default: every one)")
+    parser.add_argument("--size", type=int, default=320, help="input side S without --model-pt")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.model_pt:
         model, meta = load_trained(args.model_pt)
-        size = int(meta["image_size"])
+        runs = [(meta["model"], lambda: (model, int(meta["image_size"])))]
     else:
-        model, size = _untrained_default()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, size, path)
-        report = benchmark(model, ort_session(path, args.threads), size, args.batches, args.repeats, args.warmup,
-                           args.threads)
-    print(table(report))
-    print("ORT/eager speed-up: " + ", ".join(
-        f"batch {b}: {row['ort_vs_eager_speedup']:.2f}x" for b, row in report["batches"].items()))
+        unknown = [m for m in args.models if m not in DETECTORS]
+        if unknown:
+            parser.error(f"unknown detector(s) {unknown}; known: {', '.join(DETECTORS)}")
+        runs = [(name, lambda name=name: (representative(name, 4, args.size), args.size)) for name in args.models]
+    summary = []
+    for name, make in runs:
+        model, size = make()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            started = time.perf_counter()
+            export_onnx(model, size, path)
+            export_s = time.perf_counter() - started
+            report = benchmark(model, ort_session(path, args.threads), size, args.batches, args.repeats,
+                               args.warmup, args.threads)
+        print(f"\n{name} at {size}x{size} (export {export_s:.1f} s)\n{table(report)}", flush=True)
+        summary.append((name, report))
+    print("\nORT/eager speed-up at p50 (>1 = ONNX Runtime faster):")
+    for name, report in summary:
+        print(f"  {name:<40} " + ", ".join(f"batch {b}: {row['ort_vs_eager_speedup']:.2f}x"
+                                            for b, row in report["batches"].items()))
     return 0
 
 

@@ -9,6 +9,7 @@ runtimes through exactly the same code.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,10 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sample = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the wrappers read sizes fixed by the input size (anchor and class counts) as Python ints on purpose
+        warnings.filterwarnings("ignore", "Converting a tensor to a Python integer", torch.jit.TracerWarning,
+                                "pipeline.export.detector")
         torch.onnx.export(
             wrapper, (sample,), str(path), dynamo=False, opset_version=opset,
             input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),

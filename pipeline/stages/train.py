@@ -4,7 +4,9 @@ Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/mo
 docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id
 continues by itself. Rank 0 logs the resolved config, per-epoch loss / lr / images per second (and val_AP /
 val_AP50 with `train.eval_every_epochs` or early stopping), lineage tags and model.pt (artifact path `model`)
-to the pipeline run's MLflow run. With `train.ema_decay` model.pt holds the EMA of the weights.
+to the pipeline run's MLflow run. With `train.ema_decay` model.pt holds the EMA of the weights. The first
+weights come from `train.init` (pipeline/training/initialise.py): random, a weights file, or the registry's
+champion, whose version is recorded in the lineage tags and in the result's `init`.
 """
 from __future__ import annotations
 
@@ -190,14 +192,16 @@ def train(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.datasets.canonical import CanonicalDataset, load_coco, split_coco
     from pipeline.training import distributed
     from pipeline.training.engine import fit, seed_everything
+    from pipeline.training import initialise
     from pipeline.training.models import MODELS, build_model
 
     tc = cfg.train
     if tc.model not in MODELS or MODELS[tc.model].task != "detection":
         known = ", ".join(sorted(n for n, s in MODELS.items() if s.task == "detection"))
         raise ConfigError(f"'train.model': {tc.model!r} is not a detection model; known: {known}")
-    if tc.weights and not Path(tc.weights).is_file():
-        raise ConfigError(f"'train.weights': {tc.weights}: no such file")
+    if tc.init == "scratch" and tc.weights:
+        raise ConfigError("'train.weights' is set but 'train.init' is 'scratch': set train.init=weights to "
+                          "start from it, or clear train.weights")
 
     info = distributed.init_distributed()
     try:
@@ -223,7 +227,10 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         if info.is_main and not dataset_hash:
             log.warning("no snapshot result for run %s: the model's dataset_hash tag is 'unknown'", ctx.run_id)
 
-        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, tc.weights)
+        init_path, init_info = initialise.prepare(cfg, ctx, info.local_rank == 0, lambda: distributed.barrier(info))
+        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size)
+        init = initialise.initialise(model, cfg, init_path, init_info, [c["name"] for c in train_set.categories],
+                                     announce=info.is_main)
         fingerprint = _fingerprint(cfg, annotations_sha, info.world_size)
         if info.is_main:
             log.info("training %s (%d classes) on %d images at %dpx: %d epochs, batch %d x %d process(es) on %s",
@@ -241,7 +248,14 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                 "config_fingerprint": cfg.fingerprint(),
                 "container_image": os.environ.get("NIGHTSHIFT_IMAGE", "local"),
                 "model_name": tc.model,
+                "init": tc.init,
             }
+            if init.mode != "scratch":
+                tags.update({"init_source": init.source, "init_sha256": init.sha256,
+                             "init_loaded": init.loaded, "init_reinitialised": init.reinitialised})
+            if init.champion_version is not None:
+                tags.update({"init_champion_version": init.champion_version,
+                             "init_champion_run_id": init.champion_run_id})
             mlflow_ctx = _with_system_metrics(tracking.active_run(cfg, ctx.run_id, tags=tags))
 
         with mlflow_ctx as mlrun:
@@ -299,6 +313,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                     "best_val_epoch": result.best_val_epoch,
                     "ema": tc.ema_decay > 0,
                     "dataset_hash": dataset_hash,
+                    "init": init.summary(),
                 }
                 ctx.publish_json(out, RANK0_RESULT_KEY)
                 log.info("trained %d epochs (%d steps) in %.1fs, final loss %.4f, %.1f images/s -> %s",

@@ -8,7 +8,6 @@ detections into COCO results in original image pixels: the evaluate and export s
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
@@ -59,39 +58,6 @@ def _seed_worker(worker_id: int) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------
-class FlipAugment(torch.utils.data.Dataset):
-    """Horizontal flip with probability 1/2, decided by a hash of (seed, epoch, index).
-
-    Decisions do not depend on any RNG state, worker count or process, so an interrupted and resumed run
-    sees exactly the same augmented images as an uninterrupted one.
-    """
-
-    def __init__(self, dataset: CanonicalDataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def flipped(self, index: int) -> bool:
-        digest = hashlib.blake2b(f"{self.seed}:{self.epoch}:{index}".encode(), digest_size=1).digest()
-        return bool(digest[0] & 1)
-
-    def __getitem__(self, index: int):
-        image, target = self.dataset[index]
-        if self.flipped(index):
-            width = image.shape[-1]
-            image = image.flip(-1)
-            boxes = target["boxes"].clone()
-            boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-            target = {**target, "boxes": boxes}
-        return image, target
-
-
 class SkipSampler(Sampler):
     """The sampler's indices minus the first `skip`: resumes an epoch after the batches already trained."""
 
@@ -269,7 +235,9 @@ def fit(
     """
     device = info.device
     model.to(device)
-    dataset = FlipAugment(train_set, cfg.seed)
+    from pipeline.training.augment import Augment
+
+    dataset = Augment(train_set, cfg)
     if len(dataset) < 2 * info.world_size:
         raise NightshiftError(f"the train split has {len(train_set)} images: too few for "
                               f"{info.world_size} process(es) (each needs a batch of at least 2)")

@@ -111,14 +111,26 @@ def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export):
     assert ctx.store.exists(ctx.key("report.json"))  # the evidence is kept
 
 
-def test_unsupported_model_is_rejected(shared, tmp_path, only_export):
+@pytest.mark.slow
+def test_faster_rcnn_ships_through_the_same_checks(shared, tmp_path, only_export):
+    """Not only SSDlite: a Faster R-CNN model.pt goes through export, its parity and output checks, and the
+    TensorRT operator check (tests/pipeline/export/test_detectors.py covers the other architectures)."""
+    from pipeline.export.bench import representative
+
     cfg = stage_inputs("night-3", shared, tmp_path)
-    model = build_model("fasterrcnn_mobilenet_v3_large_320_fpn", 4, 64)
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
     blob = torch.load(shared["model_pt"], weights_only=False)
-    blob.update(model="fasterrcnn_mobilenet_v3_large_320_fpn", image_size=64, state_dict=model.state_dict())
+    blob.update(model=name, image_size=64, state_dict=representative(name, 3, 64).state_dict())
     torch.save(blob, tmp_path / "frcnn.pt")
     RunContext.create("night-3", "train", cfg).publish(tmp_path / "frcnn.pt", "model.pt")
-    assert cli.main(argv("night-3", shared)) == 3
+    assert cli.main(argv("night-3", shared)) == 0
+    ctx = RunContext.create("night-3", "export", cfg)
+    result = ctx.store.get_json(ctx.key("result.json"))
+    assert result["status"] == "ok" and result["tensorrt_ops_supported"] is True
+    assert result["output_match"] >= 0.98 and result["parity"]["map_drop"] <= 0.001
+    report = ctx.store.get_json(ctx.key("report.json"))
+    assert report["model"] == name and report["checks"]["outputs"]["vs_pytorch"]["compared"] > 0
+    assert report["checks"]["outputs"]["batch_vs_single"]["match_fraction"] == 1.0
 
 
 def test_latency_and_size_budgets_are_judged_on_the_export_report(shared, tmp_path, only_export):

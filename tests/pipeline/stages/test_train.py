@@ -353,3 +353,70 @@ def test_mlflow_params_and_the_torchrun_config_hold_no_secret(tmp_path, monkeypa
     argv = train._child_argv(cfg, RunContext.create("secret-params", "train", cfg))
     written = yaml.safe_load(open(argv[argv.index("--config") + 1]).read())
     assert written["notify"]["webhook_url"] == "" and written["train"] == cfg.to_dict()["train"]
+
+
+def test_init_weights_loads_a_detector_checkpoint_and_records_the_counts(shared, only_train, capsys, tmp_path):
+    """A whole-detector file with torchvision's 91 classes: all but the class head is loaded, and the counts
+    reach the result and the MLflow tags."""
+    from pipeline.training.models import build_model
+
+    coco = build_model("ssdlite320_mobilenet_v3_large", 91, SIZE).state_dict()
+    path = tmp_path / "ssdlite_coco.pth"
+    torch.save(coco, path)
+    publish_dataset("from-weights", shared)
+    assert train_cli("from-weights", shared, "train.max_steps=1", "train.init=weights", f"train.weights={path}") == 0
+    result = last_result(capsys)
+    init = result["init"]
+    ours = build_model("ssdlite320_mobilenet_v3_large", 4, SIZE).state_dict()
+    head = [k for k in coco if coco[k].shape != ours[k].shape]  # the last conv of 6 levels, weight and bias
+    assert init["mode"] == "weights" and init["source"] == str(path) and init["matched_by"] == "name"
+    assert init["reinitialised"] == len(head) == 12 and init["unused"] == 12
+    assert sorted(init["reinitialised_names"]) == sorted(head)
+    assert init["loaded"] == len([k for k in coco if not k.endswith("num_batches_tracked")]) - 12
+    mlflow.set_tracking_uri(shared["sets"][0].split("=", 1)[1])
+    tags = mlflow.MlflowClient().get_run(result["mlflow_run_id"]).data.tags
+    assert tags["init"] == "weights" and tags["init_loaded"] == str(init["loaded"])
+    assert len(tags["init_sha256"]) == 64
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.init=weights", "train.weights=/nonexistent/coco.pth"], "'train.weights': /nonexistent/coco.pth"),
+    (["train.init=weights"], "'train.weights': empty"),
+    (["train.weights=/some/file.pth"], "'train.init' is 'scratch'"),
+    (["train.init=champion", "promote.model_name=never_promoted"], "no model holds never_promoted@champion"),
+])
+def test_init_errors_exit_2_before_anything_is_written(shared, only_train, capsys, sets, message):
+    ctx = publish_dataset("bad-init", shared)
+    assert train_cli("bad-init", shared, "train.max_steps=1", *sets) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not ctx.store.exists("runs/bad-init/train/model.pt")
+    assert not ctx.store.list("runs/bad-init/train/checkpoints")
+
+
+def test_init_champion_warm_starts_from_the_registry_alias(shared, only_train, capsys):
+    """The champion's model.pt seeds the next run: every tensor loaded, its version in the lineage."""
+    publish_dataset("night1", shared)
+    assert train_cli("night1", shared, "train.max_steps=1") == 0
+    first = last_result(capsys)
+    mlflow.set_tracking_uri(shared["sets"][0].split("=", 1)[1])
+    client = mlflow.MlflowClient()
+    name = "warm_start_test"
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, f"runs:/{first['mlflow_run_id']}/model", run_id=first["mlflow_run_id"])
+    client.set_registered_model_alias(name, "champion", mv.version)
+
+    ctx = publish_dataset("night2", shared)
+    assert train_cli("night2", shared, "train.max_steps=0", "train.epochs=1", "train.lr=1e-12", "train.init=champion",
+                     f"promote.model_name={name}") == 0
+    result = last_result(capsys)
+    init = result["init"]
+    assert init["mode"] == "champion" and init["champion_version"] == str(mv.version)
+    assert init["champion_run_id"] == first["mlflow_run_id"]
+    assert init["reinitialised"] == 0 and init["unused"] == 0 and init["class_mapping"] is None
+    tags = client.get_run(result["mlflow_run_id"]).data.tags
+    assert tags["init_champion_version"] == str(mv.version) and tags["init"] == "champion"
+    # started from the champion: with a negligible learning rate the weights barely move from it
+    before, after = weights(ctx, "night1"), weights(ctx, "night2")
+    conv = "backbone.features.0.0.0.weight"
+    assert torch.allclose(before[conv], after[conv], atol=1e-6)

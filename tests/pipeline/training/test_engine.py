@@ -1,7 +1,6 @@
-"""Training-loop parts: predict's COCO output, deterministic flips, the LR schedule, resumable sampling,
+"""Training-loop parts: predict's COCO output, the LR schedule, resumable sampling,
 checkpoints, and SSDlite at a size other than 320."""
 import json
-import random
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 from pipeline.datasets.canonical import CanonicalDataset
 from pipeline.store import LocalStore
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.engine import FlipAugment, SkipSampler, predict, warmup_cosine
+from pipeline.training.engine import SkipSampler, predict, warmup_cosine
 from pipeline.training.models import build_model
 
 
@@ -60,29 +59,6 @@ def test_predict_maps_boxes_to_original_pixels_and_categories(two_images):
     model.train()
     predict(model, ds, progress=False)
     assert model.training
-
-
-def test_flip_moves_boxes_with_the_image(two_images):
-    ds = CanonicalDataset(two_images, "val", 64)
-    aug = FlipAugment(ds, seed=0)
-    flips = {}
-    for epoch in range(8):
-        aug.set_epoch(epoch)
-        flips[epoch] = aug.flipped(0)
-        image, target = aug[0]
-        plain_image, plain = ds[0]
-        if flips[epoch]:
-            assert torch.equal(image, plain_image.flip(-1))
-            x1, y1, x2, y2 = plain["boxes"][0].tolist()
-            assert target["boxes"][0].tolist() == pytest.approx([64 - x2, y1, 64 - x1, y2])
-        else:
-            assert torch.equal(target["boxes"], plain["boxes"])
-    assert set(flips.values()) == {True, False}  # both happen over a few epochs
-    # decided by (seed, epoch, index) alone: global RNG state changes nothing
-    aug.set_epoch(3)
-    first = aug.flipped(0)
-    random.seed(1234), torch.manual_seed(99)
-    assert aug.flipped(0) == first
 
 
 def test_warmup_then_cosine():
