@@ -30,6 +30,7 @@ TOOLS = {
     "reproduce": "pipeline.training.reproduce",
     "rollback": "pipeline.stages.rollback",
     "score": "pipeline.metrics.score_cli",
+    "weekly": "pipeline.report.weekly",
 }
 XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
 RESULT_MARKER = "NIGHTSHIFT_RESULT "
