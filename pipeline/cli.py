@@ -22,7 +22,8 @@ import yaml
 from pipeline import __version__
 from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError
 
-STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
+STAGES = ("ingest", "validate", "audit", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
+          "notify")
 # commands that are not pipeline stages; each module has add_arguments(parser) and main(args) -> int
 TOOLS = {
     "compare": "pipeline.report.compare",

@@ -70,6 +70,7 @@ class ValidateConfig(Section):
     max_class_count_change: float = 0.5  # relative change of a class's box count vs the last snapshot
     max_size_drift: float = 0.2  # total-variation distance of the image width/height histograms vs the last snapshot
     drift_action: Literal["warn", "fail"] = "warn"  # what a count change or size drift beyond the limits does
+    max_label_issue_rate: float | None = Field(None, ge=0)  # `nightshift audit` rejects the data above it (None = off)
 
 
 class SnapshotConfig(Section):
@@ -103,6 +104,12 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights per step, e.g. 0.999 (0 = off); model.pt then holds it
     eval_every_epochs: int = Field(0, ge=0)  # val mAP on rank 0 every N epochs, logged as val_AP (0 = off, or 1 if early stopping)
     early_stop_patience: int = Field(0, ge=0)  # stop when val mAP has not improved for this many epochs (0 = off)
+
+
+class AuditConfig(Section):
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])  # what is audited
+    issue_threshold: float = Field(0.1, gt=0, le=1)  # an item scored below this counts as a label issue
+    queue_size: int = Field(100, ge=1)  # items in queue.html and the CVAT review file, worst first
 
 
 class EvaluateConfig(Section):
@@ -187,6 +194,7 @@ class Config(Section):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
