@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from xml.etree import ElementTree as ET
 
 from pipeline.audit.scoring import MISSING, Item
@@ -94,7 +94,7 @@ def cvat_xml(coco: dict, items: list[Item]) -> bytes:
         el = ET.SubElement(root, "image", id=str(n), name=im["file_name"], width=str(im["width"]),
                            height=str(im["height"]))
 
-        def box(label: str, bbox, source: str, review: str, attrs: dict | None = None) -> None:
+        def box(label: str, bbox, source: str, review: str, attrs: dict | None = None, el=el) -> None:
             x, y, w, h = bbox
             b = ET.SubElement(el, "box", label=label, occluded="0", source=source, xtl=_fmt(x), ytl=_fmt(y),
                               xbr=_fmt(x + w), ybr=_fmt(y + h), z_order="0")

@@ -86,8 +86,11 @@ def score(coco: dict, detections: list[dict], splits=("train", "val")) -> list[I
     """Every annotation of the images in `splits` and every confident unannotated prediction, lowest score first."""
     import warnings
 
-    from cleanlab.object_detection.rank import (compute_badloc_box_scores, compute_overlooked_box_scores,
-                                                compute_swap_box_scores)
+    from cleanlab.object_detection.rank import (
+        compute_badloc_box_scores,
+        compute_overlooked_box_scores,
+        compute_swap_box_scores,
+    )
 
     images = [im for im in coco["images"] if im.get("split", "train") in splits]
     detections = [d for d in detections if d["score"] >= MIN_PREDICTION_SCORE]

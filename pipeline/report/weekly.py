@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -54,7 +54,7 @@ def parse_since(text: str, now: datetime) -> datetime:
         start = datetime.fromisoformat(text.strip())
     except (ValueError, AttributeError):
         raise ConfigError(f"--since {text!r}: expected a period like 7d, 36h, 2w or an ISO date") from None
-    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
     if start >= now:
         raise ConfigError(f"--since {text!r}: is not in the past")
     return start
@@ -82,7 +82,7 @@ def _modified(store, key: str) -> datetime | None:
 
     if isinstance(store, LocalStore):
         path = store.local_path(key)
-        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) if path.is_file() else None
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC) if path.is_file() else None
     try:
         return store.client.head_object(Bucket=store.bucket, Key=store._key(key))["LastModified"]
     except Exception:  # noqa: BLE001 - missing: no time
@@ -102,7 +102,7 @@ def _ms(t: datetime) -> int:
 
 
 def _dt(ms: int | None) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc) if ms else None
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
 
 
 # -- what a run came to -----------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def _champion_history(cfg, client, runs: list[dict], start: datetime, end: datet
                            "gate passed"})
         rolled = mv.tags.get(ROLLED_BACK_TAG)
         if rolled and rolled.isdigit():
-            when = datetime.fromtimestamp(int(rolled), timezone.utc)
+            when = datetime.fromtimestamp(int(rolled), UTC)
             if start <= when < end:
                 events.append({"time": when.isoformat(timespec="minutes"), "t": when.timestamp(),
                                "event": "rollback", "version": int(mv.version), "run_id": rid, "AP": None,
@@ -412,11 +412,11 @@ def summary_text(week: dict, link: str) -> str:
     failed = [f"{r['run_id']} at {r['stage']}" for r in week["runs"] if r["outcome"] == "failed"]
     rollbacks = sum(e["event"] == "rollback" for e in week["champion"]["events"])
     lines = [
-        f"[nightshift_weekly_report] {week['period']['start'][:10]} to {week['period']['end'][:10]}: "
-        f"{len(week['runs'])} runs: {c['promoted']} promoted, {c['held']} held, {c['unchanged']} unchanged, "
-        f"{c['failed']} failed" + (f", {c['incomplete']} incomplete" if c["incomplete"] else "") + ".",
-        f"Champion: {'v' + str(champ['version']) if champ else 'none'} @{week['alias']}; "
-        f"{rollbacks} rollback(s) this week.",
+        (f"[nightshift_weekly_report] {week['period']['start'][:10]} to {week['period']['end'][:10]}: "
+         f"{len(week['runs'])} runs: {c['promoted']} promoted, {c['held']} held, {c['unchanged']} unchanged, "
+         f"{c['failed']} failed" + (f", {c['incomplete']} incomplete" if c["incomplete"] else "") + "."),
+        (f"Champion: {'v' + str(champ['version']) if champ else 'none'} @{week['alias']}; "
+         f"{rollbacks} rollback(s) this week."),
     ]
     if held:
         lines.append("Held: " + "; ".join(held))
@@ -470,7 +470,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.config, args.overrides).resolved()
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     start = parse_since(args.since, end)
     log.info("weekly report start: %s to %s", start.isoformat(timespec="minutes"), end.isoformat(timespec="minutes"))
     week = collect(cfg, start, end)

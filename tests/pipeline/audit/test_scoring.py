@@ -5,58 +5,12 @@ duplicates; the HTML queue and the CVAT file."""
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.audit import queue, scoring
-
-SIZE = 64
-RATE = 0.05
-EPOCHS = 24
-
-NUM_IMAGES = 160
-
-
-def train_ssdlite(data: Path, out: Path) -> Path:
-    """SSDlite trained briefly on the clean demo data, saved in train's model.pt format."""
-    import torch
-
-    from pipeline.config import TrainConfig
-    from pipeline.datasets.canonical import CanonicalDataset
-    from pipeline.store import LocalStore
-    from pipeline.training.distributed import DistInfo
-    from pipeline.training.engine import fit
-    from pipeline.training.models import build_model
-
-    cfg = TrainConfig(image_size=SIZE, epochs=EPOCHS, batch_size=16, lr=6e-3, warmup_steps=5, nproc_per_node=1,
-                      threads_per_rank=2, deterministic=False, seed=3, bn_calibration_images=0)
-    train_set = CanonicalDataset(data, "train", SIZE)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, train_set.num_classes + 1, SIZE)
-    info = DistInfo(0, 1, 0, torch.device("cpu"), "")
-    fit(model, train_set, cfg, info, LocalStore(out / "store"), "ckpt", "audit-test", progress=False)
-    path = out / "model.pt"
-    torch.save({"model": cfg.model, "num_classes": train_set.num_classes + 1, "image_size": SIZE,
-                "categories": [{"id": c["id"], "name": c["name"]} for c in train_set.categories],
-                "label_to_category": [train_set.label_to_cat[i] for i in range(1, train_set.num_classes + 1)],
-                "state_dict": model.state_dict()}, path)
-    return path
-
-
-def demo_data(path: Path) -> dict:
-    """The demo data (3 train : 1 val) at SIZE px."""
-    from pipeline.datasets.synthetic import generate
-
-    generate(path, num_images=NUM_IMAGES, image_size=SIZE, seed=3, min_size=12, max_size=26, max_objects=3)
-    coco = json.loads((path / "annotations.json").read_text())
-    for i, image in enumerate(coco["images"]):
-        image["split"] = "val" if i % 4 == 0 else "train"
-        image["group"] = image["file_name"]
-    (path / "annotations.json").write_text(json.dumps(coco))
-    return coco
+from pipeline.audit.bench import KINDS, demo_data, found, inject, train_ssdlite
 
 
 def simulate(coco: dict, seed: int = 1) -> list[dict]:
@@ -108,33 +62,6 @@ def trained(tmp_path_factory):
         torch.use_deterministic_algorithms(False)
 
 
-def inject(coco: dict, kind: str, seed: int = 0):
-    """A copy of `coco` with 5 % of its annotations made wrong; returns (coco, what was injected)."""
-    rng = np.random.default_rng(seed)
-    out = copy.deepcopy(coco)
-    n = max(1, round(RATE * len(out["annotations"])))
-    picked = [out["annotations"][i] for i in rng.choice(len(out["annotations"]), n, replace=False)]
-    if kind == "swap":
-        for a in picked:
-            a["category_id"] = int(rng.choice([c["id"] for c in out["categories"] if c["id"] != a["category_id"]]))
-    elif kind == "shift":  # half a box off in x and y
-        for a in picked:
-            x, y, w, h = a["bbox"]
-            a["bbox"] = [max(0.0, x + 0.5 * w * rng.choice([-1, 1])), max(0.0, y + 0.5 * h * rng.choice([-1, 1])), w, h]
-    elif kind == "drop":
-        gone = {a["id"] for a in picked}
-        out["annotations"] = [a for a in out["annotations"] if a["id"] not in gone]
-    return out, picked
-
-
-def found(items, kind: str, picked: list[dict]) -> int:
-    if kind == "drop":  # a missing-box item on the dropped box
-        return sum(any(it.ann_id is None and it.image_id == a["image_id"] and scoring._iou(it.bbox, a["bbox"]) >= 0.5
-                       for it in items) for a in picked)
-    ids = {it.ann_id for it in items}
-    return sum(a["id"] in ids for a in picked)
-
-
 def check_ranking(case: dict, kind: str, reason: str) -> None:
     coco, picked = inject(case["coco"], kind)
     items = scoring.score(coco, case["detections"])
@@ -144,9 +71,6 @@ def check_ranking(case: dict, kind: str, reason: str) -> None:
     assert hits >= 0.8 * len(picked), [(it.reason, round(it.score, 3), it.ann_id) for it in top]
     # and the queue names the right reason for most of them
     assert sum(it.reason == reason for it in top) >= 0.5 * len(picked)
-
-
-KINDS = [("swap", scoring.SWAP), ("drop", scoring.MISSING), ("shift", scoring.BADLOC)]
 
 
 @pytest.mark.slow
@@ -184,7 +108,7 @@ def test_queue_page_and_cvat_file(simulated, tmp_path):
 
     from pipeline.formats.cvat import read_cvat
 
-    coco, picked = inject(simulated["coco"], "swap")
+    coco, _picked = inject(simulated["coco"], "swap")
     ranked = scoring.score(coco, simulated["detections"])
     items, counts = ranked[:12], scoring.issue_counts(ranked, 0.1)
     images = simulated["data"] / "images"

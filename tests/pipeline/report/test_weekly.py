@@ -5,8 +5,9 @@ import base64
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from pipeline.stages.rollback import ROLLED_BACK_TAG
 from pipeline.training.reproduce import REPRODUCTION_TAG
 
 CLASSES = ("circle", "square", "triangle")
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def _metrics(ap: float) -> dict:
@@ -33,7 +34,7 @@ def _metrics(ap: float) -> dict:
 
 
 def _export_report(p50: float, p95: float, ips: float, onnx_bytes: int) -> dict:
-    row = lambda s: {"latency_ms": {"p50": p50 * s, "p95": p95 * s, "mean": p50 * s, "std": 0.1},  # noqa: E731
+    row = lambda s: {"latency_ms": {"p50": p50 * s, "p95": p95 * s, "mean": p50 * s, "std": 0.1},
                      "throughput_ips": ips * s}
     return {"format": "onnx", "speed": {"batches": {"1": {"onnxruntime": row(1), "eager": row(2)},
                                                    "8": {"onnxruntime": row(4), "eager": row(8)}}},
@@ -191,7 +192,7 @@ class Page(HTMLParser):
 def test_every_section_matches_the_synthetic_week(week, capsys):
     cfg = week
     start = NOW - timedelta(days=7, hours=1)
-    data = weekly.collect(cfg, start, datetime.now(timezone.utc) + timedelta(seconds=1))
+    data = weekly.collect(cfg, start, datetime.now(UTC) + timedelta(seconds=1))
 
     # runs and their outcomes
     outcomes = {r["run_id"]: r["outcome"] for r in data["runs"]}
@@ -260,7 +261,7 @@ def test_the_command_writes_a_self_contained_page_logs_it_and_announces_it(week,
     for src in parser.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert all(ref.startswith("data:") or ref.startswith("#") for ref in parser.refs), parser.refs
+    assert all(ref.startswith(("data:", "#")) for ref in parser.refs), parser.refs
     assert not re.search(r"(?:https?:)?//[A-Za-z0-9]", re.sub(r"data:[^\"']+", "", page)), "an external URL"
     for run_id in (f"night-{i}" for i in range(1, 8)):
         assert run_id in page
@@ -268,10 +269,10 @@ def test_the_command_writes_a_self_contained_page_logs_it_and_announces_it(week,
     assert "labels fixed upstream, see ticket 42" in page and "per_class_min" in page
 
     # logged to MLflow, in the store, announced with a link
-    assert open(result["html"].removeprefix("file://")).read() == page
+    assert Path(result["html"].removeprefix("file://")).read_text() == page
     files = [f.path for f in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"], "weekly_report")]
     assert sorted(files) == ["weekly_report/weekly.html", "weekly_report/weekly.json"]
-    sink = [json.loads(line) for line in open(week.notify.sink)]
+    sink = [json.loads(line) for line in Path(week.notify.sink).read_text().splitlines()]
     assert sink[-1]["event"] == "weekly_report"
     text = sink[-1]["text"]
     assert "7 runs: 3 promoted, 1 held, 2 unchanged, 1 failed" in text
