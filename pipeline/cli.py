@@ -26,8 +26,8 @@ import yaml
 from pipeline import __version__
 from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError, infrastructure_error
 
-STAGES = ("check", "ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote",
-          "notify")
+STAGES = ("check", "ingest", "validate", "audit", "snapshot", "changed", "train", "evaluate", "gate", "export",
+          "promote", "notify")
 # commands that are not pipeline stages; each module has add_arguments(parser) and main(args) -> int
 TOOLS = {
     "compare": "pipeline.report.compare",
@@ -35,6 +35,7 @@ TOOLS = {
     "reproduce": "pipeline.training.reproduce",
     "rollback": "pipeline.stages.rollback",
     "score": "pipeline.metrics.score_cli",
+    "weekly": "pipeline.report.weekly",
 }
 XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
 RESULT_MARKER = "NIGHTSHIFT_RESULT "

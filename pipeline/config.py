@@ -110,6 +110,7 @@ class ValidateConfig(Section):
     max_class_count_change: float = 0.5  # relative change of a class's box count vs the last snapshot
     max_size_drift: float = 0.2  # total-variation distance of the image width/height histograms vs the last snapshot
     drift_action: Literal["warn", "fail"] = "warn"  # what a count change or size drift beyond the limits does
+    max_label_issue_rate: float | None = Field(None, ge=0)  # `nightshift audit` rejects the data above it (None = off)
 
 
 class SnapshotConfig(Section):
@@ -151,6 +152,12 @@ class TrainConfig(Section):
     aug_zoom_out_max: float = Field(2.0, ge=1)  # largest canvas side / image side for zoom out
     aug_iou_crop: float = Field(0.0, ge=0, le=1)  # probability of an SSD-style IoU crop
     aug_scale_jitter: tuple[float, float] = (1.0, 1.0)  # random scale range around the centre (1, 1 = off)
+
+
+class AuditConfig(Section):
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])  # what is audited
+    issue_threshold: float = Field(0.1, gt=0, le=1)  # an item scored below this counts as a label issue
+    queue_size: int = Field(100, ge=1)  # items in queue.html and the CVAT review file, worst first
 
 
 class EvaluateConfig(Section):
@@ -239,6 +246,7 @@ class Config(Section):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
 

@@ -80,8 +80,9 @@ def pick_samples(coco: dict, n: int) -> list[dict]:
 
 
 def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: str = "", validation: dict | None = None,
-          samples: int = 6, title: str = "Dataset card") -> tuple[str, str]:
-    """(html, markdown) for the canonical dataset `coco`; `read_image(file_name)` returns an image's bytes."""
+          samples: int = 6, title: str = "Dataset card", audit: dict | None = None) -> tuple[str, str]:
+    """(html, markdown) for the canonical dataset `coco`; `read_image(file_name)` returns an image's bytes;
+    `audit` is the run's `nightshift audit` result, when there is one."""
     counts = canonical_io.counts(coco)
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     widths = [int(im.get("width") or 0) for im in coco["images"]]
@@ -114,6 +115,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
                  f"warnings: {', '.join(validation.get('warnings') or []) or 'none'}")
     else:
         vline = "not validated in this run"
+    aline = audit_line(audit)
     summary = (f"{counts['images']} images, {counts['annotations']} boxes, {len(names)} classes"
                + (f", {counts['ignore_regions']} ignore regions" if counts["ignore_regions"] else ""))
 
@@ -124,7 +126,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
          "{text-align:left}figure{display:inline-block;margin:.4rem}figcaption{font-size:.75rem;color:#555}"
          "code{font-size:.85rem}", "</style></head><body>", f"<h1>{e(title)}</h1>",
          f"<p>Dataset hash <code>{e(dataset_hash or 'not snapshotted')}</code> &middot; {e(summary)}</p>",
-         f"<h2>Validation</h2><p>{e(vline)}</p>",
+         f"<h2>Validation</h2><p>{e(vline)}</p>", f"<h2>Label audit</h2><p>{e(aline)}</p>",
          "<h2>Splits</h2><table><tr><th>split</th><th>images</th><th>boxes</th></tr>"]
     h += [f"<tr><td>{e(s)}</td><td>{i}</td><td>{a}</td></tr>" for s, i, a in split_rows]
     h.append(f"</table><p>{e(split_line)}</p><h2>Classes (boxes)</h2><table><tr><th>class</th>"
@@ -138,7 +140,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     h.append("</body></html>")
 
     md = [f"# {title}", "", f"Dataset hash `{dataset_hash or 'not snapshotted'}`: {summary}.", "",
-          "## Validation", "", vline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
+          "## Validation", "", vline, "", "## Label audit", "", aline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
     md += [f"| {s} | {i} | {a} |" for s, i, a in split_rows]
     md += ["", split_line]
     md += ["", "## Classes (boxes)", "", "| class | " + " | ".join((*canonical_io.SPLITS, "total")) + " |",
@@ -147,6 +149,19 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     md += ["", "## Image sizes", ""] + [f"![{t}]({u})" for t, u in hists]
     md += ["", "## Samples", ""] + [f"![{n} ({s})]({u})" for n, s, u in sample_uris]
     return "\n".join(h), "\n".join(md) + "\n"
+
+
+def audit_line(audit: dict | None) -> str:
+    """One line of the label audit's counts (pipeline/stages/audit.py's result)."""
+    if not audit:
+        return "not audited in this run"
+    if audit.get("skipped") or "annotations" not in audit:
+        return f"not audited: {audit.get('reason') or audit.get('error') or 'no counts'}"
+    reasons = ", ".join(f"{n} {r}" for r, n in (audit.get("per_reason") or {}).items())
+    limit = audit.get("max_label_issue_rate")
+    return (f"{audit['issues']} likely label issues among {audit['annotations']} annotations ({reasons}); "
+            f"rate {audit['rate']:.3f}" + (f" (limit {limit:g})" if limit is not None else "")
+            + f", scored with {audit.get('model', '?')}")
 
 
 def write(out_dir: str | Path, coco: dict, image_dir: str | Path, **kwargs) -> tuple[Path, Path]:

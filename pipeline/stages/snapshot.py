@@ -214,7 +214,8 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
         return ctx.store.get_bytes(key) if ctx.store.exists(key) else None
 
     page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
-                          samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}")
+                          samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}",
+                          audit=ctx.result_of("audit") if ctx.has_result("audit") else None)
     ctx.store.put_bytes(page.encode(), ctx.key("card.html"))
     ctx.store.put_bytes(md.encode(), ctx.key("card.md"))
 

@@ -25,7 +25,7 @@ GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 # Secret name -> whether a pod fails to start without it. Keys: infra/k8s/secrets.example.yaml.
 SECRETS_ALL = {"nightshift-s3": False, "nightshift-mlflow": False}
 SECRET_CHAT = "nightshift-chat"
-CHAT_STAGES = {"notify", "rollback"}  # only these stages talk to the chat webhook
+CHAT_STAGES = {"notify", "rollback", "weekly"}  # only these stages talk to the chat webhook
 
 
 def container_security_context() -> k8s.V1SecurityContext:

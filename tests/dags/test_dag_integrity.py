@@ -22,7 +22,7 @@ RETRAIN_ORDER = ["check_conf", "check", "ingest", "validate", "snapshot", "chang
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"nightshift_retrain", "nightshift_rollback"}
+    assert set(dagbag.dag_ids) == {"nightshift_retrain", "nightshift_rollback", "nightshift_weekly_report"}
 
 
 def test_retrain_dag_settings(dagbag):
@@ -53,6 +53,23 @@ def test_rollback_dag_settings(dagbag):
     assert "--run-id" not in task.arguments
     # the rollback tool announces itself, in words; a success callback would announce it a second time
     assert not task.on_success_callback
+
+
+def test_weekly_report_dag_settings(dagbag):
+    dag = dagbag.dags["nightshift_weekly_report"]
+    assert dag.schedule == "0 6 * * 1"  # weekly; manual triggers too
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert [t.task_id for t in dag.tasks] == ["weekly"]
+    task = dag.get_task("weekly")
+    assert task.arguments[0] == "weekly"
+    assert "--run-id" not in task.arguments
+    assert task.arguments[-2:] == ["--since", "{{ params.since }}"]
+    assert dag.params.dump() == {"since": "7d"}
+    import re
+
+    pattern = re.compile(_param_schema(dag, "since")["pattern"])
+    assert all(pattern.match(v) for v in ("7d", "36h", "2w", "2026-11-23"))
+    assert not any(pattern.match(v) for v in ("", "soon", "7 days"))
 
 
 def _param_schema(dag, name):
@@ -155,7 +172,7 @@ def test_rollback_params(dagbag):
     assert _param_schema(dag, "to_version")["type"] == ["null", "integer"]
 
 
-@pytest.mark.parametrize("dag_id", ["nightshift_retrain", "nightshift_rollback"])
+@pytest.mark.parametrize("dag_id", ["nightshift_retrain", "nightshift_rollback", "nightshift_weekly_report"])
 def test_every_task_retries_and_alerts(dagbag, dag_id):
     from nightshift_airflow import NightshiftChatNotifier
 
@@ -215,13 +232,13 @@ def test_parse_time_under_one_second(runner, dummy_kubeconfig):
     """Each DAG file parses in < 1 s in a fresh interpreter once Airflow and the plugin are imported
     (the DAG processor pre-imports a file's imports before parsing it)."""
     env = dict(os.environ, NIGHTSHIFT_RUNNER=runner, PYTHONPATH=str(PLUGINS), KUBECONFIG=str(dummy_kubeconfig))
-    files = [str(DAGS / "nightshift_retrain.py"), str(DAGS / "nightshift_rollback.py")]
+    files = [str(DAGS / name) for name in ("nightshift_retrain.py", "nightshift_rollback.py", "nightshift_weekly_report.py")]
     out = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, *files], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     timings = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"[{runner}] " + ", ".join(f"{k} {v:.3f}s" for k, v in timings.items()))
-    for name in ("nightshift_retrain.py", "nightshift_rollback.py"):
+    for name in ("nightshift_retrain.py", "nightshift_rollback.py", "nightshift_weekly_report.py"):
         assert timings[name] < 1.0, timings
 
 
@@ -243,7 +260,7 @@ def test_dag_files_stay_wiring():
         assert "Variable" not in source and "get_connection" not in source, path.name
 
 
-@pytest.mark.parametrize("dag_id", ["nightshift_retrain", "nightshift_rollback"])
+@pytest.mark.parametrize("dag_id", ["nightshift_retrain", "nightshift_rollback", "nightshift_weekly_report"])
 def test_dags_serialize_for_the_scheduler(dagbag, dag_id):
     from airflow.serialization.serialized_objects import DagSerialization
 

@@ -60,7 +60,7 @@ def _base(pod):
 
 
 def test_every_stage_task_is_a_pod(k8s_dagbag):
-    for dag_id in ("nightshift_retrain", "nightshift_rollback"):
+    for dag_id in ("nightshift_retrain", "nightshift_rollback", "nightshift_weekly_report"):
         dag = k8s_dagbag.dags[dag_id]
         not_pods = {t.task_id for t in dag.tasks if type(t).__name__ != "NightshiftPodOperator"}
         assert not_pods == ({"check_conf", "branch_on_change"} if dag_id == "nightshift_retrain" else set())
@@ -119,13 +119,13 @@ def test_gpu_only_for_train_and_export(k8s_dagbag):
 
 
 def test_credentials_by_secret_reference_only(k8s_dagbag, secret_sentinel):
-    for dag_id in ("nightshift_retrain", "nightshift_rollback"):
+    for dag_id in ("nightshift_retrain", "nightshift_rollback", "nightshift_weekly_report"):
         for task, pod in _pods(k8s_dagbag, dag_id, TRIGGER_PARAMS if dag_id == "nightshift_retrain" else None):
             assert secret_sentinel not in json.dumps(pod), task.task_id
             base = _base(pod)
             refs = {e["secretRef"]["name"] for e in base.get("envFrom", [])}
             assert {"nightshift-s3", "nightshift-mlflow"} <= refs, task.task_id
-            assert ("nightshift-chat" in refs) == (task.task_id in ("notify", "rollback")), task.task_id
+            assert ("nightshift-chat" in refs) == (task.task_id in ("notify", "rollback", "weekly")), task.task_id
             for env in base.get("env", []):
                 assert not any(w in env["name"] for w in ("SECRET", "PASSWORD", "TOKEN", "WEBHOOK")), env["name"]
 
@@ -148,6 +148,13 @@ def test_pod_arguments_are_the_stage_command(k8s_dagbag):
 
     defaults = dict((t.task_id, p) for t, p in _pods(k8s_dagbag, "nightshift_retrain"))
     assert [a for a in _base(defaults["ingest"])["args"] if a.startswith(("data.", "train.model", "gates."))] == []
+
+
+def test_weekly_report_pod_arguments(k8s_dagbag):
+    (_, pod), = _pods(k8s_dagbag, "nightshift_weekly_report", {"since": "14d"})
+    assert _base(pod)["args"] == ["weekly", "--config", "/etc/nightshift/config.yaml", "--since", "14d"]
+    (_, pod), = _pods(k8s_dagbag, "nightshift_weekly_report")
+    assert _base(pod)["args"][-2:] == ["--since", "7d"]
 
 
 def test_rollback_pod_arguments(k8s_dagbag):

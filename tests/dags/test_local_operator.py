@@ -190,6 +190,7 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
                                     epochs=5, gates={"map_min": 0.3, "map50_min": 0.5},
                                     override_reason="ok'd by <ops> & QA", force=True)),
         ("nightshift_rollback", dict(model="nightshift_detector", to_version=3)),
+        ("nightshift_weekly_report", dict(since="14d")),
     ]:
         dag = dagbag.dags[dag_id]
         for task in dag.tasks:
@@ -218,6 +219,7 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
     assert out.returncode == 0, out.stderr[-3000:]
     parsed = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(parsed) == set(commands) and len(parsed) == 12
+    assert commands["nightshift_weekly_report.weekly"][-2:] == ["--since", "14d"]
     for name, values in parsed.items():
         if name.startswith("nightshift_retrain."):
             assert values == {"source": "s3://bucket/night: 1/it's \"quoted\"", "format": "kitti", "model": "yes",
