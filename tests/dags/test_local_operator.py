@@ -218,7 +218,7 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
                          timeout=180, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     parsed = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(parsed) == set(commands) and len(parsed) == 12
+    assert set(parsed) == set(commands) and len(parsed) == 13
     assert commands["nightshift_weekly_report.weekly"][-2:] == ["--since", "14d"]
     for name, values in parsed.items():
         if name.startswith("nightshift_retrain."):
