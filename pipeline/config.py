@@ -78,6 +78,8 @@ class SnapshotConfig(Section):
     remote_endpoint_url: str = ""  # S3-compatible endpoint for the remote
     push_retries: int = 3
     push_backoff_s: float = 2.0  # first wait between push attempts; doubles after each failure
+    push_timeout_s: float = Field(900.0, gt=0)  # one `dvc push` attempt is killed after this (an outage: exit 5)
+    lock_timeout_s: float = Field(3600.0, gt=0)  # wait this long for another snapshot of the same DVC project
     card_samples: int = Field(6, ge=0)  # sample images with their boxes drawn in the dataset card
 
 
