@@ -160,8 +160,15 @@ class PromoteConfig(Section):
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"  # where Triton runs the model
     instance_count: int = Field(1, ge=1)
     lock_timeout_s: float = 600.0  # wait this long for another promotion holding the repository lock
-    lock_ttl_s: float = 1800.0  # an S3 lock object older than this was abandoned by a crashed run
+    lock_ttl_s: float = Field(60.0, gt=0)  # S3 lock lease, renewed every ttl/3 while held; lapsed = holder died
     ready_timeout_s: float = 120.0  # wait this long for Triton to report the new version ready
+
+    @model_validator(mode="after")
+    def _lock_lease(self) -> "PromoteConfig":
+        if not self.lock_ttl_s < self.lock_timeout_s:
+            raise ValueError(f"promote.lock_ttl_s ({self.lock_ttl_s:g}) must be shorter than promote.lock_timeout_s "
+                             f"({self.lock_timeout_s:g}): a waiter must outlast the lease of a crashed holder")
+        return self
 
 
 class MlflowConfig(Section):
