@@ -162,6 +162,7 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
         created_mv = False
         try:
             mv, created_mv = register(client, name, mlflow_run_id, ctx.run_id, version, repo.location)
+            lease.check()
             # from the pin to the alias move, the journal lets the next promotion finish or undo this one
             repo.write_journal(name, {
                 "run_id": ctx.run_id, "version": version, "registry_version": int(mv.version),
@@ -175,6 +176,10 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
             client.set_registered_model_alias(name, p.alias, mv.version)
             repo.clear_journal(name)  # committed: new version served, alias moved
         except BaseException:
+            if lease.lost:  # the repository may be someone else's now: its journal lets the next holder undo
+                log.error("promotion of %s stopped: lock lost; the next promotion undoes it from its journal",
+                          repo.url(name, version))
+                raise
             log.error("promotion of %s failed: putting back version %s", repo.url(name, version), previous)
             if _undo(cfg, repo, client, name, version, previous, created_version, mv if created_mv else None):
                 repo.clear_journal(name)  # else the next promotion finishes the undo from the journal

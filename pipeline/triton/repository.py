@@ -100,9 +100,19 @@ def _holder_text(info: dict) -> str:
     return ", ".join(parts)
 
 
+def _pid_namespace() -> str:
+    """Which pid namespace our pids belong to: two containers may share a hostname but never their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def holder_is_dead(info: dict) -> bool:
-    """True when the holder is a process of this host that no longer exists (another host: never known)."""
-    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+    """True when the holder is a process of this host and pid namespace that no longer exists (a holder
+    elsewhere: never known, its lease decides)."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int) \
+            or info.get("pidns") != _pid_namespace() or not info.get("pidns"):
         return False
     try:
         os.kill(info["pid"], 0)
@@ -191,7 +201,7 @@ class S3Backend:
 
         def body() -> bytes:
             return json.dumps({"owner": _owner(), "host": socket.gethostname(), "pid": os.getpid(),
-                               "expires_at": time.time() + ttl_s}).encode()
+                               "pidns": _pid_namespace(), "expires_at": time.time() + ttl_s}).encode()
 
         def status(exc: ClientError):
             return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -335,6 +335,7 @@ def test_an_outage_during_push_fails_in_bounded_time_and_keeps_data_dvc(capsys, 
                        "--set", "snapshot.push_timeout_s=4", "--set", "snapshot.push_retries=2",
                        "--set", "snapshot.push_backoff_s=0")
     elapsed = time.monotonic() - started
+    print(f"snapshot during an S3 outage (push_timeout_s=4, push_retries=2): exit {code} after {elapsed:.1f}s")
     assert code == 5, err
     assert "s3://dvc-store/ns: dvc push failed after 2 attempts: no answer within snapshot.push_timeout_s=4s" in err
     assert 8 <= elapsed < 90  # two attempts of 4 s, plus dvc add and start-ups; never the 869 s of a hang

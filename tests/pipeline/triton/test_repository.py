@@ -174,7 +174,8 @@ def dead_pid() -> int:
 def test_s3_lock_of_a_dead_holder_on_this_host_is_broken_at_once(s3_server, caplog):
     repo = s3_repo(s3_server)
     pid = dead_pid()
-    put_lock(repo, host=socket.gethostname(), pid=pid, expires_at=time.time() + 3600)  # a long lease, but dead
+    put_lock(repo, host=socket.gethostname(), pid=pid, pidns=os.readlink("/proc/self/ns/pid"),
+             expires_at=time.time() + 3600)  # a long lease, but its holder is dead
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="pipeline.triton.repository"):
         with repo.lock("det", timeout_s=30, ttl_s=10):
@@ -187,6 +188,12 @@ def test_s3_lock_of_a_dead_holder_on_this_host_is_broken_at_once(s3_server, capl
 
 def test_s3_lock_of_another_host_is_broken_only_when_its_lease_lapses(s3_server):
     repo = s3_repo(s3_server)
+    # a container with our hostname but its own pids: its pid means nothing here, only its lease counts
+    put_lock(repo, host=socket.gethostname(), pid=dead_pid(), pidns="pid:[1]", expires_at=time.time() + 1.5)
+    started = time.monotonic()
+    with repo.lock("det", timeout_s=30, ttl_s=10):
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 10
     put_lock(repo, host="another-host", pid=1, expires_at=time.time() + 1.5)  # alive as far as we can tell
     started = time.monotonic()
     with repo.lock("det", timeout_s=30, ttl_s=10):
