@@ -356,6 +356,7 @@ def run(cfg: Config, ctx) -> dict:
 
 
 def _snapshot(cfg: Config, ctx, coco: dict, content_key: str, repo: Path) -> dict:
+    clear_debris(repo)  # what a killed snapshot left, whichever way this one goes
     state = ctx.store.get_json(canonical_io.STATS_KEY) if ctx.store.exists(canonical_io.STATS_KEY) else None
     remote = configure_remote(repo, cfg)
     local, dataset = ctx.workdir / "dataset", None
