@@ -119,6 +119,8 @@ class SnapshotConfig(Section):
     remote_endpoint_url: str = ""  # S3-compatible endpoint for the remote
     push_retries: int = 3
     push_backoff_s: float = 2.0  # first wait between push attempts; doubles after each failure
+    push_timeout_s: float = Field(900.0, gt=0)  # one `dvc push` attempt is killed after this (an outage: exit 5)
+    lock_timeout_s: float = Field(3600.0, gt=0)  # wait this long for another snapshot of the same DVC project
     card_samples: int = Field(6, ge=0)  # sample images with their boxes drawn in the dataset card
 
 
@@ -213,8 +215,15 @@ class PromoteConfig(Section):
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"  # where Triton runs the model
     instance_count: int = Field(1, ge=1)
     lock_timeout_s: float = 600.0  # wait this long for another promotion holding the repository lock
-    lock_ttl_s: float = 1800.0  # an S3 lock object older than this was abandoned by a crashed run
+    lock_ttl_s: float = Field(60.0, gt=0)  # S3 lock lease, renewed every ttl/3 while held; lapsed = holder died
     ready_timeout_s: float = 120.0  # wait this long for Triton to report the new version ready
+
+    @model_validator(mode="after")
+    def _lock_lease(self) -> "PromoteConfig":
+        if not self.lock_ttl_s < self.lock_timeout_s:
+            raise ValueError(f"promote.lock_ttl_s ({self.lock_ttl_s:g}) must be shorter than promote.lock_timeout_s "
+                             f"({self.lock_timeout_s:g}): a waiter must outlast the lease of a crashed holder")
+        return self
 
 
 class MlflowConfig(Section):

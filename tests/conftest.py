@@ -69,7 +69,7 @@ def s3_server(monkeypatch):
 @pytest.fixture
 def upstream():
     """`upstream(cfg, run_id, export_dir, passed=True)`: what train, gate and export leave behind for `run_id`
-    (an MLflow run with model weights, both stage results, the exported model files); returns the MLflow run id."""
+    (an MLflow run with model weights, the three stage results, the exported model files with their sha256); returns the MLflow run id."""
     from pathlib import Path
 
     def publish(cfg, run_id: str, export_dir: Path, passed: bool = True) -> str:
@@ -84,9 +84,13 @@ def upstream():
         mlflow.MlflowClient().log_artifact(mlrun, str(weights), artifact_path="model")
         RunContext.create(run_id, "train", cfg).publish_json({"status": "ok", "mlflow_run_id": mlrun}, "result.json")
         RunContext.create(run_id, "gate", cfg).publish_json({"status": "ok", "passed": passed}, "result.json")
+        from pipeline.triton.repository import sha256_file
+
         ctx = RunContext.create(run_id, "export", cfg)
         for name in ("model.onnx", "labels.txt", "io.json"):
             ctx.publish(export_dir / name, name)
+        ctx.publish_json({"status": "ok", "run_id": ctx.run_id, "sha256": {
+            name: sha256_file(export_dir / name) for name in ("model.onnx", "labels.txt", "io.json")}}, "result.json")
         return mlrun
 
     return publish

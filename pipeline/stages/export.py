@@ -2,7 +2,8 @@
 
 Reads `train/model.pt` and the val split of `ingest/dataset/`. Writes `export/model.onnx` (input `images`
 float32 [B,3,S,S]; outputs `boxes` [B,D,4], `scores` [B,D], `labels` int64 [B,D], padded, dynamic batch),
-`export/labels.txt`, `export/io.json` and `export/report.json` (checks, parity, speed). Every exported
+`export/labels.txt`, `export/io.json` and `export/report.json` (checks, parity, speed); result.json records
+the sha256 of every deployable file (`sha256`), which promote checks before shipping. Every exported
 artifact is checked before it leaves: ONNX Runtime's raw detections must match PyTorch's on val images,
 and its val mAP may not drop more than `export.parity_max_map_drop` below eager PyTorch's (else exit 4).
 
@@ -26,6 +27,8 @@ from pipeline.errors import GateFailed, InputRejected
 UPSTREAM = ("train",)
 EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
 FORMAT = "onnx"
+# files a deployment may ship; their sha256 goes into result.json (promote refuses any other bytes)
+DEPLOYED = ("model.onnx", "labels.txt", "io.json", "model.int8.onnx", "model.plan", "triton_plan.pbtxt")
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.export.onnx_export import io_spec, ort_session, write_io, write_labels
     from pipeline.stages.gate import deployment_checks, resolve_thresholds
     from pipeline.training.models import load_trained
+    from pipeline.triton.repository import sha256_file
 
     torch.set_num_threads(cfg.export.threads)
     model_pt = ctx.fetch("train", "model.pt")
@@ -177,6 +181,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for name in ("model.onnx", "labels.txt", "io.json", "report.json"):
         ctx.publish(out / name, name)
+    # the bytes this run checked: promote ships a file only if its sha256 is the one recorded here
+    deployed = {name: sha256_file(out / name) for name in DEPLOYED if (out / name).is_file()}
 
     ratios = {b: row["ort_vs_eager_speedup"] for b, row in speed["batches"].items()}
     with tracking.active_run(cfg, ctx.run_id):
@@ -206,6 +212,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
            if fmt in extra_checks},
         "speed": {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)},
         "onnx_mb": round(sizes["onnx_bytes"] / 1e6, 2),
+        "sha256": deployed,
     }
     failures = []
     if not outputs["passed"]:

@@ -1,15 +1,26 @@
 """promote: publish the exported model as the next Triton version, register it, then move the alias.
 
-Requires the gate to have passed. Under the repository lock: publish `export/` as version N (staged,
+Requires the gate to have passed and export's result.json to say it passed for this run, with the sha256
+of every file it would ship (model.onnx, labels.txt, io.json) equal to what export recorded. Under the repository lock: publish `export/` as version N (staged,
 checksummed, marker last), register `runs:/<mlflow run>/model` as a new version of the registered model
 (tagged with N and the run id), pin Triton's config to N, and when `promote.triton_url` is set load it,
 wait until ready and smoke-test it against ONNX Runtime. Only then does the alias (`promote.alias`) move.
 Any failure unpublishes N, deletes the registry version this call created and re-pins the previous
 version: the alias never moves. Re-running for the same run id reuses its version instead of adding one.
+
+Pin-then-alias is one recoverable transaction: before the pin, a journal (<model>/.promotion.json in the
+repository) records the version, its registry version and what was served and aliased before. A promotion
+killed anywhere between its pin and the journal's removal is finished or undone by the next promotion (or
+retry), under the lock, before it does anything else: if the alias moved, the new version stays served;
+if not, the previous version is pinned again. Never "new version served, alias on the old one".
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.context import RunContext
@@ -69,11 +80,41 @@ def current_alias(client, name: str, alias: str):
         return None
 
 
+# -- what may be shipped ----------------------------------------------------------------------------------
+def verified_export(ctx: RunContext, files: dict) -> None:
+    """Refuse unless export passed for this run and `files` are the very bytes it checked (sha256).
+
+    A model.onnx without a passing result.json (export killed, or refused with exit 4) or with other bytes
+    than export recorded (a later, killed export overwrote it) is never shipped.
+    """
+    from pipeline.triton.repository import sha256_file
+
+    where = ctx.url("result.json", "export")
+    if not ctx.has_result("export"):
+        raise InputRejected("no export result for this run (export killed or never run): nothing verified to "
+                            "promote; run `nightshift export` first", path=where)
+    export = ctx.result_of("export")
+    if export.get("status") != "ok":
+        raise GateFailed(f"export did not pass for this run (status {export.get('status')!r}, exit "
+                         f"{export.get('exit_code')}): nothing to promote",
+                         [{"check": "export", "expected": "ok", "actual": export.get("status")}])
+    if export.get("run_id") not in (None, ctx.run_id):
+        raise InputRejected(f"export result belongs to run {export.get('run_id')!r}, not {ctx.run_id!r}",
+                            path=where, field="run_id")
+    recorded = export.get("sha256") or {}
+    for rel, path in files.items():
+        if rel not in recorded:
+            raise InputRejected(f"no checksum recorded for {rel}: re-run `nightshift export`", path=where,
+                                field=f"sha256.{rel}")
+        got = sha256_file(path)
+        if got != recorded[rel]:
+            raise InputRejected(f"sha256 {got[:12]}… differs from the {recorded[rel][:12]}… export verified "
+                                f"(left by a later, unfinished export?): re-run `nightshift export`",
+                                path=ctx.url(rel, "export"), field="sha256")
+
+
 # -- the stage --------------------------------------------------------------------------------------------
 def run(cfg: Config, ctx: RunContext) -> dict:
-    from pipeline.triton import config as tconfig
-    from pipeline.triton.repository import ModelRepository
-
     gate = ctx.result_of("gate")
     if not gate.get("passed"):
         raise GateFailed("the gate did not pass for this run: nothing to promote",
@@ -83,21 +124,35 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     if not mlflow_run_id:
         raise InputRejected("no MLflow run id", path=ctx.url("result.json", "train"), field="mlflow_run_id")
 
+    # fetched into a folder of this process's own: two retries of one run must not overwrite each other's copies
+    inputs = Path(tempfile.mkdtemp(prefix="promote-", dir=ctx.scratch("inputs")))
+    try:
+        return _promote(cfg, ctx, inputs, mlflow_run_id)
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)
+
+
+def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> dict:
+    from pipeline.export.onnx_export import io_spec
+    from pipeline.triton import config as tconfig
+    from pipeline.triton.repository import ModelRepository
+
     p = cfg.promote
     name = p.model_name
-    files = {n: ctx.fetch("export", n) for n in ("model.onnx", "labels.txt", "io.json")}
-    from pipeline.export.onnx_export import io_spec
-
+    files = {n: ctx.fetch("export", n, inputs / n) for n in ("model.onnx", "labels.txt", "io.json")}
+    verified_export(ctx, files)
     io = io_spec(files["model.onnx"])  # from the file itself, not from what the export stage said
-    config_path = ctx.scratch("triton") / "config.pbtxt"
+    config_path = inputs / "config.pbtxt"
     config_path.write_text(tconfig.render(io, name, p.max_batch_size, p.instance_kind, p.instance_count,
                                           p.max_queue_delay_us))
     files["config.pbtxt"] = config_path
 
     repo = ModelRepository(p.triton_repo, p.triton_endpoint_url)
     client = registry_client(cfg)
-    with repo.lock(name, p.lock_timeout_s, p.lock_ttl_s):
+    with repo.lock(name, p.lock_timeout_s, p.lock_ttl_s) as lease:
+        recovered = recover(cfg, repo, client, name)  # a promotion that died between its pin and its alias
         previous = repo.served_version(name)
+        previous_alias = current_alias(client, name, p.alias)
         version = repo.find_by_run(name, ctx.run_id)
         created_version = version is None
         if created_version:
@@ -107,19 +162,64 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         created_mv = False
         try:
             mv, created_mv = register(client, name, mlflow_run_id, ctx.run_id, version, repo.location)
+            lease.check()
+            # from the pin to the alias move, the journal lets the next promotion finish or undo this one
+            repo.write_journal(name, {
+                "run_id": ctx.run_id, "version": version, "registry_version": int(mv.version),
+                "previous_version": previous, "alias": p.alias,
+                "previous_alias_version": int(previous_alias.version) if previous_alias else None,
+                "started_at": time.time()})
+            lease.check()
             repo.activate(name, version)
             smoke = _smoke(cfg, name, version, files["model.onnx"], int(io["inputs"][0]["shape"][-1]))
+            lease.check()
             client.set_registered_model_alias(name, p.alias, mv.version)
+            repo.clear_journal(name)  # committed: new version served, alias moved
         except BaseException:
+            if lease.lost:  # the repository may be someone else's now: its journal lets the next holder undo
+                log.error("promotion of %s stopped: lock lost; the next promotion undoes it from its journal",
+                          repo.url(name, version))
+                raise
             log.error("promotion of %s failed: putting back version %s", repo.url(name, version), previous)
-            _undo(cfg, repo, client, name, version, previous, created_version, mv if created_mv else None)
+            if _undo(cfg, repo, client, name, version, previous, created_version, mv if created_mv else None):
+                repo.clear_journal(name)  # else the next promotion finishes the undo from the journal
             raise
         pruned = repo.prune(name, p.keep_versions, protect={version})
 
     log.info("promoted %s as %s version %s, alias %s -> %s", ctx.run_id, name, version, p.alias, mv.version)
     return {"model": name, "version": version, "registry_version": int(mv.version), "alias": p.alias,
             "repository": repo.url(name, version), "previous_version": previous, "pruned": pruned,
-            "reused": not created_version, "smoke_test": smoke}
+            "reused": not created_version, "smoke_test": smoke, "recovered": recovered}
+
+
+def recover(cfg: Config, repo, client, name: str) -> dict | None:
+    """Finish or undo a promotion that died between its pin and its alias move (call with the lock held).
+
+    Its journal says what it was doing. If the alias already names its registry version, only the journal's
+    removal was missing: the new version stays served (roll forward). Otherwise the alias never moved, so the
+    version it pinned was never approved: the version served before it is pinned again (roll back), and the
+    retry starts from that state. Either way Triton and the alias agree again before anything else happens.
+    """
+    entry = repo.journal(name)
+    if entry is None:
+        return None
+    alias = entry.get("alias") or cfg.promote.alias
+    moved = current_alias(client, name, alias)
+    if moved is not None and int(moved.version) == entry["registry_version"]:
+        outcome, serve = "completed", entry["version"]
+    else:
+        outcome = "rolled back"
+        serve = entry["previous_version"] if entry["previous_version"] in repo.versions(name) else None
+    log.warning("%s: the promotion of run %s (version %s) was interrupted between its pin and its alias move: "
+                "%s, serving version %s", repo.url(name), entry.get("run_id"), entry["version"], outcome, serve)
+    if repo.served_version(name) != serve:
+        repo.activate(name, serve)
+    if cfg.promote.triton_url and serve is not None:
+        from pipeline.triton.client import load_and_wait
+
+        load_and_wait(cfg.promote.triton_url, name, serve, cfg.promote.ready_timeout_s)
+    repo.clear_journal(name)
+    return {"run_id": entry.get("run_id"), "version": entry["version"], "outcome": outcome, "serving": serve}
 
 
 def _smoke(cfg: Config, name: str, version: int, onnx_path, image_size: int) -> dict | None:
@@ -136,8 +236,9 @@ def _smoke(cfg: Config, name: str, version: int, onnx_path, image_size: int) -> 
     return stats
 
 
-def _undo(cfg, repo, client, name, version, previous, created_version, created_mv) -> None:
-    """Best effort, every step attempted: the previous version served and visible, this one gone."""
+def _undo(cfg, repo, client, name, version, previous, created_version, created_mv) -> bool:
+    """Best effort, every step attempted: the previous version served and visible, this one gone. Returns
+    whether every step succeeded."""
     steps = []
     if created_version:
         steps.append(("unpublish", lambda: repo.unpublish(name, version, fallback=previous)))
@@ -150,8 +251,11 @@ def _undo(cfg, repo, client, name, version, previous, created_version, created_m
 
         steps.append(("reload Triton", lambda: load_and_wait(cfg.promote.triton_url, name, previous,
                                                              cfg.promote.ready_timeout_s)))
+    ok = True
     for what, step in steps:
         try:
             step()
         except Exception:  # noqa: BLE001 - keep undoing; the original error is re-raised by the caller
             log.exception("undo step %r failed", what)
+            ok = False
+    return ok

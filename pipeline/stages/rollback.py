@@ -85,6 +85,7 @@ def rollback(cfg, model: str, to: int | None = None) -> dict:
         except BaseException:
             repo.activate(model, served_before if served_before in repo.versions(model) else None)
             raise
+        repo.clear_journal(model)  # pin and alias agree now: an interrupted promotion's journal is moot
     client.set_model_version_tag(model, current.version, ROLLED_BACK_TAG, str(int(time.time())))
     summary = {
         "model": model, "alias": alias, "status": "rolled_back",

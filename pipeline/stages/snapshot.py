@@ -1,12 +1,20 @@
 """Version the ingested dataset with DVC and push it to the remote; the result names its hash.
 
 Copies runs/<run_id>/ingest/dataset/ into `<repo>/data/`, runs `dvc add data` (data.dvc) and
-`dvc push -r nightshift data.dvc`, retried with backoff. The DVC project is `snapshot.repo_dir`, else the
+`dvc push -r nightshift data.dvc`, retried with backoff, each attempt killed after snapshot.push_timeout_s
+(a remote that stays down fails the stage with exit 5 in bounded time). The DVC project is `snapshot.repo_dir`, else the
 nearest folder above the current one holding dvc.yaml and .dvc/, else <NIGHTSHIFT_HOME>/dvc (created with
 `dvc init --no-scm`). The remote `nightshift` (snapshot.remote: a directory or s3://bucket/prefix, with
 snapshot.remote_endpoint_url or AWS_ENDPOINT_URL for S3-compatible servers) is written to
-.dvc/config.local. The same dataset always gives the same hash and pushes nothing new; a failed push
-leaves the previous data.dvc as it was. data.dvc is also stored at runs/<run_id>/snapshot/data.dvc and
+.dvc/config.local. The same dataset always gives the same hash and pushes nothing new.
+
+One snapshot at a time per DVC project: the whole stage runs under an flock on
+<repo>/.nightshift-snapshot.lock (released when its holder dies; a waiter gives up after
+snapshot.lock_timeout_s with one line naming the holder). The new data is staged and added as
+<repo>/.data.incoming (its own .dvc file) and pushed from there; only once the push has succeeded is
+data.dvc replaced, atomically (write + rename), and .data.incoming renamed to data/. A kill, a timeout or an
+outage at any point leaves the previous data.dvc and data/ as they were (the debris is cleared by the
+next snapshot), and the hash a run records is the one it pushed. data.dvc is also stored at runs/<run_id>/snapshot/data.dvc and
 the hash is tagged on the run's MLflow run (dataset_hash, dataset_remote).
 
 An unchanged dataset (the same annotations.json, which lists the sha1 of every image, as the last snapshot
@@ -17,22 +25,27 @@ snapshot/card.html and card.md.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from pipeline.config import Config, nightshift_home
 from pipeline.datasets import canonical_io
-from pipeline.errors import InputRejected, NightshiftError
+from pipeline.errors import InfrastructureError, InputRejected, NightshiftError
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +53,49 @@ UPSTREAM = ("ingest",)
 SKIP_IF_DONE = True
 REMOTE = "nightshift"
 DATA = "data"
+INCOMING = ".data.incoming"  # the new data, added and pushed under its own .dvc file before data.dvc names it
+LOCK_FILE = ".nightshift-snapshot.lock"
 
 
 class DvcError(NightshiftError):
     """A dvc command failed (exit 1: infrastructure, not the dataset's fault)."""
 
 
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m dvc ARGS` in `repo` with this interpreter (the dvc of this environment)."""
+class DvcTimeout(DvcError):
+    """A dvc command ran past its time limit and was killed."""
+
+
+def _die_with_parent() -> None:
+    """In the dvc child: be killed when the stage process dies (a kill -9 of the stage leaves no push running)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child may outlive a killed parent
+        pass
+
+
+def dvc(repo: Path, *args: str, check: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m dvc ARGS` in `repo` with this interpreter (the dvc of this environment).
+
+    With `timeout_s`, the command (its whole process group) is killed after that many seconds: DvcTimeout.
+    """
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
+    command = [sys.executable, "-m", "dvc", *args]
+    child = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise DvcTimeout(f"`dvc {' '.join(args)}` in {repo} did not finish within {timeout_s:g}s: killed") from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        raise
+    proc = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     log.debug("dvc %s -> %d\n%s%s", " ".join(args), proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -57,14 +103,21 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+def repo_path(cfg: Config, start: Path | None = None) -> Path:
+    """The DVC project to use: snapshot.repo_dir, else the nearest project above `start`, else <home>/dvc."""
+    if cfg.snapshot.repo_dir:
+        return Path(cfg.snapshot.repo_dir).expanduser().resolve()
+    here = (start or Path.cwd()).resolve()
+    return next((d for d in (here, *here.parents) if (d / "dvc.yaml").is_file() and (d / ".dvc").is_dir()),
+                nightshift_home() / "dvc")
+
+
 def find_repo(cfg: Config, start: Path | None = None) -> Path:
     """The DVC project to use, initialised when it is the configured or the home one and has no .dvc/ yet."""
-    if cfg.snapshot.repo_dir:
-        repo = Path(cfg.snapshot.repo_dir).expanduser().resolve()
-    else:
-        here = (start or Path.cwd()).resolve()
-        repo = next((d for d in (here, *here.parents) if (d / "dvc.yaml").is_file() and (d / ".dvc").is_dir()),
-                    nightshift_home() / "dvc")
+    return _init(repo_path(cfg, start))
+
+
+def _init(repo: Path) -> Path:
     if not (repo / ".dvc").is_dir():
         repo.mkdir(parents=True, exist_ok=True)
         dvc(repo, "init", "--no-scm", "-q")
@@ -91,6 +144,45 @@ def configure_remote(repo: Path, cfg: Config) -> str:
     return url
 
 
+@contextlib.contextmanager
+def repo_lock(repo: Path, timeout_s: float) -> Iterator[None]:
+    """One snapshot at a time in `repo`: an flock on <repo>/.nightshift-snapshot.lock, which the kernel releases
+    when its holder dies (so a crashed holder never blocks anyone). The holder writes who it is into the file
+    for the message a waiter gives after `timeout_s` (InfrastructureError, exit 5)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    path = repo / LOCK_FILE
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as fh:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("%s: waiting for another snapshot of this DVC project (%s)", path, _holder(path))
+                    waited = True
+                if time.monotonic() > deadline:
+                    raise InfrastructureError(f"another snapshot ({_holder(path)}) held the DVC project lock for "
+                                              f"more than snapshot.lock_timeout_s={timeout_s:g}s", uri=str(path))
+                time.sleep(0.1)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "holder unknown"
+    except OSError:
+        return "holder unknown"
+
+
 def _local_remote(repo: Path) -> dict:
     """The `nightshift` remote's settings in .dvc/config.local ({} when absent or unreadable)."""
     import configparser
@@ -103,17 +195,24 @@ def _local_remote(repo: Path) -> dict:
         return {}
 
 
-def push(repo: Path, cfg: Config) -> int:
-    """`dvc push` with retries and exponential backoff; returns how many files were uploaded."""
+def push(repo: Path, cfg: Config, target: str = f"{DATA}.dvc", remote: str = "") -> int:
+    """`dvc push` of `target` with retries and exponential backoff, each attempt killed after
+    snapshot.push_timeout_s; returns how many files were uploaded. InfrastructureError (exit 5) after the last."""
     attempts = max(1, cfg.snapshot.push_retries)
+    timeout_s = cfg.snapshot.push_timeout_s
     for attempt in range(1, attempts + 1):
-        proc = dvc(repo, "push", "-r", REMOTE, f"{DATA}.dvc", check=False)
-        if proc.returncode == 0:
+        try:
+            proc = dvc(repo, "push", "-r", REMOTE, target, check=False, timeout_s=timeout_s)
+        except DvcTimeout:
+            proc, tail = None, f"no answer within snapshot.push_timeout_s={timeout_s:g}s"
+        if proc is not None and proc.returncode == 0:
             m = re.search(r"(\d+) files? pushed", proc.stdout + proc.stderr)
             return int(m.group(1)) if m else 0
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        if proc is not None:
+            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         if attempt == attempts:
-            raise DvcError(f"dvc push to remote {cfg.snapshot.remote} failed after {attempts} attempts: {tail}")
+            raise InfrastructureError(f"dvc push failed after {attempts} attempts: {tail}",
+                                      uri=remote or cfg.snapshot.remote)
         delay = cfg.snapshot.push_backoff_s * 2 ** (attempt - 1)
         log.warning("dvc push failed (attempt %d/%d): %s; retrying in %.1fs", attempt, attempts, tail, delay)
         time.sleep(delay)
@@ -127,29 +226,50 @@ def read_out(dvc_file: Path) -> dict:
     return {"md5": out["md5"], "nfiles": out.get("nfiles"), "size": out.get("size")}
 
 
+def clear_debris(repo: Path) -> None:
+    """What a killed snapshot left beside data/ and data.dvc (call with the repo lock held)."""
+    for name in (INCOMING, f".{DATA}.old"):
+        if (repo / name).exists():
+            log.warning("%s: removing what an interrupted snapshot left", repo / name)
+            shutil.rmtree(repo / name, ignore_errors=True)
+    for name in (f"{INCOMING}.dvc", f".{DATA}.dvc.tmp"):
+        (repo / name).unlink(missing_ok=True)
+
+
 def snapshot_dir(dataset: Path, repo: Path, cfg: Config) -> dict:
-    """Make `dataset` the content of <repo>/data, add and push it; data.dvc changes only if the push succeeds."""
+    """Add `dataset` as .data.incoming, push it, and only then make it data.dvc and data/ (call under the lock).
+
+    Until the push has succeeded nothing a reader sees changes: data.dvc and data/ stay the previous snapshot.
+    """
     dvc_file = repo / f"{DATA}.dvc"
     previous = dvc_file.read_bytes() if dvc_file.exists() else None
-    data = repo / DATA
-    staging = repo / f".{DATA}.incoming"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(dataset, staging)
+    clear_debris(repo)
+    staging, incoming_dvc = repo / INCOMING, repo / f"{INCOMING}.dvc"
     try:
-        shutil.rmtree(data, ignore_errors=True)
-        os.replace(staging, data)
-        dvc(repo, "add", DATA, "-q")
+        shutil.copytree(dataset, staging)
+        dvc(repo, "add", INCOMING, "-q")  # hashes and caches the new data; writes .data.incoming.dvc only
         remote = configure_remote(repo, cfg)
-        pushed = push(repo, cfg)
-    except BaseException:
-        # put the previous data.dvc (and, from the cache, the data it names) back as they were
-        if previous is None:
-            dvc_file.unlink(missing_ok=True)
-        else:
-            dvc_file.write_bytes(previous)
-            dvc(repo, "checkout", "--force", f"{DATA}.dvc", check=False)
+        pushed = push(repo, cfg, incoming_dvc.name, remote)
+        # pushed: from here on data.dvc may name it. Same outs entry, path data, written whole then renamed.
+        spec = yaml.safe_load(incoming_dvc.read_text())
+        for out in spec["outs"]:
+            if out.get("path") == INCOMING:
+                out["path"] = DATA
+        tmp = repo / f".{DATA}.dvc.tmp"
+        with open(tmp, "w") as fh:
+            yaml.safe_dump(spec, fh, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dvc_file)
+        # the workspace copy follows (data/ is only a checkout of what data.dvc names)
+        old = repo / f".{DATA}.old"
+        if (repo / DATA).exists():
+            os.rename(repo / DATA, old)
+        os.rename(staging, repo / DATA)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        incoming_dvc.unlink(missing_ok=True)
     out = read_out(dvc_file)
     return {"dataset_hash": out["md5"], "files": out["nfiles"], "size_bytes": out["size"], "remote": remote,
             "pushed": pushed, "repo": str(repo), "changed": previous != dvc_file.read_bytes()}
@@ -224,7 +344,20 @@ def run(cfg: Config, ctx) -> dict:
     raw = _annotations(ctx)
     coco = json.loads(raw)
     content_key = hashlib.sha256(raw).hexdigest()
-    repo = find_repo(cfg)
+    repo = repo_path(cfg)
+    with repo_lock(repo, cfg.snapshot.lock_timeout_s):  # one DVC operation at a time in this project
+        result = _snapshot(cfg, ctx, coco, content_key, _init(repo))
+    from pipeline import tracking
+
+    result["mlflow_run_id"] = tracking.run_for(cfg, ctx.run_id, tags={"dataset_hash": result["dataset_hash"],
+                                                                       "dataset_remote": result["remote"]})
+    log.info("dataset %s: %s files, %s bytes, %d pushed to %s", result["dataset_hash"], result["files"],
+             result["size_bytes"], result["pushed"], result["remote"])
+    return result
+
+
+def _snapshot(cfg: Config, ctx, coco: dict, content_key: str, repo: Path) -> dict:
+    clear_debris(repo)  # what a killed snapshot left, whichever way this one goes
     state = ctx.store.get_json(canonical_io.STATS_KEY) if ctx.store.exists(canonical_io.STATS_KEY) else None
     remote = configure_remote(repo, cfg)
     local, dataset = ctx.workdir / "dataset", None
@@ -250,10 +383,4 @@ def run(cfg: Config, ctx) -> dict:
         if fetched:
             shutil.rmtree(local, ignore_errors=True)
     result.update(card=ctx.url("card.html"), card_md=ctx.url("card.md"))
-    from pipeline import tracking
-
-    result["mlflow_run_id"] = tracking.run_for(cfg, ctx.run_id, tags={"dataset_hash": result["dataset_hash"],
-                                                                       "dataset_remote": result["remote"]})
-    log.info("dataset %s: %s files, %s bytes, %d pushed to %s", result["dataset_hash"], result["files"],
-             result["size_bytes"], result["pushed"], result["remote"])
     return result

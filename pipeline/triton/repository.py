@@ -10,11 +10,20 @@ Layout (Triton's own, plus two files of ours that Triton ignores):
     <repo>/<model>/<N>/.complete       written last: checksums, run ids; readers ignore versions without it
     <repo>/<model>/.staging/<token>/   uploads in progress
     <repo>/<model>/.lock               one promotion at a time (flock on a directory, conditional put on S3)
+    <repo>/<model>/.promotion.json     the journal of a promotion between its pin and its alias move
 
 Publication: under the lock, upload to staging, read every file back and verify its sha256, move it to
 `<N>/` (a rename on disk; copy + verify on S3), then write `.complete`. Only then may `activate(N)` pin the
 model-level config to N. Pinning (rather than Triton's `latest` policy) means Triton can never pick up a
 half-uploaded version, and a rollback is one config rewrite with the newer versions left in place.
+
+The lock never outlives its holder for long. On a directory it is an flock, which the kernel releases when
+the holder dies. On S3 it is a lease: the lock object says who holds it (host, pid) and until when
+(`ttl_s`, 60 s by default); a thread renews it every ttl/3 while the holder works. A waiter breaks it (a
+delete conditional on its ETag, so two waiters never both break it) once the lease has lapsed, or at once
+when the holder is a process on this host that no longer exists. A holder whose lease was lost refuses to
+pin or move the alias (`Lease.check()`). A waiter that gives up gets LockTimeout (exit 5), one line that
+names the lock and its holder.
 """
 from __future__ import annotations
 
@@ -26,12 +35,14 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from pipeline.errors import InfrastructureError
 from pipeline.store import ArtifactStore, LocalStore, S3Store
 from pipeline.triton import config as tconfig
 
@@ -40,10 +51,27 @@ log = logging.getLogger(__name__)
 MARKER = ".complete"
 STAGING = ".staging"
 LOCK = ".lock"
+JOURNAL = ".promotion.json"
 
 
-class LockTimeout(RuntimeError):
-    """Another promotion held the repository lock for longer than we were willing to wait."""
+class LockTimeout(InfrastructureError):
+    """Another promotion held the repository lock for longer than we were willing to wait (exit 5)."""
+
+
+class LockLost(InfrastructureError):
+    """Our S3 lease was broken or could not be renewed: we may no longer change what is served (exit 5)."""
+
+
+class Lease:
+    """What `with repo.lock(...) as lease` gives: `check()` raises LockLost once the lock is no longer ours."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.lost: str | None = None
+
+    def check(self) -> None:
+        if self.lost:
+            raise LockLost(f"lock lost ({self.lost}): refusing to change what is served", uri=self.where)
 
 
 class PublicationError(RuntimeError):
@@ -62,6 +90,39 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _holder_text(info: dict) -> str:
+    """'pid 123 on host-a, lease until 12:00:05Z' from a lock's recorded holder."""
+    if not info:
+        return "holder unknown"
+    parts = [f"pid {info.get('pid', '?')} on {info.get('host', '?')}"]
+    if info.get("expires_at"):
+        parts.append("lease until " + time.strftime("%H:%M:%SZ", time.gmtime(info["expires_at"])))
+    return ", ".join(parts)
+
+
+def _pid_namespace() -> str:
+    """Which pid namespace our pids belong to: two containers may share a hostname but never their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def holder_is_dead(info: dict) -> bool:
+    """True when the holder is a process of this host and pid namespace that no longer exists (a holder
+    elsewhere: never known, its lease decides)."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int) \
+            or info.get("pidns") != _pid_namespace() or not info.get("pidns"):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, another user's
+        return False
+    return False
+
+
 # -- backends: an ArtifactStore plus a move and a lock ----------------------------------------------------------
 class DirBackend:
     def __init__(self, root: str | Path):
@@ -75,7 +136,9 @@ class DirBackend:
         os.rename(self.store.local_path(src), target)
 
     @contextlib.contextmanager
-    def lock(self, key: str, timeout_s: float, ttl_s: float) -> Iterator[None]:
+    def lock(self, key: str, timeout_s: float, ttl_s: float) -> Iterator[Lease]:
+        """flock: released by the kernel when its holder dies, so it is never stale; the holder writes who it
+        is into the file for a waiter's message."""
         path = self.store.local_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout_s
@@ -86,12 +149,24 @@ class DirBackend:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise LockTimeout(f"{path}: still locked by another promotion after {timeout_s:.0f}s")
+                        raise LockTimeout(f"held by {_holder_text(self._holder(path))} for more than "
+                                          f"promote.lock_timeout_s={timeout_s:g}s", uri=str(path)) from None
                     time.sleep(0.05)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "acquired_at": time.time()}))
+            fh.flush()
             try:
-                yield
+                yield Lease(str(path))
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _holder(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
 
 
 class S3Backend:
@@ -112,22 +187,31 @@ class S3Backend:
         self.store.delete_prefix(src)
 
     @contextlib.contextmanager
-    def lock(self, key: str, timeout_s: float, ttl_s: float) -> Iterator[None]:
-        """A lock object created with If-None-Match: * (only one writer can create it). A lock older than
-        `ttl_s` was left by a crashed run: it is removed with If-Match on its ETag, so two waiters can never
-        both break it."""
+    def lock(self, key: str, timeout_s: float, ttl_s: float) -> Iterator[Lease]:
+        """A lock object created with If-None-Match: * (only one writer can create it), holding a lease of
+        `ttl_s` that a thread renews every ttl/3 (a put conditional on its ETag). A lock whose lease lapsed, or
+        whose holder is a dead process of this host, is removed with If-Match on its ETag, so two waiters can
+        never both break it."""
         from botocore.exceptions import ClientError
 
         full = self.store._key(key)
         bucket = self.store.bucket
+        where = f"s3://{bucket}/{full}"
         deadline = time.monotonic() + timeout_s
+
+        def body() -> bytes:
+            return json.dumps({"owner": _owner(), "host": socket.gethostname(), "pid": os.getpid(),
+                               "pidns": _pid_namespace(), "expires_at": time.time() + ttl_s}).encode()
+
+        def status(exc: ClientError):
+            return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
         while True:
-            body = json.dumps({"owner": _owner(), "expires_at": time.time() + ttl_s}).encode()
             try:
-                etag = self.client.put_object(Bucket=bucket, Key=full, Body=body, IfNoneMatch="*")["ETag"]
+                etag = self.client.put_object(Bucket=bucket, Key=full, Body=body(), IfNoneMatch="*")["ETag"]
                 break
             except ClientError as exc:
-                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (409, 412):
+                if status(exc) not in (409, 412):
                     raise
             try:
                 held = self.client.get_object(Bucket=bucket, Key=full)
@@ -135,25 +219,59 @@ class S3Backend:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     continue  # released meanwhile: try again at once
                 raise
-            info = json.loads(held["Body"].read() or b"{}")
-            if info.get("expires_at", 0) < time.time():
-                log.warning("s3://%s/%s: breaking an expired lock held by %s", bucket, full, info.get("owner"))
+            try:
+                info = json.loads(held["Body"].read() or b"{}")
+            except ValueError:
+                info = {}
+            dead, lapsed = holder_is_dead(info), info.get("expires_at", 0) < time.time()
+            if dead or lapsed:
+                log.warning("%s: breaking a stale lock held by %s (%s)", where, _holder_text(info),
+                            "its holder is dead" if dead else "its lease lapsed")
                 try:
                     self.client.delete_object(Bucket=bucket, Key=full, IfMatch=held["ETag"])
                 except ClientError as exc:  # another waiter broke it first, or it was renewed
-                    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (404, 409, 412):
+                    if status(exc) not in (404, 409, 412):
                         raise
                 continue
             if time.monotonic() > deadline:
-                raise LockTimeout(f"s3://{bucket}/{full}: still locked by {info.get('owner')} after {timeout_s:.0f}s")
+                raise LockTimeout(f"held by {_holder_text(info)} for more than promote.lock_timeout_s="
+                                  f"{timeout_s:g}s", uri=where)
             time.sleep(0.2)
+
+        lease, stop = Lease(where), threading.Event()
+        current = {"etag": etag, "expires_at": time.time() + ttl_s}
+
+        def renew() -> None:
+            while not stop.wait(ttl_s / 3):
+                try:
+                    new_body = body()
+                    current["etag"] = self.client.put_object(Bucket=bucket, Key=full, Body=new_body,
+                                                             IfMatch=current["etag"])["ETag"]
+                    current["expires_at"] = json.loads(new_body)["expires_at"]
+                except ClientError as exc:
+                    if status(exc) in (404, 409, 412):  # deleted or replaced: someone broke our lease
+                        lease.lost = f"broken by another process ({exc.response.get('Error', {}).get('Code')})"
+                        log.error("%s: %s", where, lease.lost)
+                        return
+                    log.warning("%s: renewing the lock failed (%s); retrying", where, exc)
+                except Exception as exc:  # noqa: BLE001 - a network error: retry until the lease lapses
+                    log.warning("%s: renewing the lock failed (%s); retrying", where, type(exc).__name__)
+                if time.time() > current["expires_at"]:
+                    lease.lost = "lease lapsed: it could not be renewed in time"
+                    log.error("%s: %s", where, lease.lost)
+                    return
+
+        renewer = threading.Thread(target=renew, name="nightshift-lock-lease", daemon=True)
+        renewer.start()
         try:
-            yield
+            yield lease
         finally:
+            stop.set()
+            renewer.join()
             try:
-                self.client.delete_object(Bucket=bucket, Key=full, IfMatch=etag)
+                self.client.delete_object(Bucket=bucket, Key=full, IfMatch=current["etag"])
             except ClientError as exc:
-                log.warning("s3://%s/%s: lock was no longer ours on release (%s)", bucket, full, exc)
+                log.warning("%s: lock was no longer ours on release (%s)", where, exc)
 
 
 def open_backend(location: str, endpoint_url: str = ""):
@@ -205,9 +323,20 @@ class ModelRepository:
     def url(self, model: str, version: int | None = None) -> str:
         return self.store.url(f"{model}/{version}" if version is not None else model)
 
-    def lock(self, model: str, timeout_s: float = 600.0, ttl_s: float = 1800.0):
-        """Serialize promotions of one model: `with repo.lock(model): ...`."""
+    def lock(self, model: str, timeout_s: float = 600.0, ttl_s: float = 60.0):
+        """Serialize promotions of one model: `with repo.lock(model) as lease: ...` (see Lease)."""
         return self.backend.lock(f"{model}/{LOCK}", timeout_s, ttl_s)
+
+    # the journal of a promotion between its pin and its alias move (call with the lock held) ---------------
+    def journal(self, model: str) -> dict | None:
+        key = f"{model}/{JOURNAL}"
+        return self.store.get_json(key) if self.store.exists(key) else None
+
+    def write_journal(self, model: str, entry: dict) -> None:
+        self.store.put_json(entry, f"{model}/{JOURNAL}")
+
+    def clear_journal(self, model: str) -> None:
+        self.store.delete_prefix(f"{model}/{JOURNAL}")
 
     # writing (call these with the lock held) ----------------------------------------------------------------
     def publish(self, model: str, files: dict[str, str | Path], metadata: dict | None = None) -> int:

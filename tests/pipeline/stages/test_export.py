@@ -79,6 +79,12 @@ def test_export_writes_verified_artifacts(shared, tmp_path, only_export, capsys)
     assert io["inputs"][0] == {"name": "images", "dtype": "float32", "shape": [-1, 3, SIZE, SIZE]}
     assert [o["name"] for o in io["outputs"]] == ["boxes", "scores", "labels"]
     assert ctx.store.get_bytes(ctx.key("labels.txt")).decode() == "circle\nsquare\ntriangle\n"
+    # the bytes export verified, by checksum: what promote will insist on shipping
+    from pipeline.triton.repository import sha256_file
+
+    assert set(result["sha256"]) == {"model.onnx", "labels.txt", "io.json"}
+    for name, digest in result["sha256"].items():
+        assert sha256_file(ctx.fetch("export", name, tmp_path / "check" / name)) == digest, name
 
     report = ctx.store.get_json(ctx.key("report.json"))
     assert report["checks"]["outputs"]["images"] == 3 and report["checks"]["parity"]["passed"]
@@ -100,7 +106,7 @@ def test_export_writes_verified_artifacts(shared, tmp_path, only_export, capsys)
     assert "ORT/eager" in capsys.readouterr().err  # the speed table is in the log
 
 
-def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export):
+def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export, monkeypatch, capsys):
     stage_inputs("night-2", shared, tmp_path)
     # no drop can be below -1: the parity check must refuse, with exit 4 and the failure listed
     assert cli.main(argv("night-2", shared, ["export.parity_max_map_drop=-1"])) == 4
@@ -109,6 +115,20 @@ def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export):
     result = ctx.store.get_json(ctx.key("result.json"))
     assert result["status"] == "gate_failed" and [f["check"] for f in result["failures"]] == ["parity"]
     assert ctx.store.exists(ctx.key("report.json"))  # the evidence is kept
+    assert ctx.store.exists(ctx.key("model.onnx"))  # ... the model too, but promote must refuse to ship it
+
+    from pipeline.triton.repository import ModelRepository
+
+    RunContext.create("night-2", "train", cfg).publish_json({"status": "ok", "mlflow_run_id": "never-used"},
+                                                              "result.json")
+    RunContext.create("night-2", "gate", cfg).publish_json({"status": "ok", "passed": True}, "result.json")
+    monkeypatch.setattr(cli, "STAGES", ("export", "promote"))
+    repo = tmp_path / "triton"
+    assert cli.main(["promote", "--run-id", "night-2", "--set", shared["tracking"],
+                     "--set", f"promote.triton_repo={repo}"]) == 4
+    err = capsys.readouterr().err
+    assert "export did not pass for this run (status 'gate_failed', exit 4)" in err and "Traceback" not in err
+    assert ModelRepository(str(repo)).versions(cfg.promote.model_name) == []
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,6 +114,60 @@ def test_failed_gate_promotes_nothing(shared, tmp_path, monkeypatch, upstream):
                      "--set", f"promote.model_name={cfg.promote.model_name}", "--set", f"promote.triton_repo={tmp_path / 'repo'}"])
     assert code == 4
     assert ModelRepository(cfg.promote.triton_repo).versions(cfg.promote.model_name) == []
+
+
+def test_only_the_bytes_a_passing_export_verified_are_promoted(shared, tmp_path, monkeypatch, capsys, upstream):
+    """A model.onnx without export's result.json (export killed), with a failed result (exit 4), or with other
+    bytes than export recorded (a later export killed mid-write) is refused with one line; nothing moves."""
+    monkeypatch.setattr(cli, "STAGES", ("promote",))
+    monkeypatch.setattr(cli, "TOOLS", {})
+    cfg = make_cfg(shared, tmp_path)
+    upstream(cfg, "night-1", shared["export"])
+    assert promote.run(cfg, RunContext.create("night-1", "promote", cfg))["version"] == 1
+    upstream(cfg, "night-2", shared["export"])
+    export = RunContext.create("night-2", "export", cfg)
+    passed = export.store.get_json(export.key("result.json"))
+    argv = ["promote", "--run-id", "night-2", "--set", f"mlflow.tracking_uri={shared['tracking']}",
+            "--set", f"promote.model_name={cfg.promote.model_name}", "--set", f"promote.triton_repo={tmp_path / 'repo'}"]
+
+    def refused(code: int, line: str) -> None:
+        assert cli.main(argv) == code
+        err = capsys.readouterr().err
+        assert line in err and "Traceback" not in err, err
+        repo = ModelRepository(cfg.promote.triton_repo)
+        assert repo.versions(cfg.promote.model_name) == [1] and repo.served_version(cfg.promote.model_name) == 1
+        assert alias_version(cfg) == 1 and registry_versions(cfg) == [1]
+
+    export.store.delete_prefix(export.key("result.json"))  # killed before its result: the files alone
+    refused(3, "no export result for this run")
+    export.publish_json({**passed, "status": "gate_failed", "exit_code": 4}, "result.json")
+    refused(4, "export did not pass for this run (status 'gate_failed', exit 4)")
+    export.publish_json(passed, "result.json")
+    truncated = tmp_path / "model.onnx"
+    truncated.write_bytes((shared["export"] / "model.onnx").read_bytes()[:4096])
+    export.publish(truncated, "model.onnx")  # a re-export killed mid-write over a checked model
+    refused(3, "model.onnx: sha256: sha256 ")
+    export.publish(shared["export"] / "model.onnx", "model.onnx")  # the verified bytes again: promoted
+    assert cli.main(argv) == 0 and alias_version(cfg) == 2
+
+
+def test_a_held_repository_lock_fails_in_one_line_naming_its_holder(shared, tmp_path, monkeypatch, capsys, upstream):
+    monkeypatch.setattr(cli, "STAGES", ("promote",))
+    monkeypatch.setattr(cli, "TOOLS", {})
+    cfg = make_cfg(shared, tmp_path)
+    upstream(cfg, "night-1", shared["export"])
+    repo = ModelRepository(cfg.promote.triton_repo)
+    with repo.lock(cfg.promote.model_name, timeout_s=1):  # another promotion, still working
+        code = cli.main(["promote", "--run-id", "night-1", "--set", f"mlflow.tracking_uri={shared['tracking']}",
+                         "--set", f"promote.model_name={cfg.promote.model_name}",
+                         "--set", f"promote.triton_repo={tmp_path / 'repo'}",
+                         "--set", "promote.lock_timeout_s=0.5", "--set", "promote.lock_ttl_s=0.2"])
+    err = capsys.readouterr().err
+    assert code == 5 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and f"{tmp_path / 'repo' / cfg.promote.model_name / '.lock'}: held by pid {os.getpid()}" \
+        in lines[0] and "promote.lock_timeout_s=0.5s" in lines[0]
+    assert repo.versions(cfg.promote.model_name) == []
 
 
 # -- a fake Triton: KServe v2 over HTTP/JSON, serving the repository's pinned version with onnxruntime ----------

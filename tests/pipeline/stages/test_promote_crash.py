@@ -1,4 +1,5 @@
-"""`nightshift promote` killed with SIGKILL mid-upload, five times, then once more against S3.
+"""`nightshift promote` killed with SIGKILL mid-upload, five times, then once more against S3, then at each
+step of the pin-then-alias transaction.
 
 Each kill is a real process dying at a different point of the publication (staging the first file, half the
 files, all files, verification of the staged copies, the moved version directory before its marker). The
@@ -6,7 +7,9 @@ promote process runs through a small wrapper that slows the repository's uploads
 per file), so the test can watch the repository directory and kill at those points. After every kill: readers
 see only complete versions, Triton's pinned config and the MLflow alias are unchanged, and the repository
 lock is free (flock dies with its process). Then a promote that is not killed publishes exactly one new version
-and clears the debris. On S3 the lock object survives the kill; the next promote breaks it once its TTL passes.
+and clears the debris. On S3 the lock object survives the kill; the next promote sees that its holder, a process
+of this host, is dead and breaks it at once. Killed after its journal, its pin or its alias move, a promotion is
+finished or undone by the retry: Triton's pinned version and the alias always agree afterwards.
 """
 from __future__ import annotations
 
@@ -46,9 +49,12 @@ def slowed(real):
     def op(self, a, b):
         key = b if real.__name__ == "put_file" else a
         parts = key.split("/")
-        if STAGING in parts and owners:  # tell the test which process stages which upload
-            with open(os.path.join(owners, parts[parts.index(STAGING) + 1]), "w") as fh:
+        if STAGING in parts and owners:  # tell the test which process stages which upload: written whole,
+            token = parts[parts.index(STAGING) + 1]  # then renamed, so a reader never sees an empty file
+            tmp = os.path.join(owners, f".tmp-{token}-{os.getpid()}")
+            with open(tmp, "w") as fh:
                 fh.write(str(os.getpid()))
+            os.replace(tmp, os.path.join(owners, token))
         if STAGING in parts or (len(parts) > 2 and parts[1].isdigit()):
             time.sleep(delay)
         return real(self, a, b)
@@ -57,6 +63,28 @@ def slowed(real):
 for store in (LocalStore, S3Store):
     store.put_file = slowed(store.put_file)
     store.get_file = slowed(store.get_file)
+
+# NIGHTSHIFT_TEST_STOP_AT: right after that step of the transaction, say so (pid in a file written whole, then
+# renamed) and wait to be killed
+stop_at, flag = os.environ.get("NIGHTSHIFT_TEST_STOP_AT", ""), os.environ.get("NIGHTSHIFT_TEST_FLAG", "")
+
+def stop_after(point, real):
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if point == stop_at:
+            with open(flag + ".tmp", "w") as fh:
+                fh.write(str(os.getpid()))
+            os.replace(flag + ".tmp", flag)
+            time.sleep(3600)
+        return out
+    return step
+
+import mlflow
+from pipeline.triton.repository import ModelRepository
+ModelRepository.write_journal = stop_after("journal written", ModelRepository.write_journal)
+ModelRepository.activate = stop_after("pinned", ModelRepository.activate)
+mlflow.MlflowClient.set_registered_model_alias = stop_after("alias moved",
+                                                            mlflow.MlflowClient.set_registered_model_alias)
 
 from pipeline import cli
 sys.exit(cli.main(sys.argv[1:]))
@@ -81,14 +109,14 @@ def sets(tmp_path, repo: str, *extra) -> list[str]:
             f"promote.triton_repo={repo}", *extra]
 
 
-def start_promote(overrides: list[str], run_id: str, slow_s: float | None, owners: Path | None = None
-                  ) -> subprocess.Popen:
+def start_promote(overrides: list[str], run_id: str, slow_s: float | None, owners: Path | None = None,
+                  stop_at: str = "", flag: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "pipeline"] if slow_s is None else [sys.executable, "-c", WRAPPER]
     command += ["promote", "--run-id", run_id]
     for s in overrides:
         command += ["--set", s]
     env = dict(os.environ, NIGHTSHIFT_TEST_SLOW_S=str(slow_s or 0), NIGHTSHIFT_TEST_OWNERS=str(owners or ""),
-               PYTHONPATH=str(ROOT))
+               NIGHTSHIFT_TEST_STOP_AT=stop_at, NIGHTSHIFT_TEST_FLAG=str(flag or ""), PYTHONPATH=str(ROOT))
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -132,7 +160,7 @@ def assert_readers_see_only_complete_versions(repo: ModelRepository, model: str,
 
 def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir, upstream):
     repo_dir = tmp_path / "repo"
-    overrides = sets(tmp_path, str(repo_dir), "promote.lock_timeout_s=60")
+    overrides = sets(tmp_path, str(repo_dir), "promote.lock_timeout_s=120")
     cfg = load_config(None, overrides).resolved()
     model = cfg.promote.model_name
     upstream(cfg, "night-1", export_dir)
@@ -167,27 +195,45 @@ def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir
         waiting[proc.pid] = proc
     seen: set[str] = set()
     killed_at = None
-    for point, reached in kill_points.items():
-        deadline = time.monotonic() + 120
-        while not {p.name for p in owners.iterdir()} - seen:  # the next upload, staged by whoever got the lock
-            assert all(p.poll() is None for p in waiting.values()), "a waiting promote exited"
-            assert time.monotonic() < deadline, f"no promote took the lock for {point!r}"
-            time.sleep(0.01)
-        token = ({p.name for p in owners.iterdir()} - seen).pop()
-        seen.add(token)
-        if killed_at is not None:  # the dead process's flock went with it
-            assert time.monotonic() - killed_at < 10
-        proc = waiting.pop(int((owners / token).read_text()))
-        wait_for(lambda: reached(token), proc, point)
-        if point == "a random moment of the upload":
-            time.sleep(rng.uniform(0, 4 * DELAY_S))
-        kill9(proc)
-        killed_at = time.monotonic()
-        assert not (model_dir / "2" / MARKER).exists(), point
-        # the next waiter is publishing meanwhile, slowed: it cannot have completed a version yet
-        assert_readers_see_only_complete_versions(repo, model, [1])
-        assert (model_dir / "config.pbtxt").read_bytes() == served_config and repo.served_version(model) == 1
-        assert alias_version(cfg) == first["registry_version"] and registry_count(cfg) == 1, point
+
+    def published() -> set[str]:  # owner files renamed into place (never the writers' .tmp- files)
+        return {p.name for p in owners.iterdir() if not p.name.startswith(".")}
+
+    def owner_pid(token: str) -> int | None:
+        text = (owners / token).read_text()
+        return int(text) if text.isdigit() else None
+
+    try:
+        for point, reached in kill_points.items():
+            deadline = time.monotonic() + 300  # five interpreters importing torch on a busy machine
+            while not published() - seen:  # the next upload, staged by whoever got the lock
+                assert all(p.poll() is None for p in waiting.values()), "a waiting promote exited"
+                assert time.monotonic() < deadline, f"no promote took the lock for {point!r}"
+                time.sleep(0.01)
+            token = (published() - seen).pop()
+            seen.add(token)
+            if killed_at is not None:  # the dead process's flock went with it
+                assert time.monotonic() - killed_at < 10
+            deadline = time.monotonic() + 30
+            while (pid := owner_pid(token)) not in waiting:  # atomic writes: a digit string naming a waiter
+                assert time.monotonic() < deadline, f"owner file of {token} never named a waiting promote"
+                time.sleep(0.01)
+            proc = waiting.pop(pid)
+            wait_for(lambda: reached(token), proc, point)
+            if point == "a random moment of the upload":
+                time.sleep(rng.uniform(0, 4 * DELAY_S))
+            kill9(proc)
+            killed_at = time.monotonic()
+            assert not (model_dir / "2" / MARKER).exists(), point
+            # the next waiter is publishing meanwhile, slowed: it cannot have completed a version yet
+            assert_readers_see_only_complete_versions(repo, model, [1])
+            assert (model_dir / "config.pbtxt").read_bytes() == served_config and repo.served_version(model) == 1
+            assert alias_version(cfg) == first["registry_version"] and registry_count(cfg) == 1, point
+    finally:  # a failed assertion must not leave promotes behind, and should say what they printed
+        for proc in waiting.values():
+            proc.kill()
+            out = proc.communicate(timeout=30)[0].decode(errors="replace")
+            print(f"--- promote {proc.pid} (killed by the test's clean-up):\n{out[-3000:]}")
     assert not waiting
     with repo.lock(model, timeout_s=1):
         pass
@@ -201,13 +247,14 @@ def test_promote_killed_mid_upload_five_times_then_succeeds(tmp_path, export_dir
     assert (model_dir / LOCK).exists()  # the lock file stays; only its flock matters
 
 
-def test_s3_lock_of_a_killed_promote_expires(tmp_path, export_dir, s3_server, caplog, upstream):
+def test_s3_lock_of_a_killed_promote_is_broken_at_once(tmp_path, export_dir, s3_server, caplog, upstream):
+    """On S3 the lock object survives a kill -9; its holder was a process of this host that no longer exists,
+    so the next promote breaks it at once instead of waiting for the lease (renewed while the holder lived)."""
     bucket = f"models-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     location = f"s3://{bucket}/triton"
-    ttl_s = 4.0
-    overrides = sets(tmp_path, location, f"promote.triton_endpoint_url={s3_server}", f"promote.lock_ttl_s={ttl_s}",
-                     "promote.lock_timeout_s=30")
+    overrides = sets(tmp_path, location, f"promote.triton_endpoint_url={s3_server}", "promote.lock_ttl_s=60",
+                     "promote.lock_timeout_s=120")
     cfg = load_config(None, overrides).resolved()
     model = cfg.promote.model_name
     upstream(cfg, "night-1", export_dir)
@@ -216,18 +263,99 @@ def test_s3_lock_of_a_killed_promote_expires(tmp_path, export_dir, s3_server, ca
     repo = ModelRepository(location, s3_server)
 
     proc = start_promote(overrides, "night-2", DELAY_S)
-    wait_for(lambda: len(repo.store.list(f"{model}/{STAGING}/")) >= 2, proc, "two staged files on S3")
-    lock = json.loads(repo.store.get_bytes(f"{model}/{LOCK}"))
+    wait_for(lambda: len(repo.store.list(f"{model}/{STAGING}/")) >= 2, proc, "two staged files on S3", timeout_s=300)
     kill9(proc)
-    assert repo.store.exists(f"{model}/{LOCK}")  # nobody released it: it must expire
+    lock = json.loads(repo.store.get_bytes(f"{model}/{LOCK}"))  # nobody released it
+    assert lock["pid"] == proc.pid and lock["expires_at"] > time.time() + 20
     assert_readers_see_only_complete_versions(repo, model, [1])
     assert repo.served_version(model) == 1 and registry_count(cfg) == 1
 
     with caplog.at_level(logging.WARNING, logger="pipeline.triton.repository"):
         result = promote.run(cfg, RunContext.create("night-2", "promote", cfg))
-    assert time.time() >= lock["expires_at"]  # it waited for the TTL instead of barging in
-    assert any("breaking an expired lock" in r.getMessage() for r in caplog.records)
+    assert time.time() < lock["expires_at"]  # it did not sit out the dead holder's lease
+    assert any(f"breaking a stale lock held by pid {proc.pid}" in r.getMessage() and "its holder is dead" in
+               r.getMessage() for r in caplog.records)
     assert result["version"] == 2
     assert_readers_see_only_complete_versions(repo, model, [1, 2])
     assert repo.served_version(model) == 2 and registry_count(cfg) == 2
     assert repo.store.list(f"{model}/{STAGING}/") == [] and not repo.store.exists(f"{model}/{LOCK}")
+
+
+@pytest.mark.parametrize("point", ["journal written", "pinned", "alias moved"])
+def test_kill_between_pin_and_alias_converges_on_retry(tmp_path, export_dir, upstream, monkeypatch, point):
+    """kill -9 right after a step of the pin-then-alias transaction. The first retry's smoke test fails: it
+    must end with the old version served and the alias unchanged, or (once the alias had moved) the new
+    version served and the alias on it, never a mix, and never "put back" the version it is undoing. The
+    next retry promotes the new version."""
+    repo_dir = tmp_path / "repo"
+    overrides = sets(tmp_path, str(repo_dir))
+    cfg = load_config(None, overrides).resolved()
+    model = cfg.promote.model_name
+    upstream(cfg, "night-1", export_dir)
+    first = promote.run(cfg, RunContext.create("night-1", "promote", cfg))
+    upstream(cfg, "night-2", export_dir)
+    repo = ModelRepository(str(repo_dir))
+
+    flag = tmp_path / "reached"
+    proc = start_promote(overrides, "night-2", 0, stop_at=point, flag=flag)
+    try:
+        wait_for(lambda: flag.is_file() and flag.read_text() == str(proc.pid), proc, point, timeout_s=300)
+        kill9(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    journal = repo.journal(model)
+    assert journal is not None and journal["run_id"] == "night-2" and journal["previous_version"] == 1
+    new_registry = journal["registry_version"]
+    assert repo.versions(model) == [1, 2]  # version 2 is complete (marker written) before the journal
+    crashed_state = (repo.served_version(model), alias_version(cfg))
+    assert crashed_state == {"journal written": (1, first["registry_version"]),
+                             "pinned": (2, first["registry_version"]),  # the mix, until the next promote
+                             "alias moved": (2, new_registry)}[point]
+
+    def failing_smoke(*args, **kwargs):
+        raise RuntimeError("Triton smoke test: detections differ from ONNX Runtime (injected)")
+
+    real_smoke = promote._smoke
+    monkeypatch.setattr(promote, "_smoke", failing_smoke)
+    with pytest.raises(RuntimeError, match="injected"):
+        promote.run(cfg, RunContext.create("night-2", "promote", cfg))
+    if point == "alias moved":  # the transaction had committed: it stays committed
+        assert (repo.served_version(model), alias_version(cfg)) == (2, new_registry)
+    else:  # it had not: the old version and the old alias, not the version being undone
+        assert (repo.served_version(model), alias_version(cfg)) == (1, first["registry_version"])
+    assert repo.journal(model) is None
+    assert_readers_see_only_complete_versions(repo, model, [1, 2])
+
+    monkeypatch.setattr(promote, "_smoke", real_smoke)
+    result = promote.run(cfg, RunContext.create("night-2", "promote", cfg))
+    assert result["version"] == 2 and result["reused"] and result["recovered"] is None
+    assert (repo.served_version(model), alias_version(cfg)) == (2, new_registry) and registry_count(cfg) == 2
+    assert repo.journal(model) is None
+    assert_readers_see_only_complete_versions(repo, model, [1, 2])
+
+
+def test_retry_after_a_kill_between_pin_and_alias_reports_the_recovery(tmp_path, export_dir, upstream):
+    """The plain retry of a promote killed after its pin: it rolls the half-done promotion back, then
+    promotes (one new version, not two), and says what it recovered."""
+    repo_dir = tmp_path / "repo"
+    overrides = sets(tmp_path, str(repo_dir))
+    cfg = load_config(None, overrides).resolved()
+    model = cfg.promote.model_name
+    upstream(cfg, "night-1", export_dir)
+    promote.run(cfg, RunContext.create("night-1", "promote", cfg))
+    upstream(cfg, "night-2", export_dir)
+    flag = tmp_path / "reached"
+    proc = start_promote(overrides, "night-2", 0, stop_at="pinned", flag=flag)
+    try:
+        wait_for(lambda: flag.is_file() and flag.read_text() == str(proc.pid), proc, "pinned", timeout_s=300)
+        kill9(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = promote.run(cfg, RunContext.create("night-2", "promote", cfg))
+    assert result["recovered"] == {"run_id": "night-2", "version": 2, "outcome": "rolled back", "serving": 1}
+    assert result["version"] == 2 and result["previous_version"] == 1 and result["reused"]
+    repo = ModelRepository(str(repo_dir))
+    assert repo.served_version(model) == 2 and alias_version(cfg) == result["registry_version"]
+    assert registry_count(cfg) == 2 and repo.journal(model) is None

@@ -45,6 +45,7 @@ def promoted(shared, tmp_path):
     import mlflow
 
     from pipeline import tracking
+    from pipeline.triton.repository import sha256_file
 
     sets = [f"mlflow.tracking_uri={shared['tracking']}", f"promote.model_name={tmp_path.name}",
             f"promote.triton_repo={tmp_path / 'repo'}", "promote.keep_versions=10"]
@@ -59,6 +60,9 @@ def promoted(shared, tmp_path):
         ctx = RunContext.create(night, "export", cfg)
         for name in ("model.onnx", "labels.txt", "io.json"):
             ctx.publish(shared["export"] / name, name)
+        ctx.publish_json({"status": "ok", "sha256": {name: sha256_file(shared["export"] / name)
+                                                     for name in ("model.onnx", "labels.txt", "io.json")}},
+                         "result.json")
         promote.run(cfg, RunContext.create(night, "promote", cfg))
     return cfg, sets
 

@@ -1,14 +1,21 @@
 """The model repository on a directory and on S3 (moto): publication, markers, crashes, pruning, locking."""
 from __future__ import annotations
 
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 
 import boto3
 import pytest
 
 from pipeline.triton import config as tconfig
-from pipeline.triton.repository import MARKER, LockTimeout, ModelRepository
+from pipeline.triton.repository import LockLost, LockTimeout, ModelRepository
 
 IO = {"inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 32, 32]}],
       "outputs": [{"name": "labels", "dtype": "int64", "shape": [-1, 5]}]}
@@ -140,18 +147,81 @@ def test_concurrent_promotions_get_distinct_versions(repo, tmp_path):
 
 def test_lock_times_out_while_held(repo):
     with repo.lock("det", timeout_s=5):
-        with pytest.raises(LockTimeout):
+        with pytest.raises(LockTimeout) as raised:
             with repo.lock("det", timeout_s=0.3):
                 pass
+    # one line naming the lock and its holder, exit 5 (infrastructure: retry later)
+    message = str(raised.value)
+    assert "\n" not in message and raised.value.exit_code == 5
+    assert message.startswith(repo.url("det") + "/.lock: held by pid ") or \
+        message.startswith(str(repo.store.local_path("det/.lock")) + ": held by pid ")
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in message and "promote.lock_timeout_s=0.3s" in message
     with repo.lock("det", timeout_s=1):  # released: free again
         pass
 
 
-def test_s3_lock_abandoned_by_a_crashed_run_expires(s3_server):
+def put_lock(repo: ModelRepository, **holder) -> None:
+    """A lock object as another promotion leaves it (S3)."""
+    repo.store.put_bytes(json.dumps({"owner": "x", **holder}).encode(), "det/.lock")
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+def test_s3_lock_of_a_dead_holder_on_this_host_is_broken_at_once(s3_server, caplog):
     repo = s3_repo(s3_server)
-    lock = repo.lock("det", timeout_s=5, ttl_s=0.2)
-    lock.__enter__()  # a run that dies holding the lock never calls __exit__
-    with repo.lock("det", timeout_s=5, ttl_s=60):
-        pass
+    pid = dead_pid()
+    put_lock(repo, host=socket.gethostname(), pid=pid, pidns=os.readlink("/proc/self/ns/pid"),
+             expires_at=time.time() + 3600)  # a long lease, but its holder is dead
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="pipeline.triton.repository"):
+        with repo.lock("det", timeout_s=30, ttl_s=10):
+            assert json.loads(repo.store.get_bytes("det/.lock"))["pid"] == os.getpid()
+    assert time.monotonic() - started < 5
+    assert any(f"breaking a stale lock held by pid {pid} on {socket.gethostname()}" in r.getMessage()
+               and "its holder is dead" in r.getMessage() for r in caplog.records)
     assert not repo.store.exists("det/.lock")
-    assert MARKER == ".complete"
+
+
+def test_s3_lock_of_another_host_is_broken_only_when_its_lease_lapses(s3_server):
+    repo = s3_repo(s3_server)
+    # a container with our hostname but its own pids: its pid means nothing here, only its lease counts
+    put_lock(repo, host=socket.gethostname(), pid=dead_pid(), pidns="pid:[1]", expires_at=time.time() + 1.5)
+    started = time.monotonic()
+    with repo.lock("det", timeout_s=30, ttl_s=10):
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 10
+    put_lock(repo, host="another-host", pid=1, expires_at=time.time() + 1.5)  # alive as far as we can tell
+    started = time.monotonic()
+    with repo.lock("det", timeout_s=30, ttl_s=10):
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 10  # it waited for the lease, then broke it
+    put_lock(repo, host="another-host", pid=1, expires_at=time.time() + 3600)
+    with pytest.raises(LockTimeout, match=r"held by pid 1 on another-host, lease until .*Z for more than "
+                                          r"promote.lock_timeout_s=0.5s"):
+        with repo.lock("det", timeout_s=0.5, ttl_s=0.2):
+            pass
+
+
+def test_s3_lease_is_renewed_while_held_and_a_broken_lease_refuses_to_commit(s3_server):
+    repo = s3_repo(s3_server)
+    with repo.lock("det", timeout_s=5, ttl_s=0.6) as lease:
+        first = json.loads(repo.store.get_bytes("det/.lock"))["expires_at"]
+        # another waiter on another thread cannot break it although 3 leases go by: it is renewed
+        with pytest.raises(LockTimeout):
+            with repo.lock("det", timeout_s=2, ttl_s=0.6):
+                pass
+        assert json.loads(repo.store.get_bytes("det/.lock"))["expires_at"] > first + 1
+        lease.check()
+        repo.store.delete_prefix("det/.lock")  # someone broke it: the next renewal notices
+        deadline = time.monotonic() + 10
+        while not lease.lost:
+            assert time.monotonic() < deadline, "the lost lease was never noticed"
+            time.sleep(0.05)
+        with pytest.raises(LockLost, match="refusing to change what is served"):
+            lease.check()
+    with repo.lock("det", timeout_s=1):
+        pass
