@@ -279,14 +279,16 @@ def _remote_has(remote: str, md5: str, cfg: Config) -> bool:
     """Whether the remote holds the .dir listing of `md5` (DVC pushes it once the files are there)."""
     rel = f"files/md5/{md5[:2]}/{md5[2:]}"
     if remote.startswith("s3://"):
-        from pipeline.store import s3_client
+        from pipeline.store import S3NotFound, s3_call, s3_client
 
         bucket, _, prefix = remote[len("s3://"):].partition("/")
-        endpoint = cfg.snapshot.remote_endpoint_url
+        key = f"{prefix.rstrip('/')}/{rel}".lstrip("/")
+        client = s3_client(cfg.snapshot.remote_endpoint_url, attempts=1)
+        # only a definite not-found means "not pushed"; an outage is exit 5 in bounded time, not a silent re-push
         try:
-            s3_client(endpoint).head_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{rel}".lstrip("/"))
+            s3_call(lambda: client.head_object(Bucket=bucket, Key=key), "HEAD", f"s3://{bucket}/{key}", log=log)
             return True
-        except Exception:  # noqa: BLE001 - any doubt means: do the full snapshot
+        except S3NotFound:
             return False
     return (Path(remote) / rel).is_file()
 

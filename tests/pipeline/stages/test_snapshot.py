@@ -385,3 +385,27 @@ def test_kill_9_during_or_after_the_push_keeps_the_previous_data_dvc(ingested, t
     md5 = second["dataset_hash"]
     s3_client(s3_server).head_object(Bucket="dvc-store", Key=f"ns/files/md5/{md5[:2]}/{md5[2:]}")
     assert not (repo / snapshot.INCOMING).exists() and not (repo / f"{snapshot.INCOMING}.dvc").exists()
+
+
+def test_the_remote_probe_tells_not_pushed_from_an_outage(s3_server, monkeypatch):
+    """The unchanged-night check asks the remote for the snapshot's .dir listing: a definite 404 means
+    "not pushed" (snapshot again), but a dead endpoint is exit 5 in bounded time, never a silent "absent"."""
+    import boto3
+
+    from pipeline.errors import InfrastructureError
+    from tests.faults import dead_endpoint
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="dvc")
+    md5 = "0123456789abcdef0123456789abcdef.dir"
+    cfg = load_config(None, [f"snapshot.remote_endpoint_url={s3_server}"])
+    assert snapshot._remote_has("s3://dvc/remote", md5, cfg) is False
+    boto3.client("s3", endpoint_url=s3_server).put_object(Bucket="dvc", Key=f"remote/files/md5/01/{md5[2:]}",
+                                                          Body=b"[]")
+    assert snapshot._remote_has("s3://dvc/remote", md5, cfg) is True
+
+    monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "2")
+    dead = load_config(None, [f"snapshot.remote_endpoint_url={dead_endpoint()}"])
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError, match="s3://dvc/remote/files/md5/01/"):
+        snapshot._remote_has("s3://dvc/remote", md5, dead)
+    assert time.monotonic() - started < 30
