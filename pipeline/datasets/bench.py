@@ -191,10 +191,9 @@ def run(images: int, boxes_per_image: int, workdir: Path, rounds: int = 2, snaps
     try:
         for r in range(1, rounds + 1):
             run_id = f"bench{r}"
-            prof = profile if r == min(rounds, 2) else 0  # profile a nightly round (previous stats exist)
             ingest = _stage(["ingest", "--run-id", run_id, "--source", str(export), *common], env, workdir,
-                            prof, "ingest", profiles)
-            validate = _stage(["validate", "--run-id", run_id, *common, *low], env, workdir, prof, "validate",
+                            0, "ingest", profiles)
+            validate = _stage(["validate", "--run-id", run_id, *common, *low], env, workdir, 0, "validate",
                               profiles)
             times["ingest"].append(ingest)
             times["validate"].append(validate)
@@ -208,11 +207,15 @@ def run(images: int, boxes_per_image: int, workdir: Path, rounds: int = 2, snaps
                 result = workdir / "home" / "artifacts" / "runs" / run_id / "snapshot" / "result.json"
                 for k in range(snapshot_repeats):
                     result.unlink(missing_ok=True)  # else the stage skips itself as already done
-                    times["snapshot_unchanged"].append(
-                        _stage(snap, env, workdir, profile if k == 0 and prof else 0, "snapshot_unchanged",
-                               profiles))
+                    times["snapshot_unchanged"].append(_stage(snap, env, workdir, 0, "snapshot_unchanged",
+                                                              profiles))
                 line += "; unchanged snapshot " + ", ".join(f"{t:.1f}" for t in times["snapshot_unchanged"][-snapshot_repeats:]) + " s"
             print(line, file=out, flush=True)
+        if profile:  # one more nightly round under cProfile, untimed: it slows Python-heavy code down
+            common_p = ["--run-id", "benchprofile", *common]
+            _stage(["ingest", *common_p, "--source", str(export)], env, workdir, profile, "ingest", profiles)
+            _stage(["validate", *common_p, *low], env, workdir, profile, "validate", profiles)
+            _stage(["snapshot", *common_p], env, workdir, profile, "snapshot_unchanged", profiles)
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -243,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bytecode-cache", help="PYTHONPYCACHEPREFIX for the stages when the environment has no "
                                                  "bytecode (default: <export cache>/pycache)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="print the N functions each stage spends most time in (round 2, under cProfile)")
+                        help="print the N functions each stage spends most time in (one more, untimed round "
+                             "under cProfile)")
     parser.add_argument("--workdir", help="where to build the workspace (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     parser.add_argument("--json", help="also write the figures to this JSON file")
