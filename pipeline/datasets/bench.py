@@ -209,7 +209,11 @@ def run(images: int, boxes_per_image: int, workdir: Path, rounds: int = 2, snaps
                     result.unlink(missing_ok=True)  # else the stage skips itself as already done
                     times["snapshot_unchanged"].append(_stage(snap, env, workdir, 0, "snapshot_unchanged",
                                                               profiles))
-                line += "; unchanged snapshot " + ", ".join(f"{t:.1f}" for t in times["snapshot_unchanged"][-snapshot_repeats:]) + " s"
+                    # what was timed must be the nightly no-op, not a skip or a new snapshot
+                    if json.loads(result.read_text()).get("changed") is not False:
+                        raise SystemExit(f"bench: snapshot of {run_id} did not find the dataset unchanged")
+                last = times["snapshot_unchanged"][-snapshot_repeats:]
+                line += "; unchanged snapshot " + ", ".join(f"{t:.1f}" for t in last) + " s"
             print(line, file=out, flush=True)
         if profile:  # one more nightly round under cProfile, untimed: it slows Python-heavy code down
             common_p = ["--run-id", "benchprofile", *common]

@@ -62,9 +62,9 @@ class Matches:
     """One greedy matching pass over every image at once, in both modes (see the module docstring).
 
     Detections are those scoring >= the threshold, in (image, score descending, file order) order: `dt_index`
-    their positions in the input, `dt_cat` their category ids. For each mode, `*_gt` is the index into the ground truth of the box a detection
-    matched (-1: none) and `*_ignored` marks an unmatched detection that overlaps a crowd region of its own
-    class. `gt_cat` and `gt_crowd` are the ground truth's columns in their original order.
+    their positions in the input, `dt_cat` their category ids. For each mode, `*_gt` is the index into the
+    ground truth of the box a detection matched (-1: none) and `*_ignored` marks an unmatched detection that
+    overlaps a crowd region of its own class. `gt_cat` and `gt_crowd` are the ground truth's columns in their original order.
     """
 
     gt_cat: np.ndarray
@@ -127,7 +127,8 @@ def match(gt, dt, score_threshold: float) -> Matches:
     start = np.searchsorted(g_img, d_img, side="left")
     count = np.searchsorted(g_img, d_img, side="right") - start
     pair_dt = np.repeat(np.arange(n_dt), count)
-    pair_gt = g_order[np.repeat(start, count) + np.arange(len(pair_dt)) - np.repeat(np.cumsum(count) - count, count)]
+    within = np.arange(len(pair_dt)) - np.repeat(np.cumsum(count) - count, count)  # 0.. per detection
+    pair_gt = g_order[np.repeat(start, count) + within]
     pair_dt, pair_gt, iou = _near_pairs(d_box, np.asarray(gt.bbox, dtype=np.float64).reshape(-1, 4), g_crowd,
                                         pair_dt, pair_gt)
     same = g_cat[pair_gt] == d_cat[pair_dt]

@@ -33,7 +33,8 @@ def test_export_is_real_and_cached(tmp_path):
 @pytest.mark.slow
 def test_bench_runs_every_stage_and_reports_against_the_goals(tmp_path, capsys):
     assert bench.main(["--images", "60", "--boxes-per-image", "2", "--rounds", "2", "--snapshot-repeats", "2",
-                       "--export-cache", str(tmp_path / "cache"), "--bytecode-cache", str(SHARED_PYCACHE), "--workdir", str(tmp_path / "work"),
+                       "--export-cache", str(tmp_path / "cache"), "--bytecode-cache", str(SHARED_PYCACHE),
+                       "--workdir", str(tmp_path / "work"),
                        "--profile", "20", "--json", str(tmp_path / "bench.json")]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "bench.json").read_text())
