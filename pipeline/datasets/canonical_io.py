@@ -15,7 +15,7 @@ import math
 import os
 import re
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputRejected
@@ -207,19 +207,19 @@ def counts(coco: dict) -> dict:
         per_split.setdefault(img.get("split", "train"), {"images": 0, "annotations": 0})["images"] += 1
     names = {c["id"]: c["name"] for c in coco["categories"]}
     per_class = {c["name"]: {**{s: 0 for s in SPLITS}, "total": 0} for c in coco["categories"]}
-    ignore_regions = 0
-    for ann in coco["annotations"]:
-        if ann.get("iscrowd"):  # crowd / ignore regions (KITTI DontCare): not objects to learn or count
-            ignore_regions += 1
-            continue
-        split = split_of.get(ann["image_id"], "train")
-        per_split[split]["annotations"] += 1
-        name = names.get(ann["category_id"], str(ann["category_id"]))
+    # one C-counted pass over the boxes (a million: ~0.3 s), then a loop over the few (split, class) pairs;
+    # crowd / ignore regions (KITTI DontCare) are not objects to learn or count
+    tally = Counter((split_of.get(ann["image_id"], "train"), ann["category_id"])
+                    for ann in coco["annotations"] if not ann.get("iscrowd"))
+    ignore_regions = len(coco["annotations"]) - sum(tally.values())
+    for (split, category_id), n in tally.items():  # first-seen order: unknown classes as they first appear
+        per_split[split]["annotations"] += n
+        name = names.get(category_id, str(category_id))
         row = per_class.get(name)
-        if row is None:  # a category id not in categories (validate reports it); not setdefault: its default
-            row = per_class[name] = {**{s: 0 for s in SPLITS}, "total": 0}  # would be built for every box
-        row[split] += 1
-        row["total"] += 1
+        if row is None:  # a category id not in categories (validate reports it)
+            row = per_class[name] = {**{s: 0 for s in SPLITS}, "total": 0}
+        row[split] += n
+        row["total"] += n
     return {"images": len(coco["images"]), "annotations": len(coco["annotations"]) - ignore_regions,
             "ignore_regions": ignore_regions, "per_split": per_split, "per_class": per_class}
 
