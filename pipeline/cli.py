@@ -11,6 +11,7 @@ masked in the written config.yaml, reproduce.sh, stderr and every log line.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib
 import json
@@ -20,8 +21,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 from pipeline import __version__
 from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError, infrastructure_error
@@ -103,9 +102,20 @@ def stage_module(name: str):
     return importlib.import_module(f"pipeline.stages.{name}")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def _docstring(modname: str) -> str:
+    """A module's docstring read from its source, without importing it (or anything it imports)."""
+    # the path from the package's own folder: importlib.util.find_spec would import the parent packages
+    source = Path(__file__).parent.joinpath(*modname.split(".")[1:]).with_suffix(".py")
+    if not source.is_file():  # not a plain source file of this package: fall back to importing it
+        return (importlib.import_module(modname).__doc__ or "").strip()
+    return (ast.get_docstring(ast.parse(source.read_bytes(), str(source))) or "").strip()
+
+
+def build_parser(command: str | None = None, *, summary_only: bool = False) -> argparse.ArgumentParser:
     """The full parser; given the command about to run, only that command's module is imported (stage modules
-    pull in torch, Great Expectations or MLflow, and a stage should pay only for its own imports)."""
+    pull in torch, Great Expectations or MLflow, and a stage should pay only for its own imports).
+    `summary_only` (no known command: `nightshift --help`, `--version`, a typo) imports no command module at
+    all and lists the commands with the first line of each module's docstring, read from its source."""
     parser = argparse.ArgumentParser(
         prog="nightshift",
         description="Nightshift: a computer-vision model's whole life as a batch pipeline. Each stage reads "
@@ -116,6 +126,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nightshift {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules = {**{name: f"pipeline.stages.{name}" for name in STAGES}, **TOOLS}
+    if summary_only:
+        for name, modname in modules.items():
+            doc = _docstring(modname)
+            sub.add_parser(name, help=doc.splitlines()[0] if doc else name)
+        return parser
     for name in STAGES:
         if command not in (None, name):
             sub.add_parser(name, add_help=False)
@@ -150,6 +166,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _write_outputs(ctx, module, result: dict, args: argparse.Namespace) -> None:
     """result.json, the resolved config and the reproduce command beside the stage's outputs."""
+    import yaml
+
     ctx.publish_json(result, "result.json")
     # secrets masked: reproducing a stage that needs one takes it from --set or the environment again
     ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.redacted(), sort_keys=False).encode(), ctx.key("config.yaml"))
@@ -307,7 +325,8 @@ def _emit(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in STAGES or command in TOOLS else None)
+    known = command in STAGES or command in TOOLS
+    parser = build_parser(command if known else None, summary_only=not known)
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     try:

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputRejected
@@ -148,23 +148,43 @@ def write(coco: dict, files: list[tuple[Path, str]], out: Path, link: bool = Fal
     """
     out = Path(out)
     (out / IMAGES).mkdir(parents=True)
-    made = set()
+    root = os.path.join(out, IMAGES)  # str paths: pathlib's joins cost more than the copies at 100k files
+    made, copies = set(), []
     for src, name in files:
-        dest = out / IMAGES / name
-        if dest.parent not in made:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dest.parent)
+        dest = os.path.join(root, name)
+        parent = os.path.dirname(dest)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
         if link:
             try:
                 os.link(src, dest)
                 continue
             except OSError:
                 link = False  # another file system: copy from now on
-        shutil.copyfile(src, dest)
+        copies.append((src, dest))
+    _copy_files(copies)
     # compact and sorted: byte-identical for the same dataset, and written by json's C encoder (an indent would
     # switch it to the pure-Python one, ~20 s for a million boxes)
     (out / ANNOTATIONS).write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
     return out
+
+
+def _copy_files(pairs: list, workers: int = 4) -> None:
+    """shutil.copyfile for each (src, dest); threads overlap the system calls (copies release the GIL)."""
+    if len(pairs) < 256:
+        for src, dest in pairs:
+            shutil.copyfile(src, dest)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def copy_chunk(chunk):
+        for src, dest in chunk:
+            shutil.copyfile(src, dest)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(copy_chunk, [pairs[i:i + 512] for i in range(0, len(pairs), 512)]):
+            pass  # re-raises the first error
 
 
 def load(dataset_dir: Path) -> dict:
@@ -191,17 +211,19 @@ def counts(coco: dict) -> dict:
         per_split.setdefault(img.get("split", "train"), {"images": 0, "annotations": 0})["images"] += 1
     names = {c["id"]: c["name"] for c in coco["categories"]}
     per_class = {c["name"]: {**{s: 0 for s in SPLITS}, "total": 0} for c in coco["categories"]}
-    ignore_regions = 0
-    for ann in coco["annotations"]:
-        if ann.get("iscrowd"):  # crowd / ignore regions (KITTI DontCare): not objects to learn or count
-            ignore_regions += 1
-            continue
-        split = split_of.get(ann["image_id"], "train")
-        per_split[split]["annotations"] += 1
-        name = names.get(ann["category_id"], str(ann["category_id"]))
-        per_class.setdefault(name, {**{s: 0 for s in SPLITS}, "total": 0})
-        per_class[name][split] += 1
-        per_class[name]["total"] += 1
+    # one C-counted pass over the boxes (a million: ~0.3 s), then a loop over the few (split, class) pairs;
+    # crowd / ignore regions (KITTI DontCare) are not objects to learn or count
+    tally = Counter((split_of.get(ann["image_id"], "train"), ann["category_id"])
+                    for ann in coco["annotations"] if not ann.get("iscrowd"))
+    ignore_regions = len(coco["annotations"]) - sum(tally.values())
+    for (split, category_id), n in tally.items():  # first-seen order: unknown classes as they first appear
+        per_split[split]["annotations"] += n
+        name = names.get(category_id, str(category_id))
+        row = per_class.get(name)
+        if row is None:  # a category id not in categories (validate reports it)
+            row = per_class[name] = {**{s: 0 for s in SPLITS}, "total": 0}
+        row[split] += n
+        row["total"] += n
     return {"images": len(coco["images"]), "annotations": len(coco["annotations"]) - ignore_regions,
             "ignore_regions": ignore_regions, "per_split": per_split, "per_class": per_class}
 

@@ -41,13 +41,35 @@ def _clean(value) -> float | None:
 
 
 def load_json(path: str | Path, what: str):
-    """Read a JSON file; unreadable or malformed files are rejected naming the file."""
+    """Read a JSON file; unreadable or malformed files are rejected naming the file.
+
+    Fast: orjson, with the cyclic garbage collector paused (a results file is millions of new containers, and
+    the collections they trigger cost more than the parsing: 47 MB of results take ~0.4 s instead of ~1.8 s).
+    Whatever orjson refuses goes through `json` again, so the accepted files (NaN literals included, which the
+    validators then reject by field) and the error messages are the standard library's. One difference: an
+    integer beyond 64 bits reads as a float, which the validators reject where an integer id is needed.
+    """
+    import gc
+
+    import orjson
+
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise InputRejected(f"cannot read {what}: {exc.strerror or exc}", path=str(path)) from None
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        return json.loads(text)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    finally:
+        if collecting:
+            gc.enable()
+    try:
+        return json.loads(data.decode())
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}", path=str(path)) from None
     except json.JSONDecodeError as exc:
         raise InputRejected(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                             path=str(path)) from None
@@ -342,14 +364,19 @@ def report(gt: dict, dt: list[dict], iou_type: str = "bbox", score_threshold: fl
            engine: str = "vectorized") -> tuple[dict, Evaluation]:
     """`score()` plus the operating point at `score_threshold` and the confusion matrix, as written to
     metrics.json by the evaluate stage and the `score` command. Returns (metrics dict, Evaluation)."""
-    from pipeline.metrics.matching import confusion_matrix, operating_point
+    from pipeline.metrics.boxeval import Boxes
+    from pipeline.metrics.matching import confusion_matrix, match, operating_point
 
     gt_ok = validate_gt(gt, gt_path, iou_type)
-    dt_ok = validate_dt(dt, gt_ok, dt_path, iou_type)
+    if iou_type == "bbox" and engine == "vectorized":
+        dt_ok = _validated_dt_boxes(dt, gt_ok, dt_path)  # columns: no dict copy per detection
+    else:
+        dt_ok = validate_dt(dt, gt_ok, dt_path, iou_type)
     # for segm, faster-coco-eval fills in each result's bbox from its mask, which the box matching below uses
     ev = _evaluate_valid(gt_ok, dt_ok, iou_type, engine)
     metrics = dict(ev.metrics)
     metrics["iou_type"] = iou_type
-    metrics["operating_point"] = operating_point(gt_ok, dt_ok, score_threshold)
-    metrics["confusion_matrix"] = confusion_matrix(gt_ok, dt_ok, score_threshold)
+    matches = match(_gt_boxes(gt_ok), dt_ok if isinstance(dt_ok, Boxes) else _dt_boxes(dt_ok), score_threshold)
+    metrics["operating_point"] = operating_point(gt_ok, dt_ok, score_threshold, matches)
+    metrics["confusion_matrix"] = confusion_matrix(gt_ok, dt_ok, score_threshold, matches)
     return metrics, ev

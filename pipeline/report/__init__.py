@@ -8,6 +8,15 @@ best/worst sample predictions, inference performance, the dataset card, gate che
 recommendation) and `report.md`, and logs both to the pipeline run's MLflow run. `nightshift compare A B`
 prints the same metric comparison for two runs in a terminal.
 """
-from pipeline.report.build import build_report
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["build_report"]
+
+
+def __getattr__(name: str):
+    # lazy: `nightshift compare` imports pipeline.report.compare without the report builder's imports
+    if name in __all__:
+        return getattr(importlib.import_module("pipeline.report.build"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,8 +18,6 @@ import json
 import logging
 import time
 
-import torch
-
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import GateFailed, InputRejected
@@ -36,6 +34,8 @@ log = logging.getLogger(__name__)
 def _check_outputs(model, session, dataset, n: int, match_min: float) -> dict:
     """Raw-output check: ONNX Runtime vs the torchvision model on the first `n` val images, as one batch
     and image by image (the batch dimension must really be dynamic and batch-independent)."""
+    import torch
+
     from pipeline.export.onnx_export import OrtDetector, compare_detections
 
     images = [dataset[i][0] for i in range(min(n, len(dataset)))]
@@ -126,6 +126,8 @@ def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: 
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
+    import torch  # here, not at the top: `nightshift export --help` and a skipped export need no torch
+
     from pipeline import tracking
     from pipeline.datasets.canonical import CanonicalDataset, split_coco
     from pipeline.export import export

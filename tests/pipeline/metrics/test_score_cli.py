@@ -93,6 +93,23 @@ def test_unreadable_json_exits_3(tmp_path, capsys):
     assert code == 3 and str(gt) in err and "not valid JSON" in err
 
 
+def test_json_the_fast_parser_refuses_is_read_as_before(tmp_path, capsys):
+    # a NaN score parses (as the standard library parses it) and is then rejected by field, not as bad JSON
+    code, err, _, dt = _run_bad(tmp_path, capsys, json.dumps(GT), json.dumps(DT).replace("0.4", "NaN"))
+    assert code == 3 and str(dt) in err and "[1].score" in err and "not valid JSON" not in err
+    code, err, _, dt = _run_bad(tmp_path, capsys, json.dumps(GT), json.dumps(DT)[:-5])
+    assert code == 3 and str(dt) in err and "not valid JSON: Expecting" in err and "line 1 column" in err
+
+
+def test_json_that_is_not_utf8_exits_3(tmp_path, capsys):
+    gt, dt = tmp_path / "gt.json", tmp_path / "dt.json"
+    gt.write_text(json.dumps(GT))
+    dt.write_bytes(b'[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5, "n": "\xe9"}]')
+    code = cli.main(["score", "--gt", str(gt), "--dt", str(dt)])
+    err = capsys.readouterr().err
+    assert code == 3 and str(dt) in err and "not UTF-8" in err
+
+
 def test_missing_file_exits_3(tmp_path, capsys):
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(GT))
