@@ -190,9 +190,13 @@ def _local_remote(repo: Path) -> dict:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(repo / ".dvc" / "config.local")
-        return dict(parser[f'remote "{REMOTE}"'])
-    except (configparser.Error, KeyError):
+    except configparser.Error:
         return {}
+    # DVC writes the section as ['remote "nightshift"'] (configobj quoting); older files have it bare
+    for section in (f"'remote \"{REMOTE}\"'", f'remote "{REMOTE}"'):
+        if parser.has_section(section):
+            return dict(parser[section])
+    return {}
 
 
 def push(repo: Path, cfg: Config, target: str = f"{DATA}.dvc", remote: str = "") -> int:

@@ -409,3 +409,19 @@ def test_the_remote_probe_tells_not_pushed_from_an_outage(s3_server, monkeypatch
     with pytest.raises(InfrastructureError, match="s3://dvc/remote/files/md5/01/"):
         snapshot._remote_has("s3://dvc/remote", md5, dead)
     assert time.monotonic() - started < 30
+
+
+def test_a_configured_remote_is_not_configured_again(tmp_path, monkeypatch):
+    """configure_remote reads DVC's own config.local (sections quoted as ['remote "nightshift"']): once the
+    remote is set, an unchanged night spends no `dvc remote` start-ups on it."""
+    repo = snapshot._init(tmp_path / "project")
+    cfg = load_config(None, [f"snapshot.remote={tmp_path / 'remote'}"])
+    assert snapshot.configure_remote(repo, cfg) == str((tmp_path / "remote").resolve())
+    assert snapshot._local_remote(repo) == {"url": str((tmp_path / "remote").resolve())}
+    calls = []
+    monkeypatch.setattr(snapshot, "dvc", lambda *a, **k: calls.append(a))
+    snapshot.configure_remote(repo, cfg)
+    assert calls == []
+    other = load_config(None, [f"snapshot.remote={tmp_path / 'elsewhere'}"])
+    snapshot.configure_remote(repo, other)
+    assert calls and calls[0][1:3] == ("remote", "add")
