@@ -96,7 +96,8 @@ def test_dag_pods_follow_the_restricted_profile(dag_pods):
             assert problems == [], f"{name} {where}: {problems}"
     assert {"Pod", "Job", "TrainJob"} <= kinds
     stage_pods = [n for n in dag_pods if n.endswith("(pod)")]
-    assert len(stage_pods) == 12  # 11 retrain tasks that run pods (all but check_conf and the branch) + rollback
+    # 11 retrain tasks that run pods (all but check_conf and the branch) + rollback + the weekly report
+    assert len(stage_pods) == 13
 
 
 @pytest.mark.parametrize("mutate,expected", [
