@@ -34,8 +34,9 @@ class Sample:
 class ReportData:
     """Everything the renderers need; None/empty where a stage did not run or left nothing."""
 
-    run_id: str
+    run_id: str  # the store's key (pipeline.context.safe_run_id)
     run_url: str  # the run's folder in the artifact store
+    airflow_run_id: str = ""  # Airflow's own run id when the run came from a DAG (kept in every stage result)
     results: dict[str, dict] = field(default_factory=dict)  # stage -> result.json
     metrics: dict | None = None  # evaluate/metrics.json
     plots: dict[str, bytes] = field(default_factory=dict)  # "pr_curve" / "confusion_matrix" -> PNG
@@ -188,6 +189,7 @@ def gather(cfg: Config, run_id: str, store: ArtifactStore, samples: int = 4) -> 
     data = ReportData(run_id=run_id, run_url=store.url(f"runs/{run_id}"),
                       score_threshold=cfg.evaluate.score_threshold)
     data.results = {s: r for s in STAGES if (r := run.json(s, "result.json")) is not None}
+    data.airflow_run_id = next((r["airflow_run_id"] for r in data.results.values() if r.get("airflow_run_id")), "")
     data.metrics = run.json("evaluate", "metrics.json")
     if data.metrics is not None:
         op = data.metrics.get("operating_point") or {}

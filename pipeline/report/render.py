@@ -254,7 +254,9 @@ def render_html(d: ReportData) -> str:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Nightshift run {e(d.run_id)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Nightshift run {e(d.run_id)}</h1>",
+        f"<h1>Nightshift run {e(d.airflow_run_id or d.run_id)}</h1>",
+        f"<div class='meta'>Airflow run <code>{e(d.airflow_run_id)}</code> &middot; store key "
+        f"<code>{e(d.run_id)}</code></div>" if d.airflow_run_id and d.airflow_run_id != d.run_id else "",
         f"<div class='meta'>Artifacts: <code>{e(d.run_url)}</code>{mlflow} &middot; generated {when}</div>",
         _recommendation(d), _overall(d), _per_class(d), _plots(d), _samples(d), _gates(d), _performance(d),
         _dataset(d), _stages(d),
@@ -265,7 +267,9 @@ def render_html(d: ReportData) -> str:
 
 def render_markdown(d: ReportData, html_url: str, max_reasons: int = 5) -> str:
     """A few lines for chat: the recommendation and why, headline metrics, the biggest class drops, speed."""
-    lines = [f"*Nightshift run {d.run_id}: {'PROMOTE' if d.decision == 'promote' else 'HOLD'}*"]
+    name = d.run_id if not d.airflow_run_id or d.airflow_run_id == d.run_id else \
+        f"{d.airflow_run_id} (store key {d.run_id})"
+    lines = [f"*Nightshift run {name}: {'PROMOTE' if d.decision == 'promote' else 'HOLD'}*"]
     lines += [f"- {r}" for r in d.reasons[:max_reasons]]
     if len(d.reasons) > max_reasons:
         lines.append(f"- ... and {len(d.reasons) - max_reasons} more")

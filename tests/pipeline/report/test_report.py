@@ -261,3 +261,20 @@ def test_compare_missing_run_exits_3(store, tools_only, capsys):
     code = cli.main(["compare", "night-1", "night-404", "--set", f"store.uri={store.uri}"])
     err = capsys.readouterr().err
     assert code == 3 and "night-404" in err and "evaluate/metrics.json not found" in err
+
+
+def test_airflow_run_id_is_shown_beside_the_store_key(store, dataset):
+    """Airflow's run id (recorded in every stage result) heads the page and the chat summary; the store's key
+    stays beside it, so a teammate can find the run in either place."""
+    from pipeline.context import safe_run_id
+
+    airflow_id = "scheduled__2026-11-30T02:00:00+00:00"
+    key = safe_run_id(airflow_id)
+    assert key != airflow_id
+    store.put_json({"status": "ok", "airflow_run_id": airflow_id}, f"runs/{key}/ingest/result.json")
+    keys = build_report(config(store), airflow_id, store, log_to_mlflow=False)
+    page = html_of(store, keys)
+    assert f"<h1>Nightshift run {airflow_id}</h1>" in page
+    assert f"Airflow run <code>{airflow_id}</code> &middot; store key <code>{key}</code>" in page
+    summary = store.get_bytes(keys["markdown"]).decode()
+    assert summary.startswith(f"*Nightshift run {airflow_id} (store key {key}): HOLD*")
