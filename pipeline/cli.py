@@ -111,6 +111,16 @@ def _docstring(modname: str) -> str:
     return (ast.get_docstring(ast.parse(source.read_bytes(), str(source))) or "").strip()
 
 
+def _summary(name: str, doc: str) -> str:
+    """The first line of a command's docstring for the command list, without a leading "name:" of its own."""
+    line = doc.splitlines()[0] if doc else name
+    for prefix in (f"{name}: ", f"{name}?: "):
+        if line.startswith(prefix):
+            line = line[len(prefix):]
+            return line[:1].upper() + line[1:]
+    return line
+
+
 def build_parser(command: str | None = None, *, summary_only: bool = False) -> argparse.ArgumentParser:
     """The full parser; given the command about to run, only that command's module is imported (stage modules
     pull in torch, Great Expectations or MLflow, and a stage should pay only for its own imports).
@@ -130,7 +140,7 @@ def build_parser(command: str | None = None, *, summary_only: bool = False) -> a
     if summary_only:
         for name, modname in modules.items():
             doc = _docstring(modname)
-            sub.add_parser(name, help=doc.splitlines()[0] if doc else name)
+            sub.add_parser(name, help=_summary(name, doc))
         return parser
     for name in STAGES:
         if command not in (None, name):
@@ -138,7 +148,7 @@ def build_parser(command: str | None = None, *, summary_only: bool = False) -> a
             continue
         module = stage_module(name)
         doc = (module.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
+        p = sub.add_parser(name, help=_summary(name, doc), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         standalone = getattr(module, "STANDALONE", False)
         p.add_argument("--run-id", required=not standalone,
@@ -156,7 +166,7 @@ def build_parser(command: str | None = None, *, summary_only: bool = False) -> a
             continue
         module = importlib.import_module(modname)
         doc = (module.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else name, description=doc,
+        p = sub.add_parser(name, help=_summary(name, doc), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("-v", "--verbose", action="store_true")
         module.add_arguments(p)
