@@ -51,7 +51,11 @@ def test_help_lists_every_command_with_its_docstring_first_line():
         import importlib
 
         first = importlib.import_module(modname).__doc__.strip().splitlines()[0]
+        for prefix in (f"{name}: ", f"{name}?: "):  # "gate: refuse ..." is listed as "gate  Refuse ..."
+            if first.startswith(prefix):
+                first = first[len(prefix):][:1].upper() + first[len(prefix) + 1:]
         assert " ".join(first.split()) in flat, (name, first)
+        assert f"{name}: " not in flat and f"{name}?: " not in flat, name
 
 
 def test_each_command_module_imports_no_heavy_library():
