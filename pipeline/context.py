@@ -67,27 +67,18 @@ class RunContext:
     def exclusive(self):
         """Hold this run's lock for this stage (a local lock file beside its scratch space, released when the
         process ends, even by kill -9); StageBusy at once if another process holds it."""
-        import fcntl
-        import socket
+        from pipeline.locking import LockBusy, file_lock
 
-        path = self.workdir / ".lock"
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip()  # may still be empty: the holder writes it just after locking
-                raise StageBusy(f"another {self.stage} of run {self.run_id} is in progress"
-                                + (f" ({holder})" if holder else "") + "; nothing was changed: retry when it "
-                                "has finished (a finished one makes the retry skip)") from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
-            fh.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        try:
+            lock = file_lock(self.workdir / ".lock")
+            lock.__enter__()
+        except LockBusy as busy:
+            raise StageBusy(f"another {self.stage} of run {self.run_id} is in progress ({busy.holder}); nothing "
+                            "was changed: retry when it has finished (a finished one makes the retry skip)") from None
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
 
     # -- keys ---------------------------------------------------------------------------------
     def key(self, rel: str = "", stage: str | None = None) -> str:

@@ -26,7 +26,6 @@ snapshot/card.html and card.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,7 +33,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -149,38 +147,16 @@ def repo_lock(repo: Path, timeout_s: float) -> Iterator[None]:
     """One snapshot at a time in `repo`: an flock on <repo>/.nightshift-snapshot.lock, which the kernel releases
     when its holder dies (so a crashed holder never blocks anyone). The holder writes who it is into the file
     for the message a waiter gives after `timeout_s` (InfrastructureError, exit 5)."""
-    repo.mkdir(parents=True, exist_ok=True)
+    from pipeline.locking import LockBusy, file_lock
+
     path = repo / LOCK_FILE
-    deadline = time.monotonic() + timeout_s
-    with open(path, "a+") as fh:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log.info("%s: waiting for another snapshot of this DVC project (%s)", path, _holder(path))
-                    waited = True
-                if time.monotonic() > deadline:
-                    raise InfrastructureError(f"another snapshot ({_holder(path)}) held the DVC project lock for "
-                                              f"more than snapshot.lock_timeout_s={timeout_s:g}s", uri=str(path))
-                time.sleep(0.1)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _holder(path: Path) -> str:
     try:
-        return path.read_text().strip() or "holder unknown"
-    except OSError:
-        return "holder unknown"
+        with file_lock(path, timeout_s, on_wait=lambda holder: log.info(
+                "%s: waiting for another snapshot of this DVC project (%s)", path, holder)):
+            yield
+    except LockBusy as busy:
+        raise InfrastructureError(f"another snapshot ({busy.holder}) held the DVC project lock for more than "
+                                  f"snapshot.lock_timeout_s={timeout_s:g}s", uri=str(path)) from None
 
 
 def _local_remote(repo: Path) -> dict:

@@ -341,6 +341,7 @@ def test_standalone_replaces_a_previous_dataset_only_on_success(capsys, export, 
 # -- faults, outages and two ingests at once -------------------------------------------------------------------
 
 import os  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -389,9 +390,11 @@ def test_two_ingests_of_one_run_at_once_never_blame_the_data(export, s3_server, 
             assert first.poll() is None, "the first ingest must still be running for this test to mean anything"
             assert second.returncode == 5, second.stderr
             errors = [line for line in second.stderr.splitlines() if line.startswith("nightshift")]
-            assert errors == [f"nightshift: error: another ingest of run twice is in progress (pid {first.pid} "
-                              f"on {os.uname().nodename}); nothing was changed: retry when it has finished "
-                              "(a finished one makes the retry skip)"]
+            assert len(errors) == 1
+            assert re.fullmatch(rf"nightshift: error: another ingest of run twice is in progress \(pid {first.pid} "
+                                rf"on {re.escape(os.uname().nodename)} since \d{{4}}-\d\d-\d\dT[\d:]+Z\); nothing "
+                                r"was changed: retry when it has finished \(a finished one makes the retry skip\)",
+                                errors[0]), errors[0]
             assert "defective" not in second.stderr and "Traceback" not in second.stderr
             proxy.clear()  # the source answers again
             out, _ = first.communicate(timeout=120)
