@@ -425,3 +425,22 @@ def test_a_configured_remote_is_not_configured_again(tmp_path, monkeypatch):
     other = load_config(None, [f"snapshot.remote={tmp_path / 'elsewhere'}"])
     snapshot.configure_remote(repo, other)
     assert calls and calls[0][1:3] == ("remote", "add")
+
+
+def test_snapshot_in_a_git_repository_with_the_projects_gitignore(capsys, ingested, tags, tmp_path):
+    """`make demo` snapshots into this repository itself: a git checkout whose .gitignore lists the staging
+    names. DVC refuses to write a .dvc file that git ignores, so the staged one must not be ignored."""
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text((Path(__file__).resolve().parents[3] / ".gitignore").read_text())
+    snapshot.dvc(repo, "init", "-q")  # with SCM, as the project's own .dvc/
+    ingested("git1")
+    code, result, err = run(capsys, "snapshot", "--run-id", "git1", "--set", f"snapshot.repo_dir={repo}",
+                            "--set", f"snapshot.remote={remote}")
+    assert code == 0, err
+    assert result["dataset_hash"] in (repo / "data.dvc").read_text()
+    assert (repo / "data").is_dir() and not (repo / ".data.incoming").exists()
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout
+    assert "!! data/" in status and ".data.incoming" not in status
