@@ -61,7 +61,7 @@ def main() -> int:
             where = "the chat webhook (connection nightshift_chat)"
         print(f"  chat       {notify.get('event')} message sent to {where}")
     print(f"  artifacts  {run}")
-    print("\n  Airflow UI: make airflow-ui   (http://127.0.0.1:8080, login printed by `airflow standalone`)")
+    print("\n  Airflow UI: make airflow-ui   (http://127.0.0.1:8080, login printed when it starts)")
     print("  MLflow UI:  make mlflow-ui    (http://127.0.0.1:5000)")
     print(f"  workspace:  {home}  (make clean removes it)\n{bar}")
     return 0
