@@ -6,8 +6,8 @@ import html
 import json
 from datetime import datetime, timezone
 
-from pipeline.report.build import ReportData, Sample
 from pipeline.report.comparison import class_rows, fmt, fmt_delta, stat_rows
+from pipeline.report.data import ReportData, Sample
 from pipeline.report.samples import png_data_uri
 
 CSS = """
