@@ -1,0 +1,89 @@
+"""pipeline.report.pages: one environment and one layout for every page, autoescaping everywhere, and templates
+that ship in the wheel (a non-editable install renders the same pages as a checkout)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.report import pages
+
+ROOT = Path(__file__).resolve().parents[3]
+TEMPLATES = ROOT / "pipeline" / "report" / "templates"
+PAGES = {"report.html.j2", "validation.html.j2", "card.html.j2", "weekly.html.j2", "audit.html.j2"}
+
+
+def test_every_page_extends_the_one_layout():
+    from jinja2 import nodes
+
+    env = pages.environment()
+    names = set(env.list_templates())
+    assert names == PAGES | {"base.html.j2"} == {p.name for p in TEMPLATES.glob("*.j2")}
+    for name in PAGES:
+        tree = env.parse(env.loader.get_source(env, name)[0])
+        extends = list(tree.find_all(nodes.Extends))
+        assert [e.template.value for e in extends] == ["base.html.j2"], name
+        assert "<style" not in env.loader.get_source(env, name)[0], f"{name}: the stylesheet belongs to the layout"
+
+
+def test_autoescape_is_on_for_every_template_whatever_its_name():
+    env = pages.environment()
+    assert env.autoescape is True
+    page = env.from_string("{% extends 'base.html.j2' %}{% block body %}{{ x }}{% endblock %}").render(x="<b>&'\"")
+    assert "&lt;b&gt;&amp;&#39;&#34;" in page and "<b>" not in page
+
+
+def test_undefined_names_fail_loudly():
+    from jinja2 import UndefinedError
+
+    with pytest.raises(UndefinedError):
+        pages.environment().from_string("{{ missing.attribute }}").render()
+
+
+def test_filters():
+    assert pages.data_uri(b"\x89PNG") == "data:image/png;base64,iVBORw=="
+    assert pages.data_uri(b"\xff\xd8", "image/jpeg") == "data:image/jpeg;base64,/9g="
+    assert pages.number(None) == "n/a" and pages.number(0.12345) == "0.123" and pages.number(2, "{:.1f}") == "2.0"
+    assert pages.milliseconds(None) == "n/a" and pages.milliseconds("x") == "n/a" and pages.milliseconds(3) == "3.0"
+    assert pages.as_json({"a": Path("/x")}) == '{"a": "/x"}'
+
+
+def test_the_wheel_ships_the_templates_and_renders_from_them(tmp_path):
+    """Build the wheel from a copy of the sources, unpack it as an installer would, and render every page kind
+    from there with the checkout out of reach."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; print(b.build_wheel('dist'))"],
+                           cwd=src, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = src / "dist" / build.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {Path(n).name for n in zf.namelist() if n.startswith("pipeline/report/templates/")}
+        zf.extractall(tmp_path / "site")
+    assert shipped == {p.name for p in TEMPLATES.glob("*.j2")}
+    script = textwrap.dedent("""
+        import pipeline.report.pages as pages, sys
+        assert pages.__file__.startswith(sys.argv[1]), pages.__file__
+        from pipeline.report.data import ReportData
+        from pipeline.report.render import render_html
+        from pipeline.validation import render_html as validation_html
+        report = render_html(ReportData(run_id="r1", run_url="file:///store/runs/r1"))
+        check = {"table": "images", "name": "ok", "description": "", "expectation": "e", "kwargs": {},
+                 "observed": 1, "success": True, "examples": []}
+        validation = validation_html({"dataset": "d", "checks": 1, "tables": {"images": 1}, "passed": True,
+                                      "results": [check], "thresholds": {}})
+        assert "Recommendation: Hold" in report and "All checks passed." in validation
+        print("rendered from", pages.__file__)
+    """)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "site")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert str(tmp_path / "site") in run.stdout
