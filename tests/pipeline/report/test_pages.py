@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.report import pages
+from tests.html_page import assert_self_contained, browser_problems, chromium, parse
 
 ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = ROOT / "pipeline" / "report" / "templates"
@@ -87,3 +88,38 @@ def test_the_wheel_ships_the_templates_and_renders_from_them(tmp_path):
                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
     assert run.returncode == 0, run.stderr[-3000:]
     assert str(tmp_path / "site") in run.stdout
+
+
+# -- the audit queue's page (its content is tests/pipeline/audit's) -------------------------------------------
+
+EVIL = "<script>alert('x')</script>"
+
+
+def audit_page(tmp_path) -> str:
+    from PIL import Image
+
+    from pipeline.audit import queue
+    from pipeline.audit.scoring import Item
+
+    Image.new("RGB", (64, 48), (90, 120, 160)).save(tmp_path / "a.png")
+    items = [Item(0.05, "class swap", 1, "a.png", "val", [4.0, 4.0, 20.0, 16.0], EVIL, ann_id=7,
+                  predicted="square", predicted_score=0.91),
+             Item(0.08, "missing box", 1, f"{EVIL}.png", "val", [30.0, 10.0, 12.0, 12.0], "circle")]
+    counts = {"threshold": 0.1, "annotations": 10, "issues": 2, "per_reason": {"class swap": 1, "missing box": 1},
+              "rate": 0.2}
+    return queue.html_page(items, counts, lambda n: (tmp_path / n).read_bytes() if (tmp_path / n).is_file() else None,
+                           f"Label audit of {EVIL}", "ssdlite")
+
+
+def test_audit_page_escapes_user_strings(tmp_path):
+    html = audit_page(tmp_path)
+    assert "<script" not in html
+    page = parse(html)
+    assert page.title == f"Label audit of {EVIL}" and f"{EVIL} (annotation 7)" in page.text
+    assert [row[4] for row in page.rows()[1:]] == ["a.png", f"{EVIL}.png"] and "(no image)" in page.text
+    assert_self_contained(html)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium (make browser installs it)")
+def test_audit_page_renders_in_a_browser_without_errors(tmp_path):
+    assert browser_problems(audit_page(tmp_path), tmp_path) == ["images: 1"]

@@ -18,6 +18,7 @@ from pipeline.report import weekly
 from pipeline.stages import evaluate, gate, promote
 from pipeline.stages.rollback import ROLLED_BACK_TAG
 from pipeline.training.reproduce import REPRODUCTION_TAG
+from tests.html_page import assert_self_contained, browser_problems, chromium
 
 CLASSES = ("circle", "square", "triangle")
 NOW = datetime.now(UTC)
@@ -295,3 +296,11 @@ def test_outcome_of_a_run_still_going_and_an_export_refusal():
     refused = weekly.outcome({"gate": {"status": "ok", "passed": True},
                               "export": {"status": "gate_failed", "failures": [{"check": "latency_p95_ms_max"}]}})
     assert refused["outcome"] == "held" and refused["failed_checks"] == ["latency_p95_ms_max"]
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium (make browser installs it)")
+def test_the_page_renders_in_a_browser_without_errors(week, tmp_path):
+    data = weekly.collect(week, NOW - timedelta(days=7, hours=1), datetime.now(UTC) + timedelta(seconds=1))
+    page = weekly.render(data)
+    assert_self_contained(page)
+    assert browser_problems(page, tmp_path) == ["images: 4"]
