@@ -127,7 +127,7 @@ CONSOLE = re.compile(r':INFO:CONSOLE[^\]]*\] "(.*)", source:')
 
 
 def chromium() -> str | None:
-    return shutil.which("chromium")
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def browser_problems(html: str, tmp_path: Path, timeout: float = 90) -> list[str]:
