@@ -22,80 +22,80 @@ class Page(HTMLParser):
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
+        self.elements: list[tuple[str, dict, list[str]]] = []  # (tag, attributes, text chunks inside)
+        self.stack: list[int] = []  # indexes of the open elements
         self.errors: list[str] = []
         self.chunks: list[str] = []
-        self.by_id: dict[str, list[str]] = {}  # id -> text chunks inside that element
-        self.open_ids: list[tuple[str, int]] = []  # (id, depth)
-        self.imgs: list[dict] = []
-        self.links: list[str] = []
-        self.tags: list[tuple[str, dict]] = []
         self.tables: list[list[list[str]]] = []
-        self._cell: list[str] | None = None
-        self.title = ""
-        self._in: set[str] = set()
+
+    @property
+    def tags(self) -> list[tuple[str, dict]]:
+        return [(tag, attrs) for tag, attrs, _ in self.elements]
+
+    @property
+    def imgs(self) -> list[dict]:
+        return [attrs for tag, attrs in self.tags if tag == "img"]
+
+    @property
+    def links(self) -> list[str]:
+        return [attrs.get("href", "") for tag, attrs in self.tags if tag == "a"]
+
+    @property
+    def by_id(self) -> dict[str, str]:
+        """id -> the element's text, in page order."""
+        return {attrs["id"]: _text(chunks) for _, attrs, chunks in self.elements if attrs.get("id")}
 
     def handle_starttag(self, tag, attrs):
-        attrs = {k: v or "" for k, v in attrs}
-        self.tags.append((tag, attrs))
-        if tag == "img":
-            self.imgs.append(attrs)
-        if tag == "a":
-            self.links.append(attrs.get("href", ""))
+        self.elements.append((tag, {k: v or "" for k, v in attrs}, []))
         if tag == "table":
             self.tables.append([])
         elif tag == "tr" and self.tables:
             self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-        if tag in VOID:
-            return
-        self.stack.append(tag)
-        self._in.add(tag)
-        if attrs.get("id"):
-            self.by_id.setdefault(attrs["id"], [])
-            self.open_ids.append((attrs["id"], len(self.stack)))
+        if tag not in VOID:
+            self.stack.append(len(self.elements) - 1)
 
     def handle_endtag(self, tag):
         if tag in VOID:
             return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else 'nothing'}>")
+        top = self.elements[self.stack[-1]] if self.stack else None
+        if top is None or top[0] != tag:
+            self.errors.append(f"</{tag}> closes <{top[0] if top else 'nothing'}>")
             return
-        if tag in ("td", "th") and self._cell is not None and self.tables and self.tables[-1]:
-            self.tables[-1][-1].append(" ".join(" ".join(self._cell).split()))
-            self._cell = None
-        while self.open_ids and self.open_ids[-1][1] == len(self.stack):
-            self.open_ids.pop()
+        if tag in ("td", "th") and self.tables and self.tables[-1]:
+            self.tables[-1][-1].append(_text(top[2]))
         self.stack.pop()
-        self._in = set(self.stack)
 
     def handle_data(self, data):
-        if "style" in self._in:
+        if any(self.elements[i][0] == "style" for i in self.stack):
             return
-        if "title" in self._in:
-            self.title += data
         self.chunks.append(data)
-        for ident, _ in self.open_ids:
-            self.by_id[ident].append(data)
-        if self._cell is not None:
-            self._cell.append(data)
+        for i in self.stack:
+            self.elements[i][2].append(data)
 
     @property
     def text(self) -> str:
         """The visible text, whitespace collapsed."""
-        return " ".join(" ".join(self.chunks).split())
+        return _text(self.chunks)
+
+    @property
+    def title(self) -> str:
+        return self.texts("title")[0]
+
+    def texts(self, tag: str) -> list[str]:
+        """The text of every `tag` element, in page order."""
+        return [_text(chunks) for t, _, chunks in self.elements if t == tag]
 
     def section(self, ident: str) -> str:
         """The text inside the element with id `ident`, whitespace collapsed."""
-        return " ".join(" ".join(self.by_id[ident]).split())
-
-    def headings(self, level: str = "h2") -> list[str]:
-        return [attrs.get("id", "") for tag, attrs in self.tags if tag == level]
+        return self.by_id[ident]
 
     def rows(self) -> list[list[str]]:
         """Every table row of the page, as cell texts."""
         return [row for table in self.tables for row in table]
+
+
+def _text(chunks: list[str]) -> str:
+    return " ".join(" ".join(chunks).split())
 
 
 def parse(html: str) -> Page:
@@ -120,7 +120,8 @@ def assert_self_contained(html: str) -> None:
 
 # after the page loads: every image must have decoded; anything else on the console is a problem
 PROBE = """<script>window.addEventListener("load", () => {
-  for (const img of document.images) if (!img.complete || img.naturalWidth === 0) console.error("image did not decode: " + img.alt);
+  for (const img of document.images)
+    if (!img.complete || img.naturalWidth === 0) console.error("image did not decode: " + img.alt);
   console.log("nightshift-probe " + document.images.length + " images");
 });</script>"""
 CONSOLE = re.compile(r':INFO:CONSOLE[^\]]*\] "(.*)", source:')

@@ -62,8 +62,8 @@ def test_the_wheel_ships_the_templates_and_renders_from_them(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    build = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; print(b.build_wheel('dist'))"],
-                           cwd=src, capture_output=True, text=True, timeout=300)
+    build_wheel = "from setuptools import build_meta as b; print(b.build_wheel('dist'))"
+    build = subprocess.run([sys.executable, "-c", build_wheel], cwd=src, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = src / "dist" / build.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as zf:

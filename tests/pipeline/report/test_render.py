@@ -37,7 +37,10 @@ def test_full_page_has_every_section_and_the_numbers(full):
     html = render_html(data)
     page = parse(html)
     assert [ident for ident in page.by_id if ident in SECTIONS] == list(SECTIONS)
-    assert page.headings("h2")  # the layout's headings are there
+    assert page.texts("h2") == ["Challenger vs champion: COCO metrics", "Per class",
+                                "Precision-recall curves (IoU 0.5)", "Confusion matrix", "Sample predictions",
+                                "Gate checks", "Inference performance (export)", "Dataset", "Stages"]
+    assert page.texts("h3") == ["Best images", "Worst images", "Deployment budgets (on export's report)"]
     assert_self_contained(html)
     # PR curve + confusion matrix (redrawn from metrics.json) + best and worst samples, all inline PNGs
     pngs = [img["src"] for img in page.imgs]
@@ -117,7 +120,7 @@ def test_airflow_run_id_is_shown_beside_the_store_key(store):
     store.put_json({"status": "ok", "airflow_run_id": airflow_id}, f"runs/{key}/ingest/result.json")
     data = gather(config(store), key, store)
     page = parse(render_html(data))
-    assert next(tag for tag in page.tags if tag[0] == "h1") and f"Nightshift run {airflow_id}" in page.text
+    assert page.texts("h1") == [f"Nightshift run {airflow_id}"]
     assert f"Airflow run {airflow_id} · store key {key}" in page.text
     summary = render_markdown(data, "file:///r/report.html")
     assert summary.startswith(f"*Nightshift run {airflow_id} (store key {key}): HOLD*")
