@@ -14,6 +14,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+REFS = ("src", "href", "action", "data", "poster")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -39,6 +40,11 @@ class Page(HTMLParser):
     @property
     def links(self) -> list[str]:
         return [attrs.get("href", "") for tag, attrs in self.tags if tag == "a"]
+
+    @property
+    def refs(self) -> list[str]:
+        """Every address the page refers to (src, href, action, data, poster), in page order."""
+        return [v for _, attrs in self.tags for k, v in attrs.items() if k in REFS and v]
 
     @property
     def by_id(self) -> dict[str, str]:
@@ -113,9 +119,8 @@ def assert_self_contained(html: str) -> None:
     assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
     for img in page.imgs:
         assert img.get("src", "").startswith("data:image/"), img.get("src", "")[:80]
-    for tag, attrs in page.tags:
-        for name in ("src", "href", "action", "data", "poster"):
-            assert not re.match(r"\s*(https?:)?//", attrs.get(name, "")), (tag, attrs[name])
+    for ref in page.refs:
+        assert not re.match(r"\s*(https?:)?//", ref), ref
 
 
 # after the page loads: every image must have decoded; anything else on the console is a problem
