@@ -35,7 +35,7 @@ def train_ssdlite(data: Path, out: Path, epochs: int = EPOCHS, size: int = SIZE)
     from pipeline.store import LocalStore
     from pipeline.training.distributed import DistInfo
     from pipeline.training.engine import fit
-    from pipeline.training.models import build_model
+    from pipeline.training.models import build_model, save_trained
 
     cfg = TrainConfig(image_size=size, epochs=epochs, batch_size=8, lr=2e-3, warmup_steps=10, nproc_per_node=1,
                       threads_per_rank=2, deterministic=False, seed=3, bn_calibration_images=0)
@@ -45,10 +45,7 @@ def train_ssdlite(data: Path, out: Path, epochs: int = EPOCHS, size: int = SIZE)
     info = DistInfo(0, 1, 0, torch.device("cpu"), "")
     fit(model, train_set, cfg, info, LocalStore(out / "store"), "ckpt", "audit-test", progress=False)
     path = out / "model.pt"
-    torch.save({"model": cfg.model, "num_classes": train_set.num_classes + 1, "image_size": size,
-                "categories": [{"id": c["id"], "name": c["name"]} for c in train_set.categories],
-                "label_to_category": [train_set.label_to_cat[i] for i in range(1, train_set.num_classes + 1)],
-                "state_dict": model.state_dict()}, path)
+    save_trained(path, model, cfg.model, size, train_set.categories)
     return path
 
 

@@ -156,63 +156,95 @@ def _split_and_prefix(path: Path, root: Path) -> tuple[str | None, str]:
 
 
 def _read_one(path: Path, root: Path, origin: str) -> Dataset:
-    name = display(origin, root, path)
-    split, prefix = _split_and_prefix(path, root)
-    data = _load_json(path, name)
-    problems = Problems(name)
-    if not isinstance(data, dict):
-        raise InputRejected("top level must be an object with images, annotations and categories", path=name)
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            problems.add(key, "missing (a COCO detection file has images, annotations and categories)")
-        elif not isinstance(data[key], list):
-            problems.add(key, f"must be a list, got {type(data[key]).__name__}")
-    problems.raise_if_any()
+    reader = _CocoFile(path, root, origin)
+    data = reader.load()
+    categories = reader.read_categories(data["categories"])
+    images = reader.read_images(data["images"])
+    annotations = reader.read_annotations(data["annotations"], data["images"])
+    reader.problems.raise_if_any()
+    return reader.dataset(images, annotations, categories)
 
-    # categories
-    categories, cat_by_id, cat_names = [], {}, {}
-    for k, cat in enumerate(data["categories"]):
-        where = f"categories[{k}]"
-        if not isinstance(cat, dict):
-            problems.add(where, "must be an object")
-            continue
-        cid, cname = cat.get("id"), cat.get("name")
-        if not is_int(cid):
-            problems.add(f"{where}.id", f"must be an integer, got {cid!r}")
-            continue
-        if not isinstance(cname, str) or not cname.strip():
-            problems.add(f"{where}.name", f"must be a non-empty string, got {cname!r}")
-            continue
-        if cid in cat_by_id:
-            problems.add(f"{where}.id", f"duplicate category id {cid} (also categories[{cat_by_id[cid][0]}])")
-            continue
-        if cname in cat_names:
-            problems.add(f"{where}.name", f"duplicate category name {cname!r} (also categories[{cat_names[cname]}])")
-            continue
-        entry = {"id": cid, "name": cname}
-        if isinstance(cat.get("supercategory"), str):
-            entry["supercategory"] = cat["supercategory"]
-        cat_by_id[cid] = (k, entry)
-        cat_names[cname] = k
-        categories.append(entry)
 
-    # images
-    dirs = _image_dirs(root, path)
-    images, img_by_id, img_names = [], {}, {}
-    quarantine: list[tuple[str, str, str | None]] = []  # (field, reason, image file_name)
-    bad_ids: dict[int, str] = {}  # image id -> file_name of images set aside
-    for i, img in enumerate(data["images"]):
-        where = f"images[{i}]"
-        if not isinstance(img, dict):
-            problems.add(where, "must be an object")
-            continue
-        iid, fname, w, h = img.get("id"), img.get("file_name"), img.get("width"), img.get("height")
+class _CocoFile:
+    """One COCO JSON file being read, in three steps that share what they found: categories, images (each
+    looked up on disk), then annotations (each checked against both). Schema problems reject the export
+    (`problems`); per-image defects set the image aside (`quarantine`, `bad_ids`)."""
+
+    def __init__(self, path: Path, root: Path, origin: str):
+        self.path, self.root, self.origin = path, root, origin
+        self.name = display(origin, root, path)
+        self.split, self.prefix = _split_and_prefix(path, root)
+        self.problems = Problems(self.name)
+        self.quarantine: list[tuple[str, str, str | None]] = []  # (field, reason, image file_name)
+        self.bad_ids: dict[int, str] = {}  # image id -> file_name of images set aside
+        self.cat_by_id: dict[int, tuple[int, dict]] = {}
+        self.img_by_id: dict[int, tuple[int, dict]] = {}
+        self.img_names: dict[str, int] = {}
+
+    def load(self) -> dict:
+        data = _load_json(self.path, self.name)
+        if not isinstance(data, dict):
+            raise InputRejected("top level must be an object with images, annotations and categories", path=self.name)
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                self.problems.add(key, "missing (a COCO detection file has images, annotations and categories)")
+            elif not isinstance(data[key], list):
+                self.problems.add(key, f"must be a list, got {type(data[key]).__name__}")
+        self.problems.raise_if_any()
+        return data
+
+    # -- categories ----------------------------------------------------------------------------------------
+    def read_categories(self, raw: list) -> list[dict]:
+        problems, cat_by_id = self.problems, self.cat_by_id
+        categories, cat_names = [], {}
+        for k, cat in enumerate(raw):
+            where = f"categories[{k}]"
+            if not isinstance(cat, dict):
+                problems.add(where, "must be an object")
+                continue
+            cid, cname = cat.get("id"), cat.get("name")
+            if not is_int(cid):
+                problems.add(f"{where}.id", f"must be an integer, got {cid!r}")
+                continue
+            if not isinstance(cname, str) or not cname.strip():
+                problems.add(f"{where}.name", f"must be a non-empty string, got {cname!r}")
+                continue
+            if cid in cat_by_id:
+                problems.add(f"{where}.id", f"duplicate category id {cid} (also categories[{cat_by_id[cid][0]}])")
+                continue
+            if cname in cat_names:
+                problems.add(f"{where}.name",
+                             f"duplicate category name {cname!r} (also categories[{cat_names[cname]}])")
+                continue
+            entry = {"id": cid, "name": cname}
+            if isinstance(cat.get("supercategory"), str):
+                entry["supercategory"] = cat["supercategory"]
+            cat_by_id[cid] = (k, entry)
+            cat_names[cname] = k
+            categories.append(entry)
+        return categories
+
+    # -- images --------------------------------------------------------------------------------------------
+    def read_images(self, raw: list) -> list[dict]:
+        dirs = _image_dirs(self.root, self.path)
+        images = []
+        for i, img in enumerate(raw):
+            entry = self._image(i, img, dirs)
+            if entry is not None:
+                self.img_by_id[entry["id"]] = (i, entry)
+                images.append(entry)
+        return images
+
+    def _image_name(self, where: str, img: dict) -> str | None:
+        """The image's checked id and file_name, or None (a schema problem) when either is unusable."""
+        problems = self.problems
+        iid, fname = img.get("id"), img.get("file_name")
         bad = False
         if not is_int(iid):
             problems.add(f"{where}.id", f"must be an integer, got {iid!r}")
             bad = True
-        elif iid in img_by_id:
-            problems.add(f"{where}.id", f"duplicate image id {iid} (also images[{img_by_id[iid][0]}])")
+        elif iid in self.img_by_id:
+            problems.add(f"{where}.id", f"duplicate image id {iid} (also images[{self.img_by_id[iid][0]}])")
             bad = True
         if isinstance(fname, str) and not safe_relative(fname) and safe_relative(basename(fname)):
             # an absolute path from the annotating machine, or one relative to the tool's upload folder
@@ -221,116 +253,145 @@ def _read_one(path: Path, root: Path, origin: str) -> Dataset:
         if not safe_relative(fname):
             problems.add(f"{where}.file_name", f"must be a relative path inside the export, got {fname!r}")
             bad = True
-        elif fname in img_names:
-            problems.add(f"{where}.file_name", f"duplicate file_name {fname!r} (also images[{img_names[fname]}])")
+        elif fname in self.img_names:
+            problems.add(f"{where}.file_name",
+                         f"duplicate file_name {fname!r} (also images[{self.img_names[fname]}])")
             bad = True
-        if bad:
-            continue
-        img_names[fname] = i
+        return None if bad else fname
+
+    def _image(self, i: int, img, dirs: list[Path]) -> dict | None:
+        """images[i] as a Dataset image, or None when it is rejected (a problem) or set aside (quarantine)."""
+        where = f"images[{i}]"
+        if not isinstance(img, dict):
+            self.problems.add(where, "must be an object")
+            return None
+        fname = self._image_name(where, img)
+        if fname is None:
+            return None
+        iid, w, h, prefix = img["id"], img.get("width"), img.get("height"), self.prefix
+        self.img_names[fname] = i
         # per-image defects set the image aside (quarantine) instead of rejecting the export
         size_bad = next(((key, value) for key, value in (("width", w), ("height", h))
                          if not (is_int(value) and value > 0)), None)
         if size_bad:
-            quarantine.append((f"{where}.{size_bad[0]}", f"must be a positive integer, got {size_bad[1]!r}",
-                               prefix + fname))
-            bad_ids[iid] = prefix + fname
-            continue
+            self.quarantine.append((f"{where}.{size_bad[0]}", f"must be a positive integer, got {size_bad[1]!r}",
+                                    prefix + fname))
+            self.bad_ids[iid] = prefix + fname
+            return None
         local = next((d / fname for d in dirs if (d / fname).is_file()), None)
         if local is None and "/" in fname:  # a sub-path the export does not keep (`train2017/x.jpg` in images/)
             local = next((d / basename(fname) for d in dirs if (d / basename(fname)).is_file()), None)
         if local is None:
-            quarantine.append((f"{where}.file_name", f"no such image file {fname!r} (looked in "
-                               f"{', '.join(display(origin, root, d) for d in dirs if d.is_dir())})", prefix + fname))
-            bad_ids[iid] = prefix + fname
-            continue
+            looked = ", ".join(display(self.origin, self.root, d) for d in dirs if d.is_dir())
+            self.quarantine.append((f"{where}.file_name", f"no such image file {fname!r} (looked in {looked})",
+                                    prefix + fname))
+            self.bad_ids[iid] = prefix + fname
+            return None
         entry = {"id": iid, "file_name": prefix + fname, "width": w, "height": h, "path": local,
-                 "source": provenance(name, f"images[{i}] (id {iid})")}
-        if split:
-            entry["split"] = split
-        img_by_id[iid] = (i, entry)
-        images.append(entry)
+                 "source": provenance(self.name, f"images[{i}] (id {iid})")}
+        if self.split:
+            entry["split"] = self.split
+        return entry
 
-    # annotations
-    annotations, ann_ids = [], {}
-    raw_image_ids = {im.get("id") for im in data["images"] if isinstance(im, dict) and is_int(im.get("id"))}
-    for j, ann in enumerate(data["annotations"]):
-        where = f"annotations[{j}]"
+    # -- annotations ---------------------------------------------------------------------------------------
+    def read_annotations(self, raw: list, raw_images: list) -> list[dict]:
+        annotations, ann_ids = [], {}
+        raw_image_ids = {im.get("id") for im in raw_images if isinstance(im, dict) and is_int(im.get("id"))}
+        for j, ann in enumerate(raw):
+            entry = self._annotation(j, ann, ann_ids, raw_image_ids)
+            if entry is not None:
+                annotations.append(entry)
+        return annotations
+
+    def _annotation(self, j: int, ann, ann_ids: dict, raw_image_ids: set) -> dict | None:
+        """annotations[j] as a Dataset annotation, or None when it is rejected, dropped or sets its image aside."""
+        where, problems = f"annotations[{j}]", self.problems
         if not isinstance(ann, dict):
             problems.add(where, "must be an object")
-            continue
+            return None
         aid, iid, cid = ann.get("id"), ann.get("image_id"), ann.get("category_id")
         if not is_int(aid):
             problems.add(f"{where}.id", f"must be an integer, got {aid!r}")
-            continue
+            return None
         if aid in ann_ids:
             problems.add(f"{where}.id", f"duplicate annotation id {aid} (also annotations[{ann_ids[aid]}])")
-            continue
+            return None
         ann_ids[aid] = j
         if not is_int(iid):
             problems.add(f"{where}.image_id", f"must be an integer, got {iid!r}")
-            continue
-        if iid not in img_by_id:
+            return None
+        if iid not in self.img_by_id:
             if iid not in raw_image_ids:
-                quarantine.append((f"{where}.image_id", f"unknown image id {iid} (not in images)", None))
-            continue  # the image itself was rejected or set aside above
-        fname = img_by_id[iid][1]["file_name"]
-        flag = _flagger(quarantine, bad_ids, iid, fname)
+                self.quarantine.append((f"{where}.image_id", f"unknown image id {iid} (not in images)", None))
+            return None  # the image itself was rejected or set aside above
+        image = self.img_by_id[iid][1]
+        flag = _flagger(self.quarantine, self.bad_ids, iid, image["file_name"])
         if not is_int(cid):
             flag(f"{where}.category_id", f"must be an integer, got {cid!r}")
-            continue
-        if cid not in cat_by_id:
+            return None
+        if cid not in self.cat_by_id:
             flag(f"{where}.category_id", f"unknown category id {cid} (not in categories)")
-            continue
+            return None
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
             flag(f"{where}.iscrowd", f"must be 0 or 1, got {iscrowd!r}")
-            continue
-        image = img_by_id[iid][1]
+            return None
         seg = ann.get("segmentation")
-        seg_box, seg_area = None, None
-        if seg is not None and seg != []:
-            if isinstance(seg, list):
-                seg_box = _check_polygons(seg, f"{where}.segmentation", _Shim(flag))
-                if seg_box is None:
-                    continue
-            elif isinstance(seg, dict):
-                checked = _check_rle(seg, image, f"{where}.segmentation", _Shim(flag))
-                if checked is None:
-                    continue
-                seg_box, seg_area = checked
-            else:
-                flag(f"{where}.segmentation", "must be a list of polygons or an RLE object")
-                continue
-        bbox = ann.get("bbox")
-        if bbox is None:
-            if seg_box is None:
-                flag(f"{where}.bbox", "missing, and there is no segmentation to derive it from")
-                continue
-            bbox = seg_box
-        elif not (type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUMBER for v in bbox)
-                  and math.isfinite(sum(bbox))):  # NaN and inf survive the sum
-            flag(f"{where}.bbox", f"must be 4 finite numbers [x, y, width, height], got {bbox!r}")
-            continue
-        area = ann.get("area")
-        if area is None:
-            area = seg_area if seg_area is not None else float(bbox[2]) * float(bbox[3])
-        elif not (is_finite_number(area) and area >= 0):
-            flag(f"{where}.area", f"must be a non-negative number, got {area!r}")
-            continue
+        geometry = _geometry(ann, seg, image, where, flag)
+        if geometry is None:
+            return None
+        bbox, area = geometry
         entry = {"id": aid, "image_id": iid, "category_id": cid, "bbox": [float(v) for v in bbox],
-                 "area": float(area), "iscrowd": iscrowd, "source": provenance(name, f"{where} (id {aid})")}
+                 "area": float(area), "iscrowd": iscrowd, "source": provenance(self.name, f"{where} (id {aid})")}
         if seg is not None and seg != []:
             entry["segmentation"] = seg
-        annotations.append(entry)
+        return entry
 
-    problems.raise_if_any()
-    if bad_ids:
-        images = [im for im in images if im["id"] not in bad_ids]
-        annotations = [a for a in annotations if a["image_id"] not in bad_ids]
-    ds = Dataset(images, annotations, categories, [name], listed_images=len(img_names))
-    for field_name, reason, fname in quarantine:
-        ds.set_aside(name, field_name, reason, fname)
-    return ds
+    def dataset(self, images: list[dict], annotations: list[dict], categories: list[dict]) -> Dataset:
+        """The file's Dataset, without the images set aside (and their annotations), which it lists in quarantine."""
+        if self.bad_ids:
+            images = [im for im in images if im["id"] not in self.bad_ids]
+            annotations = [a for a in annotations if a["image_id"] not in self.bad_ids]
+        ds = Dataset(images, annotations, categories, [self.name], listed_images=len(self.img_names))
+        for field_name, reason, fname in self.quarantine:
+            ds.set_aside(self.name, field_name, reason, fname)
+        return ds
+
+
+def _geometry(ann: dict, seg, image: dict, where: str, flag) -> tuple[list, float] | None:
+    """An annotation's (bbox, area): checked, or derived from its segmentation (polygons or RLE) when missing;
+    None after flagging the first defect."""
+    seg_box, seg_area = None, None
+    if seg is not None and seg != []:
+        if isinstance(seg, list):
+            seg_box = _check_polygons(seg, f"{where}.segmentation", _Shim(flag))
+            if seg_box is None:
+                return None
+        elif isinstance(seg, dict):
+            checked = _check_rle(seg, image, f"{where}.segmentation", _Shim(flag))
+            if checked is None:
+                return None
+            seg_box, seg_area = checked
+        else:
+            flag(f"{where}.segmentation", "must be a list of polygons or an RLE object")
+            return None
+    bbox = ann.get("bbox")
+    if bbox is None:
+        if seg_box is None:
+            flag(f"{where}.bbox", "missing, and there is no segmentation to derive it from")
+            return None
+        bbox = seg_box
+    elif not (type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUMBER for v in bbox)
+              and math.isfinite(sum(bbox))):  # NaN and inf survive the sum
+        flag(f"{where}.bbox", f"must be 4 finite numbers [x, y, width, height], got {bbox!r}")
+        return None
+    area = ann.get("area")
+    if area is None:
+        area = seg_area if seg_area is not None else float(bbox[2]) * float(bbox[3])
+    elif not (is_finite_number(area) and area >= 0):
+        flag(f"{where}.area", f"must be a non-negative number, got {area!r}")
+        return None
+    return bbox, area
 
 
 class _Shim:

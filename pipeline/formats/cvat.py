@@ -80,12 +80,11 @@ def _shape(el) -> tuple[list[float], list[float] | None] | str:
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], pts
 
 
-def read_cvat(root, origin: str = "") -> Dataset:
+def _parse(root: Path, origin: str):
+    """The export's one CVAT XML, parsed safely: (its name in messages, the <annotations> element)."""
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
 
-    root = export_root(Path(root))
-    origin = origin or str(root)
     from pipeline.formats.layout import cvat_xmls
 
     xmls = cvat_xmls(root)
@@ -108,68 +107,66 @@ def read_cvat(root, origin: str = "") -> Dataset:
     if top.find("track") is not None:
         raise InputRejected("this is a 'CVAT for video' export (<track>): export the task as CVAT for images",
                             path=name, field="track")
-    declared = _declared_labels(top)
-    ds = Dataset([], [], [], [name])
-    records, used, seen = [], set(), {}
-    for i, img in enumerate(top.findall("image")):
-        where = f"image[{i}]"
-        iname, subset = img.get("name", ""), (img.get("subset") or "").strip()
-        if not safe_relative(iname):
-            raise InputRejected(f"must be a relative path inside the export, got {iname!r}", path=name,
-                                field=f"{where}.name")
-        if subset and not safe_relative(subset):
-            raise InputRejected(f"must be a plain folder name, got {subset!r}", path=name, field=f"{where}.subset")
-        ds.listed_images += 1
-        candidates = ([(root / "images" / subset / iname, f"{subset}/{iname}")] if subset else []) + \
-            [(root / "images" / iname, iname), (root / iname, iname)]
-        found = next(((p, rel) for p, rel in candidates if p.is_file()), None)
-        if found is None:
-            ds.set_aside(name, f"{where}.name", f"no such image file {iname!r} in images/"
-                         + (f" or images/{subset}/" if subset else ""), iname)
+    return name, top
+
+
+def _image_file(ds: Dataset, img, where: str, root: Path, origin: str, name: str, seen: dict, i: int):
+    """The local file of <image> `img` and its canonical name, or None after setting it aside (no such file)."""
+    iname, subset = img.get("name", ""), (img.get("subset") or "").strip()
+    if not safe_relative(iname):
+        raise InputRejected(f"must be a relative path inside the export, got {iname!r}", path=name,
+                            field=f"{where}.name")
+    if subset and not safe_relative(subset):
+        raise InputRejected(f"must be a plain folder name, got {subset!r}", path=name, field=f"{where}.subset")
+    ds.listed_images += 1
+    candidates = ([(root / "images" / subset / iname, f"{subset}/{iname}")] if subset else []) + \
+        [(root / "images" / iname, iname), (root / iname, iname)]
+    found = next(((p, rel) for p, rel in candidates if p.is_file()), None)
+    if found is None:
+        ds.set_aside(name, f"{where}.name", f"no such image file {iname!r} in images/"
+                     + (f" or images/{subset}/" if subset else ""), iname)
+        return None
+    local, rel = found
+    if not inside(local, root):
+        raise InputRejected("symlink leaves the dataset", path=display(origin, root, local))
+    if rel in seen:
+        raise InputRejected(f"image {rel!r} is listed twice (also image[{seen[rel]}])", path=name,
+                            field=f"{where}.name")
+    seen[rel] = i
+    return local, rel
+
+
+def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[str]):
+    """The boxes and polygons of <image> `img` as (label, bbox, polygon, attributes, where), skipping what is
+    not a box; returns (shapes, None), or (shapes so far, (field, reason)) for the defect that sets it aside."""
+    shapes = []
+    for k, el in enumerate(img):
+        swhere = f"{where}.{el.tag}[{k}]"
+        if el.tag in NOT_BOXES:
+            ds.skip(name, swhere, f"<{el.tag}> is not a box: skipped", rel)
             continue
-        local, rel = found
-        if not inside(local, root):
-            raise InputRejected("symlink leaves the dataset", path=display(origin, root, local))
-        if rel in seen:
-            raise InputRejected(f"image {rel!r} is listed twice (also image[{seen[rel]}])", path=name,
-                                field=f"{where}.name")
-        seen[rel] = i
-        try:
-            w, h = int(img.get("width", "")), int(img.get("height", ""))
-        except ValueError:
-            w = h = None  # read from the header by ingest
-        shapes, bad = [], None
-        where = f"{where} (id {img.get('id')}, {iname})" if img.get("id") is not None else where
-        for k, el in enumerate(img):
-            swhere = f"{where}.{el.tag}[{k}]"
-            if el.tag in NOT_BOXES:
-                ds.skip(name, swhere, f"<{el.tag}> is not a box: skipped", rel)
-                continue
-            if el.tag not in SHAPES:
-                continue
-            label = (el.get("label") or "").strip()
-            if not label:
-                ds.skip(name, f"{swhere}.label", "shape with an empty label: skipped", rel)
-                continue
-            if declared and label not in declared:
-                bad = (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
-                break
-            got = _shape(el)
-            if isinstance(got, str):
-                bad = (swhere, got)
-                break
-            attrs = {key: el.get(key) for key in KEPT if el.get(key) is not None}
-            if "occluded" in attrs:
-                attrs["occluded"] = attrs["occluded"] in ("1", "true", "True")
-            for a in el.findall("attribute"):
-                attrs[a.get("name", "")] = (a.text or "").strip()
-            shapes.append((label, got[0], got[1], attrs, swhere))
-        if bad:
-            ds.set_aside(name, bad[0], bad[1], rel)
+        if el.tag not in SHAPES:
             continue
-        used.update(s[0] for s in shapes)
-        records.append((rel, local, w, h, shapes, split_of(subset) if subset else None))
-    names = declared + sorted(used - set(declared))
+        label = (el.get("label") or "").strip()
+        if not label:
+            ds.skip(name, f"{swhere}.label", "shape with an empty label: skipped", rel)
+            continue
+        if declared and label not in declared:
+            return shapes, (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
+        got = _shape(el)
+        if isinstance(got, str):
+            return shapes, (swhere, got)
+        attrs = {key: el.get(key) for key in KEPT if el.get(key) is not None}
+        if "occluded" in attrs:
+            attrs["occluded"] = attrs["occluded"] in ("1", "true", "True")
+        for a in el.findall("attribute"):
+            attrs[a.get("name", "")] = (a.text or "").strip()
+        shapes.append((label, got[0], got[1], attrs, swhere))
+    return shapes, None
+
+
+def _fill(ds: Dataset, records: list, names: list[str], name: str) -> None:
+    """Number the kept images, their annotations and the categories (declared labels first) into `ds`."""
     cat_id = {n: i for i, n in enumerate(names, start=1)}
     for rel, local, w, h, shapes, split in records:
         image_id = len(ds.images) + 1
@@ -185,8 +182,37 @@ def read_cvat(root, origin: str = "") -> Dataset:
             if poly:
                 ann["segmentation"] = [poly]
             ds.annotations.append(ann)
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+
+
+def read_cvat(root, origin: str = "") -> Dataset:
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    name, top = _parse(root, origin)
+    declared = _declared_labels(top)
+    ds = Dataset([], [], [], [name])
+    records, used, seen = [], set(), {}
+    for i, img in enumerate(top.findall("image")):
+        where = f"image[{i}]"
+        found = _image_file(ds, img, where, root, origin, name, seen, i)
+        if found is None:
+            continue
+        local, rel = found
+        try:
+            w, h = int(img.get("width", "")), int(img.get("height", ""))
+        except ValueError:
+            w = h = None  # read from the header by ingest
+        if img.get("id") is not None:
+            where = f"{where} (id {img.get('id')}, {img.get('name', '')})"
+        shapes, bad = _shapes(ds, img, where, name, rel, declared)
+        if bad:
+            ds.set_aside(name, bad[0], bad[1], rel)
+            continue
+        used.update(s[0] for s in shapes)
+        subset = (img.get("subset") or "").strip()
+        records.append((rel, local, w, h, shapes, split_of(subset) if subset else None))
+    _fill(ds, records, declared + sorted(used - set(declared)), name)
     if ds.skipped:
         log.info("cvat: skipped %d shapes (not boxes, or with an empty label): listed in the quarantine report",
                  len(ds.skipped))
-    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
     return ds

@@ -97,83 +97,83 @@ def _suffix(image_path, raw: bytes) -> str:
     return suffix if suffix in IMAGE_SUFFIXES else ".png"
 
 
-def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset:
-    root = export_root(Path(root))
-    origin = origin or str(root)
-    files = sorted(p for p in root.rglob("*.json") if not any(part.startswith(".") for part in
-                                                             p.relative_to(root).parts))
-    if not files:
-        raise InputRejected("no Labelme annotations: expected <image>.json files", path=origin)
-    records, names = [], set()
-    ds = Dataset([], [], [], [])
-    for path in files:
-        name = display(origin, root, path)
-        if not inside(path, root):
-            raise InputRejected("symlink leaves the dataset", path=name)
-        try:
-            data = json.loads(path.read_bytes())
-        except json.JSONDecodeError as exc:
-            raise InputRejected(f"not valid JSON: {exc.msg}", path=name,
-                                field=f"line {exc.lineno} column {exc.colno}") from None
-        except UnicodeDecodeError as exc:
-            raise InputRejected(f"not UTF-8 text: {exc.reason}", path=name, field=f"byte {exc.start}") from None
-        if not isinstance(data, dict) or "shapes" not in data or "imagePath" not in data:
-            raise InputRejected("not a Labelme file: expected an object with shapes and imagePath", path=name)
-        if not isinstance(data["shapes"], list):
-            raise InputRejected(f"must be a list, got {type(data['shapes']).__name__}", path=name, field="shapes")
-        image_path = data["imagePath"]
-        ds.listed_images += 1
-        local = _image_file(image_path, path, root)
-        if local is not None:
-            rel = local.relative_to(root).as_posix()
-        else:
-            embedded = data.get("imageData")
-            if not embedded:
-                ds.set_aside(name, "imagePath", f"no such image file {image_path!r} (looked beside the JSON) and "
-                             "no imageData", path.relative_to(root).as_posix())
-                continue
-            try:
-                raw = base64.b64decode(embedded, validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                ds.set_aside(name, "imageData", "not valid base64", path.relative_to(root).as_posix())
-                continue
-            # the embedded picture is the image (Labelme loads imageData first): named after the JSON
-            rel = path.relative_to(root).with_suffix(_suffix(image_path, raw)).as_posix()
-            if scratch is None:
-                scratch = Path(tempfile.mkdtemp(prefix="nightshift-labelme-"))
-            local = Path(scratch) / rel
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(raw)
-        w, h = data.get("imageWidth"), data.get("imageHeight")
-        boxes, bad = [], None
-        for k, shape in enumerate(data["shapes"]):
-            where = f"shapes[{k}]"
-            if not isinstance(shape, dict):
-                bad = (where, "must be an object")
-                break
-            label = shape.get("label")
-            if label is not None and not isinstance(label, str):
-                bad = (f"{where}.label", f"must be a string, got {label!r}")
-                break
-            if not label or not label.strip():
-                ds.skip(name, f"{where}.label", "shape with an empty label: skipped", rel)
-                continue
-            kind = shape.get("shape_type") or "polygon"
-            if kind not in BOX_SHAPES:
-                ds.skip(name, f"{where}.shape_type", f"shape_type {kind!r} is not a box: skipped", rel)
-                continue
-            got = _shape_box(shape, where)
-            if isinstance(got, str):
-                bad = (f"{where}.points", got)
-                break
-            attrs = {k2: shape[k2] for k2 in ("group_id", "flags", "description") if shape.get(k2) not in
-                     (None, {}, "")}
-            boxes.append((label.strip(), got[0], got[1], attrs, where))
-        if bad:
-            ds.set_aside(name, bad[0], bad[1], rel)
+def _load(path: Path, root: Path, origin: str) -> tuple[str, dict]:
+    """One Labelme JSON, checked to be one: (its name in messages, its content)."""
+    name = display(origin, root, path)
+    if not inside(path, root):
+        raise InputRejected("symlink leaves the dataset", path=name)
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise InputRejected(f"not valid JSON: {exc.msg}", path=name,
+                            field=f"line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"not UTF-8 text: {exc.reason}", path=name, field=f"byte {exc.start}") from None
+    if not isinstance(data, dict) or "shapes" not in data or "imagePath" not in data:
+        raise InputRejected("not a Labelme file: expected an object with shapes and imagePath", path=name)
+    if not isinstance(data["shapes"], list):
+        raise InputRejected(f"must be a list, got {type(data['shapes']).__name__}", path=name, field="shapes")
+    return name, data
+
+
+def _image(ds: Dataset, data: dict, path: Path, root: Path, name: str, scratch: Path | None):
+    """The image file of a Labelme JSON and its canonical name: the file `imagePath` names, else the embedded
+    imageData written under `scratch` (a temporary folder made on first need). Returns (rel, local, scratch),
+    or None after setting the JSON aside."""
+    image_path = data["imagePath"]
+    local = _image_file(image_path, path, root)
+    if local is not None:
+        return local.relative_to(root).as_posix(), local, scratch
+    embedded = data.get("imageData")
+    if not embedded:
+        ds.set_aside(name, "imagePath", f"no such image file {image_path!r} (looked beside the JSON) and "
+                     "no imageData", path.relative_to(root).as_posix())
+        return None
+    try:
+        raw = base64.b64decode(embedded, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        ds.set_aside(name, "imageData", "not valid base64", path.relative_to(root).as_posix())
+        return None
+    # the embedded picture is the image (Labelme loads imageData first): named after the JSON
+    rel = path.relative_to(root).with_suffix(_suffix(image_path, raw)).as_posix()
+    if scratch is None:
+        scratch = Path(tempfile.mkdtemp(prefix="nightshift-labelme-"))
+    local = Path(scratch) / rel
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(raw)
+    return rel, local, scratch
+
+
+def _boxes(ds: Dataset, shapes: list, name: str, rel: str):
+    """The box-like shapes as (label, bbox, polygon, attributes, where), skipping empty labels and shapes that
+    are not boxes; returns (boxes, None), or (boxes so far, (field, reason)) for the defect that sets it aside."""
+    boxes = []
+    for k, shape in enumerate(shapes):
+        where = f"shapes[{k}]"
+        if not isinstance(shape, dict):
+            return boxes, (where, "must be an object")
+        label = shape.get("label")
+        if label is not None and not isinstance(label, str):
+            return boxes, (f"{where}.label", f"must be a string, got {label!r}")
+        if not label or not label.strip():
+            ds.skip(name, f"{where}.label", "shape with an empty label: skipped", rel)
             continue
-        names.update(b[0] for b in boxes)
-        records.append((rel, local, w, h, boxes, name))
+        kind = shape.get("shape_type") or "polygon"
+        if kind not in BOX_SHAPES:
+            ds.skip(name, f"{where}.shape_type", f"shape_type {kind!r} is not a box: skipped", rel)
+            continue
+        got = _shape_box(shape, where)
+        if isinstance(got, str):
+            return boxes, (f"{where}.points", got)
+        attrs = {k2: shape[k2] for k2 in ("group_id", "flags", "description") if shape.get(k2) not in
+                 (None, {}, "")}
+        boxes.append((label.strip(), got[0], got[1], attrs, where))
+    return boxes, None
+
+
+def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
+    """Number the kept images, their annotations and the categories (by name) into `ds`; two JSON files naming
+    the same image are refused."""
     cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
     seen: dict[str, str] = {}
     for rel, local, w, h, boxes, name in records:
@@ -194,10 +194,35 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
             if attrs:
                 ann["attributes"] = attrs
             ds.annotations.append(ann)
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+
+
+def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset:
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    files = sorted(p for p in root.rglob("*.json") if not any(part.startswith(".") for part in
+                                                             p.relative_to(root).parts))
+    if not files:
+        raise InputRejected("no Labelme annotations: expected <image>.json files", path=origin)
+    records, names = [], set()
+    ds = Dataset([], [], [], [])
+    for path in files:
+        name, data = _load(path, root, origin)
+        ds.listed_images += 1
+        image = _image(ds, data, path, root, name, scratch)
+        if image is None:
+            continue
+        rel, local, scratch = image
+        boxes, bad = _boxes(ds, data["shapes"], name, rel)
+        if bad:
+            ds.set_aside(name, bad[0], bad[1], rel)
+            continue
+        names.update(b[0] for b in boxes)
+        records.append((rel, local, data.get("imageWidth"), data.get("imageHeight"), boxes, name))
+    _fill(ds, records, names, origin)
     if ds.skipped:
         log.info("labelme: skipped %d shapes (empty labels, points, lines): listed in the quarantine report",
                  len(ds.skipped))
-    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
     ds.files = [display(origin, root, p) for p in files[:1]] + ([f"... {len(files)} Labelme files"]
                                                                 if len(files) > 1 else [])
     return ds

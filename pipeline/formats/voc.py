@@ -124,12 +124,8 @@ def _find_image(node, xml: Path, lookup: _Lookup) -> tuple[Path | None, str]:
     return None, (tried[0] if tried else xml.stem)
 
 
-def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
-    from defusedxml import ElementTree
-    from defusedxml.common import DefusedXmlException
-
-    root = export_root(Path(root))
-    origin = origin or str(root)
+def _annotation_files(root: Path, origin: str) -> tuple[Path, list[Path]]:
+    """The folder of the VOC XML files and the files: Annotations/ (or its variants), else beside the images."""
     ann_dir = child_dir(root, *ANNOTATION_DIRS)
     xmls = sorted(ann_dir.glob("*.xml")) if ann_dir is not None else []
     if not xmls:  # the XML files beside the images (labelImg's default save folder)
@@ -138,63 +134,67 @@ def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
     if not xmls:
         raise InputRejected("no Pascal VOC annotations: expected Annotations/*.xml (any letter case, or annots/) "
                             "or <annotation> XML files beside the images", path=origin)
-    image_dirs = [d for d in (child_dir(root, name) for name in IMAGE_DIRS) if d is not None] + [ann_dir, root]
-    image_dirs = list(dict.fromkeys(image_dirs))
-    lookup = _Lookup(image_dirs)
-    splits = _source_splits(root)
-    records, names = [], set()
-    ds = Dataset([], [], [], [display(origin, root, ann_dir)], listed_images=len(xmls))
-    for xml in xmls:
-        name = display(origin, root, xml)
-        try:
-            tree = ElementTree.parse(xml)
-        except DefusedXmlException as exc:
-            raise InputRejected(f"unsafe XML refused: {exc}", path=name) from None
-        except ElementTree.ParseError as exc:
-            raise InputRejected(f"not valid XML: {exc}", path=name) from None
-        node = tree.getroot()
-        if node.tag != "annotation":
-            raise InputRejected(f"root element must be <annotation>, got <{node.tag}>", path=name)
-        local, tried = _find_image(node, xml, lookup)
-        if local is None:
-            ds.set_aside(name, "filename", f"no image file for {tried!r} in "
-                         f"{', '.join(display(origin, root, d) for d in image_dirs)}", tried)
-            continue
-        # per-image defects below set this image aside (quarantine) instead of rejecting the export
-        item = Problems(name)
-        size = node.find("size")
-        w = _number(size, "width", "size", Problems(name)) if size is not None else None
-        h = _number(size, "height", "size", Problems(name)) if size is not None else None
-        if not w or not h:  # VOC exports often write 0: read the header instead
-            real = header_size(local)
-            if real is None:
-                ds.set_aside(name, "size", "missing, and the image header cannot be read", local.name)
-                continue
-            w, h = real
-        boxes = []
-        for k, obj in enumerate(node.findall("object")):
-            where = f"object[{k}]"
-            label = (obj.findtext("name") or "").strip()
-            if not label:
-                ds.skip(name, f"{where}.name", "object with no class name: skipped", local.name)
-                continue
-            bnd = obj.find("bndbox")
-            if bnd is None:
-                item.add(f"{where}.bndbox", "missing")
-                continue
-            vals = [_number(bnd, t, f"{where}.bndbox", item) for t in ("xmin", "ymin", "xmax", "ymax")]
-            if None in vals:
-                continue
-            attrs = {t: obj.findtext(t).strip() for t in ("pose", "truncated", "difficult", "occluded")
-                     if obj.findtext(t) is not None}
-            boxes.append((label, read_box(*vals, one_based=one_based), attrs, where))
-        if item:
-            for f, m in item.items:
-                ds.set_aside(name, f, m, local.name)
-            continue
-        names.update(b[0] for b in boxes)
-        records.append((local, int(w), int(h), boxes, name, splits.get(xml.stem) or splits.get(local.stem)))
+    return ann_dir, xmls
 
+
+def _parse(xml: Path, name: str):
+    """The <annotation> element of one VOC file, parsed safely."""
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    try:
+        tree = ElementTree.parse(xml)
+    except DefusedXmlException as exc:
+        raise InputRejected(f"unsafe XML refused: {exc}", path=name) from None
+    except ElementTree.ParseError as exc:
+        raise InputRejected(f"not valid XML: {exc}", path=name) from None
+    node = tree.getroot()
+    if node.tag != "annotation":
+        raise InputRejected(f"root element must be <annotation>, got <{node.tag}>", path=name)
+    return node
+
+
+def _size(ds: Dataset, node, local: Path, name: str):
+    """(width, height) from <size>, else from the image header; None after setting the image aside."""
+    size = node.find("size")
+    w = _number(size, "width", "size", Problems(name)) if size is not None else None
+    h = _number(size, "height", "size", Problems(name)) if size is not None else None
+    if not w or not h:  # VOC exports often write 0: read the header instead
+        real = header_size(local)
+        if real is None:
+            ds.set_aside(name, "size", "missing, and the image header cannot be read", local.name)
+            return None
+        w, h = real
+    return w, h
+
+
+def _objects(ds: Dataset, node, name: str, local: Path, one_based: bool) -> tuple[list, Problems]:
+    """The <object> boxes as (label, bbox, attributes, where), skipping nameless ones, and the per-image defects
+    found (which set the image aside)."""
+    item = Problems(name)
+    boxes = []
+    for k, obj in enumerate(node.findall("object")):
+        where = f"object[{k}]"
+        label = (obj.findtext("name") or "").strip()
+        if not label:
+            ds.skip(name, f"{where}.name", "object with no class name: skipped", local.name)
+            continue
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            item.add(f"{where}.bndbox", "missing")
+            continue
+        vals = [_number(bnd, t, f"{where}.bndbox", item) for t in ("xmin", "ymin", "xmax", "ymax")]
+        if None in vals:
+            continue
+        attrs = {t: obj.findtext(t).strip() for t in ("pose", "truncated", "difficult", "occluded")
+                 if obj.findtext(t) is not None}
+        boxes.append((label, read_box(*vals, one_based=one_based), attrs, where))
+    return boxes, item
+
+
+def _fill(ds: Dataset, records: list, names: set) -> None:
+    """Number the kept images, their annotations and the categories (by name) into `ds`; two annotation files
+    naming the same image are refused."""
     cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
     seen: dict[str, str] = {}
     for local, w, h, boxes, name, split in records:
@@ -215,4 +215,37 @@ def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
                 ann["attributes"] = attrs
             ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+
+
+def read_voc(root, origin: str = "", one_based: bool = False) -> Dataset:
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    ann_dir, xmls = _annotation_files(root, origin)
+    image_dirs = [d for d in (child_dir(root, name) for name in IMAGE_DIRS) if d is not None] + [ann_dir, root]
+    image_dirs = list(dict.fromkeys(image_dirs))
+    lookup = _Lookup(image_dirs)
+    splits = _source_splits(root)
+    records, names = [], set()
+    ds = Dataset([], [], [], [display(origin, root, ann_dir)], listed_images=len(xmls))
+    for xml in xmls:
+        name = display(origin, root, xml)
+        node = _parse(xml, name)
+        local, tried = _find_image(node, xml, lookup)
+        if local is None:
+            ds.set_aside(name, "filename", f"no image file for {tried!r} in "
+                         f"{', '.join(display(origin, root, d) for d in image_dirs)}", tried)
+            continue
+        # per-image defects below set this image aside (quarantine) instead of rejecting the export
+        size = _size(ds, node, local, name)
+        if size is None:
+            continue
+        boxes, item = _objects(ds, node, name, local, one_based)
+        if item:
+            for f, m in item.items:
+                ds.set_aside(name, f, m, local.name)
+            continue
+        names.update(b[0] for b in boxes)
+        records.append((local, int(size[0]), int(size[1]), boxes, name,
+                        splits.get(xml.stem) or splits.get(local.stem)))
+    _fill(ds, records, names)
     return ds

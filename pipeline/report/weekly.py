@@ -144,38 +144,22 @@ def collect(cfg, start: datetime, end: datetime) -> dict:
 
     from pipeline import tracking
     from pipeline.store import open_store
-    from pipeline.training.reproduce import REPRODUCTION_TAG
 
     store = open_store(cfg.store.uri, cfg.store.s3_endpoint_url)
     exp_id = tracking.setup(cfg)
     client = mlflow.MlflowClient()
-    mlruns = client.search_runs([exp_id], filter_string=f"attributes.start_time >= {_ms(start)} "
-                                f"and attributes.start_time < {_ms(end)}", max_results=5000)
-    by_id = {}
-    for r in mlruns:
-        rid = r.data.tags.get(tracking.RUN_TAG)
-        if rid and REPORT_TAG not in r.data.tags and REPRODUCTION_TAG not in r.data.tags:
-            by_id.setdefault(rid, r)
+    by_id = _pipeline_mlruns(client, exp_id, start, end)
 
     names = _children(store, "runs")
     runs = []
     reproductions = []
     for rid in sorted(set(names) | set(by_id)):
         if rid.startswith(REPRODUCTION_PREFIX):
-            report = _json(store, f"runs/{rid}/reproduce/report.json")
-            when = _modified(store, f"runs/{rid}/reproduce/report.json")
-            if report is not None and when is not None and start <= when < end:
-                reproductions.append({"run_id": report.get("run_id"), "reproduction": rid,
-                                      "reproduced": bool(report.get("reproduced")),
-                                      "tolerance": report.get("tolerance"), "time": when.isoformat(timespec="minutes")})
+            check = _reproduction(store, rid, start, end)
+            if check is not None:
+                reproductions.append(check)
             continue
-        results, times = {}, []
-        for stage in STAGES:
-            key = f"runs/{rid}/{stage}/result.json"
-            r = _json(store, key)
-            if r is not None:
-                results[stage] = r
-                times.append(_modified(store, key))
+        results, times = _stage_results(store, rid)
         mlrun = by_id.get(rid)
         started = _dt(mlrun.info.start_time) if mlrun else min((t for t in times if t), default=None)
         if started is None or not (start <= started < end):
@@ -220,6 +204,44 @@ def collect(cfg, start: datetime, end: datetime) -> dict:
                             if reproductions else None, "checks": reproductions},
         "data": _data_changes(runs),
     }
+
+
+def _pipeline_mlruns(client, exp_id: str, start: datetime, end: datetime) -> dict:
+    """run id -> the MLflow run of each pipeline run started in [start, end) (report and reproduction runs left
+    out; the first found when several carry the same run id)."""
+    from pipeline import tracking
+    from pipeline.training.reproduce import REPRODUCTION_TAG
+
+    mlruns = client.search_runs([exp_id], filter_string=f"attributes.start_time >= {_ms(start)} "
+                                f"and attributes.start_time < {_ms(end)}", max_results=5000)
+    by_id = {}
+    for r in mlruns:
+        rid = r.data.tags.get(tracking.RUN_TAG)
+        if rid and REPORT_TAG not in r.data.tags and REPRODUCTION_TAG not in r.data.tags:
+            by_id.setdefault(rid, r)
+    return by_id
+
+
+def _reproduction(store, rid: str, start: datetime, end: datetime) -> dict | None:
+    """A `nightshift reproduce` check (run `rid`) whose report was written in [start, end), else None."""
+    report = _json(store, f"runs/{rid}/reproduce/report.json")
+    when = _modified(store, f"runs/{rid}/reproduce/report.json")
+    if report is None or when is None or not start <= when < end:
+        return None
+    return {"run_id": report.get("run_id"), "reproduction": rid, "reproduced": bool(report.get("reproduced")),
+            "tolerance": report.get("tolerance"), "time": when.isoformat(timespec="minutes")}
+
+
+def _stage_results(store, rid: str) -> tuple[dict[str, dict], list]:
+    """Each stage's result.json of run `rid` by stage, and when each was written."""
+    results, times = {}, []
+    for stage in STAGES:
+        key = f"runs/{rid}/{stage}/result.json"
+        r = _json(store, key)
+        if r is not None:
+            results[stage] = r
+            times.append(_modified(store, key))
+    return results, times
 
 
 def _champion_history(cfg, client, runs: list[dict], start: datetime, end: datetime) -> dict:

@@ -184,18 +184,9 @@ def _log_params(run_id: str, params: dict) -> None:
         mlflow.log_params(dict(items[i:i + 100]))
 
 
-def train(cfg: Config, ctx: RunContext) -> dict:
-    """One training process: the whole job when alone, or one rank under torchrun."""
-    import torch
+def _check_config(tc) -> None:
+    from pipeline.training.models import MODELS
 
-    from pipeline import tracking
-    from pipeline.datasets.canonical import CanonicalDataset, load_coco, split_coco
-    from pipeline.training import distributed
-    from pipeline.training.engine import fit, seed_everything
-    from pipeline.training import initialise
-    from pipeline.training.models import MODELS, build_model
-
-    tc = cfg.train
     if tc.model not in MODELS or MODELS[tc.model].task != "detection":
         known = ", ".join(sorted(n for n, s in MODELS.items() if s.task == "detection"))
         raise ConfigError(f"'train.model': {tc.model!r} is not a detection model; known: {known}")
@@ -203,6 +194,97 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         raise ConfigError("'train.weights' is set but 'train.init' is 'scratch': set train.init=weights to "
                           "start from it, or clear train.weights")
 
+
+def _load_splits(root: Path, tc, is_main: bool):
+    """The train split (rejected when empty or without categories) and, on rank 0 when val mAP is wanted, the
+    val split and its COCO ground truth: (train_set, val_set, val_gt), val ones None elsewhere."""
+    from pipeline.datasets.canonical import CanonicalDataset, load_coco, split_coco
+
+    annotations = root / "annotations.json"
+    train_set = CanonicalDataset(root, "train", tc.image_size)
+    if len(train_set) == 0:
+        raise InputRejected("no image has split 'train'", path=str(annotations), field="images[].split")
+    if not train_set.categories:
+        raise InputRejected("no categories", path=str(annotations), field="categories")
+    val_set, val_gt = None, None
+    if is_main and (tc.eval_every_epochs or tc.early_stop_patience):
+        # only rank 0 scores the val split; the other ranks learn its verdict from a broadcast
+        val_set = CanonicalDataset(root, "val", tc.image_size)
+        val_gt = split_coco(load_coco(root), "val")
+    return train_set, val_set, val_gt
+
+
+def _lineage_tags(cfg: Config, dataset_hash: str, annotations_sha: str, init) -> dict:
+    """The MLflow run's tags: code, data, seed and config that made the model, and where its first weights came from."""
+    from pipeline import tracking
+
+    tc = cfg.train
+    tags = {
+        "git_sha": tracking.git_sha(),
+        "code_version": tracking.code_version(),
+        "dataset_hash": dataset_hash or "unknown",
+        "annotations_sha256": annotations_sha,
+        "seed": tc.seed,
+        "config_fingerprint": cfg.fingerprint(),
+        "container_image": os.environ.get("NIGHTSHIFT_IMAGE", "local"),
+        "model_name": tc.model,
+        "init": tc.init,
+    }
+    if init.mode != "scratch":
+        tags.update({"init_source": init.source, "init_sha256": init.sha256,
+                     "init_loaded": init.loaded, "init_reinitialised": init.reinitialised})
+    if init.champion_version is not None:
+        tags.update({"init_champion_version": init.champion_version,
+                     "init_champion_run_id": init.champion_run_id})
+    return tags
+
+
+def _epoch_logger(mlrun, cfg: Config):
+    """fit's on_epoch_end: per-epoch metrics into the MLflow run (after logging the resolved config), or None."""
+    if mlrun is None:
+        return None
+    import mlflow
+
+    _log_params(mlrun.info.run_id, cfg.flat())
+
+    def on_epoch_end(stats):
+        # val_AP / val_AP50 keep their names; the rest are train_*
+        mlflow.log_metrics({k if k.startswith("val_") else f"train_{k}": v
+                            for k, v in stats.as_metrics().items()}, step=stats.epoch)
+
+    return on_epoch_end
+
+
+def _publish_model(ctx: RunContext, model, tc, train_set, dataset_hash: str, mlrun, result) -> str:
+    """Write model.pt to the store (and, with MLflow, log it, the training speed and the signed model): its URL."""
+    from pipeline.training.models import save_trained
+
+    with tempfile.TemporaryDirectory(prefix="nightshift-train-") as tmp:
+        local = Path(tmp) / MODEL_KEY
+        save_trained(local, model, tc.model, tc.image_size, train_set.categories, dataset_hash=dataset_hash)
+        model_url = ctx.publish(local, MODEL_KEY)
+        if mlrun is not None:
+            import mlflow
+
+            mlflow.log_metrics({"train_seconds": result.train_seconds,
+                                "train_images_per_s": result.images_per_s})
+            mlflow.log_artifact(str(local), artifact_path="model")
+            _log_signed_model(model, tc.image_size)
+    return model_url
+
+
+def train(cfg: Config, ctx: RunContext) -> dict:
+    """One training process: the whole job when alone, or one rank under torchrun."""
+    import torch
+
+    from pipeline import tracking
+    from pipeline.training import distributed
+    from pipeline.training.engine import fit, seed_everything
+    from pipeline.training import initialise
+    from pipeline.training.models import build_model
+
+    tc = cfg.train
+    _check_config(tc)
     info = distributed.init_distributed()
     try:
         if info.device.type == "cpu":
@@ -210,18 +292,8 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         seed_everything(tc.seed, tc.deterministic)
 
         root = _dataset_root(ctx, info.local_rank, lambda: distributed.barrier(info))
-        annotations = root / "annotations.json"
-        annotations_sha = hashlib.sha256(annotations.read_bytes()).hexdigest()
-        train_set = CanonicalDataset(root, "train", tc.image_size)
-        if len(train_set) == 0:
-            raise InputRejected("no image has split 'train'", path=str(annotations), field="images[].split")
-        if not train_set.categories:
-            raise InputRejected("no categories", path=str(annotations), field="categories")
-        val_set, val_gt = None, None
-        if info.is_main and (tc.eval_every_epochs or tc.early_stop_patience):
-            # only rank 0 scores the val split; the other ranks learn its verdict from a broadcast
-            val_set = CanonicalDataset(root, "val", tc.image_size)
-            val_gt = split_coco(load_coco(root), "val")
+        annotations_sha = hashlib.sha256((root / "annotations.json").read_bytes()).hexdigest()
+        train_set, val_set, val_gt = _load_splits(root, tc, info.is_main)
         snapshot = ctx.result_of("snapshot") if ctx.has_result("snapshot") else {}
         dataset_hash = snapshot.get("dataset_hash", "")
         if info.is_main and not dataset_hash:
@@ -232,67 +304,21 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         init = initialise.initialise(model, cfg, init_path, init_info, [c["name"] for c in train_set.categories],
                                      announce=info.is_main)
         fingerprint = _fingerprint(cfg, annotations_sha, info.world_size)
+        mlflow_ctx = contextlib.nullcontext(None)
         if info.is_main:
             log.info("training %s (%d classes) on %d images at %dpx: %d epochs, batch %d x %d process(es) on %s",
                      tc.model, train_set.num_classes, len(train_set), tc.image_size, tc.epochs, tc.batch_size,
                      info.world_size, info.device)
-
-        mlflow_ctx = contextlib.nullcontext(None)
-        if info.is_main:
-            tags = {
-                "git_sha": tracking.git_sha(),
-                "code_version": tracking.code_version(),
-                "dataset_hash": dataset_hash or "unknown",
-                "annotations_sha256": annotations_sha,
-                "seed": tc.seed,
-                "config_fingerprint": cfg.fingerprint(),
-                "container_image": os.environ.get("NIGHTSHIFT_IMAGE", "local"),
-                "model_name": tc.model,
-                "init": tc.init,
-            }
-            if init.mode != "scratch":
-                tags.update({"init_source": init.source, "init_sha256": init.sha256,
-                             "init_loaded": init.loaded, "init_reinitialised": init.reinitialised})
-            if init.champion_version is not None:
-                tags.update({"init_champion_version": init.champion_version,
-                             "init_champion_run_id": init.champion_run_id})
+            tags = _lineage_tags(cfg, dataset_hash, annotations_sha, init)
             mlflow_ctx = _with_system_metrics(tracking.active_run(cfg, ctx.run_id, tags=tags))
 
         with mlflow_ctx as mlrun:
-            on_epoch_end = None
-            if mlrun is not None:
-                import mlflow
-
-                _log_params(mlrun.info.run_id, cfg.flat())
-
-                def on_epoch_end(stats):
-                    # val_AP / val_AP50 keep their names; the rest are train_*
-                    mlflow.log_metrics({k if k.startswith("val_") else f"train_{k}": v
-                                        for k, v in stats.as_metrics().items()}, step=stats.epoch)
-
             result = fit(model, train_set, tc, info, ctx.store, ctx.key(CHECKPOINT_KEY), fingerprint,
-                         on_epoch_end=on_epoch_end, progress=True, val_set=val_set, val_gt=val_gt)
+                         on_epoch_end=_epoch_logger(mlrun, cfg), progress=True, val_set=val_set, val_gt=val_gt)
 
             out = None
             if info.is_main:
-                blob = {
-                    "model": tc.model,
-                    "num_classes": train_set.num_classes + 1,
-                    "image_size": tc.image_size,
-                    "categories": [{"id": c["id"], "name": c["name"]} for c in train_set.categories],
-                    "label_to_category": [train_set.label_to_cat[i] for i in range(1, train_set.num_classes + 1)],
-                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "dataset_hash": dataset_hash,
-                }
-                with tempfile.TemporaryDirectory(prefix="nightshift-train-") as tmp:
-                    local = Path(tmp) / MODEL_KEY
-                    torch.save(blob, local)
-                    model_url = ctx.publish(local, MODEL_KEY)
-                    if mlrun is not None:
-                        mlflow.log_metrics({"train_seconds": result.train_seconds,
-                                            "train_images_per_s": result.images_per_s})
-                        mlflow.log_artifact(str(local), artifact_path="model")
-                        _log_signed_model(model, tc.image_size)
+                model_url = _publish_model(ctx, model, tc, train_set, dataset_hash, mlrun, result)
                 out = {
                     "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
                     "model": model_url,

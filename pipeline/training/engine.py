@@ -211,6 +211,248 @@ def _targets_to(targets: list[dict], device) -> list[dict]:
             for t in targets]
 
 
+class MixedPrecision:
+    """autocast + GradScaler on CUDA with train.amp; both are no-ops when disabled (GradScaler(enabled=False)
+    passes the loss through and calls optimizer.step() itself), so the optimisation step is written once."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device_type, enabled=self.enabled)
+
+    def checkpointed(self) -> torch.amp.GradScaler | None:
+        """The scaler a checkpoint holds: None without AMP, as checkpoints have always recorded."""
+        return self.scaler if self.enabled else None
+
+
+@dataclass
+class StopPolicy:
+    """When training ends before its last epoch, and the val-mAP watch that early stopping keeps.
+
+    Three ways: `max_steps` (train.max_steps) optimizer steps done, mid-epoch included; val mAP not improved
+    for `patience` (train.early_stop_patience) epochs; or a resumed run whose checkpoint recorded an early stop.
+    `state()` (best_ap, best_epoch, early_stopped) is checkpointed with the weights.
+    """
+    max_steps: int = 0
+    patience: int = 0
+    best_ap: float | None = None  # best val AP seen (rank 0), -1.0 standing for "no AP"
+    best_epoch: int = 0
+    early_stopped: bool = False
+
+    def steps_done(self, step: int) -> bool:
+        return bool(self.max_steps) and step >= self.max_steps
+
+    def record(self, epoch: int, ap: float | None) -> None:
+        ap = ap if ap is not None else -1.0
+        if self.best_ap is None or ap > self.best_ap:
+            self.best_ap, self.best_epoch = ap, epoch
+
+    def out_of_patience(self, epoch: int) -> bool:
+        return self.patience > 0 and epoch - self.best_epoch >= self.patience
+
+    def state(self) -> dict:
+        return {"best_ap": self.best_ap, "best_epoch": self.best_epoch, "early_stopped": self.early_stopped}
+
+    def load_state(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def _optimise(loss: torch.Tensor, optimizer, amp: MixedPrecision, params, grad_clip: float) -> None:
+    """One optimizer step from `loss`: backward (scaled under AMP), gradient clipping, step."""
+    optimizer.zero_grad(set_to_none=True)
+    amp.scaler.scale(loss).backward()
+    if grad_clip > 0:
+        amp.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    amp.scaler.step(optimizer)
+    amp.scaler.update()
+
+
+class _Training:
+    """What one fit() holds between its parts: the model and its optimisation state, the step reached and the
+    stopping policy; `resume`, `train_epoch`, `evaluate` and `checkpoint` are those parts."""
+
+    def __init__(self, model, cfg: TrainConfig, info: DistInfo, store: ArtifactStore, checkpoint_key: str,
+                 fingerprint: str, total_steps: int):
+        self.model, self.train_model, self.cfg, self.info = model, model, cfg, info
+        self.store, self.checkpoint_key, self.fingerprint = store, checkpoint_key, fingerprint
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           warmup_cosine(cfg.warmup_steps, total_steps))
+        self.amp = MixedPrecision(cfg.amp and info.device.type == "cuda", info.device)
+        self.ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.stop = StopPolicy(max_steps=cfg.max_steps, patience=cfg.early_stop_patience)
+        self.step = 0
+
+    # -- resume ------------------------------------------------------------------------------------------
+    def resume(self) -> tuple[int, int, dict | None]:
+        """Load the checkpoint of the same fingerprint, if any: returns (epoch, batches done in it, resumed_from)."""
+        info, store, key = self.info, self.store, self.checkpoint_key
+        ckpt = load_checkpoint(store, key) if info.is_main else None
+        usable = ckpt is not None and ckpt["extra"].get("fingerprint") == self.fingerprint
+        if info.is_main and ckpt is not None and not usable:
+            log.warning("checkpoint %s belongs to another config or dataset: starting from scratch", store.url(key))
+        if not broadcast_flag(usable, info):
+            return 0, 0, None
+        if not info.is_main:
+            ckpt = load_checkpoint(store, key)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.amp.enabled and ckpt["scaler"] is not None:
+            self.amp.scaler.load_state_dict(ckpt["scaler"])
+        rngs = ckpt["rng"]
+        if info.rank < len(rngs):
+            set_rng_state(rngs[info.rank])
+        epoch, self.step, skip = ckpt["epoch"], ckpt["step"], ckpt["batches_done"]
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["extra"]["ema"])
+        self.stop.load_state(ckpt["extra"].get("watch", {}))
+        if info.is_main:
+            log.info("resuming from %s: epoch %d, step %d (%d batches of that epoch done)",
+                     store.url(key), epoch + 1, self.step, skip)
+        return epoch, skip, {"epoch": epoch, "step": self.step, "batches_done": skip}
+
+    def wrap_ddp(self) -> None:
+        if self.info.distributed:
+            device = self.info.device
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint(self, epoch: int, batches_done: int) -> None:
+        # every rank's RNG state, so each continues its own stream after a restart
+        info = self.info
+        rngs = [None] * info.world_size
+        if info.distributed:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if info.is_main:
+            save_checkpoint(self.store, self.checkpoint_key, model=self.model, optimizer=self.optimizer,
+                            scheduler=self.scheduler, scaler=self.amp.checkpointed(), epoch=epoch, step=self.step,
+                            batches_done=batches_done, rng=rngs,
+                            extra={"fingerprint": self.fingerprint, "watch": self.stop.state(),
+                                   "ema": self.ema.state_dict() if self.ema is not None else None})
+
+    # -- one epoch ---------------------------------------------------------------------------------------
+    def train_step(self, images, targets, epoch: int, batch: int) -> tuple[float, dict[str, torch.Tensor]]:
+        """Forward, the finite-loss check, one optimizer step, the LR schedule and the EMA: returns the loss and
+        the model's loss terms."""
+        with self.amp.autocast():
+            losses = self.train_model(images, targets)
+            loss = sum(losses.values())
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            raise NonFiniteLoss(f"training diverged: loss is {loss_value} at step {self.step + 1} "
+                                f"(epoch {epoch + 1}, batch {batch + 1}; {parts}) on rank {self.info.rank}; "
+                                f"try a lower train.lr (now {self.cfg.lr}) or train.grad_clip")
+        _optimise(loss, self.optimizer, self.amp, self.model.parameters(), self.cfg.grad_clip)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return loss_value, losses
+
+    def train_epoch(self, dataset, epoch: int, skip: int, steps_per_epoch: int, progress: bool
+                    ) -> tuple[EpochStats, bool, int]:
+        """Train epoch `epoch` (0-based) from batch `skip`: returns (its stats, whether train.max_steps stopped it
+        mid-epoch, the images all ranks saw)."""
+        cfg, info, device = self.cfg, self.info, self.info.device
+        dataset.set_epoch(epoch)
+        loader = make_loader(dataset, cfg, info, skip_batches=skip, epoch=epoch)
+        epoch_start = time.time()
+        loss_sum, batches, epoch_images, stopped = 0.0, 0, 0, False
+        comp_sum: dict[str, float] = {}
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                           dynamic_ncols=True, disable=not (progress and info.is_main), initial=skip,
+                           total=steps_per_epoch)
+        for b, (images, targets) in enumerate(bar, start=skip):
+            images = [im.to(device, non_blocking=True) for im in images]
+            loss_value, losses = self.train_step(images, _targets_to(targets, device), epoch, b)
+            batches += 1
+            loss_sum += loss_value
+            for k, v in losses.items():
+                comp_sum[k] = comp_sum.get(k, 0.0) + float(v.detach())
+            epoch_images += len(images)
+            if info.is_main and progress:
+                elapsed = max(time.time() - epoch_start, 1e-9)
+                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{epoch_images * info.world_size / elapsed:.1f}",
+                                mem=memory_postfix(device))
+            if b + 1 < steps_per_epoch and self.stop.steps_done(self.step):
+                self.checkpoint(epoch, b + 1)  # a later run with a larger max_steps continues from here
+                stopped = True
+                break
+            if b + 1 < steps_per_epoch and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                self.checkpoint(epoch, b + 1)
+        bar.close()
+        seconds = time.time() - epoch_start
+        # reduce over all ranks for logging purposes: what the whole job saw, not one process
+        total_images = all_reduce_sum(epoch_images, info)
+        stats = EpochStats(
+            epoch=epoch + 1, step=self.step, loss=all_reduce_mean(loss_sum / max(batches, 1), info),
+            lr=self.optimizer.param_groups[0]["lr"], images_per_s=total_images / max(seconds, 1e-9), seconds=seconds,
+            components={k: all_reduce_mean(v / max(batches, 1), info) for k, v in comp_sum.items()},
+        )
+        return stats, stopped, total_images
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, epoch: int, val_set: CanonicalDataset, val_gt: dict) -> dict:
+        """Rank 0 scores the weights that would ship (the EMA's when on) and decides on early stopping, every
+        rank learning the decision; returns the val metrics ({} on other ranks)."""
+        val = {}
+        if self.info.is_main:
+            scored = self.model
+            if self.ema is not None:
+                scored = copy.deepcopy(self.model)
+                scored.load_state_dict(self.ema.state)
+            t0 = time.time()
+            val = val_map(scored, val_set, val_gt, self.cfg.batch_size, self.info.device)
+            self.stop.record(epoch, val["AP"])
+            log.info("epoch %d: val AP %s, AP50 %s (best %.4f at epoch %d) in %.1fs", epoch,
+                     "n/a" if val["AP"] is None else f"{val['AP']:.4f}",
+                     "n/a" if val["AP50"] is None else f"{val['AP50']:.4f}", self.stop.best_ap, self.stop.best_epoch,
+                     time.time() - t0)
+        patience_out = self.info.is_main and self.stop.out_of_patience(epoch)
+        # every rank enters this broadcast whatever its shard held, so none waits for a collective in vain
+        self.stop.early_stopped = broadcast_flag(patience_out, self.info) and epoch < self.cfg.epochs
+        return val
+
+    def finish(self, train_set: CanonicalDataset) -> None:
+        """The weights that ship: the EMA's when on, with BatchNorm statistics recomputed for them."""
+        cfg, info = self.cfg, self.info
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.state)
+        if cfg.bn_calibration_images > 0:
+            t0 = time.time()
+            used = recalibrate_batchnorm(self.model, train_set, cfg, info, cfg.bn_calibration_images)
+            if info.is_main and used:
+                log.info("recomputed BatchNorm statistics on %d train images in %.1fs", used, time.time() - t0)
+
+
+def _eval_every(cfg: TrainConfig, info: DistInfo, val_set: CanonicalDataset | None, val_gt: dict | None) -> int:
+    """Every how many epochs val mAP is computed (0 = never)."""
+    eval_every = cfg.eval_every_epochs or (1 if cfg.early_stop_patience else 0)
+    # only rank 0 holds the val split: its answer decides for all, so every rank takes the same branches
+    if eval_every and not broadcast_flag(val_set is not None and len(val_set) > 0 and bool(val_gt), info):
+        if info.is_main:
+            log.warning("no val images: val mAP is not computed and early stopping is off")
+        eval_every = 0
+    return eval_every
+
+
+def _log_epoch(stats: EpochStats, cfg: TrainConfig, info: DistInfo) -> None:
+    if not info.is_main:
+        return
+    parts = " ".join(f"{k}={v:.3f}" for k, v in stats.components.items())
+    log.info("epoch %d/%d: loss %.4f (%s) lr %.2e, %.1f images/s, %.1fs, step %d", stats.epoch, cfg.epochs,
+             stats.loss, parts, stats.lr, stats.images_per_s, stats.seconds, stats.step)
+
+
 def fit(
     model: torch.nn.Module,
     train_set: CanonicalDataset,
@@ -233,8 +475,7 @@ def fit(
     0's decision broadcast to every rank (the others only wait in that broadcast). The model keeps the last
     weights trained, not the best ones.
     """
-    device = info.device
-    model.to(device)
+    model.to(info.device)
     from pipeline.training.augment import Augment
 
     dataset = Augment(train_set, cfg)
@@ -242,87 +483,10 @@ def fit(
         raise NightshiftError(f"the train split has {len(train_set)} images: too few for "
                               f"{info.world_size} process(es) (each needs a batch of at least 2)")
     steps_per_epoch = len(make_loader(dataset, cfg, info))
-    total_steps = cfg.epochs * steps_per_epoch
-
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total_steps))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    eval_every = cfg.eval_every_epochs or (1 if cfg.early_stop_patience else 0)
-    # only rank 0 holds the val split: its answer decides for all, so every rank takes the same branches
-    if eval_every and not broadcast_flag(val_set is not None and len(val_set) > 0 and bool(val_gt), info):
-        if info.is_main:
-            log.warning("no val images: val mAP is not computed and early stopping is off")
-        eval_every = 0
-    # the early-stopping state, checkpointed with the weights
-    watch = {"best_ap": None, "best_epoch": 0, "early_stopped": False}
-
-    # -- resume --------------------------------------------------------------------------------------
-    start_epoch, step, skip = 0, 0, 0
-    resumed_from = None
-    ckpt = load_checkpoint(store, checkpoint_key) if info.is_main else None
-    usable = ckpt is not None and ckpt["extra"].get("fingerprint") == run_fingerprint
-    if info.is_main and ckpt is not None and not usable:
-        log.warning("checkpoint %s belongs to another config or dataset: starting from scratch",
-                    store.url(checkpoint_key))
-    if broadcast_flag(usable, info):
-        if not info.is_main:
-            ckpt = load_checkpoint(store, checkpoint_key)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        rngs = ckpt["rng"]
-        if info.rank < len(rngs):
-            set_rng_state(rngs[info.rank])
-        start_epoch, step, skip = ckpt["epoch"], ckpt["step"], ckpt["batches_done"]
-        if ema is not None:
-            ema.load_state_dict(ckpt["extra"]["ema"])
-        watch.update(ckpt["extra"].get("watch", {}))
-        resumed_from = {"epoch": start_epoch, "step": step, "batches_done": skip}
-        if info.is_main:
-            log.info("resuming from %s: epoch %d, step %d (%d batches of that epoch done)",
-                     store.url(checkpoint_key), start_epoch + 1, step, skip)
-    ckpt = None
-
-    train_model = model
-    if info.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def checkpoint(epoch: int, batches_done: int) -> None:
-        # every rank's RNG state, so each continues its own stream after a restart
-        rngs = [None] * info.world_size
-        if info.distributed:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        if info.is_main:
-            save_checkpoint(store, checkpoint_key, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, epoch=epoch, step=step, batches_done=batches_done,
-                            rng=rngs, extra={"fingerprint": run_fingerprint, "watch": dict(watch),
-                                             "ema": ema.state_dict() if ema is not None else None})
-
-    def evaluate_val(epoch: int) -> dict:
-        """Rank 0 scores the weights that would ship (the EMA's when on); returns {} elsewhere."""
-        if not info.is_main:
-            return {}
-        scored = model
-        if ema is not None:
-            scored = copy.deepcopy(model)
-            scored.load_state_dict(ema.state)
-        t0 = time.time()
-        val = val_map(scored, val_set, val_gt, cfg.batch_size, device)
-        ap = val["AP"] if val["AP"] is not None else -1.0
-        if watch["best_ap"] is None or ap > watch["best_ap"]:
-            watch["best_ap"], watch["best_epoch"] = ap, epoch
-        log.info("epoch %d: val AP %s, AP50 %s (best %.4f at epoch %d) in %.1fs", epoch,
-                 "n/a" if val["AP"] is None else f"{val['AP']:.4f}",
-                 "n/a" if val["AP50"] is None else f"{val['AP50']:.4f}", watch["best_ap"], watch["best_epoch"],
-                 time.time() - t0)
-        return val
+    run = _Training(model, cfg, info, store, checkpoint_key, run_fingerprint, cfg.epochs * steps_per_epoch)
+    eval_every = _eval_every(cfg, info, val_set, val_gt)
+    start_epoch, skip, resumed_from = run.resume()
+    run.wrap_ddp()
 
     history: list[EpochStats] = []
     started = time.time()
@@ -330,130 +494,43 @@ def fit(
     stopped = False
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
-        if watch["early_stopped"]:  # resumed after the early stop was decided and checkpointed
+        if run.stop.early_stopped:  # resumed after the early stop was decided and checkpointed
             break
-        if cfg.max_steps and step >= cfg.max_steps:
+        if run.stop.steps_done(run.step):
             stopped = True
             break
-        dataset.set_epoch(epoch)
-        loader = make_loader(dataset, cfg, info, skip_batches=skip, epoch=epoch)
-        epoch_start = time.time()
-        loss_sum, batches, epoch_images = 0.0, 0, 0
-        comp_sum: dict[str, float] = {}
-        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                           dynamic_ncols=True, disable=not (progress and info.is_main), initial=skip,
-                           total=steps_per_epoch)
-        for b, (images, targets) in enumerate(bar, start=skip):
-            images = [im.to(device, non_blocking=True) for im in images]
-            targets = _targets_to(targets, device)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                losses = train_model(images, targets)
-                loss = sum(losses.values())
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                raise NonFiniteLoss(f"training diverged: loss is {loss_value} at step {step + 1} "
-                                    f"(epoch {epoch + 1}, batch {b + 1}; {parts}) on rank {info.rank}; "
-                                    f"try a lower train.lr (now {cfg.lr}) or train.grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            batches += 1
-            loss_sum += loss_value
-            for k, v in losses.items():
-                comp_sum[k] = comp_sum.get(k, 0.0) + float(v.detach())
-            epoch_images += len(images)
-            if info.is_main and progress:
-                elapsed = max(time.time() - epoch_start, 1e-9)
-                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{epoch_images * info.world_size / elapsed:.1f}",
-                                mem=memory_postfix(device))
-            done_in_epoch = b + 1
-            if cfg.max_steps and step >= cfg.max_steps and done_in_epoch < steps_per_epoch:
-                checkpoint(epoch, done_in_epoch)  # a later run with a larger max_steps continues from here
-                stopped = True
-                break
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
-                    and done_in_epoch < steps_per_epoch:
-                checkpoint(epoch, done_in_epoch)
-        bar.close()
+        stats, stopped, images = run.train_epoch(dataset, epoch, skip, steps_per_epoch, progress)
         skip = 0
-        seconds = time.time() - epoch_start
-        # reduce over all ranks for logging purposes: what the whole job saw, not one process
-        total_images = all_reduce_sum(epoch_images, info)
-        stats = EpochStats(
-            epoch=epoch + 1,
-            step=step,
-            loss=all_reduce_mean(loss_sum / max(batches, 1), info),
-            lr=optimizer.param_groups[0]["lr"],
-            images_per_s=total_images / max(seconds, 1e-9),
-            seconds=seconds,
-            components={k: all_reduce_mean(v / max(batches, 1), info) for k, v in comp_sum.items()},
-        )
-        images_seen += total_images
+        images_seen += images
         if stopped:
             if info.is_main:
-                log.info("stopping after step %d (train.max_steps) in epoch %d, loss %.4f", step, epoch + 1,
+                log.info("stopping after step %d (train.max_steps) in epoch %d, loss %.4f", run.step, epoch + 1,
                          stats.loss)
-            history.append(stats)
-            if on_epoch_end:
-                on_epoch_end(stats)
-            break
-        if eval_every and (epoch + 1) % eval_every == 0:
-            stats.val = evaluate_val(epoch + 1)
-            patience_out = (cfg.early_stop_patience > 0 and info.is_main
-                            and epoch + 1 - watch["best_epoch"] >= cfg.early_stop_patience)
-            # every rank enters this broadcast whatever its shard held, so none waits for a collective in vain
-            watch["early_stopped"] = broadcast_flag(patience_out, info) and epoch + 1 < cfg.epochs
-        checkpoint(epoch + 1, 0)
+        else:
+            if eval_every and (epoch + 1) % eval_every == 0:
+                stats.val = run.evaluate(epoch + 1, val_set, val_gt)
+            run.checkpoint(epoch + 1, 0)
+            _log_epoch(stats, cfg, info)
         history.append(stats)
-        if info.is_main:
-            parts = " ".join(f"{k}={v:.3f}" for k, v in stats.components.items())
-            log.info("epoch %d/%d: loss %.4f (%s) lr %.2e, %.1f images/s, %.1fs, step %d", epoch + 1, cfg.epochs,
-                     stats.loss, parts, stats.lr, stats.images_per_s, seconds, step)
         if on_epoch_end:
             on_epoch_end(stats)
-        if watch["early_stopped"]:
+        if stopped:
+            break
+        if run.stop.early_stopped:
             if info.is_main:
                 log.info("early stop after epoch %d: val AP has not improved for %d epoch(s) (best %.4f at "
-                         "epoch %d)", epoch + 1, epoch + 1 - watch["best_epoch"], watch["best_ap"],
-                         watch["best_epoch"])
+                         "epoch %d)", epoch + 1, epoch + 1 - run.stop.best_epoch, run.stop.best_ap,
+                         run.stop.best_epoch)
             break
-    if ema is not None:
-        model.load_state_dict(ema.state)  # what ships is the average; BatchNorm is recalibrated for it below
-    if cfg.bn_calibration_images > 0:
-        t0 = time.time()
-        used = recalibrate_batchnorm(model, train_set, cfg, info, cfg.bn_calibration_images)
-        if info.is_main and used:
-            log.info("recomputed BatchNorm statistics on %d train images in %.1fs", used, time.time() - t0)
+    run.finish(train_set)
     train_seconds = time.time() - started
     final = history[-1] if history else None
-    return FitResult(
-        epochs_run=(final.epoch if final else start_epoch),
-        steps=step,
-        final_loss=final.loss if final else float("nan"),
-        images_per_s=images_seen / train_seconds if train_seconds > 0 and images_seen else 0.0,
-        train_seconds=train_seconds,
-        resumed_from=resumed_from,
-        history=history,
-        stopped_early=stopped,
-        early_stopped=watch["early_stopped"],
-        best_val_ap=watch["best_ap"],
-        best_val_epoch=watch["best_epoch"],
-    )
+    return FitResult(epochs_run=(final.epoch if final else start_epoch), steps=run.step,
+                     final_loss=final.loss if final else float("nan"),
+                     images_per_s=images_seen / train_seconds if train_seconds > 0 and images_seen else 0.0,
+                     train_seconds=train_seconds, resumed_from=resumed_from, history=history, stopped_early=stopped,
+                     early_stopped=run.stop.early_stopped, best_val_ap=run.stop.best_ap,
+                     best_val_epoch=run.stop.best_epoch)
 
 
 @torch.no_grad()

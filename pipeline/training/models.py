@@ -2,6 +2,7 @@
 
 `build_model(name, num_classes, weights="")` returns an nn.Module with random initialisation, or the state
 dict of a local weights file. For detection, `num_classes` counts the background class (K + 1).
+`save_trained` writes a trained model's `model.pt` (docs/architecture.md); `load_trained` reads it back.
 """
 from __future__ import annotations
 
@@ -77,6 +78,25 @@ def build_model(name: str, num_classes: int, image_size: int | None = None, weig
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         model.load_state_dict(state)
     return model
+
+
+def save_trained(path, model: torch.nn.Module, name: str, image_size: int, categories: list[dict],
+                 dataset_hash: str | None = None) -> None:
+    """Write the `model.pt` that `load_trained` reads (format in docs/architecture.md): the registry `name`,
+    the input side, the `categories` ({"id", "name"}, model label i being categories[i-1], 0 background), the
+    weights on the CPU and, when given, the hash of the dataset snapshot trained on."""
+    categories = [{"id": c["id"], "name": c["name"]} for c in categories]
+    blob = {
+        "model": name,
+        "num_classes": len(categories) + 1,
+        "image_size": image_size,
+        "categories": categories,
+        "label_to_category": [c["id"] for c in categories],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if dataset_hash is not None:
+        blob["dataset_hash"] = dataset_hash
+    torch.save(blob, path)
 
 
 def load_trained(path: str, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -195,23 +195,34 @@ class S3Backend:
         from botocore.exceptions import ClientError
 
         full = self.store._key(key)
+        where = f"s3://{self.store.bucket}/{full}"
+        etag = self._acquire(full, where, timeout_s, ttl_s)
+        lease, stop = Lease(where), threading.Event()
+        current = {"etag": etag, "expires_at": time.time() + ttl_s}
+        renewer = threading.Thread(target=self._renew, args=(full, where, ttl_s, lease, stop, current),
+                                   name="nightshift-lock-lease", daemon=True)
+        renewer.start()
+        try:
+            yield lease
+        finally:
+            stop.set()
+            renewer.join()
+            try:
+                self.client.delete_object(Bucket=self.store.bucket, Key=full, IfMatch=current["etag"])
+            except ClientError as exc:
+                log.warning("%s: lock was no longer ours on release (%s)", where, exc)
+
+    def _acquire(self, full: str, where: str, timeout_s: float, ttl_s: float) -> str:
+        """Create the lock object, breaking a stale one, until `timeout_s` has passed: returns its ETag."""
+        from botocore.exceptions import ClientError
+
         bucket = self.store.bucket
-        where = f"s3://{bucket}/{full}"
         deadline = time.monotonic() + timeout_s
-
-        def body() -> bytes:
-            return json.dumps({"owner": _owner(), "host": socket.gethostname(), "pid": os.getpid(),
-                               "pidns": _pid_namespace(), "expires_at": time.time() + ttl_s}).encode()
-
-        def status(exc: ClientError):
-            return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-
         while True:
             try:
-                etag = self.client.put_object(Bucket=bucket, Key=full, Body=body(), IfNoneMatch="*")["ETag"]
-                break
+                return self.client.put_object(Bucket=bucket, Key=full, Body=_lock_body(ttl_s), IfNoneMatch="*")["ETag"]
             except ClientError as exc:
-                if status(exc) not in (409, 412):
+                if _status(exc) not in (409, 412):
                     raise
             try:
                 held = self.client.get_object(Bucket=bucket, Key=full)
@@ -230,7 +241,7 @@ class S3Backend:
                 try:
                     self.client.delete_object(Bucket=bucket, Key=full, IfMatch=held["ETag"])
                 except ClientError as exc:  # another waiter broke it first, or it was renewed
-                    if status(exc) not in (404, 409, 412):
+                    if _status(exc) not in (404, 409, 412):
                         raise
                 continue
             if time.monotonic() > deadline:
@@ -238,40 +249,40 @@ class S3Backend:
                                   f"{timeout_s:g}s", uri=where)
             time.sleep(0.2)
 
-        lease, stop = Lease(where), threading.Event()
-        current = {"etag": etag, "expires_at": time.time() + ttl_s}
+    def _renew(self, full: str, where: str, ttl_s: float, lease: Lease, stop: threading.Event,
+               current: dict) -> None:
+        """The renewing thread: every ttl/3 a put conditional on the lock's ETag, until `stop`; marks the lease
+        lost when someone replaced the lock or it could not be renewed before it lapsed."""
+        from botocore.exceptions import ClientError
 
-        def renew() -> None:
-            while not stop.wait(ttl_s / 3):
-                try:
-                    new_body = body()
-                    current["etag"] = self.client.put_object(Bucket=bucket, Key=full, Body=new_body,
-                                                             IfMatch=current["etag"])["ETag"]
-                    current["expires_at"] = json.loads(new_body)["expires_at"]
-                except ClientError as exc:
-                    if status(exc) in (404, 409, 412):  # deleted or replaced: someone broke our lease
-                        lease.lost = f"broken by another process ({exc.response.get('Error', {}).get('Code')})"
-                        log.error("%s: %s", where, lease.lost)
-                        return
-                    log.warning("%s: renewing the lock failed (%s); retrying", where, exc)
-                except Exception as exc:  # noqa: BLE001 - a network error: retry until the lease lapses
-                    log.warning("%s: renewing the lock failed (%s); retrying", where, type(exc).__name__)
-                if time.time() > current["expires_at"]:
-                    lease.lost = "lease lapsed: it could not be renewed in time"
+        while not stop.wait(ttl_s / 3):
+            try:
+                new_body = _lock_body(ttl_s)
+                current["etag"] = self.client.put_object(Bucket=self.store.bucket, Key=full, Body=new_body,
+                                                         IfMatch=current["etag"])["ETag"]
+                current["expires_at"] = json.loads(new_body)["expires_at"]
+            except ClientError as exc:
+                if _status(exc) in (404, 409, 412):  # deleted or replaced: someone broke our lease
+                    lease.lost = f"broken by another process ({exc.response.get('Error', {}).get('Code')})"
                     log.error("%s: %s", where, lease.lost)
                     return
+                log.warning("%s: renewing the lock failed (%s); retrying", where, exc)
+            except Exception as exc:  # noqa: BLE001 - a network error: retry until the lease lapses
+                log.warning("%s: renewing the lock failed (%s); retrying", where, type(exc).__name__)
+            if time.time() > current["expires_at"]:
+                lease.lost = "lease lapsed: it could not be renewed in time"
+                log.error("%s: %s", where, lease.lost)
+                return
 
-        renewer = threading.Thread(target=renew, name="nightshift-lock-lease", daemon=True)
-        renewer.start()
-        try:
-            yield lease
-        finally:
-            stop.set()
-            renewer.join()
-            try:
-                self.client.delete_object(Bucket=bucket, Key=full, IfMatch=current["etag"])
-            except ClientError as exc:
-                log.warning("%s: lock was no longer ours on release (%s)", where, exc)
+
+def _lock_body(ttl_s: float) -> bytes:
+    """What an S3 lock object holds: who holds it, and until when its lease runs."""
+    return json.dumps({"owner": _owner(), "host": socket.gethostname(), "pid": os.getpid(),
+                       "pidns": _pid_namespace(), "expires_at": time.time() + ttl_s}).encode()
+
+
+def _status(exc) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
 
 
 def open_backend(location: str, endpoint_url: str = ""):

@@ -157,3 +157,82 @@ def test_weight_ema_ramps_its_decay_and_copies_integer_buffers():
     restored = WeightEma(torch.nn.BatchNorm1d(2), decay=0.99)
     restored.load_state_dict(ema.state_dict())
     assert restored.updates == 1 and torch.equal(restored.state["weight"], ema.state["weight"])
+
+
+def test_the_step_without_amp_is_plain_backward_clip_and_step():
+    """MixedPrecision disabled (CPU, or train.amp=false) must leave the one optimisation step exactly the
+    plain one: no scaling, clipping on the true gradients, and no scaler state in checkpoints."""
+    from pipeline.training.engine import MixedPrecision, _optimise
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 3)
+    b = torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.AdamW(a.parameters(), lr=0.1)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=0.1)
+    amp = MixedPrecision(False, torch.device("cpu"))
+    x = torch.randn(8, 4) * 50  # large gradients, so that clipping to 0.5 changes them
+    for _ in range(3):
+        with amp.autocast():
+            loss = a(x).pow(2).sum()
+        _optimise(loss, opt_a, amp, a.parameters(), grad_clip=0.5)
+        opt_b.zero_grad(set_to_none=True)
+        b(x).pow(2).sum().backward()
+        torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5)
+        opt_b.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert amp.checkpointed() is None and not amp.enabled
+
+
+def test_stop_policy_counts_steps_patience_and_round_trips_through_a_checkpoint():
+    from pipeline.training.engine import StopPolicy
+
+    stop = StopPolicy(max_steps=5, patience=2)
+    assert not stop.steps_done(4) and stop.steps_done(5)
+    assert not StopPolicy().steps_done(10**6)  # max_steps 0: no limit
+    stop.record(1, 0.2)
+    stop.record(2, 0.1)  # worse: the best stays at epoch 1
+    assert (stop.best_ap, stop.best_epoch) == (0.2, 1)
+    assert not stop.out_of_patience(2) and stop.out_of_patience(3)
+    assert not StopPolicy(patience=0).out_of_patience(100)
+    first = StopPolicy()
+    first.record(1, None)  # no AP (no detections at all) counts as -1, so any real AP improves on it
+    assert first.best_ap == -1.0
+    restored = StopPolicy(max_steps=5, patience=2)
+    restored.load_state(stop.state())
+    assert restored == stop
+    assert stop.state() == {"best_ap": 0.2, "best_epoch": 1, "early_stopped": False}
+
+
+@pytest.mark.usefixtures("keep_torch_settings")
+def test_fit_is_deterministic_for_a_seed(tmp_path, split_dataset):
+    """Two short CPU fits with the same seed (EMA, mid-epoch checkpoints, val evaluation and BatchNorm
+    recalibration on) give the same losses, val metrics and weights."""
+    from pipeline.config import TrainConfig
+    from pipeline.training.distributed import DistInfo
+    from pipeline.training.engine import fit, seed_everything
+
+    data = split_dataset(tmp_path / "ds", 64)
+    torch.set_num_threads(1)
+    cfg = TrainConfig(image_size=64, batch_size=4, epochs=2, warmup_steps=2, seed=3, ema_decay=0.9,
+                      checkpoint_every_steps=3, eval_every_epochs=1, bn_calibration_images=8)
+    info = DistInfo(0, 1, 0, torch.device("cpu"), "")
+    val_set = CanonicalDataset(data, "val", 64)
+    from pipeline.datasets.canonical import load_coco, split_coco
+    val_gt = split_coco(load_coco(data), "val")
+
+    def once(name):
+        seed_everything(cfg.seed, True)
+        train_set = CanonicalDataset(data, "train", 64)
+        model = build_model(cfg.model, train_set.num_classes + 1, 64)
+        result = fit(model, train_set, cfg, info, LocalStore(tmp_path / name), "ckpt.pt", "fp", progress=False,
+                     val_set=val_set, val_gt=val_gt)
+        return result, model.state_dict()
+
+    first, weights = once("a")
+    second, again = once("b")
+    assert first.steps == second.steps == 8 and first.epochs_run == 2
+    assert [(s.loss, s.lr, s.components, s.val) for s in first.history] == \
+        [(s.loss, s.lr, s.components, s.val) for s in second.history]
+    assert all(s.val for s in first.history) and first.best_val_epoch in (1, 2)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
