@@ -15,6 +15,7 @@ from pipeline.export.onnx_export import compare_detections, export_onnx, io_spec
 from pipeline.export.detector import unpad
 from pipeline.training.models import build_model
 from pipeline.triton import config as tconfig
+from tests.helpers import he_init_backbone
 
 SIZE = 160
 
@@ -24,10 +25,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3_large", 4, SIZE).eval()
-    with torch.no_grad():  # He init: torchvision's untrained init ties every score
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    he_init_backbone(model)
     export_onnx(model, SIZE, root / "model.onnx")
     return root
 

@@ -16,6 +16,7 @@ from pipeline.report import build_report
 from pipeline.report.build import gather
 from pipeline.stages import gate
 from pipeline.store import LocalStore
+from tests.helpers import only_commands
 
 SIZE = 64
 
@@ -232,8 +233,7 @@ def test_report_is_logged_to_mlflow(store, dataset, tmp_path):
 
 @pytest.fixture
 def tools_only(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ())
-    monkeypatch.setattr(cli, "TOOLS", {"compare": "pipeline.report.compare"})
+    only_commands(monkeypatch, "compare")
 
 
 def test_compare_prints_both_runs_and_deltas(store, tools_only, capsys):
