@@ -1,6 +1,7 @@
 """TensorRT: the Triton config for a plan (everywhere), engine building and running (where TensorRT imports).
 
-The engine tests need `import tensorrt` and a CUDA GPU; elsewhere they are skipped with the reason.
+The engine tests need `import tensorrt` and a CUDA GPU (markers `tensorrt` and `gpu`, tests/conftest.py skips
+them with the reason where either is missing).
 """
 from __future__ import annotations
 
@@ -54,12 +55,13 @@ def test_tensorrt_is_in_the_table_exactly_when_it_imports():
 
 @pytest.fixture(scope="module")
 def trt():
-    module = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no GPU wheels on this machine)")
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT is installed but there is no CUDA GPU to build an engine on")
-    return module
+    import tensorrt  # the tests asking for it are marked `tensorrt` and `gpu`: skipped where either is missing
+
+    return tensorrt
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_fp16_engine_with_dynamic_batch_profile_and_timing_cache(trt, exported, tmp_path):
     from pipeline.export.tensorrt import TrtRunner, build_engine
 
@@ -83,6 +85,8 @@ def test_fp16_engine_with_dynamic_batch_profile_and_timing_cache(trt, exported, 
     assert stats["compared"] > 0 and stats["match_fraction"] >= 0.9, stats
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_int8_engine_calibrates_once_then_reuses_the_cache(trt, exported, tmp_path):
     from pipeline.export.tensorrt import TrtRunner, build_engine
 

@@ -75,6 +75,7 @@ def register_champion(cfg, model_pt):
 
 
 
+@pytest.mark.slow
 def test_first_run_without_champion(shared, tmp_path, only_evaluate, capsys):
     cfg = stage_inputs("eval-1", shared, tmp_path)
     argv = ["evaluate", "--run-id", "eval-1"] + [a for s in [*SETS, shared["tracking"]] for a in ("--set", s)]

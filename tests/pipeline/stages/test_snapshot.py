@@ -247,6 +247,7 @@ def blackhole():
         sock.close()
 
 
+@pytest.mark.slow
 def test_two_snapshots_at_once_each_record_the_hash_they_pushed(ingested, tmp_path, s3_server, nightshift_home):
     """Two real `nightshift snapshot` processes of different datasets into one DVC project and one S3 remote,
     the second started while the first is held at its push: the second waits for the project lock instead of
@@ -339,6 +340,7 @@ def test_an_outage_during_push_fails_in_bounded_time_and_keeps_data_dvc(capsys, 
     assert dvc_processes_in(repo) == []  # the killed pushes are gone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["dvc push", "after push"])
 def test_kill_9_during_or_after_the_push_keeps_the_previous_data_dvc(ingested, tags, tmp_path, s3_server, capsys,
                                                                    blackhole, point):

@@ -133,6 +133,7 @@ def ready_versions(server, name: str, candidates=(1, 2, 3)) -> list[int]:
         return [v for v in candidates if http.is_model_ready(name, str(v))]
 
 
+@pytest.mark.slow
 def test_promote_loads_smoke_tests_then_moves_the_alias_and_a_failed_load_changes_nothing(server, shared, upstream):
     from pipeline.stages import promote
 
