@@ -129,7 +129,7 @@ def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export, monkeyp
 @pytest.mark.slow
 def test_faster_rcnn_ships_through_the_same_checks(shared, tmp_path, only_export):
     """Not only SSDlite: a Faster R-CNN model.pt goes through export, its parity and output checks, and the
-    TensorRT operator check (tests/pipeline/export/test_detectors.py covers the other architectures)."""
+    TensorRT operator check (tests/pipeline/export/test_detector.py covers the other architectures)."""
     from pipeline.export.bench import representative
 
     cfg = stage_inputs("night-3", shared, tmp_path)
