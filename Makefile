@@ -47,7 +47,8 @@ venv-triton: .venv-triton/.installed  ## create the Triton server test environme
 envs: .venv-pipeline/.installed .venv-airflow/.installed  ## create the locked environments
 
 # headless Chromium from Debian's packages, for the browser check of Airflow's trigger form
-# (tests/integration/test_airflow_scheduler.py); installed with apt-get (as root, else through sudo) when missing
+# (tests/integration/test_airflow_scheduler.py) and of every HTML page (tests/html_page.py: those tests skip
+# without it); installed with apt-get (as root, else through sudo) when missing
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:  ## install Debian's chromium for the trigger-form test, when it is missing
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \

@@ -7,14 +7,13 @@ with `source="auto"` and `review="missing box ..."` for the reviewer to keep or 
 """
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Callable
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from pipeline.audit.scoring import MISSING, Item
-from pipeline.report.weekly import TEMPLATES
+from pipeline.report import pages
 
 REVIEW = "review"
 
@@ -42,20 +41,16 @@ def _crop(raw: bytes, item: Item, margin: float = 0.6, side: int = 160) -> str |
     crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))))
     buf = io.BytesIO()
     crop.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return pages.data_uri(buf.getvalue(), "image/jpeg")
 
 
 def html_page(items: list[Item], counts: dict, read_image: Callable[[str], bytes | None], title: str,
               model: str) -> str:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
     rows = []
     for rank, item in enumerate(items, 1):
         raw = read_image(item.file_name)
         rows.append({"rank": rank, **item.to_dict(), "crop": _crop(raw, item) if raw else None})
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("audit.html.j2").render(title=title, items=rows, counts=counts, model=model)
+    return pages.render("audit.html.j2", title=title, items=rows, counts=counts, model=model)
 
 
 def _fmt(v: float) -> str:

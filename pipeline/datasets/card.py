@@ -8,13 +8,13 @@ to runs/<run_id>/snapshot/card.html and card.md.
 """
 from __future__ import annotations
 
-import base64
-import html
 import io
 from pathlib import Path
 from typing import Callable
 
 from pipeline.datasets import canonical_io
+from pipeline.report import pages
+from pipeline.report.pages import data_uri
 
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
@@ -58,10 +58,6 @@ def _sample_jpeg(raw: bytes, boxes: list[tuple[list[float], str, bool]], names: 
     return buf.getvalue()
 
 
-def _uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
 def split_method(coco: dict) -> str:
     """Which splits the dataset uses, as ingest recorded it in annotations.json's info (data.splits)."""
     how = (coco.get("info") or {}).get("splits", "hash")
@@ -87,8 +83,8 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     widths = [int(im.get("width") or 0) for im in coco["images"]]
     heights = [int(im.get("height") or 0) for im in coco["images"]]
-    hists = [("Image widths", _uri(_histogram_png(widths, "Image widths"), "image/png")),
-             ("Image heights", _uri(_histogram_png(heights, "Image heights"), "image/png"))] if widths else []
+    hists = [("Image widths", data_uri(_histogram_png(widths, "Image widths"), "image/png")),
+             ("Image heights", data_uri(_histogram_png(heights, "Image heights"), "image/png"))] if widths else []
     cat_name = {c["id"]: c["name"] for c in coco["categories"]}
     by_image: dict[int, list] = {}
     picked = pick_samples(coco, samples)
@@ -102,7 +98,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
         raw = read_image(im["file_name"])
         jpeg = _sample_jpeg(raw, by_image.get(im["id"], []), names) if raw else None
         if jpeg:
-            sample_uris.append((im["file_name"], im.get("split", ""), _uri(jpeg, "image/jpeg")))
+            sample_uris.append((im["file_name"], im.get("split", ""), data_uri(jpeg, "image/jpeg")))
 
     split_rows = [(s, v["images"], v["annotations"]) for s, v in counts["per_split"].items()]
     split_line = split_method(coco)
@@ -119,26 +115,9 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     summary = (f"{counts['images']} images, {counts['annotations']} boxes, {len(names)} classes"
                + (f", {counts['ignore_regions']} ignore regions" if counts["ignore_regions"] else ""))
 
-    e = html.escape
-    h = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", f"<title>{e(title)}</title><style>",
-         "body{font-family:system-ui,sans-serif;margin:2rem;color:#1d2330}table{border-collapse:collapse}"
-         "th,td{border-bottom:1px solid #ddd;padding:.3rem .6rem;text-align:right}th:first-child,td:first-child"
-         "{text-align:left}figure{display:inline-block;margin:.4rem}figcaption{font-size:.75rem;color:#555}"
-         "code{font-size:.85rem}", "</style></head><body>", f"<h1>{e(title)}</h1>",
-         f"<p>Dataset hash <code>{e(dataset_hash or 'not snapshotted')}</code> &middot; {e(summary)}</p>",
-         f"<h2>Validation</h2><p>{e(vline)}</p>", f"<h2>Label audit</h2><p>{e(aline)}</p>",
-         "<h2>Splits</h2><table><tr><th>split</th><th>images</th><th>boxes</th></tr>"]
-    h += [f"<tr><td>{e(s)}</td><td>{i}</td><td>{a}</td></tr>" for s, i, a in split_rows]
-    h.append(f"</table><p>{e(split_line)}</p><h2>Classes (boxes)</h2><table><tr><th>class</th>"
-             + "".join(f"<th>{s}</th>" for s in (*canonical_io.SPLITS, "total")) + "</tr>")
-    h += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in class_rows]
-    h.append("</table><h2>Image sizes</h2>")
-    h += [f"<img alt='{e(t)}' src='{u}'>" for t, u in hists]
-    h.append("<h2>Samples</h2>")
-    h += [f"<figure><img alt='{e(n)}' src='{u}'><figcaption>{e(n)} ({e(s)})</figcaption></figure>"
-          for n, s, u in sample_uris]
-    h.append("</body></html>")
-
+    page = pages.render("card.html.j2", title=title, dataset_hash=dataset_hash, summary=summary, validation=vline,
+                        audit=aline, split_rows=split_rows, split_line=split_line, class_rows=class_rows,
+                        class_columns=(*canonical_io.SPLITS, "total"), histograms=hists, samples=sample_uris)
     md = [f"# {title}", "", f"Dataset hash `{dataset_hash or 'not snapshotted'}`: {summary}.", "",
           "## Validation", "", vline, "", "## Label audit", "", aline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
     md += [f"| {s} | {i} | {a} |" for s, i, a in split_rows]
@@ -148,7 +127,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in class_rows]
     md += ["", "## Image sizes", ""] + [f"![{t}]({u})" for t, u in hists]
     md += ["", "## Samples", ""] + [f"![{n} ({s})]({u})" for n, s, u in sample_uris]
-    return "\n".join(h), "\n".join(md) + "\n"
+    return page, "\n".join(md) + "\n"
 
 
 def audit_line(audit: dict | None) -> str:

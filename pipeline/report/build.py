@@ -7,53 +7,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.report.data import ReportData, Sample
 from pipeline.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote")
 CARD_PLACES = (("snapshot", "card.md"),)  # the snapshot stage writes the dataset card
-
-
-@dataclass
-class Sample:
-    image_id: int
-    file_name: str
-    f1: float
-    tp: int
-    fp: int
-    fn: int
-    png: bytes
-
-
-@dataclass
-class ReportData:
-    """Everything the renderers need; None/empty where a stage did not run or left nothing."""
-
-    run_id: str  # the store's key (pipeline.context.safe_run_id)
-    run_url: str  # the run's folder in the artifact store
-    airflow_run_id: str = ""  # Airflow's own run id when the run came from a DAG (kept in every stage result)
-    results: dict[str, dict] = field(default_factory=dict)  # stage -> result.json
-    metrics: dict | None = None  # evaluate/metrics.json
-    plots: dict[str, bytes] = field(default_factory=dict)  # "pr_curve" / "confusion_matrix" -> PNG
-    best: list[Sample] = field(default_factory=list)
-    worst: list[Sample] = field(default_factory=list)
-    samples_note: str = ""
-    score_threshold: float = 0.3
-    export_report: dict | None = None
-    validate_report: dict | None = None
-    data_docs_url: str = ""
-    dataset_card: str = ""
-    gate_checks: list[dict] = field(default_factory=list)
-    deployment_checks: list[dict] = field(default_factory=list)
-    deployment_note: str = ""
-    decision: str = "hold"  # "promote" or "hold"
-    reasons: list[str] = field(default_factory=list)
-    mlflow_url: str = ""
 
 
 class _Run:

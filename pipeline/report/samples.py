@@ -6,7 +6,6 @@ found scores 1. Ground truth is drawn in green, detections that match it in blue
 """
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass
 
@@ -90,7 +89,3 @@ def draw(image_bytes: bytes, sample: ImageScore, names: dict[int, str]) -> bytes
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -14,7 +14,6 @@ nightshift.report=weekly; a chat summary links to it. `--since` takes 7d, 36h or
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import logging
@@ -23,13 +22,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.report import pages
 
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "validate", "snapshot", "changed", "train", "evaluate", "gate", "export", "promote", "notify")
 REPORT_TAG = "nightshift.report"
 REPRODUCTION_PREFIX = "reproduce-"
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 _SINCE = re.compile(r"^\s*(\d+)\s*([dhw])\s*$")
 
 
@@ -332,7 +331,7 @@ def _png(fig) -> str:
     fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return pages.data_uri(buf.getvalue())
 
 
 def plots(week: dict) -> list[dict]:
@@ -394,12 +393,7 @@ def plots(week: dict) -> list[dict]:
 
 
 def render(week: dict) -> str:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda v, fmt="{:.3f}": "n/a" if v is None else fmt.format(v)
-    return env.get_template("weekly.html.j2").render(week=week, plots=plots(week))
+    return pages.render("weekly.html.j2", week=week, plots=plots(week))
 
 
 def summary_text(week: dict, link: str) -> str:

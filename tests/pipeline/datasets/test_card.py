@@ -6,11 +6,13 @@ import io
 import json
 import re
 
+import pytest
 from PIL import Image
 
 from pipeline.cli import main
 from pipeline.datasets import card
 from pipeline.datasets.synthetic import generate
+from tests.html_page import assert_self_contained, browser_problems, chromium, parse
 
 
 def test_card_from_a_canonical_dataset(tmp_path, capsys):
@@ -45,3 +47,57 @@ def test_same_dataset_same_samples(tmp_path):
             "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 2, 2], "iscrowd": 0}
                             for i in range(10)], "categories": [{"id": 1, "name": "a"}]}
     assert [im["id"] for im in card.pick_samples(coco, 3)] == [0, 3, 6]
+
+
+EVIL = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    root = tmp_path_factory.mktemp("card")
+    generate(root / "export", num_images=12, seed=4)
+    assert main(["ingest", "--source", str(root / "export"), "--out", str(root / "ds")]) == 0
+    return json.loads((root / "ds" / "annotations.json").read_text()), root / "ds" / "images"
+
+
+def test_card_page_tables_match_the_markdown(ingested):
+    coco, images = ingested
+    page, md = card.build(coco, lambda n: (images / n).read_bytes(), dataset_hash="d41d.dir", samples=2,
+                          title="Dataset card: run r1")
+    parsed = parse(page)
+    assert parsed.title == "Dataset card: run r1"
+    assert "Dataset hash d41d.dir" in parsed.text
+    for heading in ("Validation", "Label audit", "Splits", "Classes (boxes)", "Image sizes", "Samples"):
+        assert f"## {heading}" in md and heading in parsed.text
+    # every Markdown table row is a row of the page, cell for cell
+    md_rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+               if line.startswith("| ") and not line.startswith("|---")]
+    assert md_rows == parsed.rows()
+    assert "not validated in this run" in parsed.text and "not audited in this run" in parsed.text
+    assert_self_contained(page)
+
+
+def test_class_and_file_names_are_escaped(ingested):
+    coco, images = ingested
+    coco = json.loads(json.dumps(coco))
+    coco["categories"][0]["name"] = EVIL
+    on_disk = {}
+    for im in coco["images"]:
+        on_disk[f"{EVIL}{im['file_name']}"] = im["file_name"]
+        im["file_name"] = f"{EVIL}{im['file_name']}"
+    page, _ = card.build(coco, lambda n: (images / on_disk[n]).read_bytes(), dataset_hash=EVIL, samples=2,
+                         title=f"Card of {EVIL}", validation={"passed": False, "checks": 3, "failed_checks": [EVIL]})
+    assert "<script" not in page
+    parsed = parse(page)
+    assert parsed.title == f"Card of {EVIL}" and f"Dataset hash {EVIL}" in parsed.text
+    assert [row[0] for row in parsed.rows()].count(EVIL) == 1  # the class row
+    assert f"FAILED: 3 checks, failed: {EVIL}" in parsed.text
+    assert sum(img["alt"].startswith(EVIL) for img in parsed.imgs) == 2  # the samples' file names
+    assert_self_contained(page)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium (make browser installs it)")
+def test_card_renders_in_a_browser_without_errors(ingested, tmp_path):
+    coco, images = ingested
+    page, _ = card.build(coco, lambda n: (images / n).read_bytes(), samples=3)
+    assert browser_problems(page, tmp_path) == ["images: 5"]  # two histograms, three samples

@@ -6,7 +6,6 @@ import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from pipeline.stages import evaluate, gate, promote
 from pipeline.stages.rollback import ROLLED_BACK_TAG
 from pipeline.training.reproduce import REPRODUCTION_TAG
 from tests.helpers import last_result, only_commands
+from tests.html_page import assert_self_contained, browser_problems, chromium, parse
 
 CLASSES = ("circle", "square", "triangle")
 NOW = datetime.now(UTC)
@@ -174,22 +174,6 @@ def week(tmp_path):
     return cfg
 
 
-class Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.imgs, self.refs, self.sections = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "img":
-            self.imgs.append(attrs.get("src", ""))
-        for name in ("src", "href", "action", "data", "poster"):
-            if attrs.get(name):
-                self.refs.append(attrs[name])
-        if tag == "h2":
-            self.sections.append(attrs.get("id"))
-
-
 def test_every_section_matches_the_synthetic_week(week, capsys):
     cfg = week
     start = NOW - timedelta(days=7, hours=1)
@@ -253,15 +237,16 @@ def test_the_command_writes_a_self_contained_page_logs_it_and_announces_it(week,
     assert result["runs"] == 7 and result["promoted"] == 3
 
     page = out.read_text()
-    parser = Page()
-    parser.feed(page)
-    assert parser.sections == ["runs", "champion", "metrics", "inference", "lead-time", "reproducibility", "data"]
+    parsed = parse(page)
+    sections = [attrs.get("id") for tag, attrs in parsed.tags if tag == "h2"]
+    assert sections == ["runs", "champion", "metrics", "inference", "lead-time", "reproducibility", "data"]
     # every plot is an embedded PNG; nothing is fetched from anywhere
-    assert len(parser.imgs) == 4
-    for src in parser.imgs:
+    imgs = [img["src"] for img in parsed.imgs]
+    assert len(imgs) == 4
+    for src in imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert all(ref.startswith(("data:", "#")) for ref in parser.refs), parser.refs
+    assert all(ref.startswith(("data:", "#")) for ref in parsed.refs), parsed.refs
     assert not re.search(r"(?:https?:)?//[A-Za-z0-9]", re.sub(r"data:[^\"']+", "", page)), "an external URL"
     for run_id in (f"night-{i}" for i in range(1, 8)):
         assert run_id in page
@@ -294,3 +279,11 @@ def test_outcome_of_a_run_still_going_and_an_export_refusal():
     refused = weekly.outcome({"gate": {"status": "ok", "passed": True},
                               "export": {"status": "gate_failed", "failures": [{"check": "latency_p95_ms_max"}]}})
     assert refused["outcome"] == "held" and refused["failed_checks"] == ["latency_p95_ms_max"]
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium (make browser installs it)")
+def test_the_page_renders_in_a_browser_without_errors(week, tmp_path):
+    data = weekly.collect(week, NOW - timedelta(days=7, hours=1), datetime.now(UTC) + timedelta(seconds=1))
+    page = weekly.render(data)
+    assert_self_contained(page)
+    assert browser_problems(page, tmp_path) == ["images: 4"]
