@@ -1,10 +1,38 @@
 """Shared fixtures: every test gets its own Nightshift workspace, so nothing touches ./.nightshift."""
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 
 import pytest
+
+
+# -- markers that say what a test needs (pyproject.toml declares them); `make test` runs every test, and one
+# whose need is missing here is skipped saying which -------------------------------------------------------------
+
+@functools.cache
+def _tensorrt_missing() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:  # PyPI's tensorrt wheels are stubs that fetch from NVIDIA's index: none here
+        return f"TensorRT is not installed ({exc})"
+    return None
+
+
+@functools.cache
+def _gpu_missing() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU on this machine"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Skip a `tensorrt` or `gpu` test before its fixtures are built (they export models) where it cannot run."""
+    for marker, missing in (("tensorrt", _tensorrt_missing), ("gpu", _gpu_missing)):
+        if item.get_closest_marker(marker) and (reason := missing()):
+            pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

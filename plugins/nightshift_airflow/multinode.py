@@ -294,9 +294,9 @@ class NightshiftTrainOperator(pods.NightshiftPodOperator):
         try:
             if launcher == "indexed-job":
                 job, service = docs
-                created = batch.create_namespaced_job(ns, job)
-                uid = created["metadata"]["uid"] if isinstance(created, dict) else created.metadata.uid
-                core.create_namespaced_service(ns, owned_by(service, "Job", "batch/v1", job["metadata"]["name"], uid))
+                created = batch.create_namespaced_job(ns, job)  # a V1Job
+                core.create_namespaced_service(ns, owned_by(service, "Job", "batch/v1", job["metadata"]["name"],
+                                                            created.metadata.uid))
             else:
                 custom.create_namespaced_custom_object(TRAINER_GROUP, TRAINER_VERSION, ns, TRAINER_PLURAL, docs[0])
         except ApiException as exc:
@@ -308,8 +308,9 @@ class NightshiftTrainOperator(pods.NightshiftPodOperator):
     def status(self, launcher: str, name: str) -> dict:
         batch, _, custom = self.clients()
         if launcher == "indexed-job":
-            obj = batch.read_namespaced_job_status(name, self.namespace)
-            return _plain(obj).get("status") or {} if not isinstance(obj, dict) else obj.get("status") or {}
+            # a V1Job, read as the API's JSON so both launchers' conditions look alike
+            return _plain(batch.read_namespaced_job_status(name, self.namespace)).get("status") or {}
+        # the custom-objects API returns the API's JSON as a dict
         obj = custom.get_namespaced_custom_object_status(TRAINER_GROUP, TRAINER_VERSION, self.namespace,
                                                          TRAINER_PLURAL, name)
         return obj.get("status") or {}
@@ -338,13 +339,12 @@ class NightshiftTrainOperator(pods.NightshiftPodOperator):
     def rank0_result(self, launcher: str, name: str) -> tuple[dict | None, list[str]]:
         """The last NIGHTSHIFT_RESULT line in node 0's log, and the log's tail for the task log."""
         _, core, _ = self.clients()
-        listed = core.list_namespaced_pod(self.namespace, label_selector=self.rank0_selector(launcher, name))
-        items = listed["items"] if isinstance(listed, dict) else listed.items
+        items = core.list_namespaced_pod(self.namespace, label_selector=self.rank0_selector(launcher, name)).items
         if not items:
             self.log.warning("%s: no pod for node 0 found", name)
             return None, []
         pod = items[-1]
-        pod_name = pod["metadata"]["name"] if isinstance(pod, dict) else pod.metadata.name
+        pod_name = pod.metadata.name
         container = CONTAINER if launcher == "indexed-job" else TRAINER_NODE
         text = core.read_namespaced_pod_log(pod_name, self.namespace, container=container,
                                             tail_lines=LOG_TAIL_LINES)

@@ -278,48 +278,73 @@ def test_training_runtime_matches_the_trainjob():
 
 # -- the operator against a fake Kubernetes API ---------------------------------------------------------------
 class FakeApi:
-    """BatchV1Api + CoreV1Api + CustomObjectsApi, recording calls; the job finishes after `polls` polls."""
+    """BatchV1Api + CoreV1Api + CustomObjectsApi, recording calls; the job finishes after `polls` polls.
 
-    def __init__(self, *, succeed=True, log="", polls=2):
+    Returns what the real client returns: `kubernetes.client` models from the batch and core APIs, plain dicts
+    (the API's JSON) from the custom-objects API.
+    """
+
+    def __init__(self, *, succeed=True, log="", polls=2, pods=("node-0",)):
         self.calls: list[tuple] = []
-        self.succeed, self.log_text, self.polls = succeed, log, polls
+        self.succeed, self.log_text, self.polls, self.pods = succeed, log, polls, pods
 
     def create_namespaced_job(self, ns, body):
+        from kubernetes.client import V1Job, V1ObjectMeta
+
         self.calls.append(("create_job", ns, body))
-        return {"metadata": {"uid": "uid-123", "name": body["metadata"]["name"]}}
+        return V1Job(api_version="batch/v1", kind="Job",
+                     metadata=V1ObjectMeta(name=body["metadata"]["name"], namespace=ns, uid="uid-123"))
 
     def create_namespaced_service(self, ns, body):
+        from kubernetes.client import V1ObjectMeta, V1Service
+
         self.calls.append(("create_service", ns, body))
+        return V1Service(api_version="v1", kind="Service",
+                         metadata=V1ObjectMeta(name=body["metadata"]["name"], namespace=ns, uid="uid-456"))
 
     def create_namespaced_custom_object(self, group, version, ns, plural, body):
         self.calls.append(("create_custom", ns, body))
+        return dict(body, metadata=dict(body["metadata"], uid="uid-789"))
 
-    def _status(self):
+    def _conditions(self) -> tuple[int, list[tuple[str, str]]]:
+        """(active pods, [(condition type, status)]) at this poll."""
         self.polls -= 1
         if self.polls > 0:
-            return {"active": 2}
-        kind = "Complete" if self.succeed else "Failed"
-        return {"conditions": [{"type": kind, "status": "True"}]}
+            return 2, []
+        return 0, [("Complete" if self.succeed else "Failed", "True")]
 
     def read_namespaced_job_status(self, name, ns):
-        return {"status": self._status()}
+        from kubernetes.client import V1Job, V1JobCondition, V1JobStatus, V1ObjectMeta
+
+        active, conditions = self._conditions()
+        status = V1JobStatus(active=active or None,
+                             conditions=[V1JobCondition(type=t, status=s) for t, s in conditions] or None)
+        return V1Job(metadata=V1ObjectMeta(name=name, namespace=ns), status=status)
 
     def get_namespaced_custom_object_status(self, group, version, ns, plural, name):
-        return {"status": self._status()}
+        _, conditions = self._conditions()
+        return {"metadata": {"name": name, "namespace": ns},
+                "status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}
 
     def list_namespaced_pod(self, ns, label_selector):
+        from kubernetes.client import V1ObjectMeta, V1Pod, V1PodList
+
         self.calls.append(("list_pods", label_selector))
-        return {"items": [{"metadata": {"name": "node-0"}}]}
+        return V1PodList(items=[V1Pod(metadata=V1ObjectMeta(name=name, namespace=ns)) for name in self.pods])
 
     def read_namespaced_pod_log(self, name, ns, container, tail_lines):
         self.calls.append(("log", name, container))
         return self.log_text
 
     def delete_namespaced_job(self, name, ns, propagation_policy):
+        from kubernetes.client import V1Status
+
         self.calls.append(("delete_job", name, propagation_policy))
+        return V1Status(status="Success")
 
     def delete_namespaced_custom_object(self, group, version, ns, plural, name, propagation_policy):
         self.calls.append(("delete_custom", name, propagation_policy))
+        return {"status": "Success"}
 
 
 def _with_fake(task, monkeypatch, api):
@@ -364,3 +389,26 @@ def test_success_without_result_is_an_error(mn_dagbag, monkeypatch):
     _with_fake(task, monkeypatch, FakeApi(log="no result here\n"))
     with pytest.raises(AirflowException, match="no NIGHTSHIFT_RESULT"):
         task.execute(context)
+
+
+def test_indexed_job_failure_reads_its_conditions_and_keeps_the_job(mn_dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    task, context = _train(mn_dagbag, dict(TRIGGER, train_launcher="indexed-job"))
+    line = 'NIGHTSHIFT_RESULT {"status": "rejected", "error": "no image has split train", "exit_code": 3}'
+    api = FakeApi(succeed=False, log=f"{line}\n", polls=3)
+    _with_fake(task, monkeypatch, api)
+    with pytest.raises(AirflowFailException, match="no image has split train"):
+        task.execute(context)
+    assert [c[0] for c in api.calls] == ["create_job", "create_service", "list_pods", "log"]  # kept for its logs
+
+
+def test_success_without_a_node_0_pod_is_an_error(mn_dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowException
+
+    task, context = _train(mn_dagbag, dict(TRIGGER, train_launcher="indexed-job"))
+    api = FakeApi(pods=())
+    _with_fake(task, monkeypatch, api)
+    with pytest.raises(AirflowException, match="no NIGHTSHIFT_RESULT"):
+        task.execute(context)
+    assert "log" not in [c[0] for c in api.calls]

@@ -1,45 +1,31 @@
 """The stage contract, exercised through a fake stage so it does not depend on any real stage."""
 import json
 import os
-import sys
-import types
 
 import pytest
 
 from pipeline import cli
 from pipeline.errors import GateFailed, InputRejected
 from pipeline.store import open_store
+from tests.helpers import add_fake_stage, last_result, result_line
 
 
 @pytest.fixture
 def fake_stage(monkeypatch):
-    module = types.ModuleType("pipeline.stages.fake")
-    module.__doc__ = "fake: a stage for testing the CLI contract."
-    module.calls = []
-    module.behaviour = "ok"
-
     def run(cfg, ctx):
-        module.calls.append(ctx.run_id)
-        if module.behaviour == "reject":
+        stage.calls.append(ctx.run_id)
+        if stage.behaviour == "reject":
             raise InputRejected("box is not 4 numbers", path="annotations.json", field="annotations[3].bbox")
-        if module.behaviour == "gate":
+        if stage.behaviour == "gate":
             raise GateFailed("2 gates failed", failures=[{"name": "map_min", "value": 0.1, "threshold": 0.3}])
-        if module.behaviour == "crash":
+        if stage.behaviour == "crash":
             raise RuntimeError("boom")
         ctx.publish_json({"epochs": cfg.train.epochs}, "out.json")
         return {"epochs": cfg.train.epochs}
 
-    module.run = run
-    monkeypatch.setitem(sys.modules, "pipeline.stages.fake", module)
-    monkeypatch.setattr(cli, "STAGES", ("fake",))
-    monkeypatch.setattr(cli, "TOOLS", {})
-    return module
-
-
-def _result(capsys):
-    out = capsys.readouterr().out
-    line = [l for l in out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
-    return json.loads(line[len(cli.RESULT_MARKER):])
+    stage = add_fake_stage(monkeypatch, "fake", run, "fake: a stage for testing the CLI contract.")
+    stage.calls, stage.behaviour = [], "ok"
+    return stage
 
 
 def _store():
@@ -53,7 +39,7 @@ def test_success_writes_result_config_and_reproduce(fake_stage, capsys, monkeypa
     xcom.mkdir()
     monkeypatch.setattr(cli, "XCOM_DIR", xcom)
     assert cli.main(["fake", "--run-id", "manual__2026-11-25T02:00:00+00:00", "--set", "train.epochs=2"]) == 0
-    result = _result(capsys)
+    result = last_result(capsys)
     assert result["status"] == "ok" and result["epochs"] == 2 and result["exit_code"] == 0
     run = result["run_id"]  # cleaned, with a hash of the original so it stays one-to-one
     assert run.startswith("manual__2026-11-25T02_00_00_00_00-")
@@ -79,8 +65,7 @@ def test_failures_map_to_exit_codes(fake_stage, capsys, behaviour, code, status)
     fake_stage.behaviour = behaviour
     assert cli.main(["fake", "--run-id", "r2"]) == code
     captured = capsys.readouterr()
-    result = json.loads([l for l in captured.out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
-                        [len(cli.RESULT_MARKER):])
+    result = result_line(captured.out)
     assert result["status"] == status
     if behaviour == "reject":
         assert "annotations.json: annotations[3].bbox: box is not 4 numbers" in captured.err
@@ -109,29 +94,24 @@ def test_help_lists_every_stage():
 
 # -- the MLflow link a failed stage leaves for its alert -------------------------------------------------------
 
-def _failed_result(capsys):
-    return json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
-                      [len(cli.RESULT_MARKER):])
-
-
 def test_failed_stage_links_its_mlflow_run(fake_stage, capsys, nightshift_home):
     from pipeline import tracking
     from pipeline.config import load_config
 
     fake_stage.behaviour = "gate"
     assert cli.main(["fake", "--run-id", "r-nolink"]) == 4
-    assert "mlflow_run_url" not in _failed_result(capsys)  # nothing logged yet: no link, and no database made
+    assert "mlflow_run_url" not in last_result(capsys)  # nothing logged yet: no link, and no database made
     assert not (nightshift_home / "mlflow.db").exists()
 
     cfg = load_config().resolved()
     mlrun = tracking.run_for(cfg, "r-link")  # what train and gate do on their way
     assert cli.main(["fake", "--run-id", "r-link"]) == 4
-    result = _failed_result(capsys)
+    result = last_result(capsys)
     assert result["status"] == "gate_failed" and result["failures"][0]["name"] == "map_min"
     assert result["mlflow_run_url"] == tracking.run_url(cfg, mlrun) and mlrun in result["mlflow_run_url"]
     fake_stage.behaviour = "crash"  # an unexpected error is linked too
     assert cli.main(["fake", "--run-id", "r-link"]) == 1
-    assert mlrun in _failed_result(capsys)["mlflow_run_url"]
+    assert mlrun in last_result(capsys)["mlflow_run_url"]
 
 
 def test_unreachable_tracking_server_never_masks_the_error(fake_stage, capsys, free_port):
@@ -141,7 +121,7 @@ def test_unreachable_tracking_server_never_masks_the_error(fake_stage, capsys, f
     started = time.time()
     code = cli.main(["fake", "--run-id", "r-down", "--set", f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}"])
     assert code == 4 and time.time() - started < 30  # one short try, no retry backoff
-    result = _failed_result(capsys)
+    result = last_result(capsys)
     assert result["status"] == "gate_failed" and "mlflow_run_url" not in result
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the one short try was for the link only
 
@@ -181,9 +161,9 @@ def test_empty_run_id_is_one_line_exit_2(fake_stage, capsys, run_id):
 
 def test_run_ids_that_clean_up_alike_keep_their_own_outputs(fake_stage, capsys):
     assert cli.main(["fake", "--run-id", "nüit", "--set", "train.epochs=2"]) == 0
-    first = _result(capsys)
+    first = last_result(capsys)
     assert cli.main(["fake", "--run-id", "nöit", "--set", "train.epochs=2"]) == 0
-    second = _result(capsys)
+    second = last_result(capsys)
     assert first["run_id"] != second["run_id"]
     assert fake_stage.calls == [first["run_id"], second["run_id"]]  # the second ran, it did not reuse the first
 
@@ -263,7 +243,7 @@ def test_a_webhook_given_in_config_is_masked_everywhere(fake_stage, capsys, tmp_
 
     fake_stage.run = run
     config = tmp_path / "c.yaml"
-    config.write_text(f"mlflow:\n  tracking_uri: https://bob:pa55word@mlflow.invalid/\n")
+    config.write_text("mlflow:\n  tracking_uri: https://bob:pa55word@mlflow.invalid/\n")
     assert cli.main(["fake", "--run-id", "r-secret", "--config", str(config),
                      "--set", f"notify.webhook_url={WEBHOOK}"]) == 0
     captured = capsys.readouterr()

@@ -12,6 +12,7 @@ from pipeline.export.detector import export_module, unpad
 from pipeline.export.onnx_export import (OrtDetector, compare_detections, export_onnx, io_spec, ort_session,
                                          run_session)
 from pipeline.training.models import build_model
+from tests.helpers import he_init_backbone
 
 SIZE = 320
 
@@ -21,10 +22,7 @@ def untrained_ssdlite(num_classes: int = 4) -> torch.nn.Module:
     ties every score at 1/num_classes, and tied scores cannot be compared element by element."""
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3_large", num_classes, SIZE).eval()
-    with torch.no_grad():
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    he_init_backbone(model)
     return model
 
 

@@ -15,6 +15,7 @@ from pipeline.datasets.synthetic import generate
 from pipeline.export.onnx_export import export_onnx, io_spec, ort_session, run_session
 from pipeline.export.quantize import quantize_int8
 from pipeline.training.models import build_model
+from tests.helpers import he_init_backbone, only_commands, save_model_pt
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 SIZE = 160
@@ -27,10 +28,7 @@ def trained_like(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)
     model = build_model(MODEL, 4, SIZE).eval()
-    with torch.no_grad():
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    he_init_backbone(model)
     export_onnx(model, SIZE, root / "model.onnx")
     return model, root
 
@@ -56,11 +54,8 @@ def test_quantised_model_keeps_the_interface_and_shrinks(trained_like):
 
 def test_export_stage_reports_int8_and_gates_on_its_map(trained_like, tmp_path, monkeypatch):
     model, root = trained_like
-    monkeypatch.setattr(cli, "STAGES", ("export",))
-    monkeypatch.setattr(cli, "TOOLS", {})
-    categories = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
-    torch.save({"model": MODEL, "num_classes": 4, "image_size": SIZE, "categories": categories,
-                "label_to_category": [1, 2, 3], "state_dict": model.state_dict()}, tmp_path / "model.pt")
+    only_commands(monkeypatch, "export")
+    save_model_pt(tmp_path / "model.pt", model, MODEL, SIZE)
     data = tmp_path / "dataset"
     generate(data, num_images=6, image_size=64, seed=3, min_size=12, max_size=28)
     coco = json.loads((data / "annotations.json").read_text())

@@ -1,6 +1,7 @@
 """TensorRT: the Triton config for a plan (everywhere), engine building and running (where TensorRT imports).
 
-The engine tests need `import tensorrt` and a CUDA GPU; elsewhere they are skipped with the reason.
+The engine tests need `import tensorrt` and a CUDA GPU (markers `tensorrt` and `gpu`, tests/conftest.py skips
+them with the reason where either is missing).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pipeline.export.onnx_export import compare_detections, export_onnx, io_spec
 from pipeline.export.detector import unpad
 from pipeline.training.models import build_model
 from pipeline.triton import config as tconfig
+from tests.helpers import he_init_backbone
 
 SIZE = 160
 
@@ -24,10 +26,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3_large", 4, SIZE).eval()
-    with torch.no_grad():  # He init: torchvision's untrained init ties every score
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    he_init_backbone(model)
     export_onnx(model, SIZE, root / "model.onnx")
     return root
 
@@ -56,12 +55,13 @@ def test_tensorrt_is_in_the_table_exactly_when_it_imports():
 
 @pytest.fixture(scope="module")
 def trt():
-    module = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no GPU wheels on this machine)")
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT is installed but there is no CUDA GPU to build an engine on")
-    return module
+    import tensorrt  # the tests asking for it are marked `tensorrt` and `gpu`: skipped where either is missing
+
+    return tensorrt
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_fp16_engine_with_dynamic_batch_profile_and_timing_cache(trt, exported, tmp_path):
     from pipeline.export.tensorrt import TrtRunner, build_engine
 
@@ -85,6 +85,8 @@ def test_fp16_engine_with_dynamic_batch_profile_and_timing_cache(trt, exported, 
     assert stats["compared"] > 0 and stats["match_fraction"] >= 0.9, stats
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_int8_engine_calibrates_once_then_reuses_the_cache(trt, exported, tmp_path):
     from pipeline.export.tensorrt import TrtRunner, build_engine
 

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.datasets.synthetic import generate
+from tests.helpers import result_line
 
 SCENE = Path(__file__).resolve().parents[2] / "fixtures" / "formats" / "scene"
 
@@ -189,7 +190,7 @@ def test_few_defects_are_quarantined_and_the_rest_ingested(tmp_path, capsys, nig
     code = main(["ingest", "--run-id", "q", "--source", str(tmp_path / "export")])
     out, err = capsys.readouterr()
     assert code == 0, err
-    result = json.loads(out.strip().splitlines()[-1].split(" ", 1)[1])
+    result = result_line(out)
     assert result["images"] == 119 and result["quarantined"] == 1
     stage = nightshift_home / "artifacts" / "runs" / "q" / "ingest"
     report = json.loads((stage / "quarantine.json").read_text())

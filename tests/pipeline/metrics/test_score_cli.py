@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.metrics.coco import STAT_KEYS
+from tests.helpers import only_commands
 
 GT = {
     "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
@@ -22,8 +23,7 @@ DT = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
 @pytest.fixture(autouse=True)
 def only_score_command(monkeypatch):
     # the parser then imports only this tool, not every stage
-    monkeypatch.setattr(cli, "STAGES", ())
-    monkeypatch.setattr(cli, "TOOLS", {"score": "pipeline.metrics.score_cli"})
+    only_commands(monkeypatch, "score")
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import pytest
 
 from pipeline import cli
 from pipeline.metrics.coco import STAT_KEYS
+from tests.helpers import only_commands
 
 
 @pytest.fixture
 def tools_only(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ())
-    monkeypatch.setattr(cli, "TOOLS", {"compare": "pipeline.report.compare"})
+    only_commands(monkeypatch, "compare")
 
 
 def test_compare_prints_both_runs_and_deltas(store, tools_only, capsys):

@@ -17,6 +17,7 @@ from pipeline.report import weekly
 from pipeline.stages import evaluate, gate, promote
 from pipeline.stages.rollback import ROLLED_BACK_TAG
 from pipeline.training.reproduce import REPRODUCTION_TAG
+from tests.helpers import last_result, only_commands
 from tests.html_page import assert_self_contained, browser_problems, chromium, parse
 
 CLASSES = ("circle", "square", "triangle")
@@ -229,11 +230,10 @@ def test_every_section_matches_the_synthetic_week(week, capsys):
 def test_the_command_writes_a_self_contained_page_logs_it_and_announces_it(week, tmp_path, capsys, monkeypatch):
     import mlflow
 
-    monkeypatch.setattr(cli, "STAGES", ())
-    monkeypatch.setattr(cli, "TOOLS", {"weekly": "pipeline.report.weekly"})
+    only_commands(monkeypatch, "weekly")
     out = tmp_path / "weekly.html"
     assert cli.main(["weekly", "--since", "7d", "--out", str(out)]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix(cli.RESULT_MARKER))
+    result = last_result(capsys)
     assert result["runs"] == 7 and result["promoted"] == 3
 
     page = out.read_text()
@@ -268,8 +268,7 @@ def test_the_command_writes_a_self_contained_page_logs_it_and_announces_it(week,
 @pytest.mark.parametrize("since, message", [("0d", "positive"), ("soon", "expected a period"),
                                             ("2999-01-01", "not in the past")])
 def test_bad_since_is_a_usage_error(since, message, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ())
-    monkeypatch.setattr(cli, "TOOLS", {"weekly": "pipeline.report.weekly"})
+    only_commands(monkeypatch, "weekly")
     assert cli.main(["weekly", "--since", since]) == 2
     assert message in capsys.readouterr().err
 

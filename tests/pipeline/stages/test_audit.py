@@ -11,12 +11,12 @@ from pipeline import cli
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import audit as audit_stage
+from tests.helpers import last_result, only_commands
 
 
 @pytest.fixture(autouse=True)
 def only_audit(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ("audit",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "audit")
 
 
 @pytest.fixture
@@ -45,16 +45,13 @@ def dataset(tmp_path, monkeypatch):
     return {"model": model, "swapped": {a["id"] for a in swapped}, "annotations": len(noisy["annotations"])}
 
 
-def result_of(capsys) -> dict:
-    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(cli.RESULT_MARKER)][-1]
-    return json.loads(line[len(cli.RESULT_MARKER):])
 
 
 def test_audit_writes_the_queue_and_the_card_shows_its_counts(dataset, capsys):
     from pipeline.datasets import card
 
     assert cli.main(["audit", "--run-id", "a1", "--model", str(dataset["model"])]) == 0
-    result = result_of(capsys)
+    result = last_result(capsys)
     assert result["annotations"] == dataset["annotations"]
     assert result["per_reason"]["swapped class"] == len(dataset["swapped"]) == result["issues"]
     assert result["passed"] and result["max_label_issue_rate"] is None
@@ -90,7 +87,7 @@ def test_a_label_issue_rate_above_the_policy_rejects_the_data(dataset, capsys):
 
 def test_no_champion_and_no_model_skips_and_says_so(dataset, capsys, caplog):
     assert cli.main(["audit", "--run-id", "a1"]) == 0
-    result = result_of(capsys)
+    result = last_result(capsys)
     assert result["skipped"] is True and "no --model" in result["reason"]
 
 

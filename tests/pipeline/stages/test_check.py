@@ -1,7 +1,6 @@
 """The check stage: the run's params judged in seconds, each refusal naming the param the ML lead typed."""
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -11,19 +10,19 @@ from pipeline import cli
 from pipeline.config import load_config
 from pipeline.errors import InfrastructureError, InputRejected
 from pipeline.stages import check
+from tests.helpers import only_commands, result_line
 
 
 @pytest.fixture
 def only_check(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "STAGES", ("check",))
+    only_commands(monkeypatch, "check")
     monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
     return ["--set", f"store.uri={(tmp_path / 'store').as_uri()}"]
 
 
 def _result(capsys) -> dict:
     out = capsys.readouterr()
-    line = [l for l in out.out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
-    return {**json.loads(line[len(cli.RESULT_MARKER):]), "_stderr": out.err}
+    return {**result_line(out.out), "_stderr": out.err}
 
 
 def test_defaults_pass(only_check, capsys):

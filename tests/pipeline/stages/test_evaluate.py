@@ -15,6 +15,7 @@ from pipeline.errors import InputRejected
 from pipeline.metrics.coco import STAT_KEYS
 from pipeline.stages import evaluate
 from pipeline.training.models import build_model
+from tests.helpers import last_result, only_commands, save_model_pt
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 SIZE = 64
@@ -23,8 +24,7 @@ SETS = ["evaluate.batch_size=4", "evaluate.device=cpu", "evaluate.score_threshol
 
 @pytest.fixture
 def only_evaluate(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ("evaluate",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "evaluate")
 
 
 
@@ -34,9 +34,7 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     torch.manual_seed(0)
     model = build_model(MODEL, 4, SIZE)
-    categories = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
-    torch.save({"model": MODEL, "num_classes": 4, "image_size": SIZE, "categories": categories,
-                "label_to_category": [1, 2, 3], "state_dict": model.state_dict()}, root / "model.pt")
+    save_model_pt(root / "model.pt", model, MODEL, SIZE)
     data = root / "dataset"
     generate(data, num_images=10, image_size=SIZE, seed=3, min_size=12, max_size=28)
     return {"root": root, "model_pt": root / "model.pt", "data": data,
@@ -75,16 +73,14 @@ def register_champion(cfg, model_pt):
     return mv
 
 
-def _result(capsys):
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
-    return json.loads(line[len(cli.RESULT_MARKER):])
 
 
+@pytest.mark.slow
 def test_first_run_without_champion(shared, tmp_path, only_evaluate, capsys):
     cfg = stage_inputs("eval-1", shared, tmp_path)
     argv = ["evaluate", "--run-id", "eval-1"] + [a for s in [*SETS, shared["tracking"]] for a in ("--set", s)]
     assert cli.main(argv) == 0
-    result = _result(capsys)
+    result = last_result(capsys)
     assert result["status"] == "ok" and result["images"] == 5 and result["split"] == "val"
     assert result["champion"] is None
 

@@ -13,6 +13,7 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.datasets.synthetic import generate
 from pipeline.training.models import build_model
+from tests.helpers import he_init_backbone, only_commands, save_model_pt
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 SIZE = 160  # not SSDlite's own 320: the graph must resize like the detector's transform does
@@ -22,8 +23,7 @@ SETS = ["export.benchmark_repeats=2", "export.benchmark_warmup=1", "export.bench
 
 @pytest.fixture
 def only_export(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ("export",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "export")
 
 
 
@@ -32,13 +32,8 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     model = build_model(MODEL, 4, SIZE)
-    with torch.no_grad():  # He init: torchvision's init ties every score of an untrained SSDlite
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
-    categories = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
-    torch.save({"model": MODEL, "num_classes": 4, "image_size": SIZE, "categories": categories,
-                "label_to_category": [1, 2, 3], "state_dict": model.state_dict()}, root / "model.pt")
+    he_init_backbone(model)
+    save_model_pt(root / "model.pt", model, MODEL, SIZE)
     data = root / "dataset"
     generate(data, num_images=8, image_size=64, seed=3, min_size=12, max_size=28)
     coco = json.loads((data / "annotations.json").read_text())
@@ -122,7 +117,7 @@ def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export, monkeyp
     RunContext.create("night-2", "train", cfg).publish_json({"status": "ok", "mlflow_run_id": "never-used"},
                                                               "result.json")
     RunContext.create("night-2", "gate", cfg).publish_json({"status": "ok", "passed": True}, "result.json")
-    monkeypatch.setattr(cli, "STAGES", ("export", "promote"))
+    only_commands(monkeypatch, "export", "promote")
     repo = tmp_path / "triton"
     assert cli.main(["promote", "--run-id", "night-2", "--set", shared["tracking"],
                      "--set", f"promote.triton_repo={repo}"]) == 4
@@ -134,7 +129,7 @@ def test_parity_failure_is_a_gate_failure(shared, tmp_path, only_export, monkeyp
 @pytest.mark.slow
 def test_faster_rcnn_ships_through_the_same_checks(shared, tmp_path, only_export):
     """Not only SSDlite: a Faster R-CNN model.pt goes through export, its parity and output checks, and the
-    TensorRT operator check (tests/pipeline/export/test_detectors.py covers the other architectures)."""
+    TensorRT operator check (tests/pipeline/export/test_detector.py covers the other architectures)."""
     from pipeline.export.bench import representative
 
     cfg = stage_inputs("night-3", shared, tmp_path)

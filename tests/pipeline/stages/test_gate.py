@@ -11,6 +11,7 @@ from pipeline.config import GatesConfig, load_config
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, GateFailed, InputRejected
 from pipeline.stages import gate
+from tests.helpers import only_commands
 
 
 
@@ -78,8 +79,7 @@ def shared_db(tmp_path_factory):
 @pytest.fixture
 def tracking_uri(shared_db, monkeypatch):
     # only this stage in the parser: the test must not depend on every other stage importing cleanly
-    monkeypatch.setattr(cli, "STAGES", ("gate",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "gate")
     return shared_db
 
 

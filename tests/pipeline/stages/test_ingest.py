@@ -12,6 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.datasets import canonical_io
 from pipeline.datasets.synthetic import generate
+from tests.helpers import result_line
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +36,6 @@ def run(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def result_of(out: str) -> dict:
-    line = [ln for ln in out.splitlines() if ln.startswith("NIGHTSHIFT_RESULT ")][-1]
-    return json.loads(line[len("NIGHTSHIFT_RESULT "):])
-
-
 def store_dataset(home: Path, run_id: str) -> Path:
     return home / "artifacts" / "runs" / run_id / "ingest" / "dataset"
 
@@ -48,7 +44,7 @@ def test_ingest_coco_end_to_end(capsys, export, nightshift_home):
     code, out, err = run(capsys, "ingest", "--run-id", "night-1", "--set", f"data.source={export}",
                          "--set", "data.format=coco")
     assert code == 0, err
-    result = result_of(out)
+    result = result_line(out)
     ds = store_dataset(nightshift_home, "night-1")
     coco = json.loads((ds / "annotations.json").read_text())
     assert result["images"] == len(coco["images"]) == 30
@@ -68,7 +64,7 @@ def test_ingest_coco_end_to_end(capsys, export, nightshift_home):
 def test_empty_source_ingests_the_generated_demo_set(capsys, nightshift_home):
     code, out, err = run(capsys, "ingest", "--run-id", "demo", "--set", "data.demo_images=12")
     assert code == 0, err
-    assert result_of(out)["images"] == 12
+    assert result_line(out)["images"] == 12
     assert len(list((store_dataset(nightshift_home, "demo") / "images").iterdir())) == 12
 
 
@@ -119,7 +115,7 @@ def test_group_pattern_keeps_a_group_in_one_split(capsys, export, nightshift_hom
         by_group.setdefault(img["group"], set()).add(img["split"])
     assert sorted(by_group) == [f"video{i}" for i in range(6)]
     assert all(len(s) == 1 for s in by_group.values())
-    assert result_of(out)["group_pattern_misses"] == 0
+    assert result_line(out)["group_pattern_misses"] == 0
 
 
 def test_label_map_keeps_ids_and_appends_new_names(capsys, export, nightshift_home):
@@ -135,7 +131,7 @@ def test_label_map_keeps_ids_and_appends_new_names(capsys, export, nightshift_ho
     (export / "annotations.json").write_text(json.dumps(coco))
     code, out, err = run(capsys, "ingest", "--run-id", "n2", "--source", export)
     assert code == 0, err
-    result = result_of(out)
+    result = result_line(out)
     assert {c["name"]: c["id"] for c in result["categories"]} == {"circle": 1, "square": 2, "triangle": 3,
                                                                    "hexagon": 4}
     assert result["new_categories"] == ["hexagon"]
@@ -158,7 +154,7 @@ def test_exact_duplicates_across_splits_are_flagged(capsys, export):
     (export / "annotations.json").write_text(json.dumps(coco))
     code, out, err = run(capsys, "ingest", "--run-id", "dup", "--source", export)
     assert code == 0, err
-    dups = result_of(out)["duplicates"]
+    dups = result_line(out)["duplicates"]
     assert dups["exact_cross_split"] == 1
     assert {f["file_name"] for f in dups["exact_cross_split_examples"][0]["files"]} == {src["file_name"], name}
 
@@ -182,7 +178,7 @@ def test_archive_sources(capsys, export, tmp_path, kind):
     out_dir = tmp_path / "canonical"
     code, out, err = run(capsys, "ingest", "--format", "coco", "--source", archive, "--out", out_dir)
     assert code == 0, err
-    assert result_of(out)["images"] == 30
+    assert result_line(out)["images"] == 30
     assert len(list((out_dir / "images").iterdir())) == 30
 
 
@@ -222,7 +218,7 @@ def test_s3_source(capsys, export, s3_server, nightshift_home):
             client.upload_file(str(p), "exports", f"nightly/2026-11-25/{p.relative_to(export).as_posix()}")
     code, out, err = run(capsys, "ingest", "--run-id", "s3", "--source", "s3://exports/nightly/2026-11-25")
     assert code == 0, err
-    assert result_of(out)["images"] == 30
+    assert result_line(out)["images"] == 30
     code, _, err = run(capsys, "ingest", "--run-id", "s3-empty", "--source", "s3://exports/nothing-here")
     assert code == 3 and "s3://exports/nothing-here" in err
 
@@ -403,7 +399,7 @@ def test_two_ingests_of_one_run_at_once_never_blame_the_data(export, s3_server, 
                 first.kill()
                 first.wait(timeout=30)
         assert first.returncode == 0, out.decode(errors="replace")[-3000:]
-        assert result_of(out.decode())["images"] == 30
+        assert result_line(out.decode())["images"] == 30
         assert len(list((store_dataset(nightshift_home, "twice") / "images").iterdir())) == 30
         # the refused one, retried now, finds the work done
         again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -436,7 +432,7 @@ def test_s3_down_while_publishing_is_exit_5_and_leaves_no_dataset(capsys, export
     uploaded = [k for k in keys if "/ingest/dataset/" in k]
     assert 10 <= len(uploaded) < 31 and not any(k.endswith("annotations.json") for k in uploaded)
     assert "ns/state/label_map.json" not in keys  # the label map moves only with a published dataset
-    assert result_of(out)["status"] == "infrastructure_error"  # the failure is recorded beside it
+    assert result_line(out)["status"] == "infrastructure_error"  # the failure is recorded beside it
 
 
 def test_a_503_on_the_label_map_never_renumbers_categories(capsys, export, s3_store, s3_server):
@@ -448,7 +444,7 @@ def test_a_503_on_the_label_map_never_renumbers_categories(capsys, export, s3_st
     proxy.fail(1, match=r"^HEAD /artifacts/ns/state/label_map\.json")
     code, out, err = run(capsys, "ingest", "--run-id", "lm", "--source", export, *store_args)
     assert code == 0, err
-    assert {c["name"]: c["id"] for c in result_of(out)["categories"]} == {"triangle": 1, "square": 2, "circle": 3}
+    assert {c["name"]: c["id"] for c in result_line(out)["categories"]} == {"triangle": 1, "square": 2, "circle": 3}
     assert proxy.faults_applied == 1
     proxy.fail(None, match=r"label_map\.json")  # it stays down: the stage fails, nothing is rebuilt
     code, out, err = run(capsys, "ingest", "--run-id", "lm2", "--source", export, *store_args)

@@ -16,6 +16,7 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import promote
 from pipeline.triton.repository import ModelRepository
+from tests.helpers import he_init_backbone, only_commands
 
 
 
@@ -29,10 +30,7 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("promote")
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3_large", 4, 320).eval()
-    with torch.no_grad():
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    he_init_backbone(model)
     export = root / "export"
     spec = export_onnx(model, 320, export / "model.onnx")
     (export / "labels.txt").write_text("circle\nsquare\ntriangle\n")
@@ -106,8 +104,7 @@ def test_crash_mid_upload_changes_nothing(shared, tmp_path, monkeypatch, upstrea
 
 
 def test_failed_gate_promotes_nothing(shared, tmp_path, monkeypatch, upstream):
-    monkeypatch.setattr(cli, "STAGES", ("promote",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "promote")
     cfg = make_cfg(shared, tmp_path)
     upstream(cfg, "night-1", shared["export"], passed=False)
     code = cli.main(["promote", "--run-id", "night-1", "--set", f"mlflow.tracking_uri={shared['tracking']}",
@@ -119,8 +116,7 @@ def test_failed_gate_promotes_nothing(shared, tmp_path, monkeypatch, upstream):
 def test_only_the_bytes_a_passing_export_verified_are_promoted(shared, tmp_path, monkeypatch, capsys, upstream):
     """A model.onnx without export's result.json (export killed), with a failed result (exit 4), or with other
     bytes than export recorded (a later export killed mid-write) is refused with one line; nothing moves."""
-    monkeypatch.setattr(cli, "STAGES", ("promote",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "promote")
     cfg = make_cfg(shared, tmp_path)
     upstream(cfg, "night-1", shared["export"])
     assert promote.run(cfg, RunContext.create("night-1", "promote", cfg))["version"] == 1
@@ -152,8 +148,7 @@ def test_only_the_bytes_a_passing_export_verified_are_promoted(shared, tmp_path,
 
 
 def test_a_held_repository_lock_fails_in_one_line_naming_its_holder(shared, tmp_path, monkeypatch, capsys, upstream):
-    monkeypatch.setattr(cli, "STAGES", ("promote",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "promote")
     cfg = make_cfg(shared, tmp_path)
     upstream(cfg, "night-1", shared["export"])
     repo = ModelRepository(cfg.promote.triton_repo)

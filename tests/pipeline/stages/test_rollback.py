@@ -13,12 +13,12 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import promote
 from pipeline.triton.repository import ModelRepository
+from tests.helpers import last_result, only_commands
 
 
 @pytest.fixture(autouse=True)
 def only_rollback(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ())
-    monkeypatch.setattr(cli, "TOOLS", {"rollback": "pipeline.stages.rollback"})
+    only_commands(monkeypatch, "rollback")
     handlers, level = logging.root.handlers[:], logging.root.level
     yield
     logging.root.handlers[:] = handlers
@@ -86,9 +86,7 @@ def test_rollback_steps_back_until_nothing_is_left(promoted, capsys):
     assert state(cfg) == (3, 3)
     capsys.readouterr()
     assert rollback(sets, name) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("NIGHTSHIFT_RESULT ")
-    summary = json.loads(last.removeprefix("NIGHTSHIFT_RESULT "))
+    summary = last_result(capsys)
     assert summary["announced_to"] == "sink"
     announced = json.loads(Path(cfg.notify.sink).read_text().splitlines()[-1])
     assert announced["event"] == "rollback" and "rolled back from registry version 3" in announced["text"]

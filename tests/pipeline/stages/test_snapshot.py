@@ -19,6 +19,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.datasets.synthetic import generate
 from pipeline.stages import snapshot
+from tests.helpers import result_line
 
 
 @pytest.fixture
@@ -43,8 +44,7 @@ def ingested(nightshift_home, monkeypatch, tmp_path):
 def run(capsys, *args) -> tuple[int, dict, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
-    lines = [ln for ln in out.splitlines() if ln.startswith("NIGHTSHIFT_RESULT ")]
-    return code, json.loads(lines[-1].split(" ", 1)[1]) if lines else {}, err
+    return code, result_line(out, required=False) or {}, err
 
 
 def remote_files(remote: Path) -> set[str]:
@@ -215,11 +215,6 @@ def wait_for(condition, what: str, timeout_s: float, proc: subprocess.Popen | No
         time.sleep(0.05)
 
 
-def result_of(log: Path) -> dict:
-    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("NIGHTSHIFT_RESULT ")]
-    return json.loads(lines[-1].split(" ", 1)[1]) if lines else {}
-
-
 def dvc_processes_in(repo: Path) -> list[int]:
     """Processes running dvc with `repo` as their working directory (a push that outlived its stage)."""
     found = []
@@ -252,6 +247,7 @@ def blackhole():
         sock.close()
 
 
+@pytest.mark.slow
 def test_two_snapshots_at_once_each_record_the_hash_they_pushed(ingested, tmp_path, s3_server, nightshift_home):
     """Two real `nightshift snapshot` processes of different datasets into one DVC project and one S3 remote,
     the second started while the first is held at its push: the second waits for the project lock instead of
@@ -280,7 +276,7 @@ def test_two_snapshots_at_once_each_record_the_hash_they_pushed(ingested, tmp_pa
     (tmp_path / "ra.reached.go").touch()  # ra pushes and finishes; then rb gets the lock
     for run_id, (proc, log) in procs.items():
         assert proc.wait(timeout=600) == 0, log.read_text()
-    results = {run_id: result_of(log) for run_id, (_, log) in procs.items()}
+    results = {run_id: result_line(log.read_text(), required=False) or {} for run_id, (_, log) in procs.items()}
     assert results["ra"]["dataset_hash"] != results["rb"]["dataset_hash"]
     for run_id, result in results.items():
         md5 = result["dataset_hash"]
@@ -344,6 +340,7 @@ def test_an_outage_during_push_fails_in_bounded_time_and_keeps_data_dvc(capsys, 
     assert dvc_processes_in(repo) == []  # the killed pushes are gone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["dvc push", "after push"])
 def test_kill_9_during_or_after_the_push_keeps_the_previous_data_dvc(ingested, tags, tmp_path, s3_server, capsys,
                                                                    blackhole, point):

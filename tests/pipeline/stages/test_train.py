@@ -13,6 +13,7 @@ from pipeline.context import RunContext
 from pipeline.datasets.canonical import CanonicalDataset
 from pipeline.training import engine
 from pipeline.training.models import load_trained
+from tests.helpers import last_result, only_commands
 
 SIZE = 64
 # 16 train images, batch 4: 4 steps an epoch; one thread and deterministic kernels make runs repeatable
@@ -22,8 +23,7 @@ BASE = ["train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size=
 
 @pytest.fixture
 def only_train(monkeypatch):
-    monkeypatch.setattr(cli, "STAGES", ("train",))
-    monkeypatch.setattr(cli, "TOOLS", {})
+    only_commands(monkeypatch, "train")
 
 
 pytestmark = pytest.mark.usefixtures("keep_torch_settings")
@@ -57,10 +57,6 @@ def train_cli(run_id: str, shared, *sets: str) -> int:
     return cli.main(argv)
 
 
-def last_result(capsys) -> dict:
-    out = capsys.readouterr().out
-    line = [l for l in out.splitlines() if l.startswith(cli.RESULT_MARKER)][-1]
-    return json.loads(line[len(cli.RESULT_MARKER):])
 
 
 def weights(ctx, run_id: str) -> dict:

@@ -84,11 +84,61 @@ def test_crash_mid_upload_leaves_no_visible_version(repo, tmp_path, monkeypatch)
 
 def test_debris_without_marker_is_ignored_and_cleared(repo, tmp_path):
     repo.publish("det", version_files(tmp_path, "a"))
-    # a publication killed after its files landed but before the marker (e.g. SIGKILL)
-    repo.store.put_bytes(b"half", "det/2/model.onnx")
-    assert repo.versions("det") == [1]
+    # a publication killed after its files landed but before the marker (e.g. SIGKILL): every file is there
+    for name, path in version_files(tmp_path, "debris").items():
+        repo.store.put_file(path, f"det/2/{name}")
+    repo.store.put_bytes(b"half", "det/2/stray.bin")
+    assert repo.versions("det") == [1] and repo.marker("det", 2) is None and repo.find_by_run("det", "x") is None
+    with pytest.raises(FileNotFoundError, match="not a published version"):
+        repo.activate("det", 2)  # never served
+    assert repo.served_version("det") is None
     assert repo.publish("det", version_files(tmp_path, "b")) == 2
     assert repo.marker("det", 2) is not None
+    # the debris is gone, not mixed into the new version
+    assert sorted(k.rsplit("/", 1)[1] for k in repo.store.list("det/2/")) == [
+        ".complete", "config.pbtxt", "labels.txt", "model.onnx"]
+    assert repo.store.get_bytes("det/2/labels.txt").decode().startswith("circle-b")
+
+
+def _record_writes(repo, monkeypatch, at_marker) -> list[tuple[str, str]]:
+    """(operation, key) of every write and delete the repository makes through its store, in order;
+    `at_marker()` is called just before a version's marker is written."""
+    ops: list[tuple[str, str]] = []
+    for method, key_arg in (("put_file", 1), ("put_bytes", 1), ("put_json", 1), ("delete_prefix", 0)):
+        real = getattr(repo.store, method)
+
+        def recorded(*args, _real=real, _method=method, _key_arg=key_arg, **kwargs):
+            key = args[_key_arg]
+            if _method != "delete_prefix" and key.endswith("/.complete"):
+                at_marker(key)
+            ops.append((_method, key))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(repo.store, method, recorded)
+    return ops
+
+
+def test_the_marker_is_written_last_and_removed_first(repo, tmp_path, monkeypatch):
+    """A version exists from its marker's write until its deletion: every file lands before the marker, and
+    unpublishing or pruning takes the marker away before any file, so a reader never sees a part-version."""
+    repo.publish("det", version_files(tmp_path, "a"))
+    repo.activate("det", 1)
+    present = {}
+    ops = _record_writes(repo, monkeypatch, lambda key: present.setdefault(key, set(repo.store.list("det/2/"))))
+    assert repo.publish("det", version_files(tmp_path, "b")) == 2
+    assert [key for op, key in ops if op != "delete_prefix"][-1] == "det/2/.complete"
+    assert present["det/2/.complete"] == {"det/2/model.onnx", "det/2/labels.txt", "det/2/config.pbtxt"}
+
+    def version_deletes() -> list[str]:
+        return [key for op, key in ops if op == "delete_prefix" and key.startswith("det/2/")]
+
+    ops.clear()
+    repo.unpublish("det", 2, fallback=1)
+    assert version_deletes()[0] == "det/2/.complete" and repo.versions("det") == [1]
+    repo.publish("det", version_files(tmp_path, "c"))
+    ops.clear()
+    assert repo.prune("det", keep=0) == [2]  # the served version 1 stays
+    assert version_deletes()[0] == "det/2/.complete" and repo.versions("det") == [1]
 
 
 def test_checksum_mismatch_refuses_the_version(repo, tmp_path, monkeypatch):

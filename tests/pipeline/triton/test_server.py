@@ -20,6 +20,7 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.triton import client
 from pipeline.triton.repository import ModelRepository
+from tests.helpers import he_init_backbone
 
 ROOT = Path(__file__).resolve().parents[3]
 VENV = ROOT / ".venv-triton"
@@ -52,10 +53,7 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton-server")
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3_large", 4, SIZE).eval()
-    with torch.no_grad():
-        for mod in model.backbone.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+    he_init_backbone(model)
     good, broken = root / "good", root / "broken"
     spec = export_onnx(model, SIZE, good / "model.onnx")
     broken.mkdir()
@@ -135,6 +133,7 @@ def ready_versions(server, name: str, candidates=(1, 2, 3)) -> list[int]:
         return [v for v in candidates if http.is_model_ready(name, str(v))]
 
 
+@pytest.mark.slow
 def test_promote_loads_smoke_tests_then_moves_the_alias_and_a_failed_load_changes_nothing(server, shared, upstream):
     from pipeline.stages import promote
 

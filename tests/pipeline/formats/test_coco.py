@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from pipeline import formats
 from pipeline.errors import ConfigError, InputRejected
 from pipeline.formats.coco import read_coco
-
-
-def _image(path: Path, w: int = 40, h: int = 30) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (w, h), (90, 120, 30)).save(path)
+from tests.helpers import write_image
 
 
 def _coco(images, annotations, categories=None) -> dict:
@@ -23,7 +17,7 @@ def _coco(images, annotations, categories=None) -> dict:
 
 
 def test_polygons_rle_and_iscrowd(tmp_path):
-    _image(tmp_path / "images" / "a.jpg")
+    write_image(tmp_path / "images" / "a.jpg", 40, 30)
     rle = {"size": [30, 40], "counts": [30 * 5 + 2, 3, 27, 3, 1200 - 152 - 33]}  # column-major: x 5-6, y 2-4
     anns = [
         {"id": 1, "image_id": 5, "category_id": 7, "segmentation": [[1, 2, 11, 2, 11, 12]]},  # no bbox: derived
@@ -43,7 +37,7 @@ def test_polygons_rle_and_iscrowd(tmp_path):
 def test_instances_layout_is_merged_by_category_name(tmp_path):
     for split, cats in (("train2017", [{"id": 1, "name": "cat"}]), ("val2017", [{"id": 4, "name": "dog"},
                                                                                {"id": 1, "name": "cat"}])):
-        _image(tmp_path / "images" / split / f"{split}.jpg")
+        write_image(tmp_path / "images" / split / f"{split}.jpg", 40, 30)
         anns = [{"id": k, "image_id": 1, "category_id": c["id"], "bbox": [1, 1, 5, 5]} for k, c in enumerate(cats)]
         doc = _coco([{"id": 1, "file_name": f"{split}.jpg", "width": 40, "height": 30}], anns, cats)
         (tmp_path / "annotations").mkdir(exist_ok=True)
@@ -56,8 +50,8 @@ def test_instances_layout_is_merged_by_category_name(tmp_path):
 
 
 def test_rle_that_does_not_decode_sets_the_image_aside(tmp_path):
-    _image(tmp_path / "images" / "a.jpg")
-    _image(tmp_path / "images" / "b.jpg")
+    write_image(tmp_path / "images" / "a.jpg", 40, 30)
+    write_image(tmp_path / "images" / "b.jpg", 40, 30)
     anns = [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": [30, 40], "counts": [1, 2]}},
             {"id": 2, "image_id": 2, "category_id": 7, "bbox": [1, 1, 2, 2]}]
     images = [{"id": i, "file_name": f"{n}.jpg", "width": 40, "height": 30} for i, n in ((1, "a"), (2, "b"))]
@@ -70,7 +64,7 @@ def test_rle_that_does_not_decode_sets_the_image_aside(tmp_path):
 
 
 def test_structural_problems_are_counted_in_one_message(tmp_path):
-    _image(tmp_path / "images" / "a.jpg")
+    write_image(tmp_path / "images" / "a.jpg", 40, 30)
     cats = [{"id": i, "name": "same"} for i in range(10)]
     (tmp_path / "annotations.json").write_text(json.dumps(_coco([{"id": 1, "file_name": "a.jpg", "width": 40,
                                                                    "height": 30}], [], cats)))

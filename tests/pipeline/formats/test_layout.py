@@ -20,6 +20,7 @@ import pytest
 from pipeline import formats
 from pipeline.cli import main
 from pipeline.errors import InputRejected
+from tests.helpers import result_line
 
 SCENE = Path(__file__).resolve().parents[2] / "fixtures" / "formats" / "scene"
 EXPECTED = {"scene1": [("car", [10.0, 12.0, 30.0, 20.0]), ("person", [50.0, 5.0, 12.0, 40.0])],
@@ -365,7 +366,7 @@ def test_auto_is_logged_and_splits_follow_data_splits(tmp_path, capsys, nightshi
     stdout, err = capsys.readouterr()
     assert code == 0, err
     assert "as voc (detected: data.format=auto) from VOC2007/: Annotations/ holds Pascal VOC" in err
-    result = json.loads(stdout.split("NIGHTSHIFT_RESULT ", 1)[1])
+    result = result_line(stdout)
     assert result["format"] == "voc" and result["format_detected"] and result["export_root"] == "VOC2007"
     assert result["splits"] == {"mode": "hash", "export_defines_splits": True}
     coco = json.loads((out / "annotations.json").read_text())
