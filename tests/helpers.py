@@ -84,14 +84,10 @@ SHAPES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "n
 
 
 def save_model_pt(path: Path, model, model_name: str, image_size: int, categories=SHAPES) -> Path:
-    """Write `model` as the train stage writes `model.pt` (what `training.models.load_trained` reads)."""
-    import torch
+    """Write `model` as the train stage writes `model.pt` (through `training.models.save_trained`)."""
+    from pipeline.training.models import save_trained
 
-    payload = {"model": model_name, "num_classes": len(categories) + 1, "image_size": image_size,
-               "categories": [dict(c) for c in categories],
-               "label_to_category": [c["id"] for c in categories],
-               "state_dict": model.state_dict()}
-    torch.save(payload, path)
+    save_trained(path, model, model_name, image_size, [dict(c) for c in categories])
     return path
 
 
