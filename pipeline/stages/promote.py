@@ -87,7 +87,7 @@ def verified_export(ctx: RunContext, files: dict) -> None:
     A model.onnx without a passing result.json (export killed, or refused with exit 4) or with other bytes
     than export recorded (a later, killed export overwrote it) is never shipped.
     """
-    from pipeline.triton.repository import sha256_file
+    from pipeline.checksums import sha256_file
 
     where = ctx.url("result.json", "export")
     if not ctx.has_result("export"):

@@ -31,7 +31,8 @@ import torch
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import promote
-from pipeline.triton.repository import LOCK, MARKER, STAGING, ModelRepository, sha256_file
+from pipeline.checksums import sha256_file
+from pipeline.triton.repository import LOCK, MARKER, STAGING, ModelRepository
 
 ROOT = Path(__file__).resolve().parents[3]
 DELAY_S = 0.4  # per slowed file operation: wide enough windows to kill in, short enough for a quick test

@@ -45,7 +45,7 @@ def promoted(shared, tmp_path):
     import mlflow
 
     from pipeline import tracking
-    from pipeline.triton.repository import sha256_file
+    from pipeline.checksums import sha256_file
 
     sets = [f"mlflow.tracking_uri={shared['tracking']}", f"promote.model_name={tmp_path.name}",
             f"promote.triton_repo={tmp_path / 'repo'}", "promote.keep_versions=10"]
