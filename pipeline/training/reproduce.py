@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from pipeline.datasets import dvc
 from pipeline.errors import EXIT_GATE, EXIT_OK, EXIT_REJECTED, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -50,20 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest absolute AP / AP50 difference still counted as reproduced (default 0.02)")
     parser.add_argument("--allow-code-change", action="store_true",
                         help="reproduce even when the recorded code_version differs from this checkout's (warns)")
-
-
-def dvc_dir_hash(root: Path) -> str:
-    """DVC's md5 of a directory ("<md5>.dir", what `dvc add` writes to data.dvc): the md5 of the sorted JSON
-    listing of every file's md5 and relative path."""
-    entries = []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        digest = hashlib.md5()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        entries.append({"md5": digest.hexdigest(), "relpath": path.relative_to(root).as_posix()})
-    entries.sort(key=lambda e: e["relpath"])
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def reproduction_config(recorded_yaml: bytes, current: Config) -> Config:
@@ -170,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
         dataset = store.get_dir(dataset_prefix, Path(tmp) / "dataset")
         recorded_hash = tags.get("dataset_hash", "")
         if recorded_hash.endswith(".dir"):
-            actual = dvc_dir_hash(dataset)
+            actual = dvc.dir_hash(dataset)
             if actual != recorded_hash:
                 return _refuse(f"the dataset at {store.url(dataset_prefix)} hashes to {actual}, but run {run_id!r} "
                                f"recorded {recorded_hash}: it changed since, this would not be a reproduction")
