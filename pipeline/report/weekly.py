@@ -224,7 +224,7 @@ def collect(cfg, start: datetime, end: datetime) -> dict:
 
 
 def _champion_history(cfg, client, runs: list[dict], start: datetime, end: datetime) -> dict:
-    from pipeline.stages.promote import RUN_TAG, current_alias, registered_versions
+    from pipeline.tracking import RUN_TAG, current_alias, registered_versions
     from pipeline.stages.rollback import ROLLED_BACK_TAG
 
     name, alias = cfg.promote.model_name, cfg.promote.alias

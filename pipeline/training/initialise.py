@@ -242,7 +242,7 @@ def prepare(cfg, ctx, is_local_main: bool, barrier) -> tuple[Path | None, dict]:
 
 
 def _fetch_champion(cfg, dest: Path) -> dict:
-    from pipeline.stages.evaluate import champion_model
+    from pipeline.tracking import champion_model
 
     champ = champion_model(cfg, dest / "champion")
     if champ is None:
