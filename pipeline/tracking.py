@@ -21,6 +21,7 @@ RUN_TAG = "nightshift.run_id"  # on MLflow runs and on registered model versions
 AIRFLOW_RUN_TAG = "nightshift.airflow_run_id"
 TRITON_VERSION_TAG = "nightshift.triton_version"  # on a registered model version: the Triton version it serves as
 TRITON_REPO_TAG = "nightshift.triton_repo"
+ROLLED_BACK_TAG = "nightshift.rolled_back_at"  # on a registered model version that a rollback took the alias from
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 

@@ -42,11 +42,9 @@ def reproduce_args(args: argparse.Namespace) -> list[str]:
 
 def predictions(model_path: Path, data_dir: Path, device: str = "cpu", batch_size: int = 8) -> list[dict]:
     """COCO detections of the model on every image of the dataset (all splits; the scorer picks)."""
-    from pipeline.training.engine import predict
-    from pipeline.training.inference import load_for_prediction
+    from pipeline.training import inference
 
-    model, _meta, dataset = load_for_prediction(model_path, data_dir, None)
-    return predict(model, dataset, batch_size=batch_size, device=device, progress=False)
+    return inference.predictions(model_path, data_dir, device, batch_size)
 
 
 def audit(coco: dict, detections: list[dict], read_image, out: Path, cfg: Config, model: str,

@@ -18,8 +18,6 @@ from pipeline.errors import InputRejected
 
 log = logging.getLogger(__name__)
 
-ROLLED_BACK_TAG = "nightshift.rolled_back_at"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (= Triton model name)")
@@ -78,7 +76,7 @@ def rollback(cfg, model: str, to: int | None = None) -> dict:
             repo.activate(model, served_before if served_before in repo.versions(model) else None)
             raise
         repo.clear_journal(model)  # pin and alias agree now: an interrupted promotion's journal is moot
-    client.set_model_version_tag(model, current.version, ROLLED_BACK_TAG, str(int(time.time())))
+    client.set_model_version_tag(model, current.version, tracking.ROLLED_BACK_TAG, str(int(time.time())))
     summary = {
         "model": model, "alias": alias, "status": "rolled_back",
         "from": {"registry_version": int(current.version), "triton_version": tracking.triton_version(current)},

@@ -1,6 +1,6 @@
 """A trained model.pt on a canonical dataset, the way evaluate and audit predict with it: the torch device
 (`"auto"` = cuda when available, else cpu) and the model with the dataset read through the model's own
-label -> category table (a champion may predate a class the dataset has today)."""
+label -> category table (a champion may predate a class the dataset has today), and its detections."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.datasets.canonical import CanonicalDataset
+from pipeline.training.engine import predict
 from pipeline.training.models import load_trained
 
 
@@ -26,3 +27,9 @@ def load_for_prediction(model_path: str | Path, data_dir: str | Path,
     if meta.get("label_to_category"):
         dataset.label_to_cat = {i + 1: int(c) for i, c in enumerate(meta["label_to_category"])}
     return model, meta, dataset
+
+
+def predictions(model_path: str | Path, data_dir: str | Path, device: str = "cpu", batch_size: int = 8) -> list[dict]:
+    """COCO detections of the model on every image of the dataset (all splits)."""
+    model, _meta, dataset = load_for_prediction(model_path, data_dir, None)
+    return predict(model, dataset, batch_size=batch_size, device=device, progress=False)

@@ -16,7 +16,6 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.report import weekly
 from pipeline.stages import evaluate, gate
-from pipeline.stages.rollback import ROLLED_BACK_TAG
 from pipeline.training.reproduce import REPRODUCTION_TAG
 
 CLASSES = ("circle", "square", "triangle")
@@ -166,7 +165,7 @@ def week(tmp_path):
     # ... and v3 rolled back to v2 (what `nightshift rollback` does to the registry)
     client = tracking.registry_client(cfg)
     client.set_registered_model_alias(cfg.promote.model_name, cfg.promote.alias, "2")
-    client.set_model_version_tag(cfg.promote.model_name, mv3.version, ROLLED_BACK_TAG, str(int(time.time())))
+    client.set_model_version_tag(cfg.promote.model_name, mv3.version, tracking.ROLLED_BACK_TAG, str(int(time.time())))
     # reproductions: one matched, one did not
     w.reproduction("night-1", 1, True)
     w.reproduction("night-4", 1, False)

@@ -52,7 +52,8 @@ def alias_version(cfg):
 
 
 def registry_versions(cfg):
-    return sorted(int(v.version) for v in tracking.registered_versions(tracking.registry_client(cfg), cfg.promote.model_name))
+    client = tracking.registry_client(cfg)
+    return sorted(int(v.version) for v in tracking.registered_versions(client, cfg.promote.model_name))
 
 
 def test_promotions_publish_register_and_move_the_alias(shared, tmp_path, upstream):
