@@ -125,8 +125,6 @@ def make_cfg(shared, server):
 
 
 def alias_version(cfg):
-    from pipeline.stages import promote
-
     mv = tracking.current_alias(tracking.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
     return int(mv.version) if mv else None
 
