@@ -2,6 +2,10 @@
 
 Every stage that logs finds the pipeline run's MLflow run by tag, creating it on first use, so stages can
 run in separate pods and re-runs log into the same place.
+
+The model registry too: a registered version per promoted run (tagged with the run id and its Triton
+version), the alias, the champion's model.pt; the promote and rollback stages, evaluate, audit, train and the
+weekly report all read it through the functions here.
 """
 from __future__ import annotations
 
