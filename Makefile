@@ -64,11 +64,11 @@ run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> F
 	bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
 
 test: envs .venv-triton/.installed browser  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
-	.venv-pipeline/bin/python -m pytest --durations=25 tests/test_mirror.py tests/pipeline tests/integration
+	.venv-pipeline/bin/python -m pytest --durations=25 tests/test_mirror.py tests/test_structure.py tests/pipeline tests/integration
 	.venv-airflow/bin/python -m pytest --durations=10 tests/dags tests/infra
 
 test-pipeline: envs
-	.venv-pipeline/bin/python -m pytest tests/test_mirror.py tests/pipeline
+	.venv-pipeline/bin/python -m pytest tests/test_mirror.py tests/test_structure.py tests/pipeline
 
 test-dags: envs
 	.venv-airflow/bin/python -m pytest --durations=10 tests/dags tests/infra

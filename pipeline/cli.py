@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError, infrastructure_error
+from pipeline.resultline import RESULT_MARKER
 
 STAGES = ("check", "ingest", "validate", "audit", "snapshot", "changed", "train", "evaluate", "gate", "export",
           "promote", "notify")
@@ -37,7 +38,6 @@ TOOLS = {
     "weekly": "pipeline.report.weekly",
 }
 XCOM_DIR = Path(os.environ.get("NIGHTSHIFT_XCOM_DIR", "/airflow/xcom"))
-RESULT_MARKER = "NIGHTSHIFT_RESULT "
 STATUS = {0: "ok", 3: "rejected", 4: "gate_failed", 5: "infrastructure_error"}
 # the MLflow link of a failed stage is a courtesy for its alert: one short try, no retries
 QUICK_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}

@@ -94,7 +94,7 @@ def infrastructure_error(exc: BaseException, services: dict[str, str] | None = N
     """
     import re
 
-    from pipeline.config import mask_text
+    from pipeline.masking import mask_text
 
     chain, seen, current = [], set(), exc
     while current is not None and id(current) not in seen:

@@ -2,7 +2,7 @@
 included), with the holder's pid, host and start time written into the file for whoever has to wait.
 
 Used for one stage of one run at a time (RunContext.exclusive) and one DVC operation per DVC project
-(stages/snapshot.repo_lock). Locks across machines (the Triton repository on S3) are leases instead:
+(datasets/dvc.repo_lock). Locks across machines (the Triton repository on S3) are leases instead:
 pipeline/triton/repository.py.
 """
 from __future__ import annotations

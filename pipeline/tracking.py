@@ -2,12 +2,17 @@
 
 Every stage that logs finds the pipeline run's MLflow run by tag, creating it on first use, so stages can
 run in separate pods and re-runs log into the same place.
+
+The model registry too: a registered version per promoted run (tagged with the run id and its Triton
+version), the alias, the champion's model.pt; the promote and rollback stages, evaluate, audit, train and the
+weekly report all read it through the functions here.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +21,11 @@ from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
-RUN_TAG = "nightshift.run_id"
+RUN_TAG = "nightshift.run_id"  # on MLflow runs and on registered model versions
 AIRFLOW_RUN_TAG = "nightshift.airflow_run_id"
+TRITON_VERSION_TAG = "nightshift.triton_version"  # on a registered model version: the Triton version it serves as
+TRITON_REPO_TAG = "nightshift.triton_repo"
+ROLLED_BACK_TAG = "nightshift.rolled_back_at"  # on a registered model version that a rollback took the alias from
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -103,6 +111,7 @@ def active_run(cfg: Config, run_id: str, tags: dict | None = None):
         yield run
 
 
+# -- the model registry --------------------------------------------------------------------------------------
 def champion(cfg: Config):
     """The registered model version behind the alias (cfg.promote.alias), or None before the first promotion."""
     import mlflow
@@ -113,6 +122,75 @@ def champion(cfg: Config):
         return mlflow.MlflowClient().get_model_version_by_alias(cfg.promote.model_name, cfg.promote.alias)
     except MlflowException:
         return None
+
+
+def registry_client(cfg: Config):
+    """An MLflow client on the configured tracking server and registry."""
+    import mlflow
+
+    setup(cfg)
+    return mlflow.MlflowClient()
+
+
+def registered_versions(client, name: str) -> list:
+    """Every version of registered model `name` (newest first); [] if it does not exist."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def register(client, name: str, mlflow_run_id: str, run_id: str, triton_version: int, repo_url: str):
+    """The registry version for this pipeline run: reused if it exists, else created. Returns (mv, created)."""
+    from mlflow.exceptions import MlflowException
+
+    for mv in registered_versions(client, name):
+        if mv.tags.get(RUN_TAG) == run_id:
+            return mv, False
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    mv = client.create_model_version(
+        name, f"runs:/{mlflow_run_id}/model", run_id=mlflow_run_id,
+        tags={RUN_TAG: run_id, TRITON_VERSION_TAG: str(triton_version), TRITON_REPO_TAG: repo_url},
+        description=f"Nightshift run {run_id}; Triton version {triton_version} in {repo_url}",
+    )
+    return mv, True
+
+
+def current_alias(client, name: str, alias: str):
+    """The version of registered model `name` behind `alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def triton_version(mv) -> int | None:
+    """The Triton version a registered model version was published as (its tag), or None."""
+    raw = mv.tags.get(TRITON_VERSION_TAG)
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def champion_model(cfg: Config, dest: Path):
+    """(model version, local model.pt) of the model behind the registry alias, or None before the first promotion."""
+    import mlflow
+
+    version = champion(cfg)
+    if version is None:
+        return None
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    uri = f"models:/{cfg.promote.model_name}@{cfg.promote.alias}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
+    if not found:
+        raise FileNotFoundError(f"champion {cfg.promote.model_name} v{version.version} ({uri}): no model.pt "
+                                f"among its artifacts at {version.source}")
+    return version, found[0]
 
 
 def ui_base(cfg: Config) -> str:

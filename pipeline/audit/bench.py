@@ -100,7 +100,7 @@ def recall(coco: dict, detections: list[dict], kind: str) -> tuple[int, int, lis
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
-    from pipeline.stages.audit import predictions
+    from pipeline.training.inference import predictions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=NUM_IMAGES)

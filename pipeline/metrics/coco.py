@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputRejected
+from pipeline.metrics.cocojson import category_names, dt_boxes, gt_boxes
 
 log = logging.getLogger(__name__)
 
@@ -219,15 +220,6 @@ def validate_dt(dt, gt: dict, path: str = "<detections>", iou_type: str = "bbox"
 
 # -- COCO evaluation --------------------------------------------------------------------------------
 
-def category_names(gt: dict) -> dict[int, str]:
-    """category id -> a unique display name (the name, or `name#id` when names repeat)."""
-    cats = sorted(gt["categories"], key=lambda c: c["id"])
-    counts: dict[str, int] = {}
-    for c in cats:
-        counts[c["name"]] = counts.get(c["name"], 0) + 1
-    return {c["id"]: c["name"] if counts[c["name"]] == 1 else f"{c['name']}#{c['id']}" for c in cats}
-
-
 @dataclass
 class Evaluation:
     """Everything one COCOeval pass yields: the metrics dict and the precision/recall curves behind it."""
@@ -241,35 +233,13 @@ class Evaluation:
 ENGINES = ("vectorized", "faster-coco-eval")
 
 
-def _gt_boxes(gt: dict):
-    """The columns of a validated ground truth."""
-    from pipeline.metrics.boxeval import Boxes
-
-    anns = gt["annotations"]
-    return Boxes(np.fromiter((a["image_id"] for a in anns), np.int64, len(anns)),
-                 np.fromiter((a["category_id"] for a in anns), np.int64, len(anns)),
-                 np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4),
-                 np.fromiter((a["area"] for a in anns), np.float64, len(anns)),
-                 iscrowd=np.fromiter((a["iscrowd"] for a in anns), bool, len(anns)))
-
-
-def _dt_boxes(dt: list[dict]):
-    """The columns of validated bbox results."""
-    from pipeline.metrics.boxeval import Boxes
-
-    box = np.asarray([d["bbox"] for d in dt], dtype=np.float64).reshape(-1, 4)
-    return Boxes(np.fromiter((d["image_id"] for d in dt), np.int64, len(dt)),
-                 np.fromiter((d["category_id"] for d in dt), np.int64, len(dt)), box, box[:, 2] * box[:, 3],
-                 score=np.fromiter((d["score"] for d in dt), np.float64, len(dt)))
-
-
 def _validated_dt_boxes(dt, gt: dict, path: str):
     """bbox results checked and turned into columns, without a dict copy per detection when all is well."""
     if isinstance(dt, list):
         boxes = _bbox_columns(dt, {img["id"] for img in gt["images"]}, {cat["id"] for cat in gt["categories"]})
         if boxes is not None:
             return boxes
-    return _dt_boxes(validate_dt(dt, gt, path, "bbox"))  # raises naming the first bad item
+    return dt_boxes(validate_dt(dt, gt, path, "bbox"))  # raises naming the first bad item
 
 
 def _run_cocoeval(gt: dict, dt, iou_type: str, engine: str = "vectorized"):
@@ -284,7 +254,7 @@ def _run_cocoeval(gt: dict, dt, iou_type: str, engine: str = "vectorized"):
     if iou_type == "bbox" and engine == "vectorized":
         from pipeline.metrics import boxeval
 
-        return boxeval.evaluate(_gt_boxes(gt), dt if isinstance(dt, Boxes) else _dt_boxes(dt),
+        return boxeval.evaluate(gt_boxes(gt), dt if isinstance(dt, Boxes) else dt_boxes(dt),
                                 [img["id"] for img in gt["images"]], [cat["id"] for cat in gt["categories"]])
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -376,7 +346,7 @@ def report(gt: dict, dt: list[dict], iou_type: str = "bbox", score_threshold: fl
     ev = _evaluate_valid(gt_ok, dt_ok, iou_type, engine)
     metrics = dict(ev.metrics)
     metrics["iou_type"] = iou_type
-    matches = match(_gt_boxes(gt_ok), dt_ok if isinstance(dt_ok, Boxes) else _dt_boxes(dt_ok), score_threshold)
+    matches = match(gt_boxes(gt_ok), dt_ok if isinstance(dt_ok, Boxes) else dt_boxes(dt_ok), score_threshold)
     metrics["operating_point"] = operating_point(gt_ok, dt_ok, score_threshold, matches)
     metrics["confusion_matrix"] = confusion_matrix(gt_ok, dt_ok, score_threshold, matches)
     return metrics, ev

@@ -171,9 +171,9 @@ def match(gt, dt, score_threshold: float) -> Matches:
 def _columns(gt: dict, dt):
     """Matching columns of a validated ground truth and validated results (dicts, or Boxes already)."""
     from pipeline.metrics.boxeval import Boxes
-    from pipeline.metrics.coco import _dt_boxes, _gt_boxes
+    from pipeline.metrics.cocojson import dt_boxes, gt_boxes
 
-    return _gt_boxes(gt), dt if isinstance(dt, Boxes) else _dt_boxes(dt)
+    return gt_boxes(gt), dt if isinstance(dt, Boxes) else dt_boxes(dt)
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
@@ -190,7 +190,7 @@ def operating_point(gt: dict, dt, score_threshold: float, matches: Matches | Non
     already has it. A ratio with nothing to count (no detections for precision, no ground truth for recall)
     is None.
     """
-    from pipeline.metrics.coco import category_names
+    from pipeline.metrics.cocojson import category_names
 
     names = category_names(gt)
     order = np.array(sorted(names), dtype=np.int64)
@@ -209,7 +209,7 @@ def operating_point(gt: dict, dt, score_threshold: float, matches: Matches | Non
 
 def confusion_matrix(gt: dict, dt, score_threshold: float, matches: Matches | None = None) -> dict:
     """{"labels": [class names..., "background"], "matrix": rows = ground truth, columns = predicted}."""
-    from pipeline.metrics.coco import category_names
+    from pipeline.metrics.cocojson import category_names
 
     names = category_names(gt)
     order = np.array(sorted(names), dtype=np.int64)

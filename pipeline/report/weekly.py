@@ -245,8 +245,7 @@ def _stage_results(store, rid: str) -> tuple[dict[str, dict], list]:
 
 
 def _champion_history(cfg, client, runs: list[dict], start: datetime, end: datetime) -> dict:
-    from pipeline.stages.promote import RUN_TAG, current_alias, registered_versions
-    from pipeline.stages.rollback import ROLLED_BACK_TAG
+    from pipeline.tracking import ROLLED_BACK_TAG, RUN_TAG, current_alias, registered_versions
 
     name, alias = cfg.promote.model_name, cfg.promote.alias
     versions = registered_versions(client, name)
@@ -482,7 +481,7 @@ def publish(cfg, week: dict, page: str) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline import alerts
-    from pipeline.cli import RESULT_MARKER
+    from pipeline.resultline import RESULT_MARKER
     from pipeline.config import load_config
 
     cfg = load_config(args.config, args.overrides).resolved()

@@ -42,15 +42,9 @@ def reproduce_args(args: argparse.Namespace) -> list[str]:
 
 def predictions(model_path: Path, data_dir: Path, device: str = "cpu", batch_size: int = 8) -> list[dict]:
     """COCO detections of the model on every image of the dataset (all splits; the scorer picks)."""
-    from pipeline.datasets.canonical import CanonicalDataset
-    from pipeline.training.engine import predict
-    from pipeline.training.models import load_trained
+    from pipeline.training import inference
 
-    model, meta = load_trained(str(model_path))
-    dataset = CanonicalDataset(data_dir, None, meta["image_size"])
-    if meta.get("label_to_category"):
-        dataset.label_to_cat = {i + 1: int(c) for i, c in enumerate(meta["label_to_category"])}
-    return predict(model, dataset, batch_size=batch_size, device=device, progress=False)
+    return inference.predictions(model_path, data_dir, device, batch_size)
 
 
 def audit(coco: dict, detections: list[dict], read_image, out: Path, cfg: Config, model: str,
@@ -73,16 +67,17 @@ def audit(coco: dict, detections: list[dict], read_image, out: Path, cfg: Config
 
 
 def run(cfg: Config, ctx: RunContext, model: str = "") -> dict:
+    from pipeline import tracking
     from pipeline.datasets import canonical_io
     from pipeline.datasets.canonical import load_coco
-    from pipeline.stages.evaluate import _device, champion_model
+    from pipeline.training.inference import resolve_device
 
     if model:
         model_path, what = Path(model), f"model {model}"
         if not model_path.is_file():
             raise InputRejected(f"--model {model}: no such file", path=model, field="--model")
     else:
-        champ = champion_model(cfg, ctx.scratch("champion"))
+        champ = tracking.champion_model(cfg, ctx.scratch("champion"))
         if champ is None:
             log.warning("audit skipped: no model holds %s@%s and no --model was given", cfg.promote.model_name,
                         cfg.promote.alias)
@@ -92,7 +87,7 @@ def run(cfg: Config, ctx: RunContext, model: str = "") -> dict:
     data_dir = ctx.fetch_dir("ingest", "dataset")
     coco = load_coco(data_dir)
     log.info("auditing %d annotations of run %s with %s", len(coco["annotations"]), ctx.run_id, what)
-    detections = predictions(model_path, data_dir, _device(cfg.evaluate.device), cfg.evaluate.batch_size)
+    detections = predictions(model_path, data_dir, resolve_device(cfg.evaluate.device), cfg.evaluate.batch_size)
 
     def read_image(name: str) -> bytes | None:
         path = data_dir / canonical_io.IMAGES / name

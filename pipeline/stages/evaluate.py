@@ -34,28 +34,16 @@ class Scored:
     detections: list[dict]
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: str) -> Scored:
     """Predict with the model in `model_path` (train's model.pt format) on the split in `gt` and score it."""
-    from pipeline.datasets.canonical import CanonicalDataset
     from pipeline.training.engine import predict
-    from pipeline.training.models import load_trained
+    from pipeline.training.inference import load_for_prediction, resolve_device
 
-    model, meta = load_trained(str(model_path))
-    dataset = CanonicalDataset(data_dir, cfg.evaluate.split, meta["image_size"])
     # the model's own label -> category table, not today's dataset's: the champion may predate a new class
-    if meta.get("label_to_category"):
-        dataset.label_to_cat = {i + 1: int(c) for i, c in enumerate(meta["label_to_category"])}
+    model, meta, dataset = load_for_prediction(model_path, data_dir, cfg.evaluate.split)
     log.info("%s: predicting %d %s images with %s at %d px", what, len(dataset), cfg.evaluate.split,
              meta["model"], meta["image_size"])
-    detections = predict(model, dataset, batch_size=cfg.evaluate.batch_size, device=_device(cfg.evaluate.device))
+    detections = predict(model, dataset, batch_size=cfg.evaluate.batch_size, device=resolve_device(cfg.evaluate.device))
     known = {c["id"] for c in gt["categories"]}
     dropped = sum(1 for d in detections if d["category_id"] not in known)
     if dropped:
@@ -70,27 +58,6 @@ def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: s
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def champion_model(cfg: Config, dest: Path):
-    """(model version, local model.pt) of the model behind the registry alias, or None before the first promotion."""
-    import mlflow
-
-    from pipeline import tracking
-
-    version = tracking.champion(cfg)
-    if version is None:
-        return None
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    uri = f"models:/{cfg.promote.model_name}@{cfg.promote.alias}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
-    if not found:
-        raise FileNotFoundError(f"champion {cfg.promote.model_name} v{version.version} ({uri}): no model.pt "
-                                f"among its artifacts at {version.source}")
-    return version, found[0]
 
 
 def _metric_name(name: str) -> str:
@@ -129,7 +96,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     challenger = score_model(model_path, data_dir, gt, cfg, "challenger")
     metrics = dict(challenger.metrics, split=split, images=len(gt["images"]))
 
-    champ = champion_model(cfg, ctx.scratch("champion"))
+    champ = tracking.champion_model(cfg, ctx.scratch("champion"))
     champion = None
     if champ is None:
         log.info("no model holds %s@%s yet: nothing to compare with", cfg.promote.model_name, cfg.promote.alias)

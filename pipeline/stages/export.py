@@ -136,7 +136,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.export.onnx_export import io_spec, ort_session, write_io, write_labels
     from pipeline.stages.gate import deployment_checks, resolve_thresholds
     from pipeline.training.models import load_trained
-    from pipeline.triton.repository import sha256_file
+    from pipeline.checksums import sha256_file
 
     torch.set_num_threads(cfg.export.threads)
     model_pt = ctx.fetch("train", "model.pt")

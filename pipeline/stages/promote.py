@@ -22,62 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline import tracking
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import GateFailed, InputRejected
 
 UPSTREAM = ("export", "gate")
 
-RUN_TAG = "nightshift.run_id"
-TRITON_VERSION_TAG = "nightshift.triton_version"
-TRITON_REPO_TAG = "nightshift.triton_repo"
-
 log = logging.getLogger(__name__)
-
-
-# -- the MLflow model registry ------------------------------------------------------------------------------
-def registry_client(cfg: Config):
-    import mlflow
-
-    from pipeline import tracking
-
-    tracking.setup(cfg)
-    return mlflow.MlflowClient()
-
-
-def registered_versions(client, name: str) -> list:
-    """Every version of registered model `name` (newest first); [] if it does not exist."""
-    versions = client.search_model_versions(f"name = '{name}'")
-    return sorted(versions, key=lambda v: int(v.version), reverse=True)
-
-
-def register(client, name: str, mlflow_run_id: str, run_id: str, triton_version: int, repo_url: str):
-    """The registry version for this pipeline run: reused if it exists, else created. Returns (mv, created)."""
-    from mlflow.exceptions import MlflowException
-
-    for mv in registered_versions(client, name):
-        if mv.tags.get(RUN_TAG) == run_id:
-            return mv, False
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-            raise
-    mv = client.create_model_version(
-        name, f"runs:/{mlflow_run_id}/model", run_id=mlflow_run_id,
-        tags={RUN_TAG: run_id, TRITON_VERSION_TAG: str(triton_version), TRITON_REPO_TAG: repo_url},
-        description=f"Nightshift run {run_id}; Triton version {triton_version} in {repo_url}",
-    )
-    return mv, True
-
-
-def current_alias(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 # -- what may be shipped ----------------------------------------------------------------------------------
@@ -87,7 +39,7 @@ def verified_export(ctx: RunContext, files: dict) -> None:
     A model.onnx without a passing result.json (export killed, or refused with exit 4) or with other bytes
     than export recorded (a later, killed export overwrote it) is never shipped.
     """
-    from pipeline.triton.repository import sha256_file
+    from pipeline.checksums import sha256_file
 
     where = ctx.url("result.json", "export")
     if not ctx.has_result("export"):
@@ -148,11 +100,11 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
     files["config.pbtxt"] = config_path
 
     repo = ModelRepository(p.triton_repo, p.triton_endpoint_url)
-    client = registry_client(cfg)
+    client = tracking.registry_client(cfg)
     with repo.lock(name, p.lock_timeout_s, p.lock_ttl_s) as lease:
         recovered = recover(cfg, repo, client, name)  # a promotion that died between its pin and its alias
         previous = repo.served_version(name)
-        previous_alias = current_alias(client, name, p.alias)
+        previous_alias = tracking.current_alias(client, name, p.alias)
         version = repo.find_by_run(name, ctx.run_id)
         created_version = version is None
         if created_version:
@@ -161,7 +113,7 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
             log.info("run %s already published %s: reusing it", ctx.run_id, repo.url(name, version))
         created_mv = False
         try:
-            mv, created_mv = register(client, name, mlflow_run_id, ctx.run_id, version, repo.location)
+            mv, created_mv = tracking.register(client, name, mlflow_run_id, ctx.run_id, version, repo.location)
             lease.check()
             # from the pin to the alias move, the journal lets the next promotion finish or undo this one
             repo.write_journal(name, {
@@ -204,7 +156,7 @@ def recover(cfg: Config, repo, client, name: str) -> dict | None:
     if entry is None:
         return None
     alias = entry.get("alias") or cfg.promote.alias
-    moved = current_alias(client, name, alias)
+    moved = tracking.current_alias(client, name, alias)
     if moved is not None and int(moved.version) == entry["registry_version"]:
         outcome, serve = "completed", entry["version"]
     else:

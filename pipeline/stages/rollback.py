@@ -11,15 +11,12 @@ JSON summary; announces nothing (the notify side does). Exit 3 when there is not
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from pipeline.errors import InputRejected
 
 log = logging.getLogger(__name__)
-
-ROLLED_BACK_TAG = "nightshift.rolled_back_at"
 
 
 def add_arguments(parser) -> None:
@@ -31,27 +28,20 @@ def add_arguments(parser) -> None:
                         help="override one config value, e.g. --set promote.triton_url=http://triton:8000")
 
 
-def _triton_version(mv) -> int | None:
-    from pipeline.stages.promote import TRITON_VERSION_TAG
-
-    raw = mv.tags.get(TRITON_VERSION_TAG)
-    return int(raw) if raw and raw.isdigit() else None
-
-
 def rollback(cfg, model: str, to: int | None = None) -> dict:
     """Do the rollback; returns the summary. InputRejected (exit 3) when there is nothing to roll back to."""
-    from pipeline.stages.promote import current_alias, registered_versions, registry_client
+    from pipeline import tracking
     from pipeline.triton.repository import ModelRepository
 
     alias = cfg.promote.alias
-    client = registry_client(cfg)
-    current = current_alias(client, model, alias)
+    client = tracking.registry_client(cfg)
+    current = tracking.current_alias(client, model, alias)
     if current is None:
         raise InputRejected(f"registered model {model!r} has no @{alias} version: nothing to roll back from",
                             field="--model")
     repo = ModelRepository(cfg.promote.triton_repo, cfg.promote.triton_endpoint_url)
     published = set(repo.versions(model))
-    versions = registered_versions(client, model)
+    versions = tracking.registered_versions(client, model)
 
     if to is not None:
         target = next((mv for mv in versions if int(mv.version) == to), None)
@@ -59,20 +49,20 @@ def rollback(cfg, model: str, to: int | None = None) -> dict:
             raise InputRejected(f"registered model {model!r} has no version {to}", field="--to")
         if int(target.version) == int(current.version):
             raise InputRejected(f"version {to} is already @{alias}: nothing to roll back", field="--to")
-        if _triton_version(target) not in published:
+        if tracking.triton_version(target) not in published:
             raise InputRejected(f"registry version {to} has no published Triton version in {repo.url(model)} "
-                                f"(Triton version {_triton_version(target)} was pruned or never published)",
+                                f"(Triton version {tracking.triton_version(target)} was pruned or never published)",
                                 field="--to")
     else:
         older = [mv for mv in versions if int(mv.version) < int(current.version)
-                 and _triton_version(mv) in published]
+                 and tracking.triton_version(mv) in published]
         if not older:
             raise InputRejected(f"registered model {model!r}: no version older than @{alias} (version "
                                 f"{current.version}) is still published in {repo.url(model)}: nothing to roll back to",
                                 field="--model")
         target = older[0]  # newest first
 
-    triton_version = _triton_version(target)
+    triton_version = tracking.triton_version(target)
     with repo.lock(model, cfg.promote.lock_timeout_s, cfg.promote.lock_ttl_s):
         served_before = repo.served_version(model)
         repo.activate(model, triton_version)
@@ -86,10 +76,10 @@ def rollback(cfg, model: str, to: int | None = None) -> dict:
             repo.activate(model, served_before if served_before in repo.versions(model) else None)
             raise
         repo.clear_journal(model)  # pin and alias agree now: an interrupted promotion's journal is moot
-    client.set_model_version_tag(model, current.version, ROLLED_BACK_TAG, str(int(time.time())))
+    client.set_model_version_tag(model, current.version, tracking.ROLLED_BACK_TAG, str(int(time.time())))
     summary = {
         "model": model, "alias": alias, "status": "rolled_back",
-        "from": {"registry_version": int(current.version), "triton_version": _triton_version(current)},
+        "from": {"registry_version": int(current.version), "triton_version": tracking.triton_version(current)},
         "to": {"registry_version": int(target.version), "triton_version": triton_version},
         "repository": repo.url(model, triton_version), "served_before": served_before,
     }
@@ -102,7 +92,7 @@ def main(args) -> int:
     from pipeline.config import load_config
 
     from pipeline import alerts
-    from pipeline.cli import RESULT_MARKER
+    from pipeline.resultline import print_result
 
     cfg = load_config(args.config, args.overrides).resolved()
     summary = rollback(cfg, args.model, args.to)
@@ -112,5 +102,5 @@ def main(args) -> int:
             f"Triton now serves {summary['repository']}.")
     summary["announced_to"] = alerts.send(cfg, text, "rollback", {"model": summary["model"],
                                                                   "version": summary["to"]["registry_version"]})
-    print(RESULT_MARKER + json.dumps(summary, sort_keys=True), flush=True)
+    print_result(summary)
     return 0

@@ -19,7 +19,6 @@ new classes start fresh.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checksums import sha256_file
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -199,14 +199,6 @@ def _align_backbone(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
     return out
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_weights(uri: str, dest_dir: Path, endpoint_url: str = "") -> Path:
     """A local copy of `train.weights`: the path itself, or an s3:// object fetched through the store client."""
     if not uri.startswith("s3://"):
@@ -250,7 +242,7 @@ def prepare(cfg, ctx, is_local_main: bool, barrier) -> tuple[Path | None, dict]:
 
 
 def _fetch_champion(cfg, dest: Path) -> dict:
-    from pipeline.stages.evaluate import champion_model
+    from pipeline.tracking import champion_model
 
     champ = champion_model(cfg, dest / "champion")
     if champ is None:
@@ -269,7 +261,7 @@ def initialise(model: torch.nn.Module, cfg, path: Path | None, info: dict, class
         return InitReport(mode="scratch")
     state, src_names = read_state(path, info["label"])
     report = apply_state(model, state, info["label"], tc.model, src_names, class_names, mode=tc.init)
-    report.sha256 = sha256(path)
+    report.sha256 = sha256_file(path)
     report.champion_version = info.get("champion_version")
     report.champion_run_id = info.get("champion_run_id")
     if announce:

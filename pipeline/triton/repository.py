@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from pipeline.checksums import sha256_file
 from pipeline.errors import InfrastructureError
 from pipeline.store import ArtifactStore, LocalStore, S3Store
 from pipeline.triton import config as tconfig
@@ -76,14 +76,6 @@ class Lease:
 
 class PublicationError(RuntimeError):
     """A checksum did not match after upload: the version was not published."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _owner() -> str:

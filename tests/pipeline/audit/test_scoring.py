@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
     """The demo data, an SSDlite trained briefly on it (clean labels), and its predictions on every image."""
     import torch
 
-    from pipeline.stages.audit import predictions
+    from pipeline.training.inference import predictions
 
     threads = torch.get_num_threads()
     root = tmp_path_factory.mktemp("audit-model")

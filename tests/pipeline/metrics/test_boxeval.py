@@ -11,12 +11,13 @@ import pytest
 
 from pipeline.metrics import boxeval
 from pipeline.metrics.bench import pycocotools_eval
-from pipeline.metrics.coco import _dt_boxes, _gt_boxes, validate_dt, validate_gt
+from pipeline.metrics.coco import validate_dt, validate_gt
+from pipeline.metrics.cocojson import dt_boxes, gt_boxes
 
 
 def ours(gt: dict, dt: list[dict]):
     gt = validate_gt(gt)
-    return boxeval.evaluate(_gt_boxes(gt), _dt_boxes(validate_dt(dt, gt)), [i["id"] for i in gt["images"]],
+    return boxeval.evaluate(gt_boxes(gt), dt_boxes(validate_dt(dt, gt)), [i["id"] for i in gt["images"]],
                             [c["id"] for c in gt["categories"]])
 
 

@@ -130,7 +130,7 @@ def _random_set(seed: int, images: int = 40):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_vectorised_matching_equals_the_per_image_loop(seed):
-    from pipeline.metrics.coco import _dt_boxes, _gt_boxes
+    from pipeline.metrics.cocojson import dt_boxes, gt_boxes
     from pipeline.metrics.matching import by_image, match
 
     gt, dt = _random_set(seed)
@@ -138,7 +138,7 @@ def test_vectorised_matching_equals_the_per_image_loop(seed):
     position = {id(d): i for i, d in enumerate(dt)}
     gt_position = {id(a): i for i, a in enumerate(gt["annotations"])}
     for threshold in (0.0, 0.3, 0.75):
-        m = match(_gt_boxes(gt), _dt_boxes(dt), threshold)
+        m = match(gt_boxes(gt), dt_boxes(dt), threshold)
         gts, dts = by_image(gt, dt, threshold)
         for same_only, matched, ignored in ((True, m.same_gt, m.same_ignored), (False, m.any_gt, m.any_ignored)):
             want_pairs, want_lost, want_missed = set(), set(), set()
@@ -157,10 +157,10 @@ def test_vectorised_matching_equals_the_per_image_loop(seed):
 
 
 def test_operating_point_and_confusion_matrix_accept_columns_and_precomputed_matches():
-    from pipeline.metrics.coco import _dt_boxes, _gt_boxes
+    from pipeline.metrics.cocojson import dt_boxes, gt_boxes
     from pipeline.metrics.matching import match
 
     gt, dt = _inputs()
-    m = match(_gt_boxes(gt), _dt_boxes(dt), 0.3)
-    assert operating_point(gt, _dt_boxes(dt), 0.3) == operating_point(gt, dt, 0.3, m) == operating_point(gt, dt, 0.3)
-    assert confusion_matrix(gt, _dt_boxes(dt), 0.3) == confusion_matrix(gt, dt, 0.3, m)
+    m = match(gt_boxes(gt), dt_boxes(dt), 0.3)
+    assert operating_point(gt, dt_boxes(dt), 0.3) == operating_point(gt, dt, 0.3, m) == operating_point(gt, dt, 0.3)
+    assert confusion_matrix(gt, dt_boxes(dt), 0.3) == confusion_matrix(gt, dt, 0.3, m)

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from pipeline import cli, tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.report import weekly
-from pipeline.stages import evaluate, gate, promote
-from pipeline.stages.rollback import ROLLED_BACK_TAG
+from pipeline.stages import evaluate, gate
 from pipeline.training.reproduce import REPRODUCTION_TAG
 from tests.helpers import last_result, only_commands
 from tests.html_page import assert_self_contained, browser_problems, chromium, parse
@@ -105,8 +104,8 @@ class Week:
 
     def promote(self, run_id, mlrun, triton_version, report):
         self.result(run_id, "export", onnx_mb=report["size"]["onnx_bytes"] / 1e6).publish_json(report, "report.json")
-        client = promote.registry_client(self.cfg)
-        mv, _ = promote.register(client, self.cfg.promote.model_name, mlrun, run_id, triton_version, "/repo")
+        client = tracking.registry_client(self.cfg)
+        mv, _ = tracking.register(client, self.cfg.promote.model_name, mlrun, run_id, triton_version, "/repo")
         client.set_registered_model_alias(self.cfg.promote.model_name, self.cfg.promote.alias, mv.version)
         self.result(run_id, "promote", model=self.cfg.promote.model_name, version=triton_version,
                     registry_version=int(mv.version), alias=self.cfg.promote.alias)
@@ -165,9 +164,9 @@ def week(tmp_path):
     # 7: nothing changed
     w.night("night-7", 7, 420, {"circle": 130, "square": 110, "triangle": 180}, "h6", changed=False)
     # ... and v3 rolled back to v2 (what `nightshift rollback` does to the registry)
-    client = promote.registry_client(cfg)
+    client = tracking.registry_client(cfg)
     client.set_registered_model_alias(cfg.promote.model_name, cfg.promote.alias, "2")
-    client.set_model_version_tag(cfg.promote.model_name, mv3.version, ROLLED_BACK_TAG, str(int(time.time())))
+    client.set_model_version_tag(cfg.promote.model_name, mv3.version, tracking.ROLLED_BACK_TAG, str(int(time.time())))
     # reproductions: one matched, one did not
     w.reproduction("night-1", 1, True)
     w.reproduction("night-4", 1, False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import cli
+from pipeline import cli, tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import promote
@@ -45,12 +45,13 @@ def make_cfg(shared, tmp_path, *sets):
 
 
 def alias_version(cfg):
-    mv = promote.current_alias(promote.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
+    mv = tracking.current_alias(tracking.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
     return int(mv.version) if mv else None
 
 
 def registry_versions(cfg):
-    return sorted(int(v.version) for v in promote.registered_versions(promote.registry_client(cfg), cfg.promote.model_name))
+    client = tracking.registry_client(cfg)
+    return sorted(int(v.version) for v in tracking.registered_versions(client, cfg.promote.model_name))
 
 
 def test_promotions_publish_register_and_move_the_alias(shared, tmp_path, upstream):
@@ -63,9 +64,9 @@ def test_promotions_publish_register_and_move_the_alias(shared, tmp_path, upstre
     assert set(repo.marker(cfg.promote.model_name, 1)["files"]) == {"model.onnx", "labels.txt", "io.json", "config.pbtxt"}
     text = repo.store.get_bytes(f"{cfg.promote.model_name}/config.pbtxt").decode()
     assert 'platform: "onnxruntime_onnx"' in text and "specific" in text and 'label_filename: "labels.txt"' in text
-    mv = promote.registry_client(cfg).get_model_version(cfg.promote.model_name, "1")
+    mv = tracking.registry_client(cfg).get_model_version(cfg.promote.model_name, "1")
     assert mv.source == f"runs:/{mlrun}/model" and mv.run_id == mlrun
-    assert mv.tags[promote.TRITON_VERSION_TAG] == "1" and mv.tags[promote.RUN_TAG] == "night-1"
+    assert mv.tags[tracking.TRITON_VERSION_TAG] == "1" and mv.tags[tracking.RUN_TAG] == "night-1"
 
     again = promote.run(cfg, RunContext.create("night-1", "promote", cfg))  # same run id: nothing new
     assert (again["version"], again["registry_version"], again["reused"]) == (1, 1, True)

@@ -28,10 +28,12 @@ import boto3
 import pytest
 import torch
 
+from pipeline import tracking
+from pipeline.checksums import sha256_file
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import promote
-from pipeline.triton.repository import LOCK, MARKER, STAGING, ModelRepository, sha256_file
+from pipeline.triton.repository import LOCK, MARKER, STAGING, ModelRepository
 
 ROOT = Path(__file__).resolve().parents[3]
 DELAY_S = 0.4  # per slowed file operation: wide enough windows to kill in, short enough for a quick test
@@ -139,12 +141,12 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def alias_version(cfg):
-    mv = promote.current_alias(promote.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
+    mv = tracking.current_alias(tracking.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
     return int(mv.version) if mv else None
 
 
 def registry_count(cfg) -> int:
-    return len(promote.registered_versions(promote.registry_client(cfg), cfg.promote.model_name))
+    return len(tracking.registered_versions(tracking.registry_client(cfg), cfg.promote.model_name))
 
 
 def assert_readers_see_only_complete_versions(repo: ModelRepository, model: str, expected: list[int]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import cli
+from pipeline import cli, tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.stages import promote
@@ -44,8 +44,7 @@ def promoted(shared, tmp_path):
     """Three nights promoted in turn: registry versions 1..3 = Triton versions 1..3, alias on 3."""
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.triton.repository import sha256_file
+    from pipeline.checksums import sha256_file
 
     sets = [f"mlflow.tracking_uri={shared['tracking']}", f"promote.model_name={tmp_path.name}",
             f"promote.triton_repo={tmp_path / 'repo'}", "promote.keep_versions=10"]
@@ -76,7 +75,7 @@ def rollback(sets, model, *extra):
 
 def state(cfg):
     name = cfg.promote.model_name
-    mv = promote.current_alias(promote.registry_client(cfg), name, cfg.promote.alias)
+    mv = tracking.current_alias(tracking.registry_client(cfg), name, cfg.promote.alias)
     return int(mv.version), ModelRepository(cfg.promote.triton_repo).served_version(name)
 
 

@@ -17,6 +17,7 @@ import pytest
 from pipeline import tracking
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.datasets import dvc
 from pipeline.datasets.synthetic import generate
 from pipeline.stages import snapshot
 from tests.helpers import result_line
@@ -100,7 +101,7 @@ def test_directory_remote_same_hash_nothing_new_failed_push_restores(capsys, ing
     assert f"{broken}: dvc push failed after 2 attempts" in err
     assert (repo / "data.dvc").read_bytes() == before
     assert len(list((repo / "data" / "images").iterdir())) == 30  # data/ still the snapshot data.dvc names
-    assert not (repo / snapshot.INCOMING).exists() and not (repo / f"{snapshot.INCOMING}.dvc").exists()
+    assert not (repo / dvc.INCOMING).exists() and not (repo / f"{dvc.INCOMING}.dvc").exists()
     assert [t for t in tags if t[0] == "r3"] == []
 
 
@@ -118,19 +119,6 @@ def test_s3_remote_on_a_local_server(capsys, ingested, tags, tmp_path, s3_server
     assert len(keys) == 32 and all(k.startswith("nightshift/files/md5/") for k in keys)
     assert any(k.endswith(first["dataset_hash"][2:]) for k in keys)
     assert "endpointurl" in (tmp_path / "repo" / ".dvc" / "config.local").read_text()
-
-
-def test_repo_discovery(tmp_path, monkeypatch, nightshift_home):
-    project = tmp_path / "project"
-    (project / ".dvc").mkdir(parents=True)
-    (project / "dvc.yaml").write_text("stages: {}\n")
-    (project / "src" / "deep").mkdir(parents=True)
-    cfg = load_config(None, []).resolved()
-    assert snapshot.find_repo(cfg, start=project / "src" / "deep") == project
-    # nothing above: the workspace's own DVC project, created without SCM
-    repo = snapshot.find_repo(cfg, start=tmp_path / "elsewhere")
-    assert repo == nightshift_home / "dvc"
-    assert "no_scm = True" in (repo / ".dvc" / "config").read_text()
 
 
 def test_snapshot_without_ingest_is_rejected(capsys, tmp_path, monkeypatch):
@@ -162,7 +150,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # killed ("sleep"), or waits until the test creates FLAG.go ("hold", at most 300 s)
 WRAPPER = """
 import os, sys, time
-from pipeline.stages import snapshot
+from pipeline.datasets import dvc
 
 stop_at, flag = os.environ.get("NIGHTSHIFT_TEST_STOP_AT", ""), os.environ.get("NIGHTSHIFT_TEST_FLAG", "")
 mode = os.environ.get("NIGHTSHIFT_TEST_MODE", "announce")
@@ -179,13 +167,13 @@ def reached(point):
     while mode == "hold" and not os.path.exists(flag + ".go") and time.monotonic() < deadline:
         time.sleep(0.05)
 
-real_push = snapshot.push
+real_push = dvc.push
 def push(*args, **kwargs):
     reached("dvc push")
     pushed = real_push(*args, **kwargs)
     reached("after push")
     return pushed
-snapshot.push = push
+dvc.push = push
 
 from pipeline import cli
 sys.exit(cli.main(sys.argv[1:]))
@@ -290,22 +278,22 @@ def test_two_snapshots_at_once_each_record_the_hash_they_pushed(ingested, tmp_pa
         assert md5 in stored
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / run_id}.db")
         assert mlflow.MlflowClient().get_run(result["mlflow_run_id"]).data.tags["dataset_hash"] == md5
-    assert snapshot.read_out(repo / "data.dvc")["md5"] == results["rb"]["dataset_hash"]  # the later one
-    assert not (repo / snapshot.INCOMING).exists() and not (repo / f"{snapshot.INCOMING}.dvc").exists()
+    assert dvc.read_out(repo / "data.dvc")["md5"] == results["rb"]["dataset_hash"]  # the later one
+    assert not (repo / dvc.INCOMING).exists() and not (repo / f"{dvc.INCOMING}.dvc").exists()
 
 
 def test_a_held_lock_is_waited_for_then_reported_in_one_line(capsys, ingested, tags, tmp_path):
     repo = tmp_path / "repo"
     ingested("r1")
     sets = ["--set", f"snapshot.repo_dir={repo}", "--set", f"snapshot.remote={tmp_path / 'remote'}"]
-    with snapshot.repo_lock(repo, 1):  # another snapshot of this DVC project, still working
+    with dvc.repo_lock(repo, 1):  # another snapshot of this DVC project, still working
         started = time.monotonic()
         code, _, err = run(capsys, "snapshot", "--run-id", "r1", *sets, "--set", "snapshot.lock_timeout_s=1.5")
         assert 1.5 <= time.monotonic() - started < 30
     assert code == 5
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(lines) == 1 and "Traceback" not in err
-    assert f"{repo / snapshot.LOCK_FILE}: another snapshot (pid {os.getpid()} on {socket.gethostname()}" in lines[0]
+    assert f"{repo / dvc.LOCK_FILE}: another snapshot (pid {os.getpid()} on {socket.gethostname()}" in lines[0]
     assert "snapshot.lock_timeout_s=1.5s" in lines[0]
     assert not (repo / "data.dvc").exists()
     code, result, err = run(capsys, "snapshot", "--run-id", "r1", *sets)  # released: it goes through
@@ -381,47 +369,7 @@ def test_kill_9_during_or_after_the_push_keeps_the_previous_data_dvc(ingested, t
     assert len(list((repo / "data" / "images").iterdir())) == 31
     md5 = second["dataset_hash"]
     s3_client(s3_server).head_object(Bucket="dvc-store", Key=f"ns/files/md5/{md5[:2]}/{md5[2:]}")
-    assert not (repo / snapshot.INCOMING).exists() and not (repo / f"{snapshot.INCOMING}.dvc").exists()
-
-
-def test_the_remote_probe_tells_not_pushed_from_an_outage(s3_server, monkeypatch):
-    """The unchanged-night check asks the remote for the snapshot's .dir listing: a definite 404 means
-    "not pushed" (snapshot again), but a dead endpoint is exit 5 in bounded time, never a silent "absent"."""
-    import boto3
-
-    from pipeline.errors import InfrastructureError
-    from tests.faults import dead_endpoint
-
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="dvc")
-    md5 = "0123456789abcdef0123456789abcdef.dir"
-    cfg = load_config(None, [f"snapshot.remote_endpoint_url={s3_server}"])
-    assert snapshot._remote_has("s3://dvc/remote", md5, cfg) is False
-    boto3.client("s3", endpoint_url=s3_server).put_object(Bucket="dvc", Key=f"remote/files/md5/01/{md5[2:]}",
-                                                          Body=b"[]")
-    assert snapshot._remote_has("s3://dvc/remote", md5, cfg) is True
-
-    monkeypatch.setenv("NIGHTSHIFT_S3_RETRY_BUDGET_S", "2")
-    dead = load_config(None, [f"snapshot.remote_endpoint_url={dead_endpoint()}"])
-    started = time.monotonic()
-    with pytest.raises(InfrastructureError, match="s3://dvc/remote/files/md5/01/"):
-        snapshot._remote_has("s3://dvc/remote", md5, dead)
-    assert time.monotonic() - started < 30
-
-
-def test_a_configured_remote_is_not_configured_again(tmp_path, monkeypatch):
-    """configure_remote reads DVC's own config.local (sections quoted as ['remote "nightshift"']): once the
-    remote is set, an unchanged night spends no `dvc remote` start-ups on it."""
-    repo = snapshot._init(tmp_path / "project")
-    cfg = load_config(None, [f"snapshot.remote={tmp_path / 'remote'}"])
-    assert snapshot.configure_remote(repo, cfg) == str((tmp_path / "remote").resolve())
-    assert snapshot._local_remote(repo) == {"url": str((tmp_path / "remote").resolve())}
-    calls = []
-    monkeypatch.setattr(snapshot, "dvc", lambda *a, **k: calls.append(a))
-    snapshot.configure_remote(repo, cfg)
-    assert calls == []
-    other = load_config(None, [f"snapshot.remote={tmp_path / 'elsewhere'}"])
-    snapshot.configure_remote(repo, other)
-    assert calls and calls[0][1:3] == ("remote", "add")
+    assert not (repo / dvc.INCOMING).exists() and not (repo / f"{dvc.INCOMING}.dvc").exists()
 
 
 def test_snapshot_in_a_git_repository_with_the_projects_gitignore(capsys, ingested, tags, tmp_path):
@@ -431,7 +379,7 @@ def test_snapshot_in_a_git_repository_with_the_projects_gitignore(capsys, ingest
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     (repo / ".gitignore").write_text((Path(__file__).resolve().parents[3] / ".gitignore").read_text())
-    snapshot.dvc(repo, "init", "-q")  # with SCM, as the project's own .dvc/
+    dvc.run(repo, "init", "-q")  # with SCM, as the project's own .dvc/
     ingested("git1")
     code, result, err = run(capsys, "snapshot", "--run-id", "git1", "--set", f"snapshot.repo_dir={repo}",
                             "--set", f"snapshot.remote={remote}")

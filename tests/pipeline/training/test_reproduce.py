@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,8 @@ import torch
 from pipeline import cli, tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
-from pipeline.training.reproduce import REPRODUCTION_TAG, compare, dvc_dir_hash
+from pipeline.datasets.dvc import dir_hash
+from pipeline.training.reproduce import REPRODUCTION_TAG, compare
 
 SIZE = 64
 # 16 train images, batch 4, 2 epochs: 8 deterministic CPU steps in one process
@@ -44,7 +43,7 @@ def original(tmp_path_factory, split_dataset):
         cfg = load_config(None, locations).resolved()
         ctx = RunContext.create("orig", "ingest", cfg)
         ctx.publish_dir(data, "dataset")
-        ctx.store.put_json({"status": "ok", "dataset_hash": dvc_dir_hash(data)}, ctx.key("result.json", "snapshot"))
+        ctx.store.put_json({"status": "ok", "dataset_hash": dir_hash(data)}, ctx.key("result.json", "snapshot"))
         assert run_cli(["train", "--run-id", "orig"], [*TRAIN, *locations]) == 0
         assert run_cli(["evaluate", "--run-id", "orig"], [*TRAIN, *locations]) == 0
         torch.use_deterministic_algorithms(False)
@@ -61,20 +60,6 @@ def reproduce(original, *extra: str) -> int:
 def model_state(store, run_id: str) -> dict:
     return torch.load(store.local_path(f"runs/{run_id}/train/model.pt"), map_location="cpu",
                       weights_only=False)["state_dict"]
-
-
-def test_dvc_dir_hash_is_what_dvc_add_records(tmp_path):
-    repo = tmp_path / "repo"
-    (repo / "data" / "images").mkdir(parents=True)
-    (repo / "data" / "annotations.json").write_text('{"images": []}\r\n')
-    (repo / "data" / "images" / "a.png").write_bytes(bytes(range(256)) * 40)
-    env_run = dict(cwd=repo, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], **env_run)
-    subprocess.run([sys.executable, "-m", "dvc", "add", "data", "-q"], **env_run)
-    import yaml
-
-    recorded = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
-    assert dvc_dir_hash(repo / "data") == recorded
 
 
 def test_compare_within_and_outside_the_tolerance():

@@ -16,6 +16,7 @@ import onnx
 import pytest
 import torch
 
+from pipeline import tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.triton import client
@@ -122,9 +123,7 @@ def make_cfg(shared, server):
 
 
 def alias_version(cfg):
-    from pipeline.stages import promote
-
-    mv = promote.current_alias(promote.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
+    mv = tracking.current_alias(tracking.registry_client(cfg), cfg.promote.model_name, cfg.promote.alias)
     return int(mv.version) if mv else None
 
 
