@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.checksums import sha256_file
 from pipeline.config import Config, is_secret
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, InputRejected, NightshiftError
@@ -292,7 +293,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         seed_everything(tc.seed, tc.deterministic)
 
         root = _dataset_root(ctx, info.local_rank, lambda: distributed.barrier(info))
-        annotations_sha = hashlib.sha256((root / "annotations.json").read_bytes()).hexdigest()
+        annotations_sha = sha256_file(root / "annotations.json")
         train_set, val_set, val_gt = _load_splits(root, tc, info.is_main)
         snapshot = ctx.result_of("snapshot") if ctx.has_result("snapshot") else {}
         dataset_hash = snapshot.get("dataset_hash", "")

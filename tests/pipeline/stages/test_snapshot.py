@@ -19,7 +19,6 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.datasets import dvc
 from pipeline.datasets.synthetic import generate
-from pipeline.stages import snapshot
 from tests.helpers import result_line
 
 
