@@ -1,6 +1,6 @@
 """How long the real scheduler takes to refuse a run's bad params: trigger -> failed task, through /api/v2.
 
-    .venv-airflow/bin/python scripts/airflow_refusal_times.py [--rounds 3]
+    .venv-airflow/bin/python scripts/airflow_refusal_times.py [--rounds 3] [--keep]
 
 Starts `scripts/airflow_local.sh standalone` (what `make airflow-ui` runs: LocalExecutor scheduler,
 dag-processor, API server, all on 127.0.0.1) in a temporary NIGHTSHIFT_HOME, then per round triggers
@@ -11,13 +11,15 @@ dag-processor, API server, all on 127.0.0.1) in a temporary NIGHTSHIFT_HOME, the
 one after the other (the DAG has max_active_runs=1), and prints for each the seconds from the trigger to the
 failed task, split into where they went: the scheduler creating the task instances and queueing each task
 (`queued`), the executor starting it (`start`), the task itself (`run`). The load average is printed before and
-after: the figures mean little without it. Stops Airflow with SIGINT (Ctrl-C) at the end.
+after: the figures mean little without it. Stops Airflow with SIGINT (Ctrl-C) at the end and removes its
+temporary home unless --keep.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +124,7 @@ def measure(api: Api, conf: dict, tasks: tuple[str, ...], timeout: float = 180) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep Airflow's home (logs, database) afterwards")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="nightshift-refusal-times-"))
     port = free_port()
@@ -150,7 +153,11 @@ def main() -> int:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; Airflow's files: {home}")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.keep:
+            print(f"Airflow's files (task logs, console.log): {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
     return 0
 
 
