@@ -1,18 +1,19 @@
 """Weekly report: every run of the past week, the champion's history and the trends, as one HTML page.
 
 Runs `nightshift weekly --since <since>` through the same task factory as the stages: the page goes to the
-artifact store and MLflow, and a chat summary links to it. Weekly (Monday 06:00) and on manual trigger.
+artifact store and MLflow, and a chat summary links to it. Weekly (NIGHTSHIFT_WEEKLY_SCHEDULE, default Monday
+06:00) and on manual trigger.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from nightshift_airflow import default_args, stage
+from nightshift_airflow import default_args, settings, stage
 
 with DAG(
     dag_id="nightshift_weekly_report",
-    schedule="0 6 * * 1",
+    schedule=settings.weekly_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

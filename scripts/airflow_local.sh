@@ -6,14 +6,15 @@
 #
 # `standalone` is sized for a laptop: api-server, scheduler and dag-processor only, every socket on 127.0.0.1
 # (no log servers: the UI reads the task logs from local files), AIRFLOW__CORE__PARALLELISM workers (default:
-# min(4, CPUs)), and no run starts by itself: NIGHTSHIFT_SCHEDULE defaults to `none` here (set it to a cron
-# to get the nightly run). Ctrl-C or SIGTERM stops every process it started, within STOP_TIMEOUT_S.
+# min(4, CPUs)), and no run starts by itself: NIGHTSHIFT_SCHEDULE and NIGHTSHIFT_WEEKLY_SCHEDULE default to `none`
+# here (set a cron to get the nightly run or the weekly report). Ctrl-C or SIGTERM stops every process it started, within STOP_TIMEOUT_S.
 #   scripts/airflow_local.sh <airflow args...>       any airflow command in this environment
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 export NIGHTSHIFT_HOME="${NIGHTSHIFT_HOME:-$repo/.nightshift}"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$NIGHTSHIFT_HOME/airflow}"
-export AIRFLOW__CORE__DAGS_FOLDER="$repo/dags"
+# NIGHTSHIFT_DAGS_FOLDER: another folder of DAG files (the scheduler test adds a fault-injection DAG beside ours)
+export AIRFLOW__CORE__DAGS_FOLDER="${NIGHTSHIFT_DAGS_FOLDER:-$repo/dags}"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$repo/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
@@ -30,12 +31,16 @@ cd "$repo"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 
 standalone() {
-  export NIGHTSHIFT_SCHEDULE="${NIGHTSHIFT_SCHEDULE:-none}"
+  export NIGHTSHIFT_SCHEDULE="${NIGHTSHIFT_SCHEDULE:-none}" NIGHTSHIFT_WEEKLY_SCHEDULE="${NIGHTSHIFT_WEEKLY_SCHEDULE:-none}"
   export AIRFLOW__CORE__EXECUTOR=LocalExecutor
   export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
   local cpus; cpus=$(nproc 2>/dev/null || echo 2)
   export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$(( cpus < 4 ? cpus : 4 ))}"
   export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT="$AIRFLOW_PORT" AIRFLOW__API__WORKERS=1
+  # A failed task is reported by its supervisor once it sees the task process exit; with nothing left to read it
+  # looks only every min_heartbeat_interval (default 5 s), which a refused run waited out in full. 1 s: a refusal
+  # shows as failed ~4 s sooner, for one heartbeat a second per running task (scripts/airflow_refusal_times.py).
+  export AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL="${AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL:-1}"
   local stop_timeout="${STOP_TIMEOUT_S:-30}" logs="$AIRFLOW_HOME/standalone-logs"
   mkdir -p "$logs"
   # the console prefixer outlives Ctrl-C (which the terminal sends to it too), so a component's last words
@@ -49,9 +54,26 @@ standalone() {
   pids+=($!)
   setsid airflow dag-processor > >(prefix 'dag-processor | ') 2>&1 &
   pids+=($!)
+  # The task-execution API (/execution, built with Cadwyn) generates its versioned routes on its first request,
+  # inside the API server's event loop: the first task of a fresh Airflow waited 26 s for it (load 10 on 2 CPUs)
+  # and the UI froze meanwhile. One request as soon as the API server listens does it before anyone triggers.
+  setsid python -c '
+import sys, time, urllib.error, urllib.request
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/execution/health", timeout=300).read()
+        break
+    except urllib.error.HTTPError:
+        break  # an answer of any kind: the routes are built
+    except OSError:
+        time.sleep(1)
+' "$AIRFLOW_PORT" >/dev/null 2>&1 &
+  warm_up=$!
   stop() {
     trap '' INT TERM
     echo "stopping Airflow (pids ${pids[*]})..."
+    kill -TERM -- "-$warm_up" 2>/dev/null || true
     for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     local deadline=$(( $(date +%s) + stop_timeout ))
     for pid in "${pids[@]}"; do

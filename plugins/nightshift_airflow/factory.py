@@ -121,7 +121,8 @@ def check_conf(task_id: str = "check_conf"):
     the DAG's params, or a gate name that does not exist, before anything runs (no retry: waiting cannot fix
     a typo). Misspelt keys would otherwise be ignored silently."""
     from airflow.sdk import task
-    from airflow.sdk.exceptions import AirflowFailException
+
+    from nightshift_airflow.refusal import Refused
 
     @task(task_id=task_id, retries=0)
     def _check_conf(**context) -> dict:
@@ -129,7 +130,7 @@ def check_conf(task_id: str = "check_conf"):
         known = list(context["dag"].params.keys())
         problem = unknown_conf(conf, known)
         if problem:
-            raise AirflowFailException(problem)
+            raise Refused(problem)
         given = {key: conf[key] for key in conf}
         print("conf ok: " + (", ".join(f"{key}={value!r}" for key, value in given.items()) or "no params given"))
         return {"conf_keys": sorted(given)}

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from nightshift_airflow import settings
 from nightshift_airflow.command import FAIL_FAST, compact, parse_result, stage_failure
+from nightshift_airflow.refusal import Refused
 
 TAIL_LINES = 30
 
@@ -41,8 +42,9 @@ def chat_webhook_url(conn_id: str = settings.CHAT_CONN_ID) -> str | None:
 class NightshiftLocalOperator(BaseOperator):
     """Run one `nightshift` command locally and return its result.
 
-    Exit 0 returns the result as XCom; 2 (usage), 3 (input rejected) and 4 (gate refused) raise
-    AirflowFailException with the stage's error text, so the task fails without retrying; anything else
+    Exit 0 returns the result as XCom; 2 (usage), 3 (input rejected) and 4 (gate refused) raise `Refused` (an
+    AirflowFailException) with the stage's error text, so the task fails without retrying and its log shows that
+    text without a traceback (refusal.py); anything else
     raises AirflowException and the task's retries apply. Either carries the stage's failed checks and its
     MLflow run and report links as `nightshift_result`, for the failure alert.
     """
@@ -109,7 +111,7 @@ class NightshiftLocalOperator(BaseOperator):
             if result is None and self.require_result:
                 raise AirflowException(f"nightshift {stage} exited 0 without a NIGHTSHIFT_RESULT line")
             return result
-        failure = stage_failure(AirflowFailException if code in FAIL_FAST else AirflowException, stage, code, result,
+        failure = stage_failure(Refused if code in FAIL_FAST else AirflowException, stage, code, result,
                                 list(tail))
         # said here, in the task's own log lines, rather than only in the traceback and the callback's alert
         # that Airflow folds under "Post Execute"

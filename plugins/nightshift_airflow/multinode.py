@@ -31,11 +31,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import ApiClient
 
 from nightshift_airflow import pods, settings
 from nightshift_airflow.command import FAIL_FAST, describe_failure, parse_result
+from nightshift_airflow.refusal import Refused
 
 RDZV_PORT = 29400
 TRAINER_GROUP, TRAINER_VERSION, TRAINER_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
@@ -226,13 +227,13 @@ class NightshiftTrainOperator(pods.NightshiftPodOperator):
         launcher = params.get("train_launcher") or "pod"
         nodes = int(params.get("train_nodes") or 1)
         if launcher not in self.launchers:
-            raise AirflowFailException(f"train_launcher={launcher!r} is not enabled here "
-                                       f"(NIGHTSHIFT_TRAIN_LAUNCHERS: {', '.join(self.launchers)})")
+            raise Refused(f"train_launcher={launcher!r} is not enabled here "
+                          f"(NIGHTSHIFT_TRAIN_LAUNCHERS: {', '.join(self.launchers)})")
         if nodes < 1:
-            raise AirflowFailException(f"train_nodes={nodes}: must be at least 1")
+            raise Refused(f"train_nodes={nodes}: must be at least 1")
         if launcher == "pod" and nodes != 1:
-            raise AirflowFailException(f"train_launcher=pod runs on one node; train_nodes={nodes} needs "
-                                       "indexed-job or trainjob")
+            raise Refused(f"train_launcher=pod runs on one node; train_nodes={nodes} needs "
+                          "indexed-job or trainjob")
         return launcher, nodes
 
     def manifests(self, context, launcher: str, nodes: int) -> list[dict]:
@@ -271,7 +272,7 @@ class NightshiftTrainOperator(pods.NightshiftPodOperator):
         code = result.get("exit_code") if result else None
         message = describe_failure(self.stage, code, result, tail[-30:])
         if code in FAIL_FAST:
-            raise AirflowFailException(message)
+            raise Refused(message)
         raise AirflowException(message)
 
     def on_kill(self) -> None:

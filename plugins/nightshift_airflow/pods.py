@@ -15,6 +15,7 @@ from kubernetes.client import models as k8s
 
 from nightshift_airflow import settings
 from nightshift_airflow.command import FAIL_FAST, compact, stage_failure
+from nightshift_airflow.refusal import Refused
 
 UID = 10001  # the pipeline image's user (docker/pipeline.Dockerfile)
 WORKSPACE = "/workspace"
@@ -138,7 +139,7 @@ class NightshiftPodOperator(KubernetesPodOperator):
             code = container_exit_code(remote_pod, self.base_container_name)
             result = xcom_result if isinstance(xcom_result, dict) else None
             if code in FAIL_FAST:
-                raise stage_failure(AirflowFailException, self.stage, code, result) from exc
+                raise stage_failure(Refused, self.stage, code, result) from exc
             raise
 
 

@@ -59,10 +59,15 @@ def gpus() -> int:
     return value
 
 
-def schedule() -> str | None:
+def schedule(variable: str = "NIGHTSHIFT_SCHEDULE", default: str = "0 2 * * *") -> str | None:
     """`NIGHTSHIFT_SCHEDULE`: cron for the nightly retrain ("none" or "" = manual triggers only)."""
-    value = os.environ.get("NIGHTSHIFT_SCHEDULE", "0 2 * * *").strip()
+    value = os.environ.get(variable, default).strip()
     return None if value.lower() in ("", "none", "null") else value
+
+
+def weekly_schedule() -> str | None:
+    """`NIGHTSHIFT_WEEKLY_SCHEDULE`: cron for the weekly report (Monday 06:00; "none" = manual only)."""
+    return schedule("NIGHTSHIFT_WEEKLY_SCHEDULE", "0 6 * * 1")
 
 
 # -- kubernetes runner ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PLUGINS)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 # the tests decide the runner and the chat connection themselves
 for _name in ("NIGHTSHIFT_RUNNER", "AIRFLOW_CONN_NIGHTSHIFT_CHAT", "NIGHTSHIFT_CONFIG", "NIGHTSHIFT_SCHEDULE",
-              "NIGHTSHIFT_GPUS", "NIGHTSHIFT_CONFIGMAP"):
+              "NIGHTSHIFT_WEEKLY_SCHEDULE", "NIGHTSHIFT_GPUS", "NIGHTSHIFT_CONFIGMAP"):
     os.environ.pop(_name, None)
 if str(PLUGINS) not in sys.path:  # Airflow puts plugins/ on sys.path; so do the tests
     sys.path.insert(0, str(PLUGINS))

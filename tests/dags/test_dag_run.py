@@ -1,6 +1,7 @@
 """One real `airflow dags test` of nightshift_retrain through the task runner, with a fake `nightshift`:
 the branch follows `changed`, each stage runs through the local operator, a refused gate fails at once
-(no retry despite retries=1), nothing downstream runs, and the failure callback writes the alert."""
+(no retry despite retries=1) with its checks in the log and no traceback, nothing downstream runs, and the
+failure callback writes the alert."""
 from __future__ import annotations
 
 import json
@@ -62,6 +63,9 @@ def test_retrain_runs_to_a_refused_gate_and_alerts(tmp_path):
     assert "train.epochs=2" in calls[0] and 'gates.overrides={"map50_min": 0.5}' in calls[0]
     assert calls[4][-2:] == ["--force", "false"]
     assert "up_for_retry" not in log  # exit 4 fails fast although the task has retries=1
+    # the refusal is said in the task log, once, without Airflow's traceback after it (refusal.py)
+    assert "Task failed, not retried: nightshift gate: gate refused" in log and "map50_min: value=0.41" in log
+    assert "Traceback" not in log and "Task failed with exception" not in log, log[-3000:]
 
     (alert,) = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert alert["dag_id"] == "nightshift_retrain" and alert["task_id"] == "gate"
@@ -76,6 +80,7 @@ def test_a_misspelt_param_is_refused_before_any_stage_runs(tmp_path):
     log = run.stdout + run.stderr
     assert run.returncode == 1, log[-3000:]
     assert not trace.exists(), "no nightshift stage may run for a conf with an unknown key"
+    assert "Task failed, not retried: unknown param 'epochz'" in log and "Traceback" not in log, log[-3000:]
     (alert,) = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert alert["task_id"] == "check_conf"
     assert "unknown param 'epochz'" in alert["error"] and "known params: source, format, model, epochs" in alert["error"]

@@ -83,6 +83,9 @@ def test_gate_refused_fails_without_retry_and_lists_checks(local_operator, fake_
         _run(local_operator(fake_nightshift), monkeypatch, exit_code=4, result=result)
     message = str(info.value)
     assert "gate refused" in message and "map50_min" in message and "max_regression" in message
+    from nightshift_airflow.refusal import Refused
+
+    assert isinstance(info.value, Refused)  # logged without a traceback (test_refusal.py)
 
 
 def test_gate_failure_carries_values_thresholds_and_links(local_operator, fake_nightshift, monkeypatch):
@@ -140,7 +143,7 @@ def test_unexpected_error_is_retryable(local_operator, fake_nightshift, monkeypa
     with pytest.raises(AirflowException) as info:
         _run(local_operator(fake_nightshift), monkeypatch, exit_code=exit_code,
              result={"status": "error", "error": "RuntimeError: CUDA out of memory"})
-    assert not isinstance(info.value, AirflowFailException)
+    assert not isinstance(info.value, AirflowFailException)  # hence not a Refused: its traceback stays
     assert "CUDA out of memory" in str(info.value)
 
 

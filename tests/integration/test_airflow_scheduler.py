@@ -5,8 +5,10 @@ with HTTP 500.
 
 Bounded: only the light first tasks run to the end (check_conf, check: a few seconds each); the one run that
 passes them (started from the trigger form in headless Chromium, every field left empty) is failed through the
-API as soon as its checks pass. The last test stops Airflow with Ctrl-C (SIGINT to the
-launcher's process group) and requires that no process it started is left, and that the webhook token appears in no log.
+API as soon as its checks pass. Beside our DAGs (linked, not copied) sits a fault-injection DAG whose one task
+crashes (exit 1), to show that a refusal's task log has no traceback while a crash's still has one. The last
+test stops Airflow with Ctrl-C (SIGINT to the launcher's process group) and requires that no process it started
+is left, and that the webhook token appears in no log.
 """
 from __future__ import annotations
 
@@ -30,6 +32,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SENTINEL = "webhook-token-sentinel-7c2d"
 DAG = "nightshift_retrain"
+FAULT_DAG = "nightshift_fault"
+# a DAG of this test only: one stage task whose `nightshift` crashes (exit 1) without retrying
+FAULT_DAG_FILE = """\
+from datetime import datetime
+
+from airflow.sdk import DAG
+from nightshift_airflow import default_args
+from nightshift_airflow.local import NightshiftLocalOperator
+
+with DAG("nightshift_fault", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+         default_args=default_args(retries=0)):
+    NightshiftLocalOperator(task_id="crash", arguments=["crash"], executable={crash!r}, require_result=False)
+"""
+# where a task log record carries an exception's traceback: the supervisor writes the task's structured
+# `exception` as `error_detail` (execution_time/supervisor.py), which the UI shows as the traceback
+TRACEBACK_KEYS = ("error_detail", "exception", "exc_info")
+CRASH = """\
+#!/bin/sh
+echo "crashing on purpose (fault injection)"
+exit 1
+"""
 START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 150
 
@@ -98,6 +121,7 @@ class Airflow:
         self.base = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "NIGHTSHIFT"))}
         env.update(NIGHTSHIFT_HOME=str(home), AIRFLOW_PORT=str(port), STOP_TIMEOUT_S="30",
+                   NIGHTSHIFT_DAGS_FOLDER=str(self.dags_folder(home)),
                    AIRFLOW_CONN_NIGHTSHIFT_CHAT=json.dumps({"conn_type": "slackwebhook", "password": receiver.url}))
         self.console = home / "console.log"
         self.started = time.monotonic()
@@ -106,6 +130,26 @@ class Airflow:
                                      start_new_session=True)
         self.token = ""
         self.sessions = {self.proc.pid}
+
+    @staticmethod
+    def dags_folder(home: Path) -> Path:
+        """Our DAG files (symlinks: the very files) and the fault-injection DAG."""
+        folder = home / "dags"
+        folder.mkdir()
+        for dag_file in (REPO / "dags").glob("*.py"):
+            (folder / dag_file.name).symlink_to(dag_file)
+        crash = home / "crash.sh"
+        crash.write_text(CRASH)
+        crash.chmod(0o755)
+        (folder / "nightshift_fault.py").write_text(FAULT_DAG_FILE.format(crash=str(crash)))
+        return folder
+
+    def task_log(self, run_id: str, task_id: str, dag_id: str = DAG) -> list[dict]:
+        """The task's first attempt as Airflow wrote it: one JSON record a line (what the UI shows)."""
+        path = (self.home / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+                / "attempt=1.log")
+        assert path.is_file(), f"no task log at {path}"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
@@ -136,23 +180,26 @@ class Airflow:
             time.sleep(1)
         pytest.fail("Airflow did not come up: " + self.console.read_text()[-3000:])
 
-    def trigger(self, conf: dict) -> tuple[int, dict]:
-        return self.request("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})
+    def trigger(self, conf: dict, dag_id: str = DAG) -> tuple[int, dict]:
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
 
-    def tasks(self, run_id: str) -> dict[str, str | None]:
+    def task_instances(self, run_id: str, dag_id: str = DAG) -> dict[str, dict]:
         quoted = urllib.parse.quote(run_id, safe="")
-        status, body = self.request("GET", f"/api/v2/dags/{DAG}/dagRuns/{quoted}/taskInstances")
+        status, body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
         assert status == 200, body
-        return {t["task_id"]: t["state"] for t in body["task_instances"]}
+        return {t["task_id"]: t for t in body["task_instances"]}
 
-    def wait_for(self, run_id: str, condition, timeout: float = RUN_TIMEOUT_S) -> dict:
+    def tasks(self, run_id: str, dag_id: str = DAG) -> dict[str, str | None]:
+        return {task: ti["state"] for task, ti in self.task_instances(run_id, dag_id).items()}
+
+    def wait_for(self, run_id: str, condition, timeout: float = RUN_TIMEOUT_S, dag_id: str = DAG) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = self.tasks(run_id)
+            states = self.tasks(run_id, dag_id)
             if condition(states):
                 return states
             time.sleep(1)
-        pytest.fail(f"run {run_id}: condition not met in {timeout} s; tasks {self.tasks(run_id)}\n"
+        pytest.fail(f"run {run_id}: condition not met in {timeout} s; tasks {self.tasks(run_id, dag_id)}\n"
                     + self.console.read_text()[-2000:])
 
     def stop(self, timeout: float = 60) -> float:
@@ -208,7 +255,7 @@ def test_laptop_sized_loopback_only_and_no_run_by_itself(airflow):
     assert status == 200 and dag["is_paused"] is False
     assert dag["timetable_summary"] in (None, "None", "")  # NIGHTSHIFT_SCHEDULE defaults to none locally
     time.sleep(5)  # a scheduler that would start the latest interval does so within its first loops
-    status, runs = airflow.request("GET", f"/api/v2/dags/{DAG}/dagRuns")
+    status, runs = airflow.request("GET", "/api/v2/dags/~/dagRuns")  # of every DAG: the weekly report too
     assert status == 200 and runs["total_entries"] == 0, runs
     pids = _ours(airflow)
     sockets = _listening(pids)
@@ -249,6 +296,42 @@ def test_bad_params_are_refused_in_seconds_with_a_chat_alert(airflow):
     assert "map50_min 0.5 -> 0.1" in relaxed_alert and "`override_reason`" in relaxed_alert, relaxed_alert
     assert f"{airflow.base}/dags/{DAG}/runs/" in relaxed_alert  # api.base_url: a link that opens
     assert airflow.receiver.posts[0]["status"] == 500  # the first post failed and was retried, not lost
+
+    # failed, on its first and only try (a refused gate with retries=1 does not retry either: test_dag_run.py)
+    check = airflow.task_instances(relaxed["dag_run_id"])["check"]
+    assert check["state"] == "failed" and check["try_number"] == 1, check
+    # the task logs as the ML lead reads them: the refusal in a few lines, then no traceback
+    for run, task, refusal in ((misspelt, "check_conf", "Task failed, not retried: unknown param 'epochz'"),
+                               (relaxed, "check", "Task failed, not retried: nightshift check: input rejected")):
+        records = airflow.task_log(run["dag_run_id"], task)
+        events = [str(r.get("event", "")) for r in records]
+        assert any(e.startswith(refusal) for e in events), events
+        assert [r for r in records if any(key in r for key in TRACEBACK_KEYS)] == []
+        assert not any("Traceback" in json.dumps(r) for r in records)
+    events = [str(r.get("event", "")) for r in airflow.task_log(relaxed["dag_run_id"], "check")]
+    assert any("map50_min 0.5 -> 0.1" in e and "override_reason" in e for e in events), events
+
+
+def test_a_crash_keeps_its_traceback_in_the_task_log(airflow):
+    """The other side of the refusal's quiet log: an unexpected failure (a stage exiting 1) is logged by the
+    task runner with its exception, and alerted once."""
+    deadline = time.monotonic() + 120  # the DAG processor lists the fault DAG beside ours
+    while airflow.request("GET", f"/api/v2/dags/{FAULT_DAG}")[0] != 200:
+        assert time.monotonic() < deadline, f"{FAULT_DAG} never appeared"
+        time.sleep(1)
+    status, run = airflow.trigger({}, dag_id=FAULT_DAG)
+    assert status == 200, run
+    airflow.wait_for(run["dag_run_id"], lambda s: s["crash"] == "failed", dag_id=FAULT_DAG)
+    records = airflow.task_log(run["dag_run_id"], "crash", dag_id=FAULT_DAG)
+    failures = [r for r in records if r.get("event") == "Task failed with exception"]
+    assert len(failures) == 1 and "error_detail" in failures[0], records
+    rendered = json.dumps(failures[0]["error_detail"])
+    assert "AirflowException" in rendered and "nightshift crash: exit code 1" in rendered
+    assert not any(str(r.get("event", "")).startswith("Task failed, not retried") for r in records)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not airflow.receiver.delivered("*crash*"):
+        time.sleep(1)
+    assert len(airflow.receiver.delivered("*crash*")) == 1
 
 
 class Browser:
