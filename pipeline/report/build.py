@@ -135,7 +135,7 @@ def _dataset_card(run: _Run) -> str:
 
 def _deployment(cfg: Config, export_report: dict | None, export_ran: bool) -> tuple[list[dict], str]:
     from pipeline.errors import NightshiftError
-    from pipeline.stages.gate import DEPLOYMENT_GATES, deployment_checks, resolve_thresholds
+    from pipeline.gates import DEPLOYMENT_GATES, deployment_checks, resolve_thresholds
 
     try:
         thresholds, _ = resolve_thresholds(cfg.gates)
@@ -151,7 +151,7 @@ def _deployment(cfg: Config, export_report: dict | None, export_ran: bool) -> tu
 
 def recommend(data: ReportData) -> tuple[str, list[str]]:
     """("promote" | "hold", reasons): hold while anything failed or the gate has not judged the model."""
-    from pipeline.stages.gate import describe
+    from pipeline.gates import describe
 
     results = data.results
     reasons = []

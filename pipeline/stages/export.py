@@ -134,7 +134,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.export.bench import benchmark, table
     from pipeline.export.detector import UnsupportedModel
     from pipeline.export.onnx_export import io_spec, ort_session, write_io, write_labels
-    from pipeline.stages.gate import deployment_checks, resolve_thresholds
+    from pipeline.gates import deployment_checks, resolve_thresholds
     from pipeline.training.models import load_trained
     from pipeline.triton.repository import sha256_file
 

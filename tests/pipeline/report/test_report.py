@@ -14,7 +14,7 @@ from pipeline.metrics.coco import STAT_KEYS, report
 from pipeline.metrics.plots import pr_curve_png
 from pipeline.report import build_report
 from pipeline.report.build import gather
-from pipeline.stages import gate
+from pipeline import gates
 from pipeline.store import LocalStore
 
 SIZE = 64
@@ -90,7 +90,7 @@ def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: boo
                            champ_ev.pr_curves if champ_ev else None)
         store.put_file(png, f"{base}/evaluate/pr_curve.png")
     thresholds = gate_thresholds or {"map_min": 0.0, "map50_min": 0.0, "max_regression": 1.0}
-    checks, summary = gate.check(metrics, thresholds, 1)
+    checks, summary = gates.check(metrics, thresholds, 1)
     passed = all(c["passed"] for c in checks)
     store.put_json({"status": "ok" if passed else "gate_failed", "passed": passed, "checks": checks,
                     "champion": summary, "overrides": {}, "thresholds": thresholds},
