@@ -25,14 +25,16 @@ report.json, and export runs after the gate, so export judges them (`deployment_
 own parity checks.
 
 A check is a JSON-able dict `{name, metric, value, threshold, direction, passed[, class, support, note]}`
-(result.json keeps every check, passed or not).
+(result.json keeps every check, passed or not). A failed check, and every other refusal of a stage (export's
+parity, promote's preconditions, validate's data checks), is a `Failure`: the one shape `result["failures"]`
+holds and the Airflow plugin reads (`message` is the line it shows).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import yaml
 
@@ -73,6 +75,88 @@ DEPLOYMENT_GATES = ("latency_p95_ms_max", "model_size_mb_max")
 POLICY_PARAMS = {"per_class_min_support": int}
 POLICY_KEYS = tuple(GATES) + tuple(POLICY_PARAMS)
 OPTIONAL_GATES = ("per_class_max_regression", *DEPLOYMENT_GATES)  # may be null = off
+
+
+# -- the one failure shape -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed check of any stage, as `result["failures"]` stores it (`to_dict`).
+
+    `expected` is the condition in words (">= 0.5", "passed"); `actual` what was found (None: not measured);
+    `direction` and `threshold` are set for numeric thresholds; `message` is the one readable line
+    (`describe`), filled in when not given.
+    """
+
+    check: str  # the gate or check that failed: "map50_min", "parity", "int8_parity", "gate", ...
+    expected: str
+    actual: Any = None
+    direction: str = ""  # ">=" or "<=" for a threshold, "" for anything else
+    message: str = ""
+    threshold: float | None = None
+    metric: str = ""  # what `actual` measures, for messages
+    class_name: str | None = None  # the class of a per-class check ("class" in JSON)
+    note: str = ""  # why `actual` is missing
+
+    def __post_init__(self):
+        if not self.message:
+            object.__setattr__(self, "message", describe(self))
+
+    @classmethod
+    def threshold_check(cls, check: str, metric: str, actual, direction: str, threshold: float, **extra) -> Failure:
+        return cls(check, f"{direction} {threshold:g}", actual, direction, threshold=threshold, metric=metric, **extra)
+
+    @classmethod
+    def of_check(cls, c: Mapping) -> Failure:
+        """The Failure of a failed check dict (see `check`)."""
+        return cls.threshold_check(c["name"], c["metric"], c["value"], c["direction"], c["threshold"],
+                                   class_name=c.get("class"), note=c.get("note") or "")
+
+    def to_dict(self) -> dict:
+        """JSON for result.json: empty optional fields are left out; `class_name` is written as "class"."""
+        out = {k: v for k, v in asdict(self).items() if k != "class_name" and (v not in ("", None) or k == "actual")}
+        if self.class_name is not None:
+            out["class"] = self.class_name
+        return out
+
+
+def failures_of(checks: list[dict]) -> list[Failure]:
+    return [Failure.of_check(c) for c in checks if not c["passed"]]
+
+
+def refuse(what: str, failures: list[Failure], result: dict | None = None) -> GateFailed:
+    """One GateFailed (exit 4) naming every failure: `<what>: <message>; <message>...`."""
+    return GateFailed(f"{what}: " + "; ".join(f.message for f in failures), [f.to_dict() for f in failures],
+                      result)
+
+
+# -- describing a check or a failure -------------------------------------------------------------------
+
+def _value(value, note: str | None) -> str:
+    if value is None:
+        return f"n/a ({note or 'nothing to measure'})"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def describe(item: Mapping | Failure) -> str:
+    """One line for a check dict or a Failure, the same everywhere (logs, errors, alerts, the report):
+    `map50_min: AP50 = 0.4100, must be >= 0.5`, `per_class_max_regression: AP drop vs champion [circle] = ...`,
+    or `gate: expected passed, got False` for a check without a threshold."""
+    if isinstance(item, Failure):
+        name, metric, value, note, cls = item.check, item.metric, item.actual, item.note, item.class_name
+        condition = item.expected
+        has_threshold = item.threshold is not None
+    else:
+        name, metric, value = item["name"], item["metric"], item["value"]
+        note, cls = item.get("note"), item.get("class")
+        condition = f"{item['direction']} {item['threshold']:g}"
+        has_threshold = True
+    if not has_threshold:
+        return f"{name}: expected {condition}, got {_value(value, note)}"
+    measured = f"{metric} [{cls}]" if cls else metric or "value"
+    return f"{name}: {measured} = {_value(value, note)}, must be {condition}"
 
 
 # -- the policy ----------------------------------------------------------------------------------------
@@ -161,6 +245,8 @@ def resolve_thresholds(gates: GatesConfig, policy: Mapping | None = None) -> tup
     return thresholds, relaxed
 
 
+# -- metric checks: absolute, regression vs the champion, per class ------------------------------------
+
 def _check(name: str, value, threshold: float, **extra) -> dict:
     gate = GATES[name]
     return {"name": name, "metric": gate.metric, "value": value, "threshold": threshold,
@@ -202,6 +288,14 @@ def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0) -> 
     return checks, summary
 
 
+def enforce(checks: list[dict], result: dict | None = None, what: str = "gate") -> list[dict]:
+    """Raise one GateFailed (exit 4) listing every failed check; return the checks when all passed."""
+    failed = failures_of(checks)
+    if failed:
+        raise refuse(f"{len(failed)} of {len(checks)} {what} checks failed", failed, result)
+    return checks
+
+
 # -- deployment budgets, judged on export's report.json -------------------------------------------------
 
 def export_measurements(export_report: dict | None) -> dict[str, float | None]:
@@ -240,25 +334,8 @@ def deployment_checks(policy: Mapping, export_report: dict | None) -> list[dict]
     return checks
 
 
-def enforce(checks: list[dict], result: dict | None = None, what: str = "gate") -> list[dict]:
-    """Raise one GateFailed (exit 4) listing every failed check; return the checks when all passed."""
-    failed = [c for c in checks if not c["passed"]]
-    if failed:
-        raise GateFailed(f"{len(failed)} of {len(checks)} {what} checks failed: " + "; ".join(map(describe, failed)),
-                         failures=[{k: c[k] for k in ("name", "class", "value", "threshold", "direction", "passed")
-                                    if k in c} for c in failed],
-                         result=result)
-    return checks
-
-
 def deployment_gate(gates: GatesConfig, export_report: dict | None) -> list[dict]:
     """For the export stage: the policy's latency/size budgets (with this run's overrides) against its
     report.json; raises GateFailed listing the failures, returns the checks (maybe empty) otherwise."""
     thresholds, _ = resolve_thresholds(gates)
     return enforce(deployment_checks(thresholds, export_report), what="deployment")
-
-
-def describe(c: dict) -> str:
-    value = f"n/a ({c.get('note') or 'nothing to measure'})" if c["value"] is None else f"{c['value']:.4f}"
-    metric = f"{c['metric']} [{c['class']}]" if c.get("class") else c["metric"]
-    return f"{c['name']}: {metric} = {value}, must be {c['direction']} {c['threshold']:g}"

@@ -18,9 +18,11 @@ import json
 import logging
 import time
 
+from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
-from pipeline.errors import GateFailed, InputRejected
+from pipeline.errors import InputRejected
+from pipeline.gates import Failure
 
 UPSTREAM = ("train",)
 EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
@@ -63,14 +65,15 @@ def _parity(model, session, dataset, gt: dict, max_drop: float, runtime=None) ->
             "map_drop": drop, "max_map_drop": max_drop, "passed": drop <= max_drop}
 
 
-def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict) -> tuple[dict, list]:
+def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, dataset,
+                      gt: dict) -> tuple[dict, list[Failure]]:
     """INT8 ONNX and TensorRT, when configured: (checks for the report, failures); published artifacts."""
     from pipeline.export.onnx_export import ort_session
     from pipeline.export.quantize import quantize_int8
     from pipeline.export.trt_ops import check_model
 
     checks: dict = {"tensorrt_ops": check_model(out / "model.onnx")}
-    failures: list = []
+    failures: list[Failure] = []
     if cfg.export.int8:
         path = quantize_int8(out / "model.onnx", out / "model.int8.onnx")
         parity = _parity(model, ort_session(path, cfg.export.threads), dataset, gt, cfg.export.int8_max_map_drop)
@@ -78,15 +81,15 @@ def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, datas
         log.info("INT8 parity: AP %.4f (drop %.4f, allowed %.4f)", parity["onnxruntime"]["AP"] or 0,
                  parity["map_drop"], parity["max_map_drop"])
         if not parity["passed"]:
-            failures.append({"check": "int8_parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
-                             "actual": parity["map_drop"]})
+            failures.append(_parity_failure("int8_parity", "INT8 ONNX Runtime", parity))
         ctx.publish(path, path.name)
     if cfg.export.tensorrt != "off":
         failures += _tensorrt(cfg, ctx, model, size, out, dataset, gt, checks)
     return checks, failures
 
 
-def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict, checks: dict) -> list:
+def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict,
+              checks: dict) -> list[Failure]:
     """Build model.plan, gate it on mAP like ONNX Runtime, write its Triton config; returns failures."""
     from pipeline.datasets.canonical import CanonicalDataset
     from pipeline.export import EXPORTERS, export
@@ -98,8 +101,8 @@ def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: 
         raise InputRejected(f"export.tensorrt={cfg.export.tensorrt} needs TensorRT, which does not import here",
                             field="export.tensorrt")
     if not checks["tensorrt_ops"]["passed"]:
-        return [{"check": "tensorrt_ops", "expected": "every operator supported by TensorRT's ONNX parser",
-                 "actual": checks["tensorrt_ops"]["unsupported"] + checks["tensorrt_ops"]["problems"]}]
+        return [Failure("tensorrt_ops", "every operator supported by TensorRT's ONNX parser",
+                        checks["tensorrt_ops"]["unsupported"] + checks["tensorrt_ops"]["problems"])]
     calibration = None
     if cfg.export.tensorrt == "int8" and not (out / "calibration.cache").exists():
         split = CanonicalDataset(ctx.fetch_dir("ingest", "dataset"), cfg.export.calibration_split, size)
@@ -122,7 +125,7 @@ def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: 
             ctx.publish(out / name, name)
     if parity["passed"]:
         return []
-    return [{"check": "tensorrt_parity", "expected": f"mAP drop <= {max_drop}", "actual": parity["map_drop"]}]
+    return [_parity_failure("tensorrt_parity", "TensorRT", parity)]
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
@@ -134,7 +137,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.export.bench import benchmark, table
     from pipeline.export.detector import UnsupportedModel
     from pipeline.export.onnx_export import io_spec, ort_session, write_io, write_labels
-    from pipeline.gates import deployment_checks, resolve_thresholds
     from pipeline.training.models import load_trained
     from pipeline.triton.repository import sha256_file
 
@@ -216,22 +218,27 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "onnx_mb": round(sizes["onnx_bytes"] / 1e6, 2),
         "sha256": deployed,
     }
-    failures = []
-    if not outputs["passed"]:
-        failures.append({"check": "outputs", "expected": f">= {cfg.export.output_match_min} matched",
-                         "actual": outputs["vs_pytorch"]["match_fraction"],
-                         "batch_vs_single": outputs["batch_vs_single"]["match_fraction"]})
-    if not parity["passed"]:
-        failures.append({"check": "parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
-                         "actual": parity["map_drop"]})
-    failures += extra_failures
     # the policy's latency and size budgets: the gate stage runs before export, so they are judged here
-    deployment = deployment_checks(resolve_thresholds(cfg.gates)[0], report)
+    deployment = gates.deployment_checks(gates.resolve_thresholds(cfg.gates)[0], report)
     result["deployment_checks"] = deployment
-    failures += [{"check": c["name"], "expected": f"{c['direction']} {c['threshold']:g}",
-                  "actual": c["value"] if c["value"] is not None else c.get("note")}
-                 for c in deployment if not c["passed"]]
+    failures = _failures(cfg, outputs, parity) + extra_failures + gates.failures_of(deployment)
     if failures:
-        raise GateFailed("ONNX export failed verification: " + "; ".join(
-            f"{f['check']} expected {f['expected']}, got {f['actual']}" for f in failures), failures, result)
+        raise gates.refuse("ONNX export failed verification", failures, result)
     return result
+
+
+def _failures(cfg: Config, outputs: dict, parity: dict) -> list[Failure]:
+    """The ONNX model's own checks that failed: raw outputs (vs PyTorch, batched vs one image) and mAP parity."""
+    failures = [Failure.threshold_check("outputs", f"share of detections matched, {what}",
+                                        outputs[key]["match_fraction"], ">=", cfg.export.output_match_min)
+                for key, what in (("vs_pytorch", "ONNX Runtime vs PyTorch"),
+                                  ("batch_vs_single", "ONNX Runtime batched vs one image at a time"))
+                if outputs[key]["match_fraction"] < cfg.export.output_match_min]
+    if not parity["passed"]:
+        failures.append(_parity_failure("parity", "ONNX Runtime", parity))
+    return failures
+
+
+def _parity_failure(check: str, runtime: str, parity: dict) -> Failure:
+    return Failure.threshold_check(check, f"val mAP drop, PyTorch - {runtime}", parity["map_drop"], "<=",
+                                   parity["max_map_drop"])

@@ -1,4 +1,4 @@
-"""pipeline.gates: the policy, threshold resolution, every check kind and describe."""
+"""pipeline.gates: the policy, threshold resolution, every check kind, the one failure shape and describe."""
 from __future__ import annotations
 
 import re
@@ -192,7 +192,7 @@ def test_deployment_checks_against_the_export_report():
     with pytest.raises(GateFailed, match=r"1 of 2 deployment checks failed: model_size_mb_max: ONNX model size "
                                          r"\(MB\) = 9.5000, must be <= 9") as info:
         gates.enforce(checks, what="deployment")
-    assert info.value.exit_code == 4 and [f["name"] for f in info.value.failures] == ["model_size_mb_max"]
+    assert info.value.exit_code == 4 and [f["check"] for f in info.value.failures] == ["model_size_mb_max"]
     assert gates.enforce(checks[:1]) == checks[:1]
     # budgets that are off are not checked at all
     assert gates.deployment_checks({"latency_p95_ms_max": None}, export_report()) == []
@@ -219,3 +219,51 @@ def test_deployment_gate_uses_policy_and_overrides(tmp_path):
                           override_reason="new backbone, latency budget under review")
     assert [c["passed"] for c in gates.deployment_gate(relaxed, export_report(p95=35.0))] == [True]
     assert gates.deployment_gate(GatesConfig(), None) == []
+
+
+# -- the one failure shape, the one describe -----------------------------------------------------------------
+
+def test_a_failed_check_becomes_one_failure_shape():
+    checks, _ = gates.check(metrics(ap=0.1, ap50=0.9), {"map_min": 0.2, "map50_min": 0.5})
+    [failure] = gates.failures_of(checks)
+    assert failure.to_dict() == {"check": "map_min", "expected": ">= 0.2", "actual": 0.1, "direction": ">=",
+                                 "message": "map_min: AP = 0.1000, must be >= 0.2", "threshold": 0.2,
+                                 "metric": "AP"}
+    assert failure.message == gates.describe(checks[0])  # the check and its failure read the same
+
+
+def test_per_class_and_unmeasured_failures_keep_class_and_note():
+    checks = gates.per_class_checks(per_class_metrics(), 0.05, 10)
+    as_json = gates.Failure.of_check(checks[0]).to_dict()
+    assert as_json["class"] == "circle" and "class_name" not in as_json
+    assert as_json["message"] == "per_class_max_regression: AP drop vs champion [circle] = 0.1000, must be <= 0.05"
+    [missing] = gates.deployment_checks({"model_size_mb_max": 5.0}, None)
+    as_json = gates.Failure.of_check(missing).to_dict()
+    assert as_json["actual"] is None and as_json["note"] == "not measured: no export report"
+    assert as_json["message"] == "model_size_mb_max: ONNX model size (MB) = n/a (not measured: no export report), " \
+                                 "must be <= 5"
+
+
+def test_failures_without_a_threshold_and_with_a_message_of_their_own():
+    failure = gates.Failure("gate", "passed", False)
+    assert failure.message == "gate: expected passed, got False"
+    assert failure.to_dict() == {"check": "gate", "expected": "passed", "actual": False,
+                                 "message": "gate: expected passed, got False"}
+    parity = gates.Failure.threshold_check("parity", "val mAP drop, PyTorch - ONNX Runtime", 0.05, "<=", 0.02)
+    assert parity.message == "parity: val mAP drop, PyTorch - ONNX Runtime = 0.0500, must be <= 0.02"
+    own = gates.Failure("boxes_inside", "every box inside its image", {"unexpected_count": 2},
+                        message="boxes_inside: every box inside its image (2 of 40 rows)")
+    assert own.to_dict()["message"] == "boxes_inside: every box inside its image (2 of 40 rows)"
+
+
+def test_refuse_raises_nothing_itself_and_lists_every_failure():
+    failures = [gates.Failure("gate", "passed", False),
+                gates.Failure.threshold_check("parity", "mAP drop", 0.05, "<=", 0.02)]
+    exc = gates.refuse("nothing to promote", failures, {"run": 1})
+    assert isinstance(exc, GateFailed) and exc.exit_code == 4 and exc.result == {"run": 1}
+    assert str(exc) == ("nothing to promote: gate: expected passed, got False; "
+                        "parity: mAP drop = 0.0500, must be <= 0.02")
+    assert [f["check"] for f in exc.failures] == ["gate", "parity"]
+    import json
+
+    json.dumps(exc.failures)  # result.json carries them as they are

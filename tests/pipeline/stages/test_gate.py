@@ -64,9 +64,10 @@ def test_several_failures_raise_once_listing_all(tracking_uri, capsys):
                                  "gates.map_min=0.2", "gates.map50_min=0.5")
     err = capsys.readouterr().err
     assert code == 4 and result["status"] == "gate_failed"
-    assert [f["name"] for f in result["failures"]] == ["map_min", "map50_min", "max_regression"]
+    assert [f["check"] for f in result["failures"]] == ["map_min", "map50_min", "max_regression"]
     first = result["failures"][0]
-    assert first == {"name": "map_min", "value": 0.1, "threshold": 0.2, "direction": ">=", "passed": False}
+    assert first == {"check": "map_min", "expected": ">= 0.2", "actual": 0.1, "direction": ">=", "threshold": 0.2,
+                     "metric": "AP", "message": "map_min: AP = 0.1000, must be >= 0.2"}
     for text in ("3 of 3 gate checks failed", "map_min: AP = 0.1000, must be >= 0.2",
                  "map50_min: AP50 = 0.3000, must be >= 0.5", "max_regression: AP drop vs champion = 0.4000"):
         assert text in err
@@ -119,8 +120,11 @@ def test_per_class_failure_through_the_stage(tracking_uri, tmp_path, capsys):
     code, result, cfg = run_gate("g-perclass", doc, tracking_uri, f"gates.policy_file={policy}")
     err = capsys.readouterr().err
     assert code == 4 and result["status"] == "gate_failed"
-    assert result["failures"] == [{"name": "per_class_max_regression", "class": "circle", "value": pytest.approx(0.1),
-                                   "threshold": 0.05, "direction": "<=", "passed": False}]
+    assert result["failures"] == [{"check": "per_class_max_regression", "class": "circle",
+                                   "actual": pytest.approx(0.1), "expected": "<= 0.05", "threshold": 0.05,
+                                   "direction": "<=", "metric": "AP drop vs champion",
+                                   "message": "per_class_max_regression: AP drop vs champion [circle] = 0.1000, "
+                                              "must be <= 0.05"}]
     assert "1 of 5 gate checks failed" in err and "AP drop vs champion [circle]" in err
     assert result["deferred"] == ["latency_p95_ms_max"] and result["per_class_min_support"] == 10
     assert mlflow_tags(cfg, "g-perclass")["nightshift.gate.failed"] == "per_class_max_regression"
