@@ -21,8 +21,8 @@ that relaxes a threshold needs `gates.override_reason`.
 
 Who calls what: the check stage resolves the thresholds before anything heavy runs (`resolve_thresholds`);
 the gate stage judges evaluate's metrics (`check`, `enforce`); the latency and size budgets need export's
-report.json, and export runs after the gate, so export judges them (`deployment_checks`) together with its
-own parity checks.
+report.json, and export runs after the gate, so export judges them (`deployment_gate`) together with its own
+parity checks and records them in its result (`deployment_checks`).
 
 A check is a JSON-able dict `{name, metric, value, threshold, direction, passed[, class, support, note]}`
 (result.json keeps every check, passed or not). A failed check, and every other refusal of a stage (export's
@@ -335,7 +335,8 @@ def deployment_checks(policy: Mapping, export_report: dict | None) -> list[dict]
 
 
 def deployment_gate(gates: GatesConfig, export_report: dict | None) -> list[dict]:
-    """For the export stage: the policy's latency/size budgets (with this run's overrides) against its
-    report.json; raises GateFailed listing the failures, returns the checks (maybe empty) otherwise."""
+    """For the export stage: the policy's latency/size budgets (with this run's overrides) checked against its
+    report.json, every check passed or not (maybe none). Export lists the failed ones (`failures_of`) with
+    its own in one refusal."""
     thresholds, _ = resolve_thresholds(gates)
-    return enforce(deployment_checks(thresholds, export_report), what="deployment")
+    return deployment_checks(thresholds, export_report)

@@ -4,7 +4,7 @@ The stage: read `evaluate/metrics.json`, judge it with the policy's thresholds (
 table, the policy file, overrides, every check), tag the verdict on the MLflow run and write the result
 (`passed`, every check, the thresholds, the overrides and their reason for the notify stage to announce).
 The latency and size budgets need export's report.json, and export runs after this stage: they are listed
-as `deferred` here and judged by export (`pipeline.gates.deployment_checks`).
+as `deferred` here and judged by export (`pipeline.gates.deployment_gate`).
 
 On a refusal the run report is built first, so that the alert links to the held release's report.
 """

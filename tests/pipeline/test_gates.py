@@ -213,12 +213,15 @@ def test_deployment_checks_without_measurements_fail_as_not_measured():
 def test_deployment_gate_uses_policy_and_overrides(tmp_path):
     policy = tmp_path / "gates.yaml"
     policy.write_text("latency_p95_ms_max: 30\n")
-    with pytest.raises(GateFailed, match="latency_p95_ms_max"):
-        gates.deployment_gate(GatesConfig(policy_file=str(policy)), export_report(p95=35.0))
+    checks = gates.deployment_gate(GatesConfig(policy_file=str(policy)), export_report(p95=35.0))
+    assert [(c["name"], c["threshold"], c["passed"]) for c in checks] == [("latency_p95_ms_max", 30.0, False)]
     relaxed = GatesConfig(policy_file=str(policy), overrides={"latency_p95_ms_max": 50},
                           override_reason="new backbone, latency budget under review")
     assert [c["passed"] for c in gates.deployment_gate(relaxed, export_report(p95=35.0))] == [True]
     assert gates.deployment_gate(GatesConfig(), None) == []
+    # relaxing a budget without a reason is refused here as everywhere
+    with pytest.raises(InputRejected, match="override_reason"):
+        gates.deployment_gate(GatesConfig(policy_file=str(policy), overrides={"latency_p95_ms_max": 50}), None)
 
 
 # -- the one failure shape, the one describe -----------------------------------------------------------------
