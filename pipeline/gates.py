@@ -22,7 +22,8 @@ that relaxes a threshold needs `gates.override_reason`.
 Who calls what: the check stage resolves the thresholds before anything heavy runs (`resolve_thresholds`);
 the gate stage judges evaluate's metrics (`check`, `enforce`); the latency and size budgets need export's
 report.json, and export runs after the gate, so export judges them (`deployment_gate`) together with its own
-parity checks and records them in its result (`deployment_checks`).
+parity checks and records them in its result (`deployment_checks`). The run report reads those verdicts from
+the stages' results; it judges nothing itself.
 
 A check is a JSON-able dict `{name, metric, value, threshold, direction, passed[, class, support, note]}`
 (result.json keeps every check, passed or not). A failed check, and every other refusal of a stage (export's

@@ -74,18 +74,20 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     try:
         gates.enforce(checks, result)
     except GateFailed as exc:
-        # the release is held: the report says why, and the alert links to it
-        ctx.publish_json({**result, "status": "gate_failed", "error": str(exc)}, "result.json")
-        try:
-            from pipeline.report import build_report
-
-            report = build_report(cfg, ctx)
-            from pipeline.alerts import report_link
-
-            exc.result["report"] = report_link(cfg, ctx.store, report["html"], ctx.run_id)
-            exc.args = (f"{exc}. Report: {exc.result['report']}",)
-        except Exception:  # noqa: BLE001 - a report problem must not hide the gate's verdict
-            log.exception("could not build the run report")
+        _link_report(cfg, ctx, exc)
         raise
     log.info("all %d gate checks passed%s", len(checks), "" if champion else f" ({gates.NO_CHAMPION_NOTE})")
     return result
+
+
+def _link_report(cfg: Config, ctx: RunContext, exc: GateFailed) -> None:
+    """The release is held: build the run report from this refusal and link it from the alert's message."""
+    from pipeline.alerts import run_report
+
+    ctx.publish_json({**exc.result, "status": "gate_failed", "error": str(exc), "failures": exc.failures},
+                     "result.json")
+    try:
+        exc.result["report"] = run_report(cfg, ctx)["link"]
+        exc.args = (f"{exc}. Report: {exc.result['report']}",)
+    except Exception:  # noqa: BLE001 - a report problem must not hide the gate's verdict
+        log.exception("could not build the run report")

@@ -69,8 +69,9 @@ def export_report(p95=30.0, onnx_bytes=12_000_000):
 
 
 def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: bool, export: bool,
-             gate_thresholds=None, with_plots: bool = True) -> dict:
-    """Publish what ingest, evaluate, gate (and export) would have left for `run_id`."""
+             gate_thresholds=None, with_plots: bool = True, budgets=None) -> dict:
+    """Publish what ingest, evaluate, gate (and export) would have left for `run_id`; `budgets` are the
+    policy's latency and size budgets, judged by export."""
     base = f"runs/{run_id}"
     store.put_dir(dataset["dir"], f"{base}/ingest/dataset")
     store.put_json({"status": "ok", "duration_s": 1.0}, f"{base}/ingest/result.json")
@@ -92,12 +93,17 @@ def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: boo
     thresholds = gate_thresholds or {"map_min": 0.0, "map50_min": 0.0, "max_regression": 1.0}
     checks, summary = gates.check(metrics, thresholds, 1)
     passed = all(c["passed"] for c in checks)
+    budgets = budgets or {}
     store.put_json({"status": "ok" if passed else "gate_failed", "passed": passed, "checks": checks,
-                    "champion": summary, "overrides": {}, "thresholds": thresholds},
+                    "champion": summary, "overrides": {}, "thresholds": {**thresholds, **budgets},
+                    "deferred": list(budgets)},
                    f"{base}/gate/result.json")
     if export:
         store.put_json(export_report(), f"{base}/export/report.json")
-        store.put_json({"status": "ok"}, f"{base}/export/result.json")
+        deployment = gates.deployment_checks(budgets, export_report())
+        failures = [f.to_dict() for f in gates.failures_of(deployment)]
+        store.put_json({"status": "gate_failed" if failures else "ok", "deployment_checks": deployment,
+                        "failures": failures}, f"{base}/export/result.json")
     return metrics
 
 
@@ -125,9 +131,9 @@ def assert_self_contained(page: str) -> None:
 
 
 def test_full_report_with_champion_and_export(store, dataset, tmp_path):
-    metrics = make_run(store, "r-full", dataset, tmp_path, champion=True, export=True)
-    cfg = config(store, "gates.latency_p95_ms_max=50", "gates.model_size_mb_max=20")
-    keys = build_report(cfg, "r-full", store, log_to_mlflow=False)
+    metrics = make_run(store, "r-full", dataset, tmp_path, champion=True, export=True,
+                       budgets={"latency_p95_ms_max": 50.0, "model_size_mb_max": 20.0})
+    keys = build_report(config(store), "r-full", store, log_to_mlflow=False)
     assert keys["html"] == "runs/r-full/report/report.html" and keys["markdown"] == "runs/r-full/report/report.md"
     page = html_of(store, keys)
     for section in SECTIONS:
@@ -157,9 +163,9 @@ def test_full_report_with_champion_and_export(store, dataset, tmp_path):
 
 def test_gate_failed_without_export_holds_naming_the_failures(store, dataset, tmp_path):
     make_run(store, "r-held", dataset, tmp_path, champion=True, export=False, with_plots=False,
-             gate_thresholds={"map_min": 0.99, "map50_min": 0.0, "max_regression": 0.0})
-    cfg = config(store, "gates.latency_p95_ms_max=50")
-    keys = build_report(cfg, "r-held", store, log_to_mlflow=False)
+             gate_thresholds={"map_min": 0.99, "map50_min": 0.0, "max_regression": 0.0},
+             budgets={"latency_p95_ms_max": 50.0})
+    keys = build_report(config(store), "r-held", store, log_to_mlflow=False)
     page = html_of(store, keys)
     assert keys["decision"] == "hold" and "Recommendation: Hold" in page
     assert any("map_min" in r for r in keys["reasons"]) and any("max_regression" in r for r in keys["reasons"])
@@ -182,11 +188,28 @@ def test_first_run_without_champion(store, dataset, tmp_path):
 
 
 def test_deployment_budget_failure_holds(store, dataset, tmp_path):
-    make_run(store, "r-slow", dataset, tmp_path, champion=False, export=True)
-    keys = build_report(config(store, "gates.latency_p95_ms_max=10"), "r-slow", store, log_to_mlflow=False)
+    make_run(store, "r-slow", dataset, tmp_path, champion=False, export=True, budgets={"latency_p95_ms_max": 10.0})
+    # the verdict is export's, read from its result: the report's own config judges nothing
+    keys = build_report(config(store, "gates.latency_p95_ms_max=100"), "r-slow", store, log_to_mlflow=False)
     assert keys["decision"] == "hold"
     assert keys["reasons"] == ["deployment budget failed: latency_p95_ms_max: ONNX Runtime p95 latency at batch 1 "
                                "(ms) = 30.0000, must be <= 10"]
+
+
+def test_export_verdicts_are_read_from_its_result(store, dataset, tmp_path):
+    """A parity refusal is listed by its own message; an export that crashed judged no budget."""
+    make_run(store, "r-parity", dataset, tmp_path, champion=False, export=True, budgets={"model_size_mb_max": 50.0})
+    failure = gates.Failure.threshold_check("parity", "val mAP drop, PyTorch - ONNX Runtime", 0.05, "<=", 0.01)
+    result = store.get_json("runs/r-parity/export/result.json")
+    store.put_json(dict(result, status="gate_failed", failures=[failure.to_dict()]), "runs/r-parity/export/result.json")
+    keys = build_report(config(store), "r-parity", store, log_to_mlflow=False)
+    assert keys["decision"] == "hold"
+    assert keys["reasons"] == [f"export failed verification: {failure.message}"]
+    assert "model_size_mb_max" in html_of(store, keys)  # the budget export did judge, and met
+    store.put_json({"status": "error", "error": "RuntimeError: boom"}, "runs/r-parity/export/result.json")
+    data = gather(config(store), "r-parity", store, samples=0)
+    assert data.deployment_checks == [] and data.deployment_note.startswith("not judged: export stopped")
+    assert data.reasons == ["export failed verification: RuntimeError: boom"]
 
 
 def test_run_that_stopped_before_evaluate(store, dataset):
