@@ -53,6 +53,15 @@ def report_link(cfg: Config, store, key: str, run_key: str) -> str:
     return store.url(key)
 
 
+def run_report(cfg: Config, ctx) -> dict:
+    """Build the run report of `ctx` (pipeline.report) from what its stages left in the store; its keys and
+    decision (see build_report) with `link`: where a teammate opens it from chat (report_link)."""
+    from pipeline.report import build_report
+
+    report = build_report(cfg, ctx)
+    return dict(report, link=report_link(cfg, ctx.store, report["html"], ctx.run_id))
+
+
 def webhook_url(cfg: Config) -> str:
     return cfg.notify.webhook_url or os.environ.get("NIGHTSHIFT_WEBHOOK_URL", "")
 

@@ -46,7 +46,8 @@ class InputRejected(NightshiftError):
 
 
 class GateFailed(NightshiftError):
-    """A gate refused the release. `failures` lists every failed check (dicts)."""
+    """A gate refused the release. `failures` lists every failed check as JSON: `pipeline.gates.Failure.to_dict()`
+    (raise it with `pipeline.gates.refuse`), the one shape result.json and the Airflow alert read."""
 
     exit_code = EXIT_GATE
 

@@ -96,25 +96,26 @@ def _dataset_card(run: _Run) -> str:
     return ""
 
 
-def _deployment(cfg: Config, export_report: dict | None, export_ran: bool) -> tuple[list[dict], str]:
-    from pipeline.errors import NightshiftError
-    from pipeline.stages.gate import DEPLOYMENT_GATES, deployment_checks, resolve_thresholds
-
-    try:
-        thresholds, _ = resolve_thresholds(cfg.gates)
-    except NightshiftError as exc:
-        return [], f"gate policy unreadable: {exc}"
-    budgets = [n for n in DEPLOYMENT_GATES if n in thresholds]
-    if not budgets:
+def _deployment(results: dict[str, dict]) -> tuple[list[dict], str]:
+    """The latency and size budgets as export judged them (its result's `deployment_checks`), or why there are
+    none; the budgets that are on come from the gate's result (`deferred`) while export has not run."""
+    export, gate = results.get("export"), results.get("gate")
+    if export is not None and "deployment_checks" in export:
+        checks = list(export["deployment_checks"] or [])
+        return checks, "" if checks else "no latency or size budget set"
+    if export is not None:
+        return [], f"not judged: export stopped before its deployment checks ({export.get('status')})"
+    if gate is None or "deferred" not in gate:
+        return [], "judged on export's report once the gate and export have run"
+    if not gate["deferred"]:
         return [], "no latency or size budget set"
-    if not export_ran and export_report is None:
-        return [], f"{', '.join(budgets)}: judged on export's report; export has not run"
-    return deployment_checks(thresholds, export_report), ""
+    return [], f"{', '.join(gate['deferred'])}: judged on export's report; export has not run"
 
 
 def recommend(data: ReportData) -> tuple[str, list[str]]:
-    """("promote" | "hold", reasons): hold while anything failed or the gate has not judged the model."""
-    from pipeline.stages.gate import describe
+    """("promote" | "hold", reasons): hold while anything failed or the gate has not judged the model.
+    The verdicts are the stages' own (gate's checks, export's deployment checks); nothing is judged again."""
+    from pipeline.gates import describe
 
     results = data.results
     reasons = []
@@ -129,7 +130,13 @@ def recommend(data: ReportData) -> tuple[str, list[str]]:
     reasons += [f"deployment budget failed: {describe(c)}" for c in data.deployment_checks if not c.get("passed")]
     export = results.get("export")
     if export is not None and export.get("status") != "ok":
-        reasons.append(f"export failed verification: {export.get('error', export.get('status'))}")
+        # export's own failures (parity, outputs...); its failed budgets are listed above already
+        budgets = {c.get("name") for c in data.deployment_checks}
+        failures = [f for f in export.get("failures") or [] if isinstance(f, dict)]
+        reasons += [f"export failed verification: {f.get('message') or f.get('check')}" for f in failures
+                    if f.get("check") not in budgets]
+        if not failures:
+            reasons.append(f"export failed verification: {export.get('error', export.get('status'))}")
     if reasons:
         return "hold", reasons
     promote = results.get("promote") or {}
@@ -165,7 +172,7 @@ def gather(cfg: Config, run_id: str, store: ArtifactStore, samples: int = 4) -> 
         data.data_docs_url = store.url(run.key("validate", "data_docs/index.html"))
     data.dataset_card = _dataset_card(run)
     data.gate_checks = list((data.results.get("gate") or {}).get("checks") or [])
-    data.deployment_checks, data.deployment_note = _deployment(cfg, data.export_report, "export" in data.results)
+    data.deployment_checks, data.deployment_note = _deployment(data.results)
     data.decision, data.reasons = recommend(data)
     return data
 

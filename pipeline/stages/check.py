@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import InfrastructureError, InputRejected
@@ -30,9 +31,7 @@ S3_TIMEOUT_S = 5  # connect and read timeout of the one listing call
 
 def check_gates(cfg: Config) -> dict:
     """The run's thresholds and relaxed gates; InputRejected naming the trigger param when they are refused."""
-    from pipeline.stages.gate import resolve_thresholds
-
-    thresholds, relaxed = resolve_thresholds(cfg.gates)
+    thresholds, relaxed = gates.resolve_thresholds(cfg.gates)
     return {"thresholds": thresholds, "relaxed": relaxed}
 
 
@@ -92,7 +91,7 @@ def _check_s3(source: str, endpoint_url: str) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
-    gates = check_gates(cfg)
+    verdict = check_gates(cfg)
     model = check_model(cfg)
     source = check_source(cfg)
     overrides = dict(cfg.gates.overrides)
@@ -100,6 +99,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         log.info("gate overrides for this run: %s%s", ", ".join(f"{k}={v:g}" for k, v in overrides.items()),
                  f" (reason: {cfg.gates.override_reason})" if cfg.gates.override_reason else "")
     log.info("params ok: model %s, source %s, %d gate thresholds", model, cfg.data.source or "(demo set)",
-             len(gates["thresholds"]))
+             len(verdict["thresholds"]))
     return {"model": model, "source": cfg.data.source, "source_kind": source, "overrides": overrides,
-            "override_reason": cfg.gates.override_reason, "relaxed": gates["relaxed"]}
+            "override_reason": cfg.gates.override_reason, "relaxed": verdict["relaxed"]}

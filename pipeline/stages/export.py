@@ -5,7 +5,9 @@ float32 [B,3,S,S]; outputs `boxes` [B,D,4], `scores` [B,D], `labels` int64 [B,D]
 `export/labels.txt`, `export/io.json` and `export/report.json` (checks, parity, speed); result.json records
 the sha256 of every deployable file (`sha256`), which promote checks before shipping. Every exported
 artifact is checked before it leaves: ONNX Runtime's raw detections must match PyTorch's on val images,
-and its val mAP may not drop more than `export.parity_max_map_drop` below eager PyTorch's (else exit 4).
+and its val mAP may not drop more than `export.parity_max_map_drop` below eager PyTorch's. The gate policy's
+latency and size budgets are judged here too, on report.json (pipeline.gates.deployment_gate; every check in
+result.json's `deployment_checks`). Every failed check is listed in one refusal (exit 4).
 
 The report also records whether TensorRT's ONNX parser supports every operator (`checks.tensorrt_ops`,
 pipeline.export.trt_ops). Optional formats, each under the same mAP parity gate: `export.int8` writes
@@ -18,9 +20,11 @@ import json
 import logging
 import time
 
+from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
-from pipeline.errors import GateFailed, InputRejected
+from pipeline.errors import InputRejected
+from pipeline.gates import Failure
 
 UPSTREAM = ("train",)
 EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
@@ -63,14 +67,15 @@ def _parity(model, session, dataset, gt: dict, max_drop: float, runtime=None) ->
             "map_drop": drop, "max_map_drop": max_drop, "passed": drop <= max_drop}
 
 
-def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict) -> tuple[dict, list]:
+def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, dataset,
+                      gt: dict) -> tuple[dict, list[Failure]]:
     """INT8 ONNX and TensorRT, when configured: (checks for the report, failures); published artifacts."""
     from pipeline.export.onnx_export import ort_session
     from pipeline.export.quantize import quantize_int8
     from pipeline.export.trt_ops import check_model
 
     checks: dict = {"tensorrt_ops": check_model(out / "model.onnx")}
-    failures: list = []
+    failures: list[Failure] = []
     if cfg.export.int8:
         path = quantize_int8(out / "model.onnx", out / "model.int8.onnx")
         parity = _parity(model, ort_session(path, cfg.export.threads), dataset, gt, cfg.export.int8_max_map_drop)
@@ -78,15 +83,15 @@ def _optional_formats(cfg: Config, ctx: RunContext, model, size: int, out, datas
         log.info("INT8 parity: AP %.4f (drop %.4f, allowed %.4f)", parity["onnxruntime"]["AP"] or 0,
                  parity["map_drop"], parity["max_map_drop"])
         if not parity["passed"]:
-            failures.append({"check": "int8_parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
-                             "actual": parity["map_drop"]})
+            failures.append(_parity_failure("int8_parity", "INT8 ONNX Runtime", parity))
         ctx.publish(path, path.name)
     if cfg.export.tensorrt != "off":
         failures += _tensorrt(cfg, ctx, model, size, out, dataset, gt, checks)
     return checks, failures
 
 
-def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict, checks: dict) -> list:
+def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: dict,
+              checks: dict) -> list[Failure]:
     """Build model.plan, gate it on mAP like ONNX Runtime, write its Triton config; returns failures."""
     from pipeline.datasets.canonical import CanonicalDataset
     from pipeline.export import EXPORTERS, export
@@ -98,8 +103,8 @@ def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: 
         raise InputRejected(f"export.tensorrt={cfg.export.tensorrt} needs TensorRT, which does not import here",
                             field="export.tensorrt")
     if not checks["tensorrt_ops"]["passed"]:
-        return [{"check": "tensorrt_ops", "expected": "every operator supported by TensorRT's ONNX parser",
-                 "actual": checks["tensorrt_ops"]["unsupported"] + checks["tensorrt_ops"]["problems"]}]
+        return [Failure("tensorrt_ops", "every operator supported by TensorRT's ONNX parser",
+                        checks["tensorrt_ops"]["unsupported"] + checks["tensorrt_ops"]["problems"])]
     calibration = None
     if cfg.export.tensorrt == "int8" and not (out / "calibration.cache").exists():
         split = CanonicalDataset(ctx.fetch_dir("ingest", "dataset"), cfg.export.calibration_split, size)
@@ -122,116 +127,152 @@ def _tensorrt(cfg: Config, ctx: RunContext, model, size: int, out, dataset, gt: 
             ctx.publish(out / name, name)
     if parity["passed"]:
         return []
-    return [{"check": "tensorrt_parity", "expected": f"mAP drop <= {max_drop}", "actual": parity["map_drop"]}]
+    return [_parity_failure("tensorrt_parity", "TensorRT", parity)]
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
     import torch  # here, not at the top: `nightshift export --help` and a skipped export need no torch
 
-    from pipeline import tracking
-    from pipeline.datasets.canonical import CanonicalDataset, split_coco
-    from pipeline.export import export
+    from pipeline.datasets.canonical import split_coco
     from pipeline.export.bench import benchmark, table
-    from pipeline.export.detector import UnsupportedModel
-    from pipeline.export.onnx_export import io_spec, ort_session, write_io, write_labels
-    from pipeline.stages.gate import deployment_checks, resolve_thresholds
-    from pipeline.training.models import load_trained
-    from pipeline.checksums import sha256_file
+    from pipeline.export.onnx_export import ort_session
 
     torch.set_num_threads(cfg.export.threads)
+    model, meta, model_pt, dataset = _inputs(ctx)
+    size = int(meta["image_size"])
+    out = ctx.scratch("out")
+    onnx_path, io, export_s = _export_onnx(cfg, ctx, model, meta, out)
+
+    session = ort_session(onnx_path, cfg.export.threads)
+    gt = split_coco(dataset.coco, "val")
+    outputs, parity = _verify(cfg, model, session, dataset, gt)
+    extra_checks, extra_failures = _optional_formats(cfg, ctx, model, size, out, dataset, gt)
+    speed = benchmark(model, session, size, cfg.export.benchmark_batches, cfg.export.benchmark_repeats,
+                      cfg.export.benchmark_warmup, cfg.export.threads)
+    log.info("inference speed (%d thread(s), %dx%d):\n%s", cfg.export.threads, size, size, table(speed))
+
+    report = {
+        "format": FORMAT, "opset": io["opset"], "io": io, "export_s": round(export_s, 2), "model": meta["model"],
+        "image_size": size, "checks": {"outputs": outputs, "parity": parity, **extra_checks}, "speed": speed,
+        "size": {"onnx_bytes": onnx_path.stat().st_size, "pytorch_state_dict_bytes": model_pt.stat().st_size},
+    }
+    deployed = _publish(ctx, out, report)
+    _log_to_mlflow(cfg, ctx, out, report)
+    result = _result(cfg, ctx, report, deployed)
+    # the policy's latency and size budgets: the gate stage runs before export, so they are judged here
+    result["deployment_checks"] = gates.deployment_gate(cfg.gates, report)
+    failures = _failures(cfg, outputs, parity) + extra_failures + gates.failures_of(result["deployment_checks"])
+    if failures:
+        raise gates.refuse("ONNX export failed verification", failures, result)
+    return result
+
+
+def _inputs(ctx: RunContext) -> tuple:
+    """(model, its metadata, the fetched model.pt, the val split) of this run; an empty val split is refused."""
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.training.models import load_trained
+
     model_pt = ctx.fetch("train", "model.pt")
     model, meta = load_trained(str(model_pt))
-    size = int(meta["image_size"])
-    dataset_dir = ctx.fetch_dir("ingest", "dataset")
-    dataset = CanonicalDataset(dataset_dir, "val", size)
+    dataset = CanonicalDataset(ctx.fetch_dir("ingest", "dataset"), "val", int(meta["image_size"]))
     if len(dataset) == 0:
         raise InputRejected("the val split is empty: nothing to check the export on",
                             path=ctx.url("dataset/annotations.json", "ingest"), field="images[].split")
+    return model, meta, model_pt, dataset
 
-    out = ctx.scratch("out")
+
+def _export_onnx(cfg: Config, ctx: RunContext, model, meta: dict, out) -> tuple:
+    """Write model.onnx, io.json and labels.txt into `out`: (onnx path, its io spec, seconds the export took)."""
+    from pipeline.export import export
+    from pipeline.export.detector import UnsupportedModel
+    from pipeline.export.onnx_export import io_spec, write_io, write_labels
+
     started = time.perf_counter()
     try:
-        onnx_path = export(FORMAT, model, size, out, cfg)
+        onnx_path = export(FORMAT, model, int(meta["image_size"]), out, cfg)
     except UnsupportedModel as exc:
         raise InputRejected(str(exc), path=ctx.url("model.pt", "train"), field="model") from None
     export_s = time.perf_counter() - started
     io = io_spec(onnx_path)
     write_io(io, out / "io.json")
     write_labels(meta["categories"], out / "labels.txt")
+    return onnx_path, io, export_s
 
-    session = ort_session(onnx_path, cfg.export.threads)
+
+def _verify(cfg: Config, model, session, dataset, gt: dict) -> tuple[dict, dict]:
+    """The raw-output check and the mAP parity of ONNX Runtime against PyTorch on the val split."""
     log.info("checking ONNX Runtime against PyTorch on %d val images", min(cfg.export.verify_images, len(dataset)))
     outputs = _check_outputs(model, session, dataset, cfg.export.verify_images, cfg.export.output_match_min)
-    parity = _parity(model, session, dataset, split_coco(dataset.coco, "val"), cfg.export.parity_max_map_drop)
+    parity = _parity(model, session, dataset, gt, cfg.export.parity_max_map_drop)
     log.info("parity on %d val images: AP pytorch %.4f, onnxruntime %.4f (drop %.4f, allowed %.4f)",
              len(dataset), parity["pytorch"]["AP"] or 0, parity["onnxruntime"]["AP"] or 0, parity["map_drop"],
              parity["max_map_drop"])
+    return outputs, parity
 
-    extra_checks, extra_failures = _optional_formats(cfg, ctx, model, size, out, dataset,
-                                                     split_coco(dataset.coco, "val"))
 
-    speed = benchmark(model, session, size, cfg.export.benchmark_batches, cfg.export.benchmark_repeats,
-                      cfg.export.benchmark_warmup, cfg.export.threads)
-    log.info("inference speed (%d thread(s), %dx%d):\n%s", cfg.export.threads, size, size, table(speed))
-    sizes = {"onnx_bytes": onnx_path.stat().st_size, "pytorch_state_dict_bytes": model_pt.stat().st_size}
-    largest = str(max(cfg.export.benchmark_batches))
-    report = {
-        "format": FORMAT, "opset": io["opset"], "io": io, "export_s": round(export_s, 2), "model": meta["model"],
-        "image_size": size, "checks": {"outputs": outputs, "parity": parity, **extra_checks}, "speed": speed,
-        "size": sizes,
-    }
+def _publish(ctx: RunContext, out, report: dict) -> dict[str, str]:
+    """Write report.json, publish the artifacts; the sha256 of every deployable file this run checked
+    (promote ships a file only if its sha256 is the one recorded here)."""
+    from pipeline.checksums import sha256_file
+
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for name in ("model.onnx", "labels.txt", "io.json", "report.json"):
         ctx.publish(out / name, name)
-    # the bytes this run checked: promote ships a file only if its sha256 is the one recorded here
-    deployed = {name: sha256_file(out / name) for name in DEPLOYED if (out / name).is_file()}
+    return {name: sha256_file(out / name) for name in DEPLOYED if (out / name).is_file()}
 
-    ratios = {b: row["ort_vs_eager_speedup"] for b, row in speed["batches"].items()}
+
+def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
+    import mlflow
+
+    from pipeline import tracking
+
+    checks, batches = report["checks"], report["speed"]["batches"]
+    parity = checks["parity"]
     with tracking.active_run(cfg, ctx.run_id):
-        import mlflow
-
         mlflow.log_metrics({
             "export_parity_ap_pytorch": parity["pytorch"]["AP"] or 0.0,
             "export_parity_ap_onnxruntime": parity["onnxruntime"]["AP"] or 0.0,
             "export_parity_map_drop": parity["map_drop"],
-            "export_output_match": outputs["vs_pytorch"]["match_fraction"],
-            "export_onnx_mb": sizes["onnx_bytes"] / 1e6,
-            **{f"export_ort_speedup_b{b}": r for b, r in ratios.items()},
-            **{f"export_ort_p50_ms_b{b}": row["onnxruntime"]["latency_ms"]["p50"]
-               for b, row in speed["batches"].items()},
-            **{f"export_eager_p50_ms_b{b}": row["eager"]["latency_ms"]["p50"] for b, row in speed["batches"].items()},
+            "export_output_match": checks["outputs"]["vs_pytorch"]["match_fraction"],
+            "export_onnx_mb": report["size"]["onnx_bytes"] / 1e6,
+            **{f"export_ort_speedup_b{b}": row["ort_vs_eager_speedup"] for b, row in batches.items()},
+            **{f"export_ort_p50_ms_b{b}": row["onnxruntime"]["latency_ms"]["p50"] for b, row in batches.items()},
+            **{f"export_eager_p50_ms_b{b}": row["eager"]["latency_ms"]["p50"] for b, row in batches.items()},
         })
         for name in ("report.json", "io.json", "labels.txt"):
             mlflow.log_artifact(str(out / name), artifact_path="export")
 
-    result = {
+
+def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]) -> dict:
+    checks = report["checks"]
+    parity = checks["parity"]
+    ratios = {b: row["ort_vs_eager_speedup"] for b, row in report["speed"]["batches"].items()}
+    largest = str(max(cfg.export.benchmark_batches))
+    return {
         "format": FORMAT, "onnx": ctx.url("model.onnx"), "report": ctx.url("report.json"),
         "parity": {"map_drop": parity["map_drop"], "ap_pytorch": parity["pytorch"]["AP"],
                    "ap_onnxruntime": parity["onnxruntime"]["AP"]},
-        "output_match": outputs["vs_pytorch"]["match_fraction"],
-        "tensorrt_ops_supported": extra_checks["tensorrt_ops"]["passed"],
-        **{f"{fmt}_map_drop": extra_checks[fmt]["parity"]["map_drop"] for fmt in ("int8", "tensorrt")
-           if fmt in extra_checks},
+        "output_match": checks["outputs"]["vs_pytorch"]["match_fraction"],
+        "tensorrt_ops_supported": checks["tensorrt_ops"]["passed"],
+        **{f"{fmt}_map_drop": checks[fmt]["parity"]["map_drop"] for fmt in ("int8", "tensorrt") if fmt in checks},
         "speed": {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)},
-        "onnx_mb": round(sizes["onnx_bytes"] / 1e6, 2),
+        "onnx_mb": round(report["size"]["onnx_bytes"] / 1e6, 2),
         "sha256": deployed,
     }
-    failures = []
-    if not outputs["passed"]:
-        failures.append({"check": "outputs", "expected": f">= {cfg.export.output_match_min} matched",
-                         "actual": outputs["vs_pytorch"]["match_fraction"],
-                         "batch_vs_single": outputs["batch_vs_single"]["match_fraction"]})
+
+
+def _failures(cfg: Config, outputs: dict, parity: dict) -> list[Failure]:
+    """The ONNX model's own checks that failed: raw outputs (vs PyTorch, batched vs one image) and mAP parity."""
+    failures = [Failure.threshold_check("outputs", f"share of detections matched, {what}",
+                                        outputs[key]["match_fraction"], ">=", cfg.export.output_match_min)
+                for key, what in (("vs_pytorch", "ONNX Runtime vs PyTorch"),
+                                  ("batch_vs_single", "ONNX Runtime batched vs one image at a time"))
+                if outputs[key]["match_fraction"] < cfg.export.output_match_min]
     if not parity["passed"]:
-        failures.append({"check": "parity", "expected": f"mAP drop <= {parity['max_map_drop']}",
-                         "actual": parity["map_drop"]})
-    failures += extra_failures
-    # the policy's latency and size budgets: the gate stage runs before export, so they are judged here
-    deployment = deployment_checks(resolve_thresholds(cfg.gates)[0], report)
-    result["deployment_checks"] = deployment
-    failures += [{"check": c["name"], "expected": f"{c['direction']} {c['threshold']:g}",
-                  "actual": c["value"] if c["value"] is not None else c.get("note")}
-                 for c in deployment if not c["passed"]]
-    if failures:
-        raise GateFailed("ONNX export failed verification: " + "; ".join(
-            f"{f['check']} expected {f['expected']}, got {f['actual']}" for f in failures), failures, result)
-    return result
+        failures.append(_parity_failure("parity", "ONNX Runtime", parity))
+    return failures
+
+
+def _parity_failure(check: str, runtime: str, parity: dict) -> Failure:
+    return Failure.threshold_check(check, f"val mAP drop, PyTorch - {runtime}", parity["map_drop"], "<=",
+                                   parity["max_map_drop"])

@@ -86,10 +86,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     results = _results(ctx)
     event, text, fields = compose(cfg, ctx, results)
     if event == "success" and "evaluate" in results:
-        from pipeline.report import build_report
-
-        report = build_report(cfg, ctx)
-        fields["report"] = alerts.report_link(cfg, ctx.store, report["html"], ctx.run_id)
+        report = alerts.run_report(cfg, ctx)
+        fields["report"] = report["link"]
         text += f"\nreport ({report['decision']}): {fields['report']}"
     if event == "success" and not cfg.notify.on_success:
         ctx.log.info("success summary not sent (notify.on_success is false):\n%s", text)

@@ -26,6 +26,7 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import GateFailed, InputRejected
+from pipeline.gates import Failure
 
 UPSTREAM = ("export", "gate")
 
@@ -49,7 +50,7 @@ def verified_export(ctx: RunContext, files: dict) -> None:
     if export.get("status") != "ok":
         raise GateFailed(f"export did not pass for this run (status {export.get('status')!r}, exit "
                          f"{export.get('exit_code')}): nothing to promote",
-                         [{"check": "export", "expected": "ok", "actual": export.get("status")}])
+                         [Failure("export", "ok", export.get("status")).to_dict()])
     if export.get("run_id") not in (None, ctx.run_id):
         raise InputRejected(f"export result belongs to run {export.get('run_id')!r}, not {ctx.run_id!r}",
                             path=where, field="run_id")
@@ -70,7 +71,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     gate = ctx.result_of("gate")
     if not gate.get("passed"):
         raise GateFailed("the gate did not pass for this run: nothing to promote",
-                         [{"check": "gate", "expected": "passed", "actual": gate.get("passed")}])
+                         [Failure("gate", "passed", gate.get("passed")).to_dict()])
     train = ctx.result_of("train")
     mlflow_run_id = train.get("mlflow_run_id")
     if not mlflow_run_id:

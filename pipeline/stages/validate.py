@@ -26,6 +26,7 @@ from pipeline.config import Config
 from pipeline.datasets import canonical_io
 from pipeline.store import open_store
 from pipeline.errors import ConfigError, InputRejected
+from pipeline.gates import Failure
 from pipeline.validation import validate_dataset, write_report
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ def _rejection(report: dict, where: str, result: dict) -> InputRejected:
         lines.append(f"{r['name']}: {r['description']}{count}{example}")
     exc = InputRejected(f"{len(failed)} of {report['checks']} checks failed:\n  " + "\n  ".join(lines), path=where)
     exc.result = result
-    exc.failures = [{"check": r["name"], "description": r["description"], "observed": r["observed"],
-                     "examples": r["examples"][:3]} for r in failed]
+    exc.failures = [Failure(r["name"], r["description"], r["observed"], message=line).to_dict()
+                    for r, line in zip(failed, lines)]
     return exc
 
 

@@ -94,23 +94,12 @@ LINKS = (("mlflow_run_url", "MLflow run"), ("report", "Report"))
 ALERT_KEYS = ("stage", "status", "exit_code", "error", "failures", "run_id") + tuple(key for key, _ in LINKS)
 
 
-def _number(value) -> str:
-    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def failure_text(failure) -> str:
-    """One failed check as a line: `map50_min: 0.41, must be >= 0.5` (class in brackets when per class)."""
-    if not isinstance(failure, dict):
-        return str(failure)
-    name = failure.get("check") or failure.get("name") or failure.get("gate")
-    if failure.get("class"):
-        name = f"{name} [{failure['class']}]"
-    if "value" in failure and "threshold" in failure and failure.get("direction"):
-        rest = f"{_number(failure['value'])}, must be {failure['direction']} {_number(failure['threshold'])}"
-    else:
-        rest = ", ".join(f"{k}={_number(v)}" for k, v in failure.items()
-                         if k not in ("check", "name", "gate", "class", "passed"))
-    return f"{name}: {rest}" if name else rest
+    """One failed check as a line: its `message`, written by the stage (pipeline.gates.Failure, the one shape
+    of `result["failures"]`), e.g. `map50_min: AP50 = 0.4100, must be >= 0.5`."""
+    if isinstance(failure, dict) and failure.get("message"):
+        return str(failure["message"])
+    return str(failure)  # not a Failure: shown as it came rather than dropped
 
 
 def describe_failure(stage: str, code: int | None, result: dict | None, output_tail: Sequence[str] = ()) -> str:

@@ -124,10 +124,10 @@ def test_trigger_form_runs_with_every_field_empty(dagbag):
 
 
 def test_gate_names_match_pipeline_gate():
-    """settings.GATES duplicates pipeline.stages.gate.GATES (the Airflow venv cannot import the pipeline)."""
+    """settings.GATES duplicates pipeline.gates.GATES (the Airflow venv cannot import the pipeline)."""
     from nightshift_airflow import settings
 
-    source = (REPO / "pipeline" / "stages" / "gate.py").read_text()
+    source = (REPO / "pipeline" / "gates.py").read_text()
     block = source[source.index("GATES = {g.name"):source.index("DEPLOYMENT_GATES")]
     import re
 

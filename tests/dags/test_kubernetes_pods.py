@@ -186,7 +186,8 @@ def test_pod_exit_codes_map_like_the_local_runner(k8s_dagbag, monkeypatch, exit_
     monkeypatch.setattr(task, "is_istio_enabled", lambda *a, **k: False)
     monkeypatch.setattr(task, "log_pod_spec_on_failure", False)
     result = {"status": "gate_failed", "error": "2 of 5 gate checks failed",
-              "failures": [{"check": "map50_min", "value": 0.41, "threshold": 0.5}]}
+              "failures": [{"check": "map50_min", "expected": ">= 0.5", "actual": 0.41,
+                            "message": "map50_min: AP50 = 0.4100, must be >= 0.5"}]}
     pod = _terminated_pod(exit_code)
     with pytest.raises(Exception) as info:
         task.cleanup(pod, pod, xcom_result=result, context=None)

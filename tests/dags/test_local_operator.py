@@ -77,8 +77,10 @@ def test_gate_refused_fails_without_retry_and_lists_checks(local_operator, fake_
     from airflow.sdk.exceptions import AirflowFailException
 
     result = {"status": "gate_failed", "error": "gate refused the release: 2 checks failed",
-              "failures": [{"check": "map50_min", "value": 0.41, "threshold": 0.5},
-                           {"check": "max_regression", "value": 0.05, "threshold": 0.02}]}
+              "failures": [{"check": "map50_min", "expected": ">= 0.5", "actual": 0.41,
+                            "message": "map50_min: AP50 = 0.4100, must be >= 0.5"},
+                           {"check": "max_regression", "expected": "<= 0.02", "actual": 0.05,
+                            "message": "max_regression: AP drop vs champion = 0.0500, must be <= 0.02"}]}
     with pytest.raises(AirflowFailException) as info:
         _run(local_operator(fake_nightshift), monkeypatch, exit_code=4, result=result)
     message = str(info.value)
@@ -96,17 +98,20 @@ def test_gate_failure_carries_values_thresholds_and_links(local_operator, fake_n
     report = "file:///store/runs/r/report/report.html"
     result = {"status": "gate_failed", "exit_code": 4,
               "error": f"2 of 3 gate checks failed: map50_min ...; max_regression .... Report: {report}",
-              "failures": [{"name": "map50_min", "value": 0.41, "threshold": 0.5, "direction": ">=", "passed": False},
-                           {"name": "per_class_max_regression", "class": "circle", "value": 0.1, "threshold": 0.05,
-                            "direction": "<=", "passed": False}],
+              "failures": [{"check": "map50_min", "expected": ">= 0.5", "actual": 0.41, "direction": ">=",
+                            "threshold": 0.5, "message": "map50_min: AP50 = 0.4100, must be >= 0.5"},
+                           {"check": "per_class_max_regression", "class": "circle", "expected": "<= 0.05",
+                            "actual": 0.1, "direction": "<=", "threshold": 0.05,
+                            "message": "per_class_max_regression: AP drop vs champion [circle] = 0.1000, "
+                                       "must be <= 0.05"}],
               "mlflow_run_url": "http://mlflow.local/#/experiments/1/runs/abc123", "report": report,
               "checks": [{"name": "map_min", "passed": True}]}
     with pytest.raises(AirflowFailException) as info:
         _run(local_operator(fake_nightshift), monkeypatch, exit_code=4, result=result)
     lines = str(info.value).splitlines()
     assert lines[0] == "nightshift gate: gate refused"
-    assert "  - map50_min: 0.41, must be >= 0.5" in lines
-    assert "  - per_class_max_regression [circle]: 0.1, must be <= 0.05" in lines
+    assert "  - map50_min: AP50 = 0.4100, must be >= 0.5" in lines
+    assert "  - per_class_max_regression: AP drop vs champion [circle] = 0.1000, must be <= 0.05" in lines
     assert lines[-1] == "MLflow run: http://mlflow.local/#/experiments/1/runs/abc123"
     assert sum(report in line for line in lines) == 1  # the gate's error already links the report
     carried = info.value.nightshift_result

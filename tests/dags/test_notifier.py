@@ -147,12 +147,15 @@ def test_success_event_carries_the_result(notifier_cls, context, monkeypatch, tm
 GATE_RESULT = {
     "status": "gate_failed", "exit_code": 4,
     "error": "2 of 3 gate checks failed: ... Report: file:///srv/store/runs/r/report/report.html",
-    "failures": [{"name": "map_min", "value": 0.1, "threshold": 0.2, "direction": ">=", "passed": False},
-                 {"name": "max_regression", "value": 0.4, "threshold": 0.02, "direction": "<=", "passed": False}],
+    "failures": [{"check": "map_min", "expected": ">= 0.2", "actual": 0.1,
+                  "message": "map_min: AP = 0.1000, must be >= 0.2"},
+                 {"check": "max_regression", "expected": "<= 0.02", "actual": 0.4,
+                  "message": "max_regression: AP drop vs champion = 0.4000, must be <= 0.02"}],
     "mlflow_run_url": "http://mlflow.local:5000/#/experiments/1/runs/0123abcd",
     "report": "file:///srv/store/runs/r/report/report.html",
 }
-EXPECTED_LINES = ("• map_min: 0.1, must be >= 0.2", "• max_regression: 0.4, must be <= 0.02",
+EXPECTED_LINES = ("• map_min: AP = 0.1000, must be >= 0.2",
+                  "• max_regression: AP drop vs champion = 0.4000, must be <= 0.02",
                   "log: <http://airflow.local/dags/nightshift_retrain/runs/x/tasks/gate|task log>",
                   "MLflow run: <http://mlflow.local:5000/#/experiments/1/runs/0123abcd|MLflow run>",
                   "Report: file:///srv/store/runs/r/report/report.html")
@@ -191,7 +194,7 @@ def test_links_are_found_in_the_text_when_the_exception_lost_its_result(notifier
     text = _sent(notifier_cls, context(exception=describe_failure("gate", 4, GATE_RESULT)), monkeypatch, tmp_path)
     assert "MLflow run: <http://mlflow.local:5000/#/experiments/1/runs/0123abcd|MLflow run>" in text
     assert "Report: file:///srv/store/runs/r/report/report.html" in text
-    assert "map_min: 0.1, must be >= 0.2" in text  # inside the error block this time
+    assert "map_min: AP = 0.1000, must be >= 0.2" in text  # inside the error block this time
 
 
 def test_pod_runner_failure_reaches_the_alert(notifier_cls, context, k8s_dagbag, monkeypatch, tmp_path):
@@ -261,7 +264,8 @@ def test_real_gate_failure_end_to_end(notifier_cls, context, monkeypatch, nights
     text = "\n".join(lines)
     assert lines[0] == ":red_circle: Nightshift *nightshift_retrain* failed at task *gate*"
     assert f"run: `{run_id}`" in lines and "nightshift gate: gate refused" in lines
-    assert "• map_min: 0.1, must be >= 0.2" in lines and "• map50_min: 0.3, must be >= 0.5" in lines
+    assert "• map_min: AP = 0.1000, must be >= 0.2" in lines
+    assert "• map50_min: AP50 = 0.3000, must be >= 0.5" in lines
     assert "log: <http://airflow.local/dags/nightshift_retrain/runs/x/tasks/gate|task log>" in lines
     # the MLflow run the gate tagged, found by its pipeline run id in the tracking database
     with sqlite3.connect(nightshift_home / "mlflow.db") as db:

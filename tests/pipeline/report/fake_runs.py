@@ -8,7 +8,7 @@ import random
 from pipeline.config import load_config
 from pipeline.metrics.coco import report
 from pipeline.metrics.plots import pr_curve_png
-from pipeline.stages import gate
+from pipeline import gates
 from pipeline.store import LocalStore
 
 
@@ -45,8 +45,9 @@ def export_report(p95=30.0, onnx_bytes=12_000_000):
 
 
 def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: bool, export: bool,
-             gate_thresholds=None, with_plots: bool = True) -> dict:
-    """Publish what ingest, evaluate, gate (and export) would have left for `run_id`."""
+             gate_thresholds=None, with_plots: bool = True, budgets=None) -> dict:
+    """Publish what ingest, evaluate, gate (and export) would have left for `run_id`; `budgets` are the
+    policy's latency and size budgets, judged by export."""
     base = f"runs/{run_id}"
     store.put_dir(dataset["dir"], f"{base}/ingest/dataset")
     store.put_json({"status": "ok", "duration_s": 1.0}, f"{base}/ingest/result.json")
@@ -66,14 +67,19 @@ def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: boo
                            champ_ev.pr_curves if champ_ev else None)
         store.put_file(png, f"{base}/evaluate/pr_curve.png")
     thresholds = gate_thresholds or {"map_min": 0.0, "map50_min": 0.0, "max_regression": 1.0}
-    checks, summary = gate.check(metrics, thresholds, 1)
+    checks, summary = gates.check(metrics, thresholds, 1)
     passed = all(c["passed"] for c in checks)
+    budgets = budgets or {}
     store.put_json({"status": "ok" if passed else "gate_failed", "passed": passed, "checks": checks,
-                    "champion": summary, "overrides": {}, "thresholds": thresholds},
+                    "champion": summary, "overrides": {}, "thresholds": {**thresholds, **budgets},
+                    "deferred": list(budgets)},
                    f"{base}/gate/result.json")
     if export:
         store.put_json(export_report(), f"{base}/export/report.json")
-        store.put_json({"status": "ok"}, f"{base}/export/result.json")
+        deployment = gates.deployment_checks(budgets, export_report())
+        failures = [f.to_dict() for f in gates.failures_of(deployment)]
+        store.put_json({"status": "gate_failed" if failures else "ok", "deployment_checks": deployment,
+                        "failures": failures}, f"{base}/export/result.json")
     return metrics
 
 

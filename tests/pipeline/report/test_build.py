@@ -2,6 +2,7 @@
 chat summary, the sample ranking, MLflow logging. The page's content is test_render.py's."""
 from __future__ import annotations
 
+from pipeline import gates
 from pipeline.report import build_report
 from pipeline.report.build import gather
 from pipeline.report.render import render_markdown
@@ -10,9 +11,9 @@ from tests.pipeline.report.fake_runs import config, make_run
 
 
 def test_full_run_with_champion_and_export_promotes(store, dataset, tmp_path):
-    make_run(store, "r-full", dataset, tmp_path, champion=True, export=True)
-    cfg = config(store, "gates.latency_p95_ms_max=50", "gates.model_size_mb_max=20")
-    keys = build_report(cfg, "r-full", store, log_to_mlflow=False)
+    make_run(store, "r-full", dataset, tmp_path, champion=True, export=True,
+             budgets={"latency_p95_ms_max": 50.0, "model_size_mb_max": 20.0})
+    keys = build_report(config(store), "r-full", store, log_to_mlflow=False)
     assert keys["html"] == "runs/r-full/report/report.html" and keys["markdown"] == "runs/r-full/report/report.md"
     # the model is worse than the champion but max_regression=1.0 lets it through; budgets are met
     assert keys["decision"] == "promote"
@@ -27,8 +28,9 @@ def test_full_run_with_champion_and_export_promotes(store, dataset, tmp_path):
 
 def test_gate_failed_without_export_holds_naming_the_failures(store, dataset, tmp_path):
     make_run(store, "r-held", dataset, tmp_path, champion=True, export=False, with_plots=False,
-             gate_thresholds={"map_min": 0.99, "map50_min": 0.0, "max_regression": 0.0})
-    cfg = config(store, "gates.latency_p95_ms_max=50")
+             gate_thresholds={"map_min": 0.99, "map50_min": 0.0, "max_regression": 0.0},
+             budgets={"latency_p95_ms_max": 50.0})
+    cfg = config(store)
     keys = build_report(cfg, "r-held", store, log_to_mlflow=False)
     assert keys["decision"] == "hold"
     assert any("map_min" in r for r in keys["reasons"]) and any("max_regression" in r for r in keys["reasons"])
@@ -47,11 +49,28 @@ def test_first_run_without_champion(store, dataset, tmp_path):
 
 
 def test_deployment_budget_failure_holds(store, dataset, tmp_path):
-    make_run(store, "r-slow", dataset, tmp_path, champion=False, export=True)
-    keys = build_report(config(store, "gates.latency_p95_ms_max=10"), "r-slow", store, log_to_mlflow=False)
+    make_run(store, "r-slow", dataset, tmp_path, champion=False, export=True, budgets={"latency_p95_ms_max": 10.0})
+    # the verdict is export's, read from its result: the report's own config judges nothing
+    keys = build_report(config(store, "gates.latency_p95_ms_max=100"), "r-slow", store, log_to_mlflow=False)
     assert keys["decision"] == "hold"
     assert keys["reasons"] == ["deployment budget failed: latency_p95_ms_max: ONNX Runtime p95 latency at batch 1 "
                                "(ms) = 30.0000, must be <= 10"]
+
+
+def test_export_verdicts_are_read_from_its_result(store, dataset, tmp_path):
+    """A parity refusal is listed by its own message; an export that crashed judged no budget."""
+    make_run(store, "r-parity", dataset, tmp_path, champion=False, export=True, budgets={"model_size_mb_max": 50.0})
+    failure = gates.Failure.threshold_check("parity", "val mAP drop, PyTorch - ONNX Runtime", 0.05, "<=", 0.01)
+    result = store.get_json("runs/r-parity/export/result.json")
+    store.put_json(dict(result, status="gate_failed", failures=[failure.to_dict()]), "runs/r-parity/export/result.json")
+    keys = build_report(config(store), "r-parity", store, log_to_mlflow=False)
+    assert keys["decision"] == "hold"
+    assert keys["reasons"] == [f"export failed verification: {failure.message}"]
+    assert "model_size_mb_max" in parse(store.get_bytes(keys["html"]).decode()).text  # judged by export, and met
+    store.put_json({"status": "error", "error": "RuntimeError: boom"}, "runs/r-parity/export/result.json")
+    data = gather(config(store), "r-parity", store, samples=0)
+    assert data.deployment_checks == [] and data.deployment_note.startswith("not judged: export stopped")
+    assert data.reasons == ["export failed verification: RuntimeError: boom"]
 
 
 def test_run_that_stopped_before_evaluate(store):

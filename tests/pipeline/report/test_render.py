@@ -27,8 +27,9 @@ def table_with(page, first: str) -> list[list[str]]:
 @pytest.fixture
 def full(store, dataset, tmp_path):
     """A run that went the whole way, with a champion, export's report and two deployment budgets."""
-    metrics = make_run(store, "r-full", dataset, tmp_path, champion=True, export=True)
-    data = gather(config(store, "gates.latency_p95_ms_max=50", "gates.model_size_mb_max=20"), "r-full", store)
+    metrics = make_run(store, "r-full", dataset, tmp_path, champion=True, export=True,
+                       budgets={"latency_p95_ms_max": 50.0, "model_size_mb_max": 20.0})
+    data = gather(config(store), "r-full", store)
     return metrics, data
 
 
@@ -66,8 +67,9 @@ def test_full_page_has_every_section_and_the_numbers(full):
 
 def test_held_run_without_export_or_plots(store, dataset, tmp_path):
     make_run(store, "r-held", dataset, tmp_path, champion=True, export=False, with_plots=False,
-             gate_thresholds={"map_min": 0.99, "map50_min": 0.0, "max_regression": 0.0})
-    html = render_html(gather(config(store, "gates.latency_p95_ms_max=50"), "r-held", store))
+             gate_thresholds={"map_min": 0.99, "map50_min": 0.0, "max_regression": 0.0},
+             budgets={"latency_p95_ms_max": 50.0})
+    html = render_html(gather(config(store), "r-held", store))
     page = parse(html)
     assert "Recommendation: Hold" in page.section("recommendation")
     assert "gate check failed: map_min" in page.section("recommendation")

@@ -157,3 +157,18 @@ def test_latency_and_size_budgets_are_judged_on_the_export_report(shared, tmp_pa
     result = RunContext.create("night-4", "export", cfg).result_of("export")
     assert [f["check"] for f in result["failures"]] == ["latency_p95_ms_max", "model_size_mb_max"]
     assert result["failures"][1]["expected"] == "<= 0.001" and result["failures"][1]["actual"] > 1
+
+
+def test_each_failed_export_check_is_one_failure_naming_what_was_compared():
+    from pipeline.stages.export import _failures
+
+    cfg = load_config(None, ["export.output_match_min=0.98", "export.parity_max_map_drop=0.01"]).resolved()
+    outputs = {"vs_pytorch": {"match_fraction": 1.0}, "batch_vs_single": {"match_fraction": 0.5}}
+    parity = {"map_drop": 0.03, "max_map_drop": 0.01, "passed": False}
+    failures = [f.to_dict() for f in _failures(cfg, outputs, parity)]
+    assert [(f["check"], f["actual"], f["expected"]) for f in failures] == [("outputs", 0.5, ">= 0.98"),
+                                                                           ("parity", 0.03, "<= 0.01")]
+    assert "batched vs one image at a time" in failures[0]["message"]
+    assert failures[1]["message"] == "parity: val mAP drop, PyTorch - ONNX Runtime = 0.0300, must be <= 0.01"
+    passing = {"vs_pytorch": {"match_fraction": 0.99}, "batch_vs_single": {"match_fraction": 0.98}}
+    assert _failures(cfg, passing, dict(parity, map_drop=0.0, passed=True)) == []
