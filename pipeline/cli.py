@@ -174,11 +174,11 @@ def build_parser(command: str | None = None, *, summary_only: bool = False) -> a
     return parser
 
 
-def _write_outputs(ctx, module, result: dict, args: argparse.Namespace) -> None:
+def _write_outputs(ctx, module, result, args: argparse.Namespace) -> None:
     """result.json, the resolved config and the reproduce command beside the stage's outputs."""
     import yaml
 
-    ctx.publish_json(result, "result.json")
+    ctx.write_result(result)
     # secrets masked: reproducing a stage that needs one takes it from --set or the environment again
     ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.redacted(), sort_keys=False).encode(), ctx.key("config.yaml"))
     command = ["nightshift", ctx.stage, "--run-id", ctx.run_id, "--config", "config.yaml"]
@@ -216,25 +216,28 @@ def run_stage(args: argparse.Namespace) -> int:
 
 
 def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
+    from pipeline import results
     from pipeline.context import is_rank0, signature
 
-    upstream = [ctx.result_of(u) if ctx.has_result(u) else None for u in getattr(module, "UPSTREAM", ())]
+    # the upstream results as they are written: the signature of an old run's inputs stays the same
+    upstream = [ctx.result_of(u).to_dict() if ctx.has_result(u) else None for u in getattr(module, "UPSTREAM", ())]
     input_sig = signature(args.stage, cfg.redacted(), upstream)  # a changed secret does not redo the work
     log.info("stage %s start: run %s, store %s", args.stage, ctx.run_id, ctx.url())
     started = time.time()
 
-    if getattr(module, "SKIP_IF_DONE", True) and ctx.store.exists(ctx.key("result.json")):
-        previous = ctx.store.get_json(ctx.key("result.json"))
-        if previous.get("status") == "ok" and previous.get("input_signature") == input_sig:
+    if getattr(module, "SKIP_IF_DONE", True) and ctx.has_result(args.stage):
+        previous = ctx.result_of(args.stage)
+        if previous.ok and previous.input_signature == input_sig:
             log.info("stage %s: outputs exist and match inputs (%s), already done, skipping", args.stage, input_sig)
             _emit(previous)
             return EXIT_OK
 
     code = EXIT_OK
+    where = ctx.url("result.json")
     try:
         kwargs = module.run_kwargs(args) if hasattr(module, "run_kwargs") else {}
-        result = module.run(cfg, ctx, **kwargs) or {}
-        result["status"] = "ok"
+        result = results.from_run(args.stage, module.run(cfg, ctx, **kwargs), where)
+        result.status = "ok"
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -242,25 +245,26 @@ def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
         if error is None:  # an unexpected error: keep the traceback for whoever debugs it
             log.exception("stage %s failed unexpectedly", args.stage)
             code = EXIT_ERROR
-            result = {"status": "error", "error": _masked(f"{type(exc).__name__}: {exc}")}
+            result = results.from_run(args.stage, {}, where)
+            result.status, result.error = "error", _masked(f"{type(exc).__name__}: {exc}")
         else:
             if error is not exc:
                 log.debug("stage %s: %s", args.stage, type(exc).__name__, exc_info=exc)
             code = error.exit_code
-            result = dict(getattr(error, "result", {}) or {})
-            result.update(status=STATUS.get(code, "error"), error=_masked(str(error)))
+            result = results.from_run(args.stage, getattr(error, "result", None), where)
+            result.status, result.error = STATUS.get(code, "error"), _masked(str(error))
             if getattr(error, "failures", None):
-                result["failures"] = error.failures
+                result.failures = results.from_run(args.stage, {"failures": error.failures}, where).failures
             _say(f"nightshift {args.stage}: error: {error}")
 
-    result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
-                  duration_s=round(time.time() - started, 2))
+    result.run_id, result.stage, result.input_signature = ctx.run_id, args.stage, input_sig
+    result.exit_code, result.duration_s = code, round(time.time() - started, 2)
     if os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):  # Airflow's own id, beside the store key it was rewritten to
-        result["airflow_run_id"] = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
-    if code != EXIT_OK and is_rank0() and "mlflow_run_url" not in result:
+        result.airflow_run_id = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
+    if code != EXIT_OK and is_rank0() and result.mlflow_run_url is None:
         link = mlflow_link(cfg, ctx.run_id)
         if link:  # the failure alert links to the run's MLflow run
-            result["mlflow_run_url"] = link
+            result.mlflow_run_url = link
     if is_rank0():
         try:
             _write_outputs(ctx, module, result, args)
@@ -270,7 +274,7 @@ def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
             # the store failed too (often the very outage that failed the stage): report the first error
             log.warning("could not record the failure in the store: %s", exc)
         _emit(result)
-    log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result["status"], result["duration_s"])
+    log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result.status, result.duration_s)
     return code
 
 
@@ -325,8 +329,11 @@ def mlflow_link(cfg, run_id: str) -> str | None:
                 os.environ[name] = value
 
 
-def _emit(result: dict) -> None:
-    """Hand the result to whoever runs us: the KPO xcom sidecar reads the file, the local runner stdout."""
+def _emit(result) -> None:
+    """Hand the result (a StageResult, or a tool's dict) to whoever runs us: the KPO xcom sidecar reads the
+    file, the local runner stdout."""
+    if not isinstance(result, dict):
+        result = result.to_dict()
     if XCOM_DIR.is_dir():
         (XCOM_DIR / "return.json").write_text(json.dumps(result, default=str))
     print(RESULT_MARKER + json.dumps(result, default=str, sort_keys=True), flush=True)
