@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.results import StageResult, read_if_any
 from pipeline.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ReportData:
     run_id: str  # the store's key (pipeline.context.safe_run_id)
     run_url: str  # the run's folder in the artifact store
     airflow_run_id: str = ""  # Airflow's own run id when the run came from a DAG (kept in every stage result)
-    results: dict[str, dict] = field(default_factory=dict)  # stage -> result.json
+    results: dict[str, StageResult] = field(default_factory=dict)  # stage -> its result.json (pipeline.results)
     metrics: dict | None = None  # evaluate/metrics.json
     plots: dict[str, bytes] = field(default_factory=dict)  # "pr_curve" / "confusion_matrix" -> PNG
     best: list[Sample] = field(default_factory=list)
@@ -188,8 +189,8 @@ def gather(cfg: Config, run_id: str, store: ArtifactStore, samples: int = 4) -> 
     run = _Run(store, run_id)
     data = ReportData(run_id=run_id, run_url=store.url(f"runs/{run_id}"),
                       score_threshold=cfg.evaluate.score_threshold)
-    data.results = {s: r for s in STAGES if (r := run.json(s, "result.json")) is not None}
-    data.airflow_run_id = next((r["airflow_run_id"] for r in data.results.values() if r.get("airflow_run_id")), "")
+    data.results = {s: r for s in STAGES if (r := read_if_any(store, run_id, s)) is not None}
+    data.airflow_run_id = next((r.airflow_run_id for r in data.results.values() if r.airflow_run_id), "")
     data.metrics = run.json("evaluate", "metrics.json")
     if data.metrics is not None:
         op = data.metrics.get("operating_point") or {}
@@ -201,7 +202,7 @@ def gather(cfg: Config, run_id: str, store: ArtifactStore, samples: int = 4) -> 
     if run.exists("validate", "data_docs/index.html"):
         data.data_docs_url = store.url(run.key("validate", "data_docs/index.html"))
     data.dataset_card = _dataset_card(run)
-    data.gate_checks = list((data.results.get("gate") or {}).get("checks") or [])
+    data.gate_checks = list(data.results["gate"].checks or []) if "gate" in data.results else []
     data.deployment_checks, data.deployment_note = _deployment(cfg, data.export_report, "export" in data.results)
     data.decision, data.reasons = recommend(data)
     return data

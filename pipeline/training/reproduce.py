@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from pipeline import results
 from pipeline.errors import EXIT_GATE, EXIT_OK, EXIT_REJECTED, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -183,10 +184,10 @@ def main(args: argparse.Namespace) -> int:
             return _refuse(f"annotations.json of run {run_id!r} has sha256 {annotations_sha[:16]}..., the run "
                            f"recorded {tags['annotations_sha256'][:16]}...: the dataset changed since")
         store.put_dir(dataset, f"runs/{new_id}/ingest/dataset")
-        for stage in ("ingest", "snapshot"):
-            key = f"runs/{run_id}/{stage}/result.json"
-            if store.exists(key):
-                store.put_bytes(store.get_bytes(key), f"runs/{new_id}/{stage}/result.json")
+        for stage in ("ingest", "snapshot"):  # as they were: train's input signature is made from them
+            recorded = results.read_if_any(store, run_id, stage)
+            if recorded is not None:
+                results.write(store, new_id, recorded, stage)
 
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # local: the stages below read it
@@ -199,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
             code = cli.main([stage, "--run-id", new_id, "--config", str(config_path)])
             if code != EXIT_OK:
                 return _refuse(f"the reproduction's {stage} stage failed (exit {code}); see "
-                               f"{store.url(f'runs/{new_id}/{stage}/result.json')}", code)
+                               f"{store.url(results.key(new_id, stage))}", code)
 
     rows = compare(store.get_json(metrics_key), store.get_json(f"runs/{new_id}/evaluate/metrics.json"),
                    args.tolerance)
