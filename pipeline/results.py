@@ -312,11 +312,16 @@ def dumps(result: StageResult) -> bytes:
 
 def from_run(stage: str, value, where: str = "") -> StageResult:
     """What a stage's `run()` returned (its result model, a dict, or None) as its result model, normalised the
-    way it is written (JSON types: tuples become lists, a Path its string)."""
+    way it is written (JSON types: tuples become lists, a Path its string). A value that does not fit the
+    model is the stage's bug, not bad input: TypeError (exit 1, with its traceback), naming the field."""
     if isinstance(value, StageResult):
         value = value.to_dict()
     data = json.loads(json.dumps(value or {}, default=str))
-    return parse(stage, data, where or f"the result of stage {stage}")
+    try:
+        return parse(stage, data, where or f"the result of stage {stage}")
+    except ResultError as exc:
+        raise TypeError(f"stage {stage} returned a result that does not fit {result_type(stage).__name__}: "
+                        f"{exc}") from None
 
 
 def key(run_id: str, stage: str) -> str:

@@ -34,9 +34,9 @@ import yaml
 from pipeline.config import Config, GatesConfig, read_text_file
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, GateFailed, InputRejected
+from pipeline.spec import StageSpec
 
-UPSTREAM = ("evaluate",)
-SKIP_IF_DONE = False  # cheap, and a re-run with new overrides must be judged again
+SPEC = StageSpec(upstream=("evaluate",), skip_if_done=False)  # cheap; new overrides must be judged again
 
 log = logging.getLogger(__name__)
 NO_CHAMPION_NOTE = "no champion yet: absolute thresholds only"
@@ -317,7 +317,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         enforce(checks, result)
     except GateFailed as exc:
         # the release is held: the report says why, and the alert links to it
-        ctx.publish_json({**result, "status": "gate_failed", "error": str(exc)}, "result.json")
+        ctx.write_result({**result, "status": "gate_failed", "error": str(exc)})
         try:
             from pipeline.report import build_report
 

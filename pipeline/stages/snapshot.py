@@ -44,11 +44,11 @@ import yaml
 from pipeline.config import Config, nightshift_home
 from pipeline.datasets import canonical_io
 from pipeline.errors import InfrastructureError, InputRejected, NightshiftError
+from pipeline.spec import StageSpec
 
 log = logging.getLogger(__name__)
 
-UPSTREAM = ("ingest",)
-SKIP_IF_DONE = True
+SPEC = StageSpec(upstream=("ingest",))
 REMOTE = "nightshift"
 DATA = "data"
 INCOMING = ".data.incoming"  # the new data, added and pushed under its own .dvc file before data.dvc names it
@@ -306,7 +306,8 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
     """card.html + card.md beside the snapshot's outputs (sample images read from the store)."""
     from pipeline.datasets import card
 
-    validation = ctx.result_of("validate") if ctx.has_result("validate") else None
+    # the card shows results as the JSON they are written as
+    validation = ctx.result_of("validate").to_dict() if ctx.has_result("validate") else None
 
     def read_image(name: str) -> bytes | None:
         if dataset is not None:
@@ -317,7 +318,7 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
 
     page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
                           samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}",
-                          audit=ctx.result_of("audit") if ctx.has_result("audit") else None)
+                          audit=ctx.result_of("audit").to_dict() if ctx.has_result("audit") else None)
     ctx.store.put_bytes(page.encode(), ctx.key("card.html"))
     ctx.store.put_bytes(md.encode(), ctx.key("card.md"))
 

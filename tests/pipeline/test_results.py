@@ -156,3 +156,71 @@ def test_the_run_context_writes_and_reads_typed_results(tmp_path, monkeypatch):
     store.put_bytes(b'{"passed": "no"}', "runs/night-1/gate/result.json")
     with pytest.raises(results.ResultError, match=r"runs/night-1/gate/result.json: passed: input should be"):
         promote.result_of("gate")
+
+
+def test_a_stage_returning_a_value_of_the_wrong_type_is_a_bug_naming_the_field():
+    with pytest.raises(TypeError, match=r"stage train returned a result that does not fit TrainResult: .*epochs"):
+        results.from_run("train", {"epochs": "six"})
+
+
+# -- through the CLI: a fake stage named after a stage that declares a model ----------------------------------
+@pytest.fixture
+def fake_train(monkeypatch):
+    import sys
+    import types
+
+    from pipeline import cli
+
+    module = types.ModuleType("pipeline.stages.train")
+    module.returns, module.calls = {"epochs": 2}, []
+
+    def run(cfg, ctx):
+        module.calls.append(ctx.run_id)
+        if isinstance(module.returns, Exception):
+            raise module.returns
+        return module.returns
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "pipeline.stages.train", module)
+    monkeypatch.setattr(cli, "STAGES", ("train",))
+    monkeypatch.setattr(cli, "TOOLS", {})
+    return module
+
+
+def _store():
+    return LocalStore(load_config().resolved().store.uri[len("file://"):])
+
+
+def test_cli_a_result_of_the_wrong_type_fails_the_stage_as_a_bug(fake_train, capsys):
+    from pipeline import cli
+
+    fake_train.returns = {"epochs": "six"}
+    assert cli.main(["train", "--run-id", "t1"]) == 1
+    written = results.read(_store(), "t1", "train")
+    assert written.status == "error" and "epochs" in written.error and "TrainResult" in written.error
+
+
+def test_cli_a_refusal_whose_details_do_not_fit_is_still_recorded(fake_train, capsys):
+    from pipeline import cli
+    from pipeline.errors import GateFailed
+
+    fake_train.returns = GateFailed("loss exploded", failures=[{"check": "loss"}], result={"epochs": "six"})
+    assert cli.main(["train", "--run-id", "t2"]) == 4
+    written = results.read(_store(), "t2", "train")
+    assert (written.status, written.error, written.epochs) == ("gate_failed", "loss exploded", None)
+    assert written.failures == [{"check": "loss"}]  # every failed check is still listed
+    assert "the refusal's details are left out" in capsys.readouterr().err
+
+
+def test_cli_a_previous_result_this_version_cannot_read_is_not_taken_as_done(fake_train, capsys):
+    from pipeline import cli
+
+    assert cli.main(["train", "--run-id", "t3"]) == 0
+    store = _store()
+    old = json.loads(store.get_bytes("runs/t3/train/result.json"))
+    store.put_bytes(json.dumps({**old, "epochs": "two"}).encode(), "runs/t3/train/result.json")
+    assert cli.main(["train", "--run-id", "t3"]) == 0
+    assert fake_train.calls == ["t3", "t3"]  # ran again, and wrote a result it can read
+    assert results.read(store, "t3", "train").epochs == 2
+    err = capsys.readouterr().err
+    assert "previous result not reusable" in err and "result.json: epochs: input should be" in err
