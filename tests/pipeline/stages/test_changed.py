@@ -40,7 +40,7 @@ def test_same_lineage_short_circuits_unless_forced(cfg):
     _make_champion(cfg, "night-1", **current)
     result = changed.run(cfg, _ctx(cfg, "night-2"))
     assert result.changed is False and "nothing changed since champion v1" in result.reason
-    assert result.champion["version"] == "1" and result.dataset_hash == current["dataset_hash"]
+    assert result.champion["version"] == 1 and result.dataset_hash == current["dataset_hash"]
     assert changed.run(cfg, _ctx(cfg, "night-3"), force=True).changed is True
 
 
