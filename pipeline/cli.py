@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline import __version__
 from pipeline.errors import EXIT_ERROR, EXIT_OK, ConfigError, NightshiftError, infrastructure_error
 from pipeline.resultline import RESULT_MARKER
+from pipeline.spec import spec_of
 
 STAGES = ("check", "ingest", "validate", "audit", "snapshot", "changed", "train", "evaluate", "gate", "export",
           "promote", "notify")
@@ -99,6 +100,7 @@ def _say(text: str) -> None:
 
 
 def stage_module(name: str):
+    """A stage's module: `run(cfg, ctx)` and, optionally, `SPEC` (a pipeline.spec.StageSpec) are all the CLI reads."""
     return importlib.import_module(f"pipeline.stages.{name}")
 
 
@@ -150,15 +152,15 @@ def build_parser(command: str | None = None, *, summary_only: bool = False) -> a
         doc = (module.__doc__ or "").strip()
         p = sub.add_parser(name, help=_summary(name, doc), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        standalone = getattr(module, "STANDALONE", False)
-        p.add_argument("--run-id", required=not standalone,
+        spec = spec_of(module)
+        p.add_argument("--run-id", required=spec.standalone is None,
                        help="the pipeline run this stage belongs to (Airflow's run id is fine: it is sanitised)")
         p.add_argument("--config", help="YAML config file (sections as in pipeline/config.py)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set train.epochs=3 (repeatable)")
         p.add_argument("-v", "--verbose", action="store_true")
-        if hasattr(module, "add_arguments"):
-            module.add_arguments(p)
+        if spec.add_arguments:
+            spec.add_arguments(p)
         p.set_defaults(stage=name)
     for name, modname in TOOLS.items():
         if command not in (None, name):
@@ -174,17 +176,17 @@ def build_parser(command: str | None = None, *, summary_only: bool = False) -> a
     return parser
 
 
-def _write_outputs(ctx, module, result: dict, args: argparse.Namespace) -> None:
+def _write_outputs(ctx, module, result, args: argparse.Namespace) -> None:
     """result.json, the resolved config and the reproduce command beside the stage's outputs."""
     import yaml
 
-    ctx.publish_json(result, "result.json")
+    ctx.write_result(result)
     # secrets masked: reproducing a stage that needs one takes it from --set or the environment again
     ctx.store.put_bytes(yaml.safe_dump(ctx.cfg.redacted(), sort_keys=False).encode(), ctx.key("config.yaml"))
     command = ["nightshift", ctx.stage, "--run-id", ctx.run_id, "--config", "config.yaml"]
     from pipeline.config import mask_args
 
-    extra = mask_args(list(getattr(module, "reproduce_args", lambda _args: [])(args)))
+    extra = mask_args(spec_of(module).extra_reproduce_args(args))
     script = (
         "#!/usr/bin/env bash\n# Re-runs this stage exactly: same run id, same resolved config.\n"
         "set -euo pipefail\ncd \"$(dirname \"$0\")\"\n" + shlex.join(command + list(extra)) + "\n"
@@ -197,44 +199,50 @@ def run_stage(args: argparse.Namespace) -> int:
     from pipeline.context import RunContext
 
     module = stage_module(args.stage)
-    overrides = list(args.overrides)
-    if hasattr(module, "overrides_from_args"):
-        overrides += module.overrides_from_args(args)
+    spec = spec_of(module)
+    overrides = list(args.overrides) + spec.extra_overrides(args)
     cfg = load_config(args.config, overrides).resolved()
     mask_logs(cfg.secrets() + [os.environ.get("NIGHTSHIFT_WEBHOOK_URL", "")])  # config's and the environment's
 
     if args.run_id is None:  # standalone use, e.g. `nightshift ingest --source X --format voc --out DIR`
-        return module.run_standalone(cfg, args)
+        return spec.standalone(cfg, args)
 
     ctx = RunContext.create(args.run_id, args.stage, cfg)
     # a stage that must not run twice at once for one run id (shared scratch space, outputs replaced in
     # place) holds a lock for its whole run; a second one is refused before it reads or writes anything
     # (torchrun's ranks run this same command under their launcher, which holds the lock for them)
-    exclusive = getattr(module, "EXCLUSIVE", False) and "LOCAL_RANK" not in os.environ
+    exclusive = spec.exclusive and "LOCAL_RANK" not in os.environ
     with ctx.exclusive() if exclusive else contextlib.nullcontext():
         return _run_stage(args, module, cfg, ctx)
 
 
 def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
+    from pipeline import results
     from pipeline.context import is_rank0, signature
 
-    upstream = [ctx.result_of(u) if ctx.has_result(u) else None for u in getattr(module, "UPSTREAM", ())]
+    # the upstream results as they are written: the signature of an old run's inputs stays the same
+    spec = spec_of(module)
+    upstream = [ctx.result_of(u).to_dict() if ctx.has_result(u) else None for u in spec.upstream]
     input_sig = signature(args.stage, cfg.redacted(), upstream)  # a changed secret does not redo the work
     log.info("stage %s start: run %s, store %s", args.stage, ctx.run_id, ctx.url())
     started = time.time()
 
-    if getattr(module, "SKIP_IF_DONE", True) and ctx.store.exists(ctx.key("result.json")):
-        previous = ctx.store.get_json(ctx.key("result.json"))
-        if previous.get("status") == "ok" and previous.get("input_signature") == input_sig:
+    if spec.skip_if_done and ctx.has_result(args.stage):
+        try:
+            previous = ctx.result_of(args.stage)
+        except results.ResultError as exc:  # not this version's result: it proves nothing, do the work again
+            log.warning("stage %s: previous result not reusable (%s): running again", args.stage, exc)
+            previous = results.StageResult()
+        if previous.ok and previous.input_signature == input_sig:
             log.info("stage %s: outputs exist and match inputs (%s), already done, skipping", args.stage, input_sig)
             _emit(previous)
             return EXIT_OK
 
     code = EXIT_OK
+    where = ctx.url("result.json")
     try:
-        kwargs = module.run_kwargs(args) if hasattr(module, "run_kwargs") else {}
-        result = module.run(cfg, ctx, **kwargs) or {}
-        result["status"] = "ok"
+        result = results.from_run(args.stage, module.run(cfg, ctx, **spec.kwargs(args)), where)
+        result.status = "ok"
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -242,25 +250,24 @@ def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
         if error is None:  # an unexpected error: keep the traceback for whoever debugs it
             log.exception("stage %s failed unexpectedly", args.stage)
             code = EXIT_ERROR
-            result = {"status": "error", "error": _masked(f"{type(exc).__name__}: {exc}")}
+            result = results.from_run(args.stage, {}, where)
+            result.status, result.error = "error", _masked(f"{type(exc).__name__}: {exc}")
         else:
             if error is not exc:
                 log.debug("stage %s: %s", args.stage, type(exc).__name__, exc_info=exc)
             code = error.exit_code
-            result = dict(getattr(error, "result", {}) or {})
-            result.update(status=STATUS.get(code, "error"), error=_masked(str(error)))
-            if getattr(error, "failures", None):
-                result["failures"] = error.failures
+            result = _failure_result(args.stage, error, where)
+            result.status, result.error = STATUS.get(code, "error"), _masked(str(error))
             _say(f"nightshift {args.stage}: error: {error}")
 
-    result.update(run_id=ctx.run_id, stage=args.stage, input_signature=input_sig, exit_code=code,
-                  duration_s=round(time.time() - started, 2))
+    result.run_id, result.stage, result.input_signature = ctx.run_id, args.stage, input_sig
+    result.exit_code, result.duration_s = code, round(time.time() - started, 2)
     if os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):  # Airflow's own id, beside the store key it was rewritten to
-        result["airflow_run_id"] = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
-    if code != EXIT_OK and is_rank0() and "mlflow_run_url" not in result:
+        result.airflow_run_id = os.environ["AIRFLOW_CTX_DAG_RUN_ID"]
+    if code != EXIT_OK and is_rank0() and result.mlflow_run_url is None:
         link = mlflow_link(cfg, ctx.run_id)
         if link:  # the failure alert links to the run's MLflow run
-            result["mlflow_run_url"] = link
+            result.mlflow_run_url = link
     if is_rank0():
         try:
             _write_outputs(ctx, module, result, args)
@@ -270,8 +277,26 @@ def _run_stage(args: argparse.Namespace, module, cfg, ctx) -> int:
             # the store failed too (often the very outage that failed the stage): report the first error
             log.warning("could not record the failure in the store: %s", exc)
         _emit(result)
-    log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result["status"], result["duration_s"])
+    log.info("stage %s end: run %s, status %s in %.1fs", args.stage, ctx.run_id, result.status, result.duration_s)
     return code
+
+
+def _failure_result(stage: str, error: NightshiftError, where: str):
+    """What a refused stage had (`error.result`) and every failed check (`error.failures`) as its result model;
+    the envelope alone, with a warning, if they do not fit it (the refusal itself must not be lost)."""
+    from pipeline import results
+
+    partial = dict(getattr(error, "result", None) or {})
+    if getattr(error, "failures", None):
+        partial["failures"] = error.failures
+    try:
+        return results.from_run(stage, partial, where)
+    except TypeError as exc:
+        log.warning("the refusal's details are left out: %s", exc)
+    try:
+        return results.from_run(stage, {"failures": partial.get("failures")} if partial.get("failures") else {}, where)
+    except TypeError:
+        return results.from_run(stage, {}, where)
 
 
 def services(cfg) -> dict[str, str]:
@@ -325,8 +350,11 @@ def mlflow_link(cfg, run_id: str) -> str | None:
                 os.environ[name] = value
 
 
-def _emit(result: dict) -> None:
-    """Hand the result to whoever runs us: the KPO xcom sidecar reads the file, the local runner stdout."""
+def _emit(result) -> None:
+    """Hand the result (a StageResult, or a tool's dict) to whoever runs us: the KPO xcom sidecar reads the
+    file, the local runner stdout."""
+    if not isinstance(result, dict):
+        result = result.to_dict()
     if XCOM_DIR.is_dir():
         (XCOM_DIR / "return.json").write_text(json.dumps(result, default=str))
     print(RESULT_MARKER + json.dumps(result, default=str, sort_keys=True), flush=True)

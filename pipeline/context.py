@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import results
 from pipeline.config import Config, nightshift_home
 from pipeline.errors import ConfigError, StageBusy
+from pipeline.results import StageResult
 from pipeline.store import ArtifactStore, open_store
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -98,13 +100,20 @@ class RunContext:
     def publish_dir(self, local: str | Path, rel: str) -> int:
         return self.store.put_dir(local, self.key(rel))
 
+    def write_result(self, result: StageResult | dict) -> str:
+        """This stage's result.json (the one writer of result.json: pipeline.results); returns its URL."""
+        if not isinstance(result, StageResult):
+            result = results.from_run(self.stage, result, self.url("result.json"))
+        return results.write(self.store, self.run_id, result, self.stage)
+
     # -- inputs from upstream stages ---------------------------------------------------------------
-    def result_of(self, stage: str) -> dict:
-        """The result.json an upstream stage wrote for this run (FileNotFoundError if it did not)."""
-        return self.store.get_json(self.key("result.json", stage))
+    def result_of(self, stage: str) -> StageResult:
+        """The typed result a stage wrote for this run, e.g. `ctx.result_of("train").mlflow_run_id`
+        (FileNotFoundError if it wrote none; ResultError naming the file and field if it is malformed)."""
+        return results.read(self.store, self.run_id, stage)
 
     def has_result(self, stage: str) -> bool:
-        return self.store.exists(self.key("result.json", stage))
+        return self.store.exists(results.key(self.run_id, stage))
 
     def fetch(self, stage: str, rel: str, dest: str | Path | None = None) -> Path:
         dest = Path(dest) if dest else self.workdir / "inputs" / stage / rel

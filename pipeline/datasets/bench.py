@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import results
+
 CLASSES = ("car", "person", "bike", "sign")
 GOAL_INGEST_VALIDATE_S = 20.0
 GOAL_SNAPSHOT_UNCHANGED_S = 5.0
@@ -210,7 +212,7 @@ def run(images: int, boxes_per_image: int, workdir: Path, rounds: int = 2, snaps
                     times["snapshot_unchanged"].append(_stage(snap, env, workdir, 0, "snapshot_unchanged",
                                                               profiles))
                     # what was timed must be the nightly no-op, not a skip or a new snapshot
-                    if json.loads(result.read_text()).get("changed") is not False:
+                    if results.loads("snapshot", result.read_bytes(), str(result)).changed is not False:
                         raise SystemExit(f"bench: snapshot of {run_id} did not find the dataset unchanged")
                 last = times["snapshot_unchanged"][-snapshot_repeats:]
                 line += "; unchanged snapshot " + ", ".join(f"{t:.1f}" for t in last) + " s"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.report.data import ReportData, Sample
+from pipeline.results import read_if_any
 from pipeline.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,8 @@ def gather(cfg: Config, run_id: str, store: ArtifactStore, samples: int = 4) -> 
     run = _Run(store, run_id)
     data = ReportData(run_id=run_id, run_url=store.url(f"runs/{run_id}"),
                       score_threshold=cfg.evaluate.score_threshold)
-    data.results = {s: r for s in STAGES if (r := run.json(s, "result.json")) is not None}
-    data.airflow_run_id = next((r["airflow_run_id"] for r in data.results.values() if r.get("airflow_run_id")), "")
+    data.results = {s: r for s in STAGES if (r := read_if_any(store, run_id, s)) is not None}
+    data.airflow_run_id = next((r.airflow_run_id for r in data.results.values() if r.airflow_run_id), "")
     data.metrics = run.json("evaluate", "metrics.json")
     if data.metrics is not None:
         op = data.metrics.get("operating_point") or {}
@@ -171,7 +172,7 @@ def gather(cfg: Config, run_id: str, store: ArtifactStore, samples: int = 4) -> 
     if run.exists("validate", "data_docs/index.html"):
         data.data_docs_url = store.url(run.key("validate", "data_docs/index.html"))
     data.dataset_card = _dataset_card(run)
-    data.gate_checks = list((data.results.get("gate") or {}).get("checks") or [])
+    data.gate_checks = list(data.results["gate"].checks or []) if "gate" in data.results else []
     data.deployment_checks, data.deployment_note = _deployment(data.results)
     data.decision, data.reasons = recommend(data)
     return data

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.results import StageResult
+
 
 @dataclass
 class Sample:
@@ -25,7 +27,7 @@ class ReportData:
     run_id: str  # the store's key (pipeline.context.safe_run_id)
     run_url: str  # the run's folder in the artifact store
     airflow_run_id: str = ""  # Airflow's own run id when the run came from a DAG (kept in every stage result)
-    results: dict[str, dict] = field(default_factory=dict)  # stage -> result.json
+    results: dict[str, StageResult] = field(default_factory=dict)  # stage -> its result.json (pipeline.results)
     metrics: dict | None = None  # evaluate/metrics.json
     plots: dict[str, bytes] = field(default_factory=dict)  # "pr_curve" / "confusion_matrix" -> PNG
     best: list[Sample] = field(default_factory=list)

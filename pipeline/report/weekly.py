@@ -21,8 +21,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipeline import results as stage_results
 from pipeline.errors import ConfigError
 from pipeline.report import pages
+from pipeline.results import GateResult, IngestResult, SnapshotResult, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,15 @@ def _json(store, key: str):
         return None
 
 
+def _result(store, run_id: str, stage: str) -> StageResult | None:
+    """A stage's result for the run, or None: absent, or unreadable (then a warning names the file and field)."""
+    try:
+        return stage_results.read_if_any(store, run_id, stage)
+    except (stage_results.ResultError, OSError) as exc:
+        log.warning("%s: unreadable (%s): left out of the report", store.url(stage_results.key(run_id, stage)), exc)
+        return None
+
+
 def _ms(t: datetime) -> int:
     return int(t.timestamp() * 1000)
 
@@ -105,34 +116,35 @@ def _dt(ms: int | None) -> datetime | None:
 
 
 # -- what a run came to -----------------------------------------------------------------------------------
-def failed_checks(result: dict) -> list[str]:
+def failed_checks(result: StageResult) -> list[str]:
     """The names of the failed checks in a gate (or export) result."""
-    names = [c.get("name") or c.get("check") for c in result.get("failures") or []]
+    names = [c.get("name") or c.get("check") for c in result.failures or []]
     if not names:
-        names = [c.get("name") for c in result.get("checks") or [] if isinstance(c, dict) and c.get("passed") is False]
+        checks = getattr(result, "checks", None) or []  # only the gate's result lists its checks
+        names = [c.get("name") for c in checks if isinstance(c, dict) and c.get("passed") is False]
     return list(dict.fromkeys(n for n in names if n))
 
 
-def outcome(results: dict[str, dict]) -> dict:
+def outcome(results: dict[str, StageResult]) -> dict:
     """{'outcome': promoted | held | unchanged | failed | incomplete, 'detail': ..., ...} from stage results."""
     promote = results.get("promote")
-    if promote and promote.get("status") == "ok":
-        return {"outcome": "promoted", "version": promote.get("registry_version"),
-                "detail": f"registry version {promote.get('registry_version')}, Triton version {promote.get('version')}"}
+    if promote and promote.status == "ok":
+        return {"outcome": "promoted", "version": promote.registry_version,
+                "detail": f"registry version {promote.registry_version}, Triton version {promote.version}"}
     for stage in ("gate", "export"):
         r = results.get(stage)
-        if r and (r.get("status") == "gate_failed" or (stage == "gate" and r.get("passed") is False)):
+        if r and (r.status == "gate_failed" or (stage == "gate" and r.passed is False)):
             checks = failed_checks(r)
             return {"outcome": "held", "stage": stage, "failed_checks": checks,
-                    "detail": f"{stage} refused: " + (", ".join(checks) or r.get("error", "?"))}
+                    "detail": f"{stage} refused: " + (", ".join(checks) or (r.error if r.error is not None else "?"))}
     changed = results.get("changed")
-    if changed and changed.get("status") == "ok" and changed.get("changed") is False:
-        return {"outcome": "unchanged", "detail": changed.get("reason", "nothing changed")}
+    if changed and changed.status == "ok" and changed.changed is False:
+        return {"outcome": "unchanged", "detail": changed.reason if changed.reason is not None else "nothing changed"}
     for stage in STAGES:
         r = results.get(stage)
-        if r and r.get("status") not in ("ok", None):
+        if r and r.status not in ("ok", None):
             return {"outcome": "failed", "stage": stage,
-                    "detail": f"{stage}: {r.get('status')} (exit {r.get('exit_code')}): {str(r.get('error', ''))[:200]}"}
+                    "detail": f"{stage}: {r.status} (exit {r.exit_code}): {str(r.error or '')[:200]}"}
     last = next((s for s in reversed(STAGES) if s in results), None)
     return {"outcome": "incomplete", "stage": last, "detail": f"last stage with a result: {last or 'none'}"}
 
@@ -171,20 +183,21 @@ def collect(cfg, start: datetime, end: datetime) -> dict:
             mlrun = earlier
         metrics = dict(mlrun.data.metrics) if mlrun else {}
         tags = dict(mlrun.data.tags) if mlrun else {}
-        ingest = results.get("ingest") or {}
-        gate = results.get("gate") or {}
+        ingest = results.get("ingest") or IngestResult()
+        gate = results.get("gate") or GateResult()
+        snapshot = results.get("snapshot") or SnapshotResult()
         runs.append({
             "run_id": rid, "started": started.isoformat(timespec="minutes"), "t": started.timestamp(),
             **outcome(results),
             "mlflow_run_id": mlrun.info.run_id if mlrun else None,
             "AP": metrics.get("eval_AP"), "AP50": metrics.get("eval_AP50"),
             "per_class_AP": {k[len("eval_AP_"):]: v for k, v in metrics.items() if k.startswith("eval_AP_")},
-            "dataset_hash": tags.get("dataset_hash") or (results.get("snapshot") or {}).get("dataset_hash"),
-            "images": ingest.get("images"), "annotations": ingest.get("annotations"),
-            "per_class": {name: row.get("total") for name, row in (ingest.get("per_class") or {}).items()},
-            "overrides": gate.get("overrides") or {k.rsplit(".", 1)[-1]: v for k, v in tags.items()
-                                                   if k.startswith("nightshift.gate.override.")},
-            "override_reason": gate.get("override_reason") or tags.get("nightshift.gate.override_reason") or "",
+            "dataset_hash": tags.get("dataset_hash") or snapshot.dataset_hash,
+            "images": ingest.images, "annotations": ingest.annotations,
+            "per_class": {name: row.get("total") for name, row in (ingest.per_class or {}).items()},
+            "overrides": gate.overrides or {k.rsplit(".", 1)[-1]: v for k, v in tags.items()
+                                            if k.startswith("nightshift.gate.override.")},
+            "override_reason": gate.override_reason or tags.get("nightshift.gate.override_reason") or "",
         })
     runs.sort(key=lambda r: r["t"])
 
@@ -232,15 +245,14 @@ def _reproduction(store, rid: str, start: datetime, end: datetime) -> dict | Non
             "tolerance": report.get("tolerance"), "time": when.isoformat(timespec="minutes")}
 
 
-def _stage_results(store, rid: str) -> tuple[dict[str, dict], list]:
-    """Each stage's result.json of run `rid` by stage, and when each was written."""
+def _stage_results(store, rid: str) -> tuple[dict[str, StageResult], list]:
+    """Each stage's result of run `rid` by stage, and when each was written."""
     results, times = {}, []
     for stage in STAGES:
-        key = f"runs/{rid}/{stage}/result.json"
-        r = _json(store, key)
+        r = _result(store, rid, stage)
         if r is not None:
             results[stage] = r
-            times.append(_modified(store, key))
+            times.append(_modified(store, stage_results.key(rid, stage)))
     return results, times
 
 

@@ -1,7 +1,4 @@
-"""Pipeline stages. Each module has `run(cfg, ctx) -> dict` and may declare:
-
-UPSTREAM: stages whose results feed this stage's input signature (a stage whose outputs exist and whose
-    inputs are unchanged skips itself); SKIP_IF_DONE: False for stages that must always run;
-STANDALONE: True when the stage also runs without --run-id (then run_standalone(cfg, args) is called);
-add_arguments(parser) / overrides_from_args(args): stage-specific flags mapped onto config keys.
+"""Pipeline stages. Each module has `run(cfg, ctx) -> result` (its pipeline.results model, or a dict of the same
+keys) and declares what the CLI needs to know about it in `SPEC = StageSpec(...)` (pipeline/spec.py): upstream
+stages, skip-if-done, exclusive, standalone use, stage-specific flags.
 """

@@ -20,9 +20,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import InputRejected
-
-UPSTREAM = ("ingest",)
-SKIP_IF_DONE = False  # the champion moves between runs: always audit with the current one
+from pipeline.spec import StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +36,11 @@ def run_kwargs(args: argparse.Namespace) -> dict:
 
 def reproduce_args(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model] if args.model else []
+
+
+# the champion moves between runs: always audit with the current one
+SPEC = StageSpec(upstream=("ingest",), skip_if_done=False, add_arguments=add_arguments, run_kwargs=run_kwargs,
+                 reproduce_args=reproduce_args)
 
 
 def predictions(model_path: Path, data_dir: Path, device: str = "cpu", batch_size: int = 8) -> list[dict]:

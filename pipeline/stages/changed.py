@@ -12,10 +12,8 @@ import argparse
 from pipeline import tracking
 from pipeline.config import Config
 from pipeline.context import RunContext
-
-UPSTREAM = ("snapshot",)
-SKIP_IF_DONE = False  # the answer depends on the registry, which other runs move
-
+from pipeline.results import ChangedResult
+from pipeline.spec import StageSpec
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", default="false", choices=["true", "false", "True", "False"],
@@ -30,21 +28,26 @@ def reproduce_args(args: argparse.Namespace) -> list[str]:
     return ["--force", str(args.force).lower()]
 
 
-def lineage(cfg: Config, ctx: RunContext) -> dict:
+# never skipped: the answer depends on the registry, which other runs move
+SPEC = StageSpec(upstream=("snapshot",), skip_if_done=False, add_arguments=add_arguments, run_kwargs=run_kwargs,
+                 reproduce_args=reproduce_args)
+
+
+def lineage(cfg: Config, ctx: RunContext) -> dict[str, str]:
     snap = ctx.result_of("snapshot")
     return {
-        "dataset_hash": snap["dataset_hash"],
+        "dataset_hash": snap.dataset_hash,
         "code_version": tracking.code_version(),
         "config_fingerprint": cfg.fingerprint(),
     }
 
 
-def run(cfg: Config, ctx: RunContext, force: bool = False) -> dict:
+def run(cfg: Config, ctx: RunContext, force: bool = False) -> ChangedResult:
     current = lineage(cfg, ctx)
     tracking.run_for(cfg, ctx.run_id, tags={**current, "git_sha": tracking.git_sha()})
     champ = tracking.champion(cfg)
     if champ is None:
-        return {"changed": True, "reason": "no champion yet", "champion": None, **current}
+        return ChangedResult(changed=True, reason="no champion yet", champion=None, **current)
     import mlflow
 
     tags = mlflow.MlflowClient().get_run(champ.run_id).data.tags
@@ -52,10 +55,10 @@ def run(cfg: Config, ctx: RunContext, force: bool = False) -> dict:
     champion = {"version": champ.version, "run_id": tags.get(tracking.RUN_TAG), "mlflow_run_id": champ.run_id}
     if differences:
         reason = "changed: " + ", ".join(f"{k} {tags.get(k) or '-'} -> {current[k]}" for k in differences)
-        return {"changed": True, "reason": reason, "champion": champion, **current}
+        return ChangedResult(changed=True, reason=reason, champion=champion, **current)
     if force:
-        return {"changed": True, "reason": "nothing changed, retraining because force is set",
-                "champion": champion, **current}
-    return {"changed": False, "reason": f"nothing changed since champion v{champ.version} "
-            f"(dataset {current['dataset_hash']}, code {current['code_version']}, "
-            f"config {current['config_fingerprint']})", "champion": champion, **current}
+        return ChangedResult(changed=True, reason="nothing changed, retraining because force is set",
+                             champion=champion, **current)
+    return ChangedResult(changed=False, reason=f"nothing changed since champion v{champ.version} "
+                         f"(dataset {current['dataset_hash']}, code {current['code_version']}, "
+                         f"config {current['config_fingerprint']})", champion=champion, **current)

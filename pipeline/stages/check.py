@@ -21,9 +21,9 @@ from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import InfrastructureError, InputRejected
+from pipeline.spec import StageSpec
 
-UPSTREAM = ()
-SKIP_IF_DONE = False  # cheap; a re-run with other params must be judged again
+SPEC = StageSpec(skip_if_done=False)  # cheap; a re-run with other params must be judged again
 
 log = logging.getLogger(__name__)
 S3_TIMEOUT_S = 5  # connect and read timeout of the one listing call

@@ -20,9 +20,9 @@ from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import InputRejected
 from pipeline.metrics.coco import STAT_KEYS, Evaluation, report
+from pipeline.spec import StageSpec
 
-UPSTREAM = ("train",)
-EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
+SPEC = StageSpec(upstream=("train",), exclusive=True)  # exclusive: shared scratch space and outputs
 
 log = logging.getLogger(__name__)
 

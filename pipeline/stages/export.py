@@ -25,9 +25,9 @@ from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import InputRejected
 from pipeline.gates import Failure
+from pipeline.spec import StageSpec
 
-UPSTREAM = ("train",)
-EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
+SPEC = StageSpec(upstream=("train",), exclusive=True)  # exclusive: shared scratch space and outputs
 FORMAT = "onnx"
 # files a deployment may ship; their sha256 goes into result.json (promote refuses any other bytes)
 DEPLOYED = ("model.onnx", "labels.txt", "io.json", "model.int8.onnx", "model.plan", "triton_plan.pbtxt")

@@ -16,9 +16,9 @@ from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import GateFailed
+from pipeline.spec import StageSpec
 
-UPSTREAM = ("evaluate",)
-SKIP_IF_DONE = False  # cheap, and a re-run with new overrides must be judged again
+SPEC = StageSpec(upstream=("evaluate",), skip_if_done=False)  # cheap; new overrides must be judged again
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def _link_report(cfg: Config, ctx: RunContext, exc: GateFailed) -> None:
     """The release is held: build the run report from this refusal and link it from the alert's message."""
     from pipeline.alerts import run_report
 
-    ctx.publish_json({**exc.result, "status": "gate_failed", "error": str(exc), "failures": exc.failures},
-                     "result.json")
+    ctx.write_result({**exc.result, "status": "gate_failed", "error": str(exc), "failures": exc.failures})
     try:
         exc.result["report"] = run_report(cfg, ctx)["link"]
         exc.args = (f"{exc}. Report: {exc.result['report']}",)

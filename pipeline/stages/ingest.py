@@ -45,15 +45,10 @@ from pipeline.errors import ConfigError, InputRejected
 from pipeline.formats.base import display
 from pipeline.formats.images import probe_many
 from pipeline.formats.sources import Limits, materialize
+from pipeline.spec import StageSpec
 from pipeline.store import open_store
 
 log = logging.getLogger(__name__)
-
-UPSTREAM: tuple[str, ...] = ()
-SKIP_IF_DONE = True
-STANDALONE = True
-EXCLUSIVE = True  # one ingest of a run at a time: a second is refused at once (its scratch space is shared)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="export to read: a directory, .zip/.tar/.tar.gz or s3://bucket/prefix "
@@ -333,3 +328,8 @@ def run_standalone(cfg: Config, args: argparse.Namespace) -> int:
     result.update(dataset=str(out), status="ok", quarantine_report=str(report))
     print("NIGHTSHIFT_RESULT " + json.dumps(result, sort_keys=True), flush=True)
     return 0
+
+
+# exclusive: one ingest of a run at a time, a second is refused at once (its scratch space is shared)
+SPEC = StageSpec(exclusive=True, add_arguments=add_arguments, overrides_from_args=overrides_from_args,
+                 standalone=run_standalone)

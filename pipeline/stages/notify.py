@@ -13,15 +13,17 @@ import os
 from pipeline import alerts, tracking
 from pipeline.config import Config
 from pipeline.context import RunContext
+from pipeline.results import ChangedResult, ExportResult, NotifyResult, PromoteResult, StageResult, TrainResult
+from pipeline.spec import StageSpec
 
-SKIP_IF_DONE = False  # a re-run announces again
+SPEC = StageSpec(skip_if_done=False)  # a re-run announces again
 
 
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-def _results(ctx: RunContext) -> dict:
+def _results(ctx: RunContext) -> dict[str, StageResult]:
     out = {}
     for stage in ("snapshot", "changed", "train", "evaluate", "gate", "export", "promote"):
         if ctx.has_result(stage):
@@ -33,14 +35,14 @@ def _overrides(overrides: dict) -> str:
     return ", ".join(f"{name} {value:g}" for name, value in overrides.items())
 
 
-def compose(cfg: Config, ctx: RunContext, results: dict) -> tuple[str, str, dict]:
+def compose(cfg: Config, ctx: RunContext, results: dict[str, StageResult]) -> tuple[str, str, dict]:
     """(event, text, fields) for this run's outcome: plain sentences, one fact per line, no raw dicts."""
     dag = os.environ.get("AIRFLOW_CTX_DAG_ID", "nightshift_retrain")
     head = f"[{dag}] run {alerts.run_label(ctx.run_id)}"
-    changed = results.get("changed", {})
-    if changed and changed.get("changed") is False:
-        text = f"{head}: {changed.get('reason', 'nothing changed')}; training skipped."
-        fields = {"dataset_hash": changed.get("dataset_hash")}
+    changed = results.get("changed") or ChangedResult()
+    if changed.changed is False:
+        text = f"{head}: {changed.reason if changed.reason is not None else 'nothing changed'}; training skipped."
+        fields = {"dataset_hash": changed.dataset_hash}
         overrides = dict(cfg.gates.overrides)
         if overrides:
             # never silently: the ML lead asked for other thresholds and nothing was judged against them
@@ -52,37 +54,40 @@ def compose(cfg: Config, ctx: RunContext, results: dict) -> tuple[str, str, dict
         return "unchanged", text, fields
 
     lines = []
-    promote, evaluate, gate, export = (results.get(k, {}) for k in ("promote", "evaluate", "gate", "export"))
-    if promote.get("version") is not None:
-        lines.append(f"{head}: promoted {promote.get('model', cfg.promote.model_name)} "
-                     f"v{promote.get('version')} to {promote.get('repository', cfg.promote.triton_repo)}.")
+    promote = results.get("promote") or PromoteResult()
+    evaluate, gate = results.get("evaluate"), results.get("gate")
+    export, train = results.get("export") or ExportResult(), results.get("train") or TrainResult()
+    if promote.version is not None:
+        lines.append(f"{head}: promoted {promote.model or cfg.promote.model_name} "
+                     f"v{promote.version} to {promote.repository or cfg.promote.triton_repo}.")
     else:
         lines.append(f"{head}: finished without a promotion.")
     if evaluate:
-        champ = evaluate.get("champion") or {}
-        line = f"mAP {_fmt(evaluate.get('AP'))}, mAP@0.5 {_fmt(evaluate.get('AP50'))}"
+        champ = evaluate.champion or {}
+        line = f"mAP {_fmt(evaluate.AP)}, mAP@0.5 {_fmt(evaluate.AP50)}"
         if champ:
             line += f" (champion: mAP {_fmt(champ.get('AP'))}, mAP@0.5 {_fmt(champ.get('AP50'))})"
         lines.append(line)
     if gate:
-        checks = gate.get("checks", [])
+        checks = gate.checks or []
         lines.append(f"gate: {sum(1 for c in checks if c.get('passed'))}/{len(checks)} checks passed"
-                     + (f"; {gate['note']}" if gate.get("note") else ""))
-        if gate.get("overrides"):
-            lines.append(f"threshold overrides {_overrides(gate['overrides'])}, reason: "
-                         f"{gate.get('override_reason') or '(none: only tightened)'}")
-    parity = export.get("parity") or {}
+                     + (f"; {gate.note}" if gate.note else ""))
+        if gate.overrides:
+            lines.append(f"threshold overrides {_overrides(gate.overrides)}, reason: "
+                         f"{gate.override_reason or '(none: only tightened)'}")
+    parity = export.parity or {}
     if parity:
         lines.append(f"export: ONNX Runtime mAP {_fmt(parity.get('ap_onnxruntime'))} vs PyTorch "
                      f"{_fmt(parity.get('ap_pytorch'))} (drop {_fmt(parity.get('map_drop'))})")
-    if results.get("train", {}).get("mlflow_run_id"):
-        lines.append("MLflow: " + tracking.run_url(cfg, results["train"]["mlflow_run_id"]))
+    if train.mlflow_run_id:
+        lines.append("MLflow: " + tracking.run_url(cfg, train.mlflow_run_id))
     lines.append("artifacts: " + ctx.store.url(f"runs/{ctx.run_id}"))
-    fields = {"AP": evaluate.get("AP"), "AP50": evaluate.get("AP50"), "version": promote.get("version")}
+    fields = {"AP": evaluate.AP if evaluate else None, "AP50": evaluate.AP50 if evaluate else None,
+              "version": promote.version}
     return "success", "\n".join(lines), fields
 
 
-def run(cfg: Config, ctx: RunContext) -> dict:
+def run(cfg: Config, ctx: RunContext) -> NotifyResult:
     results = _results(ctx)
     event, text, fields = compose(cfg, ctx, results)
     if event == "success" and "evaluate" in results:
@@ -91,6 +96,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         text += f"\nreport ({report['decision']}): {fields['report']}"
     if event == "success" and not cfg.notify.on_success:
         ctx.log.info("success summary not sent (notify.on_success is false):\n%s", text)
-        return {"event": event, "delivered_to": None, "text": text}
+        return NotifyResult(event=event, delivered_to=None, text=text)
     delivered = alerts.send(cfg, text, event, fields)
-    return {"event": event, "delivered_to": delivered, "text": text}
+    return NotifyResult(event=event, delivered_to=delivered, text=text)

@@ -27,8 +27,9 @@ from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import GateFailed, InputRejected
 from pipeline.gates import Failure
+from pipeline.spec import StageSpec
 
-UPSTREAM = ("export", "gate")
+SPEC = StageSpec(upstream=("export", "gate"))
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ def verified_export(ctx: RunContext, files: dict) -> None:
         raise InputRejected("no export result for this run (export killed or never run): nothing verified to "
                             "promote; run `nightshift export` first", path=where)
     export = ctx.result_of("export")
-    if export.get("status") != "ok":
-        raise GateFailed(f"export did not pass for this run (status {export.get('status')!r}, exit "
-                         f"{export.get('exit_code')}): nothing to promote",
-                         [Failure("export", "ok", export.get("status")).to_dict()])
-    if export.get("run_id") not in (None, ctx.run_id):
-        raise InputRejected(f"export result belongs to run {export.get('run_id')!r}, not {ctx.run_id!r}",
+    if export.status != "ok":
+        raise GateFailed(f"export did not pass for this run (status {export.status!r}, exit "
+                         f"{export.exit_code}): nothing to promote",
+                         [Failure("export", "ok", export.status).to_dict()])
+    if export.run_id not in (None, ctx.run_id):
+        raise InputRejected(f"export result belongs to run {export.run_id!r}, not {ctx.run_id!r}",
                             path=where, field="run_id")
-    recorded = export.get("sha256") or {}
+    recorded = export.sha256 or {}
     for rel, path in files.items():
         if rel not in recorded:
             raise InputRejected(f"no checksum recorded for {rel}: re-run `nightshift export`", path=where,
@@ -69,11 +70,11 @@ def verified_export(ctx: RunContext, files: dict) -> None:
 # -- the stage --------------------------------------------------------------------------------------------
 def run(cfg: Config, ctx: RunContext) -> dict:
     gate = ctx.result_of("gate")
-    if not gate.get("passed"):
+    if not gate.passed:
         raise GateFailed("the gate did not pass for this run: nothing to promote",
-                         [Failure("gate", "passed", gate.get("passed")).to_dict()])
+                         [Failure("gate", "passed", gate.passed).to_dict()])
     train = ctx.result_of("train")
-    mlflow_run_id = train.get("mlflow_run_id")
+    mlflow_run_id = train.mlflow_run_id
     if not mlflow_run_id:
         raise InputRejected("no MLflow run id", path=ctx.url("result.json", "train"), field="mlflow_run_id")
 

@@ -40,11 +40,11 @@ from pipeline.config import Config
 from pipeline.datasets import canonical_io, dvc
 from pipeline.datasets.dvc import DATA
 from pipeline.errors import InputRejected
+from pipeline.spec import StageSpec
 
 log = logging.getLogger(__name__)
 
-UPSTREAM = ("ingest",)
-SKIP_IF_DONE = True
+SPEC = StageSpec(upstream=("ingest",))
 
 
 def unchanged(repo: Path, content_key: str, state: dict | None, remote: str, cfg: Config) -> bool:
@@ -80,7 +80,8 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
     """card.html + card.md beside the snapshot's outputs (sample images read from the store)."""
     from pipeline.datasets import card
 
-    validation = ctx.result_of("validate") if ctx.has_result("validate") else None
+    # the card shows results as the JSON they are written as
+    validation = ctx.result_of("validate").to_dict() if ctx.has_result("validate") else None
 
     def read_image(name: str) -> bytes | None:
         if dataset is not None:
@@ -91,7 +92,7 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
 
     page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
                           samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}",
-                          audit=ctx.result_of("audit") if ctx.has_result("audit") else None)
+                          audit=ctx.result_of("audit").to_dict() if ctx.has_result("audit") else None)
     ctx.store.put_bytes(page.encode(), ctx.key("card.html"))
     ctx.store.put_bytes(md.encode(), ctx.key("card.md"))
 

@@ -25,11 +25,11 @@ from pipeline.checksums import sha256_file
 from pipeline.config import Config, is_secret
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, InputRejected, NightshiftError
+from pipeline.results import TrainResult
+from pipeline.spec import StageSpec
 from pipeline.store import LocalStore
 
-UPSTREAM = ("ingest", "snapshot")
-SKIP_IF_DONE = True
-EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
+SPEC = StageSpec(upstream=("ingest", "snapshot"), exclusive=True)  # exclusive: shared scratch space and outputs
 
 MODEL_KEY = "model.pt"
 CHECKPOINT_KEY = "checkpoints/last.pt"
@@ -71,12 +71,10 @@ def _launch(cfg: Config, ctx: RunContext, nproc: int) -> dict:
     if ctx.store.exists(ctx.key(RANK0_RESULT_KEY)) and code == 0:
         return ctx.store.get_json(ctx.key(RANK0_RESULT_KEY))
     # rank 0's CLI recorded why it failed in result.json; keep its message and exit code
-    detail = {}
-    if ctx.store.exists(ctx.key("result.json")):
-        detail = ctx.store.get_json(ctx.key("result.json"))
+    detail = ctx.result_of(ctx.stage) if ctx.has_result(ctx.stage) else TrainResult()
     err = NightshiftError(f"distributed training with {nproc} processes failed (torchrun exit {code})"
-                          + (f": {detail['error']}" if detail.get("error") else ""))
-    err.exit_code = int(detail.get("exit_code") or 1)
+                          + (f": {detail.error}" if detail.error else ""))
+    err.exit_code = int(detail.exit_code or 1)
     raise err
 
 
@@ -295,8 +293,8 @@ def train(cfg: Config, ctx: RunContext) -> dict:
         root = _dataset_root(ctx, info.local_rank, lambda: distributed.barrier(info))
         annotations_sha = sha256_file(root / "annotations.json")
         train_set, val_set, val_gt = _load_splits(root, tc, info.is_main)
-        snapshot = ctx.result_of("snapshot") if ctx.has_result("snapshot") else {}
-        dataset_hash = snapshot.get("dataset_hash", "")
+        snapshot = ctx.result_of("snapshot") if ctx.has_result("snapshot") else None
+        dataset_hash = (snapshot.dataset_hash if snapshot else None) or ""
         if info.is_main and not dataset_hash:
             log.warning("no snapshot result for run %s: the model's dataset_hash tag is 'unknown'", ctx.run_id)
 

@@ -27,15 +27,10 @@ from pipeline.datasets import canonical_io
 from pipeline.store import open_store
 from pipeline.errors import ConfigError, InputRejected
 from pipeline.gates import Failure
+from pipeline.spec import StageSpec
 from pipeline.validation import validate_dataset, write_report
 
 log = logging.getLogger(__name__)
-
-UPSTREAM = ("ingest",)
-SKIP_IF_DONE = True
-EXCLUSIVE = True  # one run of this stage per run id at a time (shared scratch space and outputs)
-STANDALONE = True
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="without --run-id: a canonical dataset directory (annotations.json + "
@@ -122,3 +117,7 @@ def run_standalone(cfg: Config, args: argparse.Namespace) -> int:
         raise _rejection(report, str(dataset), result)
     print("NIGHTSHIFT_RESULT " + json.dumps(dict(result, status="ok"), sort_keys=True), flush=True)
     return 0
+
+
+# exclusive: one run of this stage per run id at a time (shared scratch space and outputs)
+SPEC = StageSpec(upstream=("ingest",), exclusive=True, add_arguments=add_arguments, standalone=run_standalone)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from pipeline import results
 from pipeline.checksums import sha256_file
 from pipeline.datasets import dvc
 from pipeline.errors import EXIT_GATE, EXIT_OK, EXIT_REJECTED, EXIT_USAGE
@@ -215,10 +216,10 @@ def prepare_run(store, record: Record, new_id: str, tmp: Path) -> Path:
     dataset = store.get_dir(dataset_prefix, tmp / "dataset")
     verify_dataset(dataset, record, store.url(dataset_prefix))
     store.put_dir(dataset, f"runs/{new_id}/ingest/dataset")
-    for stage in ("ingest", "snapshot"):
-        key = f"runs/{run_id}/{stage}/result.json"
-        if store.exists(key):
-            store.put_bytes(store.get_bytes(key), f"runs/{new_id}/{stage}/result.json")
+    for stage in ("ingest", "snapshot"):  # as they were: train's input signature is made from them
+        recorded = results.read_if_any(store, run_id, stage)
+        if recorded is not None:
+            results.write(store, new_id, recorded, stage)
     config_path = tmp / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     store.put_bytes(yaml.safe_dump(cfg.redacted(), sort_keys=False).encode(), f"runs/{new_id}/reproduce/config.yaml")
@@ -235,7 +236,7 @@ def run_stage(stage: str, run_id: str, config_path: Path, store) -> None:
     code = subprocess.run(command, check=False).returncode
     if code != EXIT_OK:
         raise Refused(f"the reproduction's {stage} stage failed (exit {code}); see "
-                      f"{store.url(f'runs/{run_id}/{stage}/result.json')}", code)
+                      f"{store.url(results.key(run_id, stage))}", code)
 
 
 def report(store, record: Record, new_id: str, tolerance: float) -> int:

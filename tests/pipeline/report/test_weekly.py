@@ -14,6 +14,7 @@ from pipeline import cli, tracking
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.report import weekly
+from pipeline.results import from_run
 from pipeline.stages import evaluate, gate
 from pipeline.training.reproduce import REPRODUCTION_TAG
 from tests.helpers import last_result, only_commands
@@ -67,7 +68,7 @@ class Week:
                                tags={tracking.RUN_TAG: run_id})
         self.result(run_id, "ingest", images=images, annotations=sum(per_class.values()),
                     per_class={c: {"train": n, "val": 0, "test": 0, "total": n} for c, n in per_class.items()})
-        self.result(run_id, "validate", passed=True, checks=[], failed=[])
+        self.result(run_id, "validate", passed=True, checks=14, failed=[])
         tracking.run_for(self.cfg, run_id, tags={"dataset_hash": dataset_hash, "dataset_remote": "local"})
         self.result(run_id, "snapshot", dataset_hash=dataset_hash)
         self.result(run_id, "changed", changed=changed, reason="changed: dataset_hash" if changed else
@@ -273,10 +274,13 @@ def test_bad_since_is_a_usage_error(since, message, capsys, monkeypatch):
 
 
 def test_outcome_of_a_run_still_going_and_an_export_refusal():
-    assert weekly.outcome({"ingest": {"status": "ok"}, "train": {"status": "ok"}}) == {
+    def typed(results: dict) -> dict:
+        return {stage: from_run(stage, r) for stage, r in results.items()}
+
+    assert weekly.outcome(typed({"ingest": {"status": "ok"}, "train": {"status": "ok"}})) == {
         "outcome": "incomplete", "stage": "train", "detail": "last stage with a result: train"}
-    refused = weekly.outcome({"gate": {"status": "ok", "passed": True},
-                              "export": {"status": "gate_failed", "failures": [{"check": "latency_p95_ms_max"}]}})
+    export = {"status": "gate_failed", "failures": [{"check": "latency_p95_ms_max"}]}
+    refused = weekly.outcome(typed({"gate": {"status": "ok", "passed": True}, "export": export}))
     assert refused["outcome"] == "held" and refused["failed_checks"] == ["latency_p95_ms_max"]
 
 

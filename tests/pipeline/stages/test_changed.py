@@ -31,7 +31,7 @@ def _make_champion(cfg, run_id, **tags):
 
 def test_no_champion_means_changed(cfg):
     result = changed.run(cfg, _ctx(cfg, "night-1"))
-    assert result["changed"] is True and result["reason"] == "no champion yet"
+    assert result.changed is True and result.reason == "no champion yet" and result.champion is None
     assert tracking.find_run(cfg, "night-1").data.tags["dataset_hash"] == "d1"
 
 
@@ -39,14 +39,15 @@ def test_same_lineage_short_circuits_unless_forced(cfg):
     current = changed.lineage(cfg, _ctx(cfg, "night-1"))
     _make_champion(cfg, "night-1", **current)
     result = changed.run(cfg, _ctx(cfg, "night-2"))
-    assert result["changed"] is False and "nothing changed since champion v1" in result["reason"]
-    assert changed.run(cfg, _ctx(cfg, "night-3"), force=True)["changed"] is True
+    assert result.changed is False and "nothing changed since champion v1" in result.reason
+    assert result.champion["version"] == 1 and result.dataset_hash == current["dataset_hash"]
+    assert changed.run(cfg, _ctx(cfg, "night-3"), force=True).changed is True
 
 
 def test_new_dataset_or_config_means_changed(cfg):
     current = changed.lineage(cfg, _ctx(cfg, "night-1"))
     _make_champion(cfg, "night-1", **current)
     result = changed.run(cfg, _ctx(cfg, "night-2", dataset_hash="d2"))
-    assert result["changed"] is True and "dataset_hash d1 -> d2" in result["reason"]
+    assert result.changed is True and "dataset_hash d1 -> d2" in result.reason
     other = load_config(None, ["train.epochs=1"]).resolved()
-    assert changed.run(other, _ctx(other, "night-3"))["changed"] is True
+    assert changed.run(other, _ctx(other, "night-3")).changed is True

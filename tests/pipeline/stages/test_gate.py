@@ -40,7 +40,7 @@ def run_gate(run_id, metrics_doc, tracking_uri, *sets):
     for s in overrides:
         argv += ["--set", s]
     code = cli.main(argv)
-    result = RunContext.create(run_id, "gate", cfg).result_of("gate")
+    result = RunContext.create(run_id, "gate", cfg).result_of("gate").to_dict()
     return code, result, cfg
 
 
