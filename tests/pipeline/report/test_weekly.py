@@ -209,11 +209,20 @@ def test_every_section_matches_the_synthetic_week(week, capsys):
     assert inf[3]["p95_ms"] == 9.0 and inf[3]["onnx_mb"] == pytest.approx(4.2)
     assert inf[2]["largest_batch"] == 8 and inf[2]["throughput_ips_largest"] == pytest.approx(880.0)
 
-    # lead time: from the first run that snapshotted the dataset to the promotion (made just now)
+    # lead time: from the first run that snapshotted the dataset (night-1, six days before NOW; night-6, one day
+    # before) to the promotion, registered while the fixture ran (its own clock time, however slow the machine)
     lead = {row["version"]: row for row in data["lead_times"]}
     assert set(lead) == {1, 2, 3}
-    assert lead[1]["hours"] == pytest.approx(6 * 24, abs=0.2)
-    assert lead[3]["hours"] == pytest.approx(1 * 24, abs=0.2)
+    import mlflow
+
+    registry = mlflow.MlflowClient()
+
+    def hours_since(version: int, days_before_now: int) -> float:
+        created = registry.get_model_version(cfg.promote.model_name, str(version)).creation_timestamp / 1000
+        return (created - (NOW - timedelta(days=days_before_now)).timestamp()) / 3600
+
+    assert lead[1]["hours"] == pytest.approx(hours_since(1, 6), abs=0.01)
+    assert lead[3]["hours"] == pytest.approx(hours_since(3, 1), abs=0.01)
 
     # reproducibility
     assert data["reproducibility"]["checked"] == 2 and data["reproducibility"]["share"] == 0.5
