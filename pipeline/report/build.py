@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.report.data import ReportData, Sample
-from pipeline.results import read_if_any
+from pipeline.results import StageResult, read_if_any
 from pipeline.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
@@ -97,20 +97,20 @@ def _dataset_card(run: _Run) -> str:
     return ""
 
 
-def _deployment(results: dict[str, dict]) -> tuple[list[dict], str]:
+def _deployment(results: dict[str, StageResult]) -> tuple[list[dict], str]:
     """The latency and size budgets as export judged them (its result's `deployment_checks`), or why there are
     none; the budgets that are on come from the gate's result (`deferred`) while export has not run."""
     export, gate = results.get("export"), results.get("gate")
-    if export is not None and "deployment_checks" in export:
-        checks = list(export["deployment_checks"] or [])
+    if export is not None and export.deployment_checks is not None:
+        checks = list(export.deployment_checks)
         return checks, "" if checks else "no latency or size budget set"
     if export is not None:
-        return [], f"not judged: export stopped before its deployment checks ({export.get('status')})"
-    if gate is None or "deferred" not in gate:
+        return [], f"not judged: export stopped before its deployment checks ({export.status})"
+    if gate is None or gate.deferred is None:
         return [], "judged on export's report once the gate and export have run"
-    if not gate["deferred"]:
+    if not gate.deferred:
         return [], "no latency or size budget set"
-    return [], f"{', '.join(gate['deferred'])}: judged on export's report; export has not run"
+    return [], f"{', '.join(gate.deferred)}: judged on export's report; export has not run"
 
 
 def recommend(data: ReportData) -> tuple[str, list[str]]:
@@ -125,32 +125,32 @@ def recommend(data: ReportData) -> tuple[str, list[str]]:
     gate = results.get("gate")
     if gate is None:
         reasons.append("the gate has not run")
-    elif gate.get("status") not in ("ok", "gate_failed"):
-        reasons.append(f"the gate could not judge the model: {gate.get('error', gate.get('status'))}")
+    elif gate.status not in ("ok", "gate_failed"):
+        reasons.append(f"the gate could not judge the model: {gate.error or gate.status}")
     reasons += [f"gate check failed: {describe(c)}" for c in data.gate_checks if not c.get("passed")]
     reasons += [f"deployment budget failed: {describe(c)}" for c in data.deployment_checks if not c.get("passed")]
     export = results.get("export")
-    if export is not None and export.get("status") != "ok":
+    if export is not None and export.status != "ok":
         # export's own failures (parity, outputs...); its failed budgets are listed above already
         budgets = {c.get("name") for c in data.deployment_checks}
-        failures = [f for f in export.get("failures") or [] if isinstance(f, dict)]
+        failures = [f for f in export.failures or [] if isinstance(f, dict)]
         reasons += [f"export failed verification: {f.get('message') or f.get('check')}" for f in failures
                     if f.get("check") not in budgets]
         if not failures:
-            reasons.append(f"export failed verification: {export.get('error', export.get('status'))}")
+            reasons.append(f"export failed verification: {export.error or export.status}")
     if reasons:
         return "hold", reasons
-    promote = results.get("promote") or {}
-    if promote.get("status") == "ok" and promote.get("version") is not None:
-        return "promote", [f"every check passed; promoted as version {promote['version']}"]
+    promote = results.get("promote")
+    if promote is not None and promote.status == "ok" and promote.version is not None:
+        return "promote", [f"every check passed; promoted as version {promote.version}"]
     ok = [f"all {len(data.gate_checks)} gate checks passed"]
     if data.deployment_checks:
         n = len(data.deployment_checks)
         ok.append(f"{'both' if n == 2 else 'the'} deployment budget{'s' if n > 1 else ''} met")
     if export is None:
         ok.append("export (ONNX verification, speed) has not run yet")
-    if gate and gate.get("note"):
-        ok.append(gate["note"])
+    if gate is not None and gate.note:
+        ok.append(gate.note)
     return "promote", ok
 
 
