@@ -55,24 +55,17 @@ def _set_commands(monkeypatch, stages: tuple[str, ...], tools: dict[str, str]) -
     monkeypatch.setattr(cli, "TOOLS", tools)
 
 
-# the optional attributes a stage module may declare, which the CLI reads (pipeline/cli.py)
-STAGE_HOOKS = frozenset({"UPSTREAM", "EXCLUSIVE", "STANDALONE", "SKIP_IF_DONE", "add_arguments", "run_kwargs",
-                         "overrides_from_args", "reproduce_args"})
-
-
-def add_fake_stage(monkeypatch, name: str, run, doc: str, **hooks) -> types.ModuleType:
+def add_fake_stage(monkeypatch, name: str, run, doc: str, spec=None) -> types.ModuleType:
     """Install `pipeline.stages.<name>`, a stage doing `run(cfg, ctx)`, as the only command the CLI knows.
 
-    `hooks` are the stage's optional declarations (STAGE_HOOKS); the module is returned so a test can change
-    its `run` or hang its own state on it.
+    `spec` is the stage's `pipeline.spec.StageSpec` (what it declares to the CLI; the default StageSpec() when
+    None); the module is returned so a test can change its `run` or hang its own state on it.
     """
-    unknown = set(hooks) - STAGE_HOOKS
-    assert not unknown, f"not a stage hook: {sorted(unknown)}"
     module = types.ModuleType(f"pipeline.stages.{name}")
     module.__doc__ = doc
     module.run = run
-    for key, value in hooks.items():
-        setattr(module, key, value)
+    if spec is not None:
+        module.SPEC = spec
     monkeypatch.setitem(sys.modules, module.__name__, module)
     _set_commands(monkeypatch, (name,), {})
     return module
