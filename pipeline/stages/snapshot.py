@@ -21,7 +21,7 @@ An unchanged dataset (the same annotations.json, which lists the sha1 of every i
 recorded in state/dataset_stats.json, with data.dvc and the remote's listing still in place) is neither
 copied nor re-added nor pushed. After every successful snapshot the dataset's statistics go to
 state/dataset_stats.json (the next validate compares with them) and the dataset card to
-snapshot/card.html and card.md.
+snapshot/card.html and card.md (with aug_strip.png, the training augmentation drawn on a few train images).
 
 The DVC side (commands, project, remote, lock, push, the staged swap) is `pipeline.datasets.dvc`; this module
 is the stage: what to snapshot, whether it changed, the statistics and the card.
@@ -89,11 +89,12 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
         key = ctx.key(f"dataset/{canonical_io.IMAGES}/{name}", stage="ingest")
         return ctx.store.get_bytes(key) if ctx.store.exists(key) else None
 
+    strip = card.augmentation_strip(coco, read_image, cfg.train)  # exactly train's augmentation
     page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
                           samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}",
-                          audit=ctx.result_of("audit") if ctx.has_result("audit") else None)
-    ctx.store.put_bytes(page.encode(), ctx.key("card.html"))
-    ctx.store.put_bytes(md.encode(), ctx.key("card.md"))
+                          audit=ctx.result_of("audit") if ctx.has_result("audit") else None, augmentation=strip)
+    for name, data in card.outputs(page, md, strip).items():  # card.html, card.md, aug_strip.png
+        ctx.store.put_bytes(data, ctx.key(name))
 
 
 def run(cfg: Config, ctx) -> dict:
