@@ -14,14 +14,20 @@ embedded in card.html and published beside it as aug_strip.png, which card.md li
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import json
 import logging
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pipeline.datasets import canonical_io
+from pipeline.errors import ConfigError
 from pipeline.report import pages
 from pipeline.report.pages import data_uri
 
@@ -87,44 +93,110 @@ def pick_samples(coco: dict, n: int) -> list[dict]:
     return ranked[:n]
 
 
+@dataclass
+class Strip:
+    """A PNG of augmented training samples with their boxes (`pipeline.training.augment.strip` draws it);
+    `tiles[row][col]` is what was drawn where."""
+
+    png: bytes
+    caption: str
+    tiles: list[list[dict]]  # {"index", "epoch", "boxes" (xyxy, input pixels), "labels", "names"}
+    scale: float  # tile pixels per input pixel
+
+
+STRIP_VERSION = 1  # bump when the strip's drawing changes, so strips kept in the store are redrawn
+STRIP_CACHE = "state/aug_strip/{}.json"  # artifact-store key of a strip, by the digest of all it depends on
+
+
+def warm_up() -> threading.Thread:
+    """Import torch and torchvision's transforms in a background thread (about 3 s in a fresh process on 2
+    cores), so a strip drawn at the end of a snapshot does not wait for them: the snapshot stage starts this
+    before its DVC work, which runs in subprocesses. Not a daemon: the process waits for the import at exit."""
+    import importlib
+
+    thread = threading.Thread(target=importlib.import_module, args=("pipeline.training.augment",),
+                              name="strip-warm-up")
+    thread.start()
+    return thread
+
+
+def _strip_digest(train, epochs: int, indices: list[int], picked: list[dict], raw: list[bytes], coco: dict) -> str:
+    """Everything the strip depends on: the code, torchvision, the train settings it reads, the categories,
+    the picked images (bytes and boxes) and their training indices."""
+    from importlib import metadata
+
+    wanted = {im["id"] for im in picked}
+    parts = {"version": STRIP_VERSION, "torchvision": metadata.version("torchvision"), "epochs": epochs,
+             "train": {k: v for k, v in train.model_dump().items() if k.startswith("aug_")
+                       or k in ("seed", "image_size")},
+             "categories": sorted((c["id"], c["name"]) for c in coco["categories"]), "indices": indices,
+             "images": [(im.get("width"), im.get("height"), hashlib.sha256(data).hexdigest())
+                        for im, data in zip(picked, raw)],
+             "boxes": sorted((a["image_id"], a["category_id"], list(a["bbox"]), bool(a.get("iscrowd")))
+                             for a in coco["annotations"] if a["image_id"] in wanted)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
+
+
 def augmentation_strip(coco: dict, read_image: Callable[[str], bytes | None], train, images: int = 4,
-                       epochs: int = 2):
-    """A `pipeline.training.augment.Strip` of `images` train-split images with boxes (picked by content hash)
+                       epochs: int = 2, store=None):
+    """A `Strip` of `images` train-split images with boxes (picked by content hash)
     over `epochs` epochs, as `train` (a TrainConfig) augments them; or one line saying why there is none.
 
     The picked images are copied to a temporary folder and read by CanonicalDataset over the whole train split
-    of `coco`, so each sample has its training index and is exactly the one train sees in that epoch."""
-    from pipeline.datasets.canonical import CanonicalDataset, split_coco
-    from pipeline.errors import ConfigError
-    from pipeline.training.augment import strip
-
+    of `coco`, so each sample has its training index and is exactly the one train sees in that epoch. With
+    an artifact `store`, a strip of the same inputs (images, boxes, settings, code) drawn before is reused from
+    state/aug_strip/ instead of importing torch again (the nightly unchanged dataset)."""
+    if images <= 0:
+        return "no augmentation strip: snapshot.card_strip_images=0"
     started = time.perf_counter()
-    train_images = split_coco(coco, "train")["images"]
+    train_images = [im for im in coco["images"] if im.get("split") == "train"]
     position = {im["id"]: i for i, im in enumerate(train_images)}
     picked = pick_samples({"images": train_images, "annotations": coco["annotations"]}, images)
     if not picked:
         return "no augmentation strip: the train split has no image with boxes"
-    with tempfile.TemporaryDirectory(prefix="nightshift-strip-") as tmp:
-        root = Path(tmp)
-        indices = []
-        for im in picked:
-            raw = read_image(im["file_name"])
-            path = (root / "images" / im["file_name"]).resolve()
-            if raw is None or not path.is_relative_to(root.resolve()):
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(raw)
-            indices.append(position[im["id"]])
-        if not indices:
-            return "no augmentation strip: none of the picked train images could be read"
-        try:
-            out = strip(CanonicalDataset(root, "train", train.image_size, coco=coco), train, indices, epochs)
-        except (ConfigError, OSError, RuntimeError, ValueError) as exc:  # the card is still written, saying why
-            log.warning("augmentation strip not drawn: %s", exc)
-            return f"augmentation strip not drawn: {exc}"
+    kept, raw = [], []
+    for im in picked:
+        data = read_image(im["file_name"])
+        if data is not None:
+            kept.append(im)
+            raw.append(data)
+    if not kept:
+        return "no augmentation strip: none of the picked train images could be read"
+    indices = [position[im["id"]] for im in kept]
+    key = STRIP_CACHE.format(_strip_digest(train, epochs, indices, kept, raw, coco)) if store is not None else None
+    if key is not None and store.exists(key):
+        obj = store.get_json(key)  # no torch import on this path
+        out = Strip(png=base64.b64decode(obj["png"]), caption=obj["caption"], tiles=obj["tiles"],
+                    scale=obj["scale"])
+        log.info("augmentation strip: reused %s (the same images and train.aug_* settings) in %.2f s", key,
+                 time.perf_counter() - started)
+        return out
+    try:
+        out = _draw_strip(coco, train, epochs, kept, raw, indices)
+    except (ConfigError, OSError, RuntimeError, ValueError) as exc:  # the card is still written, saying why
+        log.warning("augmentation strip not drawn: %s", exc)
+        return f"augmentation strip not drawn: {exc}"
+    if key is not None:
+        store.put_json({"png": base64.b64encode(out.png).decode(), "caption": out.caption, "tiles": out.tiles,
+                        "scale": out.scale}, key)
     log.info("augmentation strip: %d images x %d epochs in %.2f s", len(indices), epochs,
              time.perf_counter() - started)
     return out
+
+
+def _draw_strip(coco: dict, train, epochs: int, kept: list[dict], raw: list[bytes], indices: list[int]):
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.training.augment import strip
+
+    with tempfile.TemporaryDirectory(prefix="nightshift-strip-") as tmp:
+        root = Path(tmp).resolve()
+        for im, data in zip(kept, raw):
+            path = (root / "images" / im["file_name"]).resolve()
+            if not path.is_relative_to(root):
+                raise ValueError(f"image file name {im['file_name']!r} leaves the images folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return strip(CanonicalDataset(root, "train", train.image_size, coco=coco), train, indices, epochs)
 
 
 def outputs(page: str, md: str, augmentation=None) -> dict[str, bytes]:

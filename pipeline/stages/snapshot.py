@@ -77,7 +77,7 @@ def _annotations(ctx) -> bytes:
 
 
 def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None) -> None:
-    """card.html + card.md beside the snapshot's outputs (sample images read from the store)."""
+    """card.html + card.md (+ aug_strip.png) beside the snapshot's outputs (sample images read from the store)."""
     from pipeline.datasets import card
 
     validation = ctx.result_of("validate") if ctx.has_result("validate") else None
@@ -89,7 +89,8 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
         key = ctx.key(f"dataset/{canonical_io.IMAGES}/{name}", stage="ingest")
         return ctx.store.get_bytes(key) if ctx.store.exists(key) else None
 
-    strip = card.augmentation_strip(coco, read_image, cfg.train)  # exactly train's augmentation
+    strip = card.augmentation_strip(coco, read_image, cfg.train, images=cfg.snapshot.card_strip_images,
+                                    store=ctx.store)  # exactly train's augmentation
     page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
                           samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}",
                           audit=ctx.result_of("audit") if ctx.has_result("audit") else None, augmentation=strip)
@@ -129,6 +130,9 @@ def _snapshot(cfg: Config, ctx, coco: dict, content_key: str, repo: Path) -> dic
         else:
             shutil.rmtree(local, ignore_errors=True)
             dataset, fetched = canonical_io.ingested_dataset(ctx, local)
+            if cfg.snapshot.card_strip_images:
+                from pipeline.datasets.card import warm_up
+                warm_up()  # torch's import for the card's augmentation strip, while DVC works in subprocesses
             result = dvc.snapshot_dir(dataset, repo, cfg)
         ctx.publish(repo / f"{DATA}.dvc", f"{DATA}.dvc")
         stats = canonical_io.dataset_stats(coco)

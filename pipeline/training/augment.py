@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
 
 import torch
 from torchvision import tv_tensors
@@ -120,21 +119,13 @@ STRIP_COLOURS = ((230, 25, 75), (60, 180, 75), (67, 99, 216), (245, 130, 49), (1
                  (240, 50, 230), (154, 99, 36))
 
 
-@dataclass
-class Strip:
-    """A PNG of augmented training samples with their boxes; `tiles[row][col]` is what was drawn where."""
-
-    png: bytes
-    caption: str
-    tiles: list[list[dict]]  # {"index", "epoch", "boxes" (xyxy, input pixels), "labels", "names"}
-    scale: float  # tile pixels per input pixel
-
-
-def strip(dataset, cfg, indices: list[int], epochs: int = 2) -> Strip:
-    """Rows = epochs 0..epochs-1, columns = `indices` of `dataset` (the train split as train loads it), each
+def strip(dataset, cfg, indices: list[int], epochs: int = 2):
+    """A `pipeline.datasets.card.Strip` (the dataset card embeds it). Rows = epochs 0..epochs-1, columns = `indices` of `dataset` (the train split as train loads it), each
     sample exactly as Augment(dataset, cfg) gives it to training, with the boxes and class names of its
     transformed target drawn (boxes a crop dropped are gone from the target, so they are not drawn)."""
     from PIL import Image, ImageDraw
+
+    from pipeline.datasets.card import Strip
 
     aug = Augment(dataset, cfg)
     size = aug.size

@@ -156,3 +156,27 @@ def test_card_says_when_augmentation_is_off_or_there_is_no_strip(ingested):
     assert card.outputs(page, md, none).keys() == {"card.html", "card.md"}
     _, md = card.build(coco, lambda n: None, samples=1)
     assert "Augmentation" not in md  # no train config given: no such section
+
+
+def test_a_strip_of_the_same_inputs_is_reused_from_the_store(ingested, tmp_path, monkeypatch):
+    """The nightly unchanged dataset: the strip comes back from state/aug_strip/ without drawing (no torch);
+    another augmentation setting or other images draw a new one; 0 images switches it off, saying so."""
+    from pipeline.config import TrainConfig
+    from pipeline.store import LocalStore
+
+    coco, images = ingested
+    store = LocalStore(tmp_path / "store")
+    read = lambda n: (images / n).read_bytes()  # noqa: E731
+    first = card.augmentation_strip(coco, read, TrainConfig(), store=store)
+    assert len(store.list("state/aug_strip/")) == 1
+    drawn = []
+    real = card._draw_strip
+    monkeypatch.setattr(card, "_draw_strip", lambda *a: drawn.append(a) or real(*a))
+    again = card.augmentation_strip(coco, read, TrainConfig(), store=store)
+    assert drawn == [] and again == first  # png, caption, tiles and scale, from the store
+    other = card.augmentation_strip(coco, read, TrainConfig(aug_iou_crop=0.5), store=store)
+    assert len(drawn) == 1 and other.png != first.png and "IoU crop p=0.5" in other.caption
+    card.augmentation_strip(coco, read, TrainConfig(), images=3, store=store)
+    assert len(drawn) == 2  # other images: drawn anew
+    assert card.augmentation_strip(coco, read, TrainConfig(), images=0) == \
+        "no augmentation strip: snapshot.card_strip_images=0"
