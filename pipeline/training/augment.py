@@ -120,8 +120,8 @@ STRIP_COLOURS = ((230, 25, 75), (60, 180, 75), (67, 99, 216), (245, 130, 49), (1
 
 
 def strip(dataset, cfg, indices: list[int], epochs: int = 2):
-    """A `pipeline.datasets.card.Strip` (the dataset card embeds it). Rows = epochs 0..epochs-1, columns = `indices` of `dataset` (the train split as train loads it), each
-    sample exactly as Augment(dataset, cfg) gives it to training, with the boxes and class names of its
+    """A `pipeline.datasets.card.Strip` (the dataset card embeds it). Rows = epochs 0..epochs-1, columns =
+    `indices` of `dataset` (the train split as train loads it), each sample exactly as Augment(dataset, cfg) gives it to training, with the boxes and class names of its
     transformed target drawn (boxes a crop dropped are gone from the target, so they are not drawn)."""
     from PIL import Image, ImageDraw
 
@@ -133,7 +133,7 @@ def strip(dataset, cfg, indices: list[int], epochs: int = 2):
     scale = tile / size
     step = tile + STRIP_GAP
     names = [c["name"] for c in dataset.categories]
-    canvas = Image.new("RGB", (step * max(1, len(indices)) - STRIP_GAP, step * epochs - STRIP_GAP), (255, 255, 255))
+    canvas = Image.new("RGB", (step * max(1, len(indices)) - STRIP_GAP, step * epochs - STRIP_GAP), "white")
     draw = ImageDraw.Draw(canvas)
     tiles: list[list[dict]] = []
     for epoch in range(epochs):
@@ -154,7 +154,7 @@ def strip(dataset, cfg, indices: list[int], epochs: int = 2):
                 draw.rectangle([left, top, ox + round(x2 * scale) - 1, oy + round(y2 * scale) - 1], outline=colour)
                 # the class name on a tab of the class colour above the box (inside it at the tile's top edge),
                 # cut at the tile's edges
-                l, t, r, b = draw.textbbox((left + 1, top), names[label - 1])
+                _, t, r, b = draw.textbbox((left + 1, top), names[label - 1])
                 height = b - t + 2
                 y = top - height if top - height >= oy else top
                 tab = [left, y, min(r + 1, ox + tile - 1), min(y + height - 1, oy + tile - 1)]
@@ -174,6 +174,6 @@ def strip(dataset, cfg, indices: list[int], epochs: int = 2):
     if steps:
         caption = "Augmentation: " + "; ".join(steps) + ". " + shown
     else:
-        caption = ("Augmentation off (every train.aug_* setting is zero): these are the plain resized samples. "
+        caption = ("Augmentation off (every train.aug_* step is off): these are the plain resized samples. "
                    + shown)
     return Strip(png=buf.getvalue(), caption=caption, tiles=tiles, scale=scale)
