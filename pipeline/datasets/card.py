@@ -112,10 +112,13 @@ def warm_up() -> threading.Thread:
     """Import torch and torchvision's transforms in a background thread (about 3 s in a fresh process on 2
     cores), so a strip drawn at the end of a snapshot does not wait for them: the snapshot stage starts this
     before its DVC work, which runs in subprocesses. Not a daemon: the process waits for the import at exit."""
-    import importlib
+    def load() -> None:
+        try:
+            import pipeline.training.augment  # noqa: F401
+        except ImportError as exc:  # said again, in the card, when the strip is drawn
+            log.warning("augmentation strip: cannot import torch/torchvision: %s", exc)
 
-    thread = threading.Thread(target=importlib.import_module, args=("pipeline.training.augment",),
-                              name="strip-warm-up")
+    thread = threading.Thread(target=load, name="strip-warm-up")
     thread.start()
     return thread
 
@@ -173,7 +176,7 @@ def augmentation_strip(coco: dict, read_image: Callable[[str], bytes | None], tr
         return out
     try:
         out = _draw_strip(coco, train, epochs, kept, raw, indices)
-    except (ConfigError, OSError, RuntimeError, ValueError) as exc:  # the card is still written, saying why
+    except (ConfigError, ImportError, OSError, RuntimeError, ValueError) as exc:  # the card still says why
         log.warning("augmentation strip not drawn: %s", exc)
         return f"augmentation strip not drawn: {exc}"
     if key is not None:
