@@ -141,7 +141,8 @@ def _stage(argv: list[str], env: dict, cwd: Path, profile: int, label: str, prof
 
 # what the data stages import: compiled once before timing when the environment has no bytecode
 STAGE_IMPORTS = ("pipeline.stages.ingest", "pipeline.stages.validate", "pipeline.stages.snapshot",
-                 "pipeline.datasets.card", "great_expectations", "pandas", "matplotlib.pyplot", "dvc.cli", "PIL.Image")
+                 "pipeline.datasets.card", "pipeline.training.augment", "great_expectations", "pandas",
+                 "matplotlib.pyplot", "dvc.cli", "PIL.Image")
 
 
 def has_bytecode(module: str = "great_expectations") -> bool:

@@ -59,15 +59,17 @@ class CanonicalDataset(torch.utils.data.Dataset):
     """One split of a canonical dataset directory.
 
     `categories` are sorted by id; model label `i` (1..K) is `categories[i-1]`, 0 is background.
-    `transforms(image, target) -> (image, target)` is applied after resizing, when given.
+    `transforms(image, target) -> (image, target)` is applied after resizing, when given. `coco`, when given,
+    is root's annotations.json already read (images are still read from root/images/).
     """
 
-    def __init__(self, root: str | Path, split: str | None, image_size: int, transforms=None):
+    def __init__(self, root: str | Path, split: str | None, image_size: int, transforms=None,
+                 coco: dict | None = None):
         self.root = Path(root)
         self.split = split
         self.image_size = int(image_size)
         self.transforms = transforms
-        self.coco = load_coco(self.root)
+        self.coco = load_coco(self.root) if coco is None else coco
         self.categories: list[dict] = sorted(self.coco["categories"], key=lambda c: c["id"])
         self.cat_to_label: dict[int, int] = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
         self.label_to_cat: dict[int, int] = {v: k for k, v in self.cat_to_label.items()}

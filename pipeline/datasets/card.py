@@ -5,17 +5,35 @@ width/height histograms and sample images with their boxes drawn (PNG
 and JPEG embedded as data: URIs, so the card reads offline and travels as one file), the validation summary of
 the same run when there is one, and the DVC dataset hash that names the snapshot. The snapshot stage writes it
 to runs/<run_id>/snapshot/card.html and card.md.
+
+With the run's train config, the card also shows a strip of augmented training samples
+(`augmentation_strip`): a few train images through exactly the augmentation train applies
+(`pipeline.training.augment.Augment` built from the same `train.aug_*` keys, the same seeds), boxes and class
+names of the transformed targets drawn, captioned with the active steps and their settings. The PNG is
+embedded in card.html and published beside it as aug_strip.png, which card.md links.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import json
+import logging
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 from pipeline.datasets import canonical_io
+from pipeline.datasets.strip import Strip
+from pipeline.errors import ConfigError
 from pipeline.report import pages
 from pipeline.report.pages import data_uri
 
+log = logging.getLogger(__name__)
+
+STRIP_NAME = "aug_strip.png"  # beside card.html / card.md
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 
@@ -75,10 +93,118 @@ def pick_samples(coco: dict, n: int) -> list[dict]:
     return ranked[:n]
 
 
+STRIP_VERSION = 1  # bump when the strip's drawing changes, so strips kept in the store are redrawn
+STRIP_CACHE = "state/aug_strip/{}.json"  # artifact-store key of a strip, by the digest of all it depends on
+
+
+def warm_up() -> threading.Thread:
+    """Import torch and torchvision's transforms in a background thread (about 3 s in a fresh process on 2
+    cores), so a strip drawn at the end of a snapshot does not wait for them: the snapshot stage starts this
+    before its DVC work, which runs in subprocesses. Not a daemon: the process waits for the import at exit."""
+    def load() -> None:
+        try:
+            import pipeline.training.augment  # noqa: F401
+        except ImportError as exc:  # said again, in the card, when the strip is drawn
+            log.warning("augmentation strip: cannot import torch/torchvision: %s", exc)
+
+    thread = threading.Thread(target=load, name="strip-warm-up")
+    thread.start()
+    return thread
+
+
+def _strip_digest(train, epochs: int, indices: list[int], picked: list[dict], raw: list[bytes], coco: dict) -> str:
+    """Everything the strip depends on: the code, torchvision, the train settings it reads, the categories,
+    the picked images (bytes and boxes) and their training indices."""
+    from importlib import metadata
+
+    wanted = {im["id"] for im in picked}
+    parts = {"version": STRIP_VERSION, "torchvision": metadata.version("torchvision"), "epochs": epochs,
+             "train": {k: v for k, v in train.model_dump().items() if k.startswith("aug_")
+                       or k in ("seed", "image_size")},
+             "categories": sorted((c["id"], c["name"]) for c in coco["categories"]), "indices": indices,
+             "images": [(im.get("width"), im.get("height"), hashlib.sha256(data).hexdigest())
+                        for im, data in zip(picked, raw)],
+             "boxes": sorted((a["image_id"], a["category_id"], list(a["bbox"]), bool(a.get("iscrowd")))
+                             for a in coco["annotations"] if a["image_id"] in wanted)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def augmentation_strip(coco: dict, read_image: Callable[[str], bytes | None], train, images: int = 4,
+                       epochs: int = 2, store=None):
+    """A `Strip` of `images` train-split images with boxes (picked by content hash)
+    over `epochs` epochs, as `train` (a TrainConfig) augments them; or one line saying why there is none.
+
+    The picked images are copied to a temporary folder and read by CanonicalDataset over the whole train split
+    of `coco`, so each sample has its training index and is exactly the one train sees in that epoch. With
+    an artifact `store`, a strip of the same inputs (images, boxes, settings, code) drawn before is reused from
+    state/aug_strip/ instead of importing torch again (the nightly unchanged dataset)."""
+    if images <= 0:
+        return "no augmentation strip: snapshot.card_strip_images=0"
+    started = time.perf_counter()
+    train_images = [im for im in coco["images"] if im.get("split") == "train"]
+    position = {im["id"]: i for i, im in enumerate(train_images)}
+    picked = pick_samples({"images": train_images, "annotations": coco["annotations"]}, images)
+    if not picked:
+        return "no augmentation strip: the train split has no image with boxes"
+    kept, raw = [], []
+    for im in picked:
+        data = read_image(im["file_name"])
+        if data is not None:
+            kept.append(im)
+            raw.append(data)
+    if not kept:
+        return "no augmentation strip: none of the picked train images could be read"
+    indices = [position[im["id"]] for im in kept]
+    key = STRIP_CACHE.format(_strip_digest(train, epochs, indices, kept, raw, coco)) if store is not None else None
+    if key is not None and store.exists(key):
+        obj = store.get_json(key)  # no torch import on this path
+        out = Strip(png=base64.b64decode(obj["png"]), caption=obj["caption"], tiles=obj["tiles"],
+                    scale=obj["scale"])
+        log.info("augmentation strip: reused %s (the same images and train.aug_* settings) in %.2f s", key,
+                 time.perf_counter() - started)
+        return out
+    try:
+        out = _draw_strip(coco, train, epochs, kept, raw, indices)
+    except (ConfigError, ImportError, OSError, RuntimeError, ValueError) as exc:  # the card still says why
+        log.warning("augmentation strip not drawn: %s", exc)
+        return f"augmentation strip not drawn: {exc}"
+    if key is not None:
+        store.put_json({"png": base64.b64encode(out.png).decode(), "caption": out.caption, "tiles": out.tiles,
+                        "scale": out.scale}, key)
+    log.info("augmentation strip: %d images x %d epochs in %.2f s", len(indices), epochs,
+             time.perf_counter() - started)
+    return out
+
+
+def _draw_strip(coco: dict, train, epochs: int, kept: list[dict], raw: list[bytes], indices: list[int]):
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.training.augment import strip
+
+    with tempfile.TemporaryDirectory(prefix="nightshift-strip-") as tmp:
+        root = Path(tmp).resolve()
+        for im, data in zip(kept, raw):
+            path = (root / "images" / im["file_name"]).resolve()
+            if not path.is_relative_to(root):
+                raise ValueError(f"image file name {im['file_name']!r} leaves the images folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return strip(CanonicalDataset(root, "train", train.image_size, coco=coco), train, indices, epochs)
+
+
+def outputs(page: str, md: str, augmentation=None) -> dict[str, bytes]:
+    """The card's files by name: card.html, card.md and, when there is a strip, aug_strip.png."""
+    files = {"card.html": page.encode(), "card.md": md.encode()}
+    if augmentation is not None and not isinstance(augmentation, str):
+        files[STRIP_NAME] = augmentation.png
+    return files
+
+
 def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: str = "", validation: dict | None = None,
-          samples: int = 6, title: str = "Dataset card", audit: dict | None = None) -> tuple[str, str]:
+          samples: int = 6, title: str = "Dataset card", audit: dict | None = None,
+          augmentation=None) -> tuple[str, str]:
     """(html, markdown) for the canonical dataset `coco`; `read_image(file_name)` returns an image's bytes;
-    `audit` is the run's `nightshift audit` result, when there is one."""
+    `audit` is the run's `nightshift audit` result, when there is one; `augmentation` is what
+    `augmentation_strip` returned (a Strip, or a line saying why there is none), or None for no such section."""
     counts = canonical_io.counts(coco)
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     widths = [int(im.get("width") or 0) for im in coco["images"]]
@@ -117,7 +243,12 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
 
     page = pages.render("card.html.j2", title=title, dataset_hash=dataset_hash, summary=summary, validation=vline,
                         audit=aline, split_rows=split_rows, split_line=split_line, class_rows=class_rows,
-                        class_columns=(*canonical_io.SPLITS, "total"), histograms=hists, samples=sample_uris)
+                        class_columns=(*canonical_io.SPLITS, "total"), histograms=hists, samples=sample_uris,
+                        augmentation=augmentation is not None,
+                        strip_uri=None if isinstance(augmentation, str) or augmentation is None
+                        else data_uri(augmentation.png, "image/png"),
+                        strip_caption=augmentation if isinstance(augmentation, str) or augmentation is None
+                        else augmentation.caption, strip_name=STRIP_NAME)
     md = [f"# {title}", "", f"Dataset hash `{dataset_hash or 'not snapshotted'}`: {summary}.", "",
           "## Validation", "", vline, "", "## Label audit", "", aline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
     md += [f"| {s} | {i} | {a} |" for s, i, a in split_rows]
@@ -127,6 +258,11 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in class_rows]
     md += ["", "## Image sizes", ""] + [f"![{t}]({u})" for t, u in hists]
     md += ["", "## Samples", ""] + [f"![{n} ({s})]({u})" for n, s, u in sample_uris]
+    if isinstance(augmentation, str):
+        md += ["", "## Augmentation", "", augmentation]
+    elif augmentation is not None:
+        md += ["", "## Augmentation", "", f"![augmented training samples]({STRIP_NAME})", "",
+               f"{augmentation.caption} (`{STRIP_NAME}`, beside this card)"]
     return page, "\n".join(md) + "\n"
 
 
@@ -143,16 +279,18 @@ def audit_line(audit: dict | None) -> str:
             + f", scored with {audit.get('model', '?')}")
 
 
-def write(out_dir: str | Path, coco: dict, image_dir: str | Path, **kwargs) -> tuple[Path, Path]:
-    """Write card.html and card.md for the dataset whose images are under `image_dir`."""
+def write(out_dir: str | Path, coco: dict, image_dir: str | Path, train=None, **kwargs) -> tuple[Path, Path]:
+    """Write card.html and card.md for the dataset whose images are under `image_dir` (and aug_strip.png
+    beside them, given the train config)."""
     out_dir, image_dir = Path(out_dir), Path(image_dir)
 
     def read_image(name: str) -> bytes | None:
         path = image_dir / name
         return path.read_bytes() if path.is_file() else None
 
-    page, md = build(coco, read_image, **kwargs)
+    augmentation = augmentation_strip(coco, read_image, train) if train is not None else None
+    page, md = build(coco, read_image, augmentation=augmentation, **kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "card.html").write_text(page)
-    (out_dir / "card.md").write_text(md)
+    for name, data in outputs(page, md, augmentation).items():
+        (out_dir / name).write_bytes(data)
     return out_dir / "card.html", out_dir / "card.md"

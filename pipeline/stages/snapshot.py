@@ -21,7 +21,7 @@ An unchanged dataset (the same annotations.json, which lists the sha1 of every i
 recorded in state/dataset_stats.json, with data.dvc and the remote's listing still in place) is neither
 copied nor re-added nor pushed. After every successful snapshot the dataset's statistics go to
 state/dataset_stats.json (the next validate compares with them) and the dataset card to
-snapshot/card.html and card.md.
+snapshot/card.html and card.md (with aug_strip.png, the training augmentation drawn on a few train images).
 
 The DVC side (commands, project, remote, lock, push, the staged swap) is `pipeline.datasets.dvc`; this module
 is the stage: what to snapshot, whether it changed, the statistics and the card.
@@ -77,7 +77,7 @@ def _annotations(ctx) -> bytes:
 
 
 def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None) -> None:
-    """card.html + card.md beside the snapshot's outputs (sample images read from the store)."""
+    """card.html + card.md (+ aug_strip.png) beside the snapshot's outputs (sample images read from the store)."""
     from pipeline.datasets import card
 
     # the card shows results as the JSON they are written as
@@ -90,11 +90,13 @@ def write_card(ctx, cfg: Config, coco: dict, result: dict, dataset: Path | None)
         key = ctx.key(f"dataset/{canonical_io.IMAGES}/{name}", stage="ingest")
         return ctx.store.get_bytes(key) if ctx.store.exists(key) else None
 
+    strip = card.augmentation_strip(coco, read_image, cfg.train, images=cfg.snapshot.card_strip_images,
+                                    store=ctx.store)  # exactly train's augmentation
     page, md = card.build(coco, read_image, dataset_hash=result["dataset_hash"], validation=validation,
                           samples=cfg.snapshot.card_samples, title=f"Dataset card: run {ctx.run_id}",
-                          audit=ctx.result_of("audit").to_dict() if ctx.has_result("audit") else None)
-    ctx.store.put_bytes(page.encode(), ctx.key("card.html"))
-    ctx.store.put_bytes(md.encode(), ctx.key("card.md"))
+                          audit=ctx.result_of("audit").to_dict() if ctx.has_result("audit") else None, augmentation=strip)
+    for name, data in card.outputs(page, md, strip).items():  # card.html, card.md, aug_strip.png
+        ctx.store.put_bytes(data, ctx.key(name))
 
 
 def run(cfg: Config, ctx) -> dict:
@@ -129,6 +131,9 @@ def _snapshot(cfg: Config, ctx, coco: dict, content_key: str, repo: Path) -> dic
         else:
             shutil.rmtree(local, ignore_errors=True)
             dataset, fetched = canonical_io.ingested_dataset(ctx, local)
+            if cfg.snapshot.card_strip_images:
+                from pipeline.datasets.card import warm_up
+                warm_up()  # torch's import for the card's augmentation strip, while DVC works in subprocesses
             result = dvc.snapshot_dir(dataset, repo, cfg)
         ctx.publish(repo / f"{DATA}.dvc", f"{DATA}.dvc")
         stats = canonical_io.dataset_stats(coco)

@@ -13,6 +13,7 @@ same hash bit as before, so the default training is unchanged.
 from __future__ import annotations
 
 import hashlib
+import io
 
 import torch
 from torchvision import tv_tensors
@@ -90,3 +91,89 @@ class Augment(torch.utils.data.Dataset):
         out = {**target, "boxes": sample["boxes"].as_subclass(torch.Tensor).float(),
                "labels": sample["labels"]}
         return img.as_subclass(torch.Tensor), out
+
+
+def describe(cfg) -> list[str]:
+    """The steps `cfg` (a TrainConfig) turns on, with their settings and keys, in the order Augment applies them."""
+    steps = []
+    if cfg.aug_photometric > 0:
+        steps.append(f"photometric distortion p={cfg.aug_photometric:g} (train.aug_photometric)")
+    if cfg.aug_zoom_out > 0:
+        steps.append(f"zoom out p={cfg.aug_zoom_out:g} up to {cfg.aug_zoom_out_max:g}x "
+                     "(train.aug_zoom_out, aug_zoom_out_max)")
+    if cfg.aug_iou_crop > 0:
+        steps.append(f"IoU crop p={cfg.aug_iou_crop:g} (train.aug_iou_crop)")
+    lo, hi = (float(v) for v in cfg.aug_scale_jitter)
+    if (lo, hi) != (1.0, 1.0):
+        steps.append(f"scale jitter {lo:g}-{hi:g} (train.aug_scale_jitter)")
+    if cfg.aug_vflip > 0:
+        steps.append(f"vertical flip p={cfg.aug_vflip:g} (train.aug_vflip)")
+    if cfg.aug_hflip > 0:
+        steps.append(f"horizontal flip p={cfg.aug_hflip:g} (train.aug_hflip)")
+    return steps
+
+
+STRIP_TILE_MAX = 320  # tiles larger than this are drawn scaled down (the PNG is embedded in the dataset card)
+STRIP_GAP = 2  # white pixels between tiles
+STRIP_COLOURS = ((230, 25, 75), (60, 180, 75), (67, 99, 216), (245, 130, 49), (145, 30, 180), (66, 212, 244),
+                 (240, 50, 230), (154, 99, 36))
+
+
+def strip(dataset, cfg, indices: list[int], epochs: int = 2):
+    """A `pipeline.datasets.strip.Strip` (the dataset card embeds it). Rows = epochs 0..epochs-1, columns =
+    `indices` of `dataset` (the train split as train loads it), each sample exactly as Augment(dataset, cfg) gives it to training, with the boxes and class names of its
+    transformed target drawn (boxes a crop dropped are gone from the target, so they are not drawn)."""
+    from PIL import Image, ImageDraw
+
+    from pipeline.datasets.strip import Strip
+
+    aug = Augment(dataset, cfg)
+    size = aug.size
+    tile = min(size, STRIP_TILE_MAX)
+    scale = tile / size
+    step = tile + STRIP_GAP
+    names = [c["name"] for c in dataset.categories]
+    canvas = Image.new("RGB", (step * max(1, len(indices)) - STRIP_GAP, step * epochs - STRIP_GAP), "white")
+    draw = ImageDraw.Draw(canvas)
+    tiles: list[list[dict]] = []
+    for epoch in range(epochs):
+        aug.set_epoch(epoch)
+        row = []
+        for col, index in enumerate(indices):
+            image, target = aug[index]
+            pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            img = Image.fromarray(pixels, "RGB")
+            if tile != size:
+                img = img.resize((tile, tile), Image.Resampling.BILINEAR)
+            ox, oy = col * step, epoch * step
+            canvas.paste(img, (ox, oy))
+            boxes, labels = target["boxes"].tolist(), target["labels"].tolist()
+            for (x1, y1, x2, y2), label in zip(boxes, labels):
+                colour = STRIP_COLOURS[(label - 1) % len(STRIP_COLOURS)]
+                left, top = ox + round(x1 * scale), oy + round(y1 * scale)
+                draw.rectangle([left, top, ox + round(x2 * scale) - 1, oy + round(y2 * scale) - 1], outline=colour)
+                # the class name on a tab of the class colour above the box (inside it at the tile's top edge),
+                # cut at the tile's edges
+                _, t, r, b = draw.textbbox((left + 1, top), names[label - 1])
+                height = b - t + 2
+                y = top - height if top - height >= oy else top
+                tab = [left, y, min(r + 1, ox + tile - 1), min(y + height - 1, oy + tile - 1)]
+                draw.rectangle(tab, fill=colour)
+                text = Image.new("RGB", (tab[2] - tab[0] + 1, tab[3] - tab[1] + 1), colour)
+                ImageDraw.Draw(text).text((1, top - t + 1), names[label - 1], fill=(255, 255, 255))
+                canvas.paste(text, (tab[0], tab[1]))
+            row.append({"index": index, "epoch": epoch, "boxes": boxes, "labels": labels,
+                        "names": [names[label - 1] for label in labels]})
+        tiles.append(row)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", optimize=False)
+    steps = describe(cfg)
+    shown = (f"Columns: {len(indices)} training images; rows: epochs 0-{epochs - 1} exactly as train feeds them "
+             f"(train.seed={cfg.seed}), at the {size} px train input size"
+             + (f" (drawn at {tile} px)" if tile != size else "") + ".")
+    if steps:
+        caption = "Augmentation: " + "; ".join(steps) + ". " + shown
+    else:
+        caption = ("Augmentation off (every train.aug_* step is off): these are the plain resized samples. "
+                   + shown)
+    return Strip(png=buf.getvalue(), caption=caption, tiles=tiles, scale=scale)

@@ -101,3 +101,82 @@ def test_card_renders_in_a_browser_without_errors(ingested, tmp_path):
     coco, images = ingested
     page, _ = card.build(coco, lambda n: (images / n).read_bytes(), samples=3)
     assert browser_problems(page, tmp_path) == ["images: 5"]  # two histograms, three samples
+
+
+def test_card_embeds_the_augmentation_strip_train_uses(ingested, tmp_path):
+    """The strip's samples are the train split's own (index, epoch) samples through train's Augment, the PNG is
+    embedded (the page stays self-contained), written beside the card and named by the Markdown, and the
+    caption lists every active step with its setting."""
+    from pipeline.config import TrainConfig
+    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.training.augment import Augment
+
+    coco, images = ingested
+    train = TrainConfig(aug_photometric=0.5, aug_iou_crop=0.8, aug_scale_jitter=(0.9, 1.1), image_size=96)
+    strip = card.augmentation_strip(coco, lambda n: (images / n).read_bytes(), train)
+    reference = Augment(CanonicalDataset(images.parent, "train", 96), train)
+    picked = card.pick_samples({"images": [im for im in coco["images"] if im["split"] == "train"],
+                                "annotations": coco["annotations"]}, 4)
+    assert len(strip.tiles) == 2 and len(strip.tiles[0]) == len(picked) > 0
+    for epoch, row in enumerate(strip.tiles):
+        reference.set_epoch(epoch)
+        for drawn, im in zip(row, picked):
+            assert reference.dataset.image_infos[drawn["index"]]["id"] == im["id"]
+            assert drawn["boxes"] == reference[drawn["index"]][1]["boxes"].tolist()
+
+    page, md = card.build(coco, lambda n: (images / n).read_bytes(), samples=2, augmentation=strip)
+    parsed = parse(page)
+    assert "Augmentation" in parsed.text and "## Augmentation" in md
+    embedded = [img["src"] for img in parsed.imgs if "aug_strip.png" in img["alt"]]
+    assert len(embedded) == 1 and base64.b64decode(embedded[0].split(",", 1)[1]) == strip.png
+    for words in ("photometric distortion p=0.5", "IoU crop p=0.8", "scale jitter 0.9-1.1", "horizontal flip p=0.5",
+                  "train.seed=42", "96 px"):
+        assert words in parsed.text and words in md
+    assert "zoom out" not in parsed.text and "vertical flip" not in parsed.text  # off: not listed
+    assert "![augmented training samples](aug_strip.png)" in md
+    assert_self_contained(page)
+
+    html_path, md_path = card.write(tmp_path / "out", coco, images, train=train, samples=2)
+    assert (tmp_path / "out" / "aug_strip.png").read_bytes() == strip.png  # reproducible: the same PNG again
+    assert "](aug_strip.png)" in md_path.read_text()
+
+
+def test_card_says_when_augmentation_is_off_or_there_is_no_strip(ingested):
+    from pipeline.config import TrainConfig
+
+    coco, images = ingested
+    off = TrainConfig(aug_hflip=0.0)
+    strip = card.augmentation_strip(coco, lambda n: (images / n).read_bytes(), off)
+    page, md = card.build(coco, lambda n: (images / n).read_bytes(), samples=1, augmentation=strip)
+    assert "Augmentation off" in parse(page).text and "plain resized samples" in md
+    none = card.augmentation_strip(coco, lambda n: None, off)
+    assert none == "no augmentation strip: none of the picked train images could be read"
+    page, md = card.build(coco, lambda n: None, samples=1, augmentation=none)
+    assert none in parse(page).text and none in md and "aug_strip.png" not in page + md
+    assert card.outputs(page, md, none).keys() == {"card.html", "card.md"}
+    _, md = card.build(coco, lambda n: None, samples=1)
+    assert "Augmentation" not in md  # no train config given: no such section
+
+
+def test_a_strip_of_the_same_inputs_is_reused_from_the_store(ingested, tmp_path, monkeypatch):
+    """The nightly unchanged dataset: the strip comes back from state/aug_strip/ without drawing (no torch);
+    another augmentation setting or other images draw a new one; 0 images switches it off, saying so."""
+    from pipeline.config import TrainConfig
+    from pipeline.store import LocalStore
+
+    coco, images = ingested
+    store = LocalStore(tmp_path / "store")
+    read = lambda n: (images / n).read_bytes()  # noqa: E731
+    first = card.augmentation_strip(coco, read, TrainConfig(), store=store)
+    assert len(store.list("state/aug_strip/")) == 1
+    drawn = []
+    real = card._draw_strip
+    monkeypatch.setattr(card, "_draw_strip", lambda *a: drawn.append(a) or real(*a))
+    again = card.augmentation_strip(coco, read, TrainConfig(), store=store)
+    assert drawn == [] and again == first  # png, caption, tiles and scale, from the store
+    other = card.augmentation_strip(coco, read, TrainConfig(aug_iou_crop=0.5), store=store)
+    assert len(drawn) == 1 and other.png != first.png and "IoU crop p=0.5" in other.caption
+    card.augmentation_strip(coco, read, TrainConfig(), images=3, store=store)
+    assert len(drawn) == 2  # other images: drawn anew
+    assert card.augmentation_strip(coco, read, TrainConfig(), images=0) == \
+        "no augmentation strip: snapshot.card_strip_images=0"

@@ -77,6 +77,8 @@ def test_directory_remote_same_hash_nothing_new_failed_push_restores(capsys, ing
     assert first["dataset_hash"] in (snap / "card.html").read_text() and "data:image/png;base64," in \
         (snap / "card.html").read_text()
     assert "| train |" in (snap / "card.md").read_text()
+    strip = (snap / "aug_strip.png").read_bytes()  # train's augmentation on a few train images, beside the card
+    assert strip.startswith(b"\x89PNG") and "](aug_strip.png)" in (snap / "card.md").read_text()
 
     ingested("r2")  # the same export, another night
     code, second, err = run(capsys, "snapshot", "--run-id", "r2", *sets)
@@ -84,6 +86,8 @@ def test_directory_remote_same_hash_nothing_new_failed_push_restores(capsys, ing
     assert second["dataset_hash"] == first["dataset_hash"]
     assert second["pushed"] == 0 and second["changed"] is False
     assert (nightshift_home / "artifacts" / "runs" / "r2" / "snapshot" / "card.md").is_file()  # unchanged: still a card
+    # images read from the store this time: the same samples, the same strip
+    assert (nightshift_home / "artifacts" / "runs" / "r2" / "snapshot" / "aug_strip.png").read_bytes() == strip
     assert remote_files(remote) == uploaded
 
     # a new dataset whose push fails (the remote's files/ folder is a plain file) leaves data.dvc as it was
