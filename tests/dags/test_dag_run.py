@@ -28,7 +28,8 @@ if stage == "changed":
 if stage == "gate":
     code = 4
     result.update(status="gate_failed", error="gate refused the release: 1 of 3 checks failed",
-                  failures=[{{"check": "map50_min", "value": 0.41, "threshold": 0.5}}])
+                  failures=[{{"check": "map50_min", "expected": ">= 0.5", "actual": 0.41, "direction": ">=",
+                                  "threshold": 0.5, "message": "map50_min: AP50 = 0.4100, must be >= 0.5"}}])
 print("NIGHTSHIFT_RESULT " + json.dumps(result), flush=True)
 sys.exit(code)
 """
@@ -64,7 +65,7 @@ def test_retrain_runs_to_a_refused_gate_and_alerts(tmp_path):
     assert calls[4][-2:] == ["--force", "false"]
     assert "up_for_retry" not in log  # exit 4 fails fast although the task has retries=1
     # the refusal is said in the task log, once, without Airflow's traceback after it (refusal.py)
-    assert "Task failed, not retried: nightshift gate: gate refused" in log and "map50_min: value=0.41" in log
+    assert "Task failed, not retried: nightshift gate: gate refused" in log and "map50_min: AP50 = 0.4100, must be >= 0.5" in log
     assert "Traceback" not in log and "Task failed with exception" not in log, log[-3000:]
 
     (alert,) = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.airflow
 
 GATE_ERROR = ("nightshift gate: gate refused\ngate refused the release: 1 check failed\n"
-              "  - map50_min: value=0.41, threshold=0.5")
+              "  - map50_min: AP50 = 0.4100, must be >= 0.5")
 
 
 class Webhook:
