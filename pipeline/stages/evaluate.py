@@ -6,6 +6,10 @@ the confusion matrix, and the champion's metrics under `champion`), `evaluate/de
 `pr_curve.png` / `confusion_matrix.png`. When a model holds the registry alias (`promote.alias`), it is
 scored on the same images in the same run, so the gate compares like with like. Metrics go to the pipeline
 run's MLflow run as `eval_*`.
+
+The stability suite (`pipeline.metrics.stability`) adds `stability` to metrics.json: AP per box-size bucket and
+per ingest group (the canonical images' `group`) and, with a champion, every challenger-champion AP drop
+(overall, per class, per slice) with its paired bootstrap interval over the split's images, for the gate.
 """
 from __future__ import annotations
 
@@ -75,7 +79,40 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     champion = metrics.get("champion")
     if champion:
         out.update(eval_champion_AP=champion["AP"], eval_champion_AP50=champion["AP50"])
+    stability = metrics.get("stability") or {}
+    for name, row in (stability.get("slices") or {}).items():
+        out[f"eval_slice_AP_{_metric_name(name)}"] = row.get("challenger")
+    ci = (stability.get("AP") or {}).get("ci")
+    if ci:
+        out.update(eval_AP_drop_ci_low=ci[0], eval_AP_drop_ci_high=ci[1])
     return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def stability_suite(cfg: Config, gt: dict, challenger: list[dict], champion: list[dict] | None) -> dict:
+    """Slices and bootstrap intervals of the challenger against the champion (see the module docstring)."""
+    import time
+
+    from pipeline import gates
+    from pipeline.metrics.stability import suite
+
+    policy = gates.load_policy(cfg.gates)
+    ev = cfg.evaluate
+    start = time.perf_counter()
+    out = suite(gt, challenger, champion, resamples=ev.bootstrap_resamples, confidence=ev.bootstrap_confidence,
+                seed=ev.bootstrap_seed, size_buckets=ev.size_buckets, min_support=policy["slice_min_support"],
+                max_groups=ev.max_group_slices)
+    out["duration_s"] = round(time.perf_counter() - start, 3)
+    skipped = out["skipped"]
+    if skipped["over_max_groups"]:
+        log.warning("stability: %d ingest groups with enough boxes left out (evaluate.max_group_slices = %d)",
+                    skipped["over_max_groups"], ev.max_group_slices)
+    ap = out["AP"]
+    log.info("stability: %d slices (%d of %d groups below %d boxes)%s in %.2f s", len(out["slices"]),
+             skipped["below_min_support"], skipped["groups"], policy["slice_min_support"],
+             "" if ap.get("drop") is None else
+             f"; AP drop vs champion {ap['drop']:.4f}{gates.interval_text(ap.get('ci'), out['confidence'])}",
+             out["duration_s"])
+    return out
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
@@ -105,6 +142,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         version, path = champ
         champion = score_model(path, data_dir, gt, cfg, f"champion v{version.version}")
         metrics["champion"] = dict(champion.metrics, version=str(version.version), run_id=version.run_id)
+    metrics["stability"] = stability_suite(cfg, gt, challenger.detections,
+                                           champion.detections if champion else None)
 
     shutil.rmtree(ctx.workdir / "out", ignore_errors=True)  # a previous attempt's files must not be published
     out = ctx.scratch("out")
@@ -136,4 +175,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "recall": op["recall"],
         "f1": op["f1"],
         "detections": len(challenger.detections),
+        "stability": {"slices": len(metrics["stability"]["slices"]), "AP_drop": metrics["stability"]["AP"].get("drop"),
+                      "ci": metrics["stability"]["AP"].get("ci"), "resamples": metrics["stability"]["resamples"],
+                      "duration_s": metrics["stability"]["duration_s"]},
     }

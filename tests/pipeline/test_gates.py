@@ -115,14 +115,16 @@ def test_overrides_apply_to_the_new_gates():
 def test_policy_file_replaces_config_values(tmp_path):
     policy = tmp_path / "gates.yaml"
     policy.write_text("map50_min: 0.7\nper_class_max_regression: 0.05\nper_class_min_support: 20\n"
-                      "latency_p95_ms_max: 40\nmodel_size_mb_max: null\n")
+                      "latency_p95_ms_max: 40\nmodel_size_mb_max: null\nregression_test: point\n"
+                      "slice_max_regression: 0.1\nslice_min_support: 5\n")
     section = GatesConfig(map_min=0.1, model_size_mb_max=30, policy_file=str(policy))
     loaded = gates.load_policy(section)
     assert loaded == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02, "per_class_max_regression": 0.05,
-                      "latency_p95_ms_max": 40.0, "model_size_mb_max": None, "per_class_min_support": 20}
+                      "latency_p95_ms_max": 40.0, "model_size_mb_max": None, "per_class_min_support": 20,
+                      "regression_test": "point", "slice_max_regression": 0.1, "slice_min_support": 5}
     thresholds, _ = gates.resolve_thresholds(section)
     assert thresholds == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02,
-                          "per_class_max_regression": 0.05, "latency_p95_ms_max": 40.0}
+                          "per_class_max_regression": 0.05, "slice_max_regression": 0.1, "latency_p95_ms_max": 40.0}
     # relaxing is judged against the policy file's value
     with pytest.raises(InputRejected, match="map50_min 0.7 -> 0.6"):
         gates.resolve_thresholds(section.model_copy(update={"overrides": {"map50_min": 0.6}}))
