@@ -96,11 +96,11 @@ def weighted_ap(p: Prepared, weights: np.ndarray) -> tuple[np.ndarray, np.ndarra
         q = np.maximum.accumulate(q[:, ::-1], axis=1)[:, ::-1]
     q = q.reshape(A, T, K, R)
     valid = npig > 0  # [A, K]
-    means = q.mean(axis=(1, 3))  # [A, K]
-    per_class = np.where(valid, means, np.nan).T  # [K, A]
-    n = valid.sum(axis=1)
-    # every measured class has T*R entries, so the mean of class means is COCO's mean over all entries
-    overall = np.where(n > 0, np.where(valid, means, 0).sum(axis=1) / np.maximum(n, 1), np.nan)
+    # COCO's means over the measured entries in its own [T, R(, K)] order, so the sums round the same way
+    per_class = np.asarray([[q[a, :, k].mean() if valid[a, k] else np.nan for a in range(A)] for k in range(K)])
+    per_class = per_class.reshape(K, A)
+    overall = np.asarray([q[a].transpose(0, 2, 1)[:, :, valid[a]].mean() if valid[a].any() else np.nan
+                          for a in range(A)])
     return overall, per_class
 
 
@@ -246,8 +246,9 @@ def _num(x) -> float | None:
 
 def _model_aps(p: Prepared, c: Counts | None, weights: np.ndarray,
                areas: int = len(AREA_LBL)) -> tuple[np.ndarray, np.ndarray]:
-    """([B, A], [B, K, A]) for weights [B, I], batched when the count matrices fit."""
-    if c is not None:
+    """([B, A], [B, K, A]) for weights [B, I], batched when the count matrices fit (a single weighting, a point
+    estimate, is accumulated alone: its AP rounds exactly as COCO's)."""
+    if c is not None and len(weights) > 1:
         out = [batched_ap(c, weights[i:i + BATCH], areas) for i in range(0, len(weights), BATCH)]
         return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
     each = [weighted_ap(p, w) for w in weights]
