@@ -100,6 +100,12 @@ def test_first_run_without_champion(shared, tmp_path, only_evaluate, capsys):
     assert {d["image_id"] for d in detections} <= val_ids
     for png in ("pr_curve.png", "confusion_matrix.png"):
         assert ctx.store.get_bytes(ctx.key(png))[:8] == b"\x89PNG\r\n\x1a\n"
+    # the stability suite: slices of the challenger alone, no drop or interval without a champion
+    stability = metrics["stability"]
+    assert {"size:small", "size:medium", "size:large"} <= set(stability["slices"]) and stability["resamples"] == 0
+    assert sum(stability["slices"][f"size:{s}"]["support"] for s in ("small", "medium", "large")) == gt_boxes
+    assert stability["AP"] == {"challenger": metrics["AP"]} and "drop" not in stability["slices"]["size:large"]
+    assert result["stability"]["slices"] == len(stability["slices"]) and result["stability"]["ci"] is None
 
     from pipeline import tracking
 
@@ -124,6 +130,10 @@ def test_champion_is_scored_on_the_same_split(shared, tmp_path):
     metrics = ctx.fetch_json("evaluate", "metrics.json")
     assert metrics["champion"]["version"] == str(mv.version) and metrics["champion"]["per_class"] == metrics["per_class"]
     assert ctx.fetch_json("evaluate", "champion_detections.json") == ctx.fetch_json("evaluate", "detections.json")
+    # the same model: every resample's drop is 0, so the interval is [0, 0]
+    stability = metrics["stability"]
+    assert stability["AP"]["drop"] == 0.0 and stability["AP"]["ci"] == [0.0, 0.0]
+    assert stability["resamples"] == cfg.evaluate.bootstrap_resamples and result["stability"]["ci"] == [0.0, 0.0]
 
 
 def test_split_without_images_is_rejected(shared, tmp_path):
