@@ -146,6 +146,8 @@ class EvaluateConfig(Section):
     bootstrap_seed: int = 0  # seeds the draws: the same run gives the same interval
     size_buckets: Literal["image", "absolute"] = "image"  # COCO small/medium/large areas scaled to a 640x480 image, or in pixels
     max_group_slices: int = Field(20, ge=0)  # ingest groups scored as slices (the largest with gates.slice_min_support boxes)
+    corruptions: tuple[Literal["gaussian_noise", "blur", "brightness_contrast", "jpeg"], ...] = ()  # val mAP under each (one prediction pass per model and severity; () = off)
+    corruption_severities: tuple[Literal[1, 2], ...] = (1,)  # pipeline/training/corruptions.py lists the levels
 
 
 class GatesConfig(Section):
@@ -157,6 +159,8 @@ class GatesConfig(Section):
     regression_test: Literal["point", "bootstrap"] = "bootstrap"  # bootstrap: a drop fails only when its whole interval is over the limit
     slice_max_regression: float | None = None  # allowed AP drop vs the champion per box-size bucket and ingest group (None = off)
     slice_min_support: int = Field(20, ge=0)  # ...only for slices with at least this many GT boxes in the split
+    robustness_max_drop: float | None = None  # mAP a corruption may cost the challenger vs its clean mAP (None = off)
+    robustness_max_regression: float | None = None  # mAP under a corruption the challenger may lose vs the champion (None = off)
     latency_p95_ms_max: float | None = None  # ONNX Runtime p95 latency at batch 1, checked by export (None = off)
     model_size_mb_max: float | None = None  # exported ONNX file size in MB, checked by export (None = off)
     policy_file: str = ""  # YAML policy with the thresholds above (path or s3:// URI); "" = the values above

@@ -16,6 +16,8 @@ are scored on the same split in the same run). The thresholds come from the poli
     regression_test: bootstrap       # or point: see below
     slice_max_regression: 0.05       # per box-size bucket and ingest group; null = off
     slice_min_support: 20
+    robustness_max_drop: 0.15        # AP lost under any corruption vs clean data (evaluate.corruptions); null = off
+    robustness_max_regression: 0.05  # AP under a corruption lost vs the champion under it; null = off
     latency_p95_ms_max: 40           # ONNX Runtime, batch 1; null = off
     model_size_mb_max: 25            # model.onnx; null = off
 
@@ -78,6 +80,8 @@ GATES = {g.name: g for g in (
     Gate("max_regression", "AP drop vs champion", "<="),
     Gate("per_class_max_regression", "AP drop vs champion", "<="),
     Gate("slice_max_regression", "AP drop vs champion", "<="),
+    Gate("robustness_max_drop", "AP drop vs clean data", "<="),
+    Gate("robustness_max_regression", "AP drop vs champion", "<="),
     Gate("latency_p95_ms_max", "ONNX Runtime p95 latency at batch 1 (ms)", "<="),
     Gate("model_size_mb_max", "ONNX model size (MB)", "<="),
 )}
@@ -88,7 +92,8 @@ POLICY_PARAMS = {"per_class_min_support": int, "slice_min_support": int}
 # policy keys that choose how gates judge: key -> the allowed values
 POLICY_CHOICES = {"regression_test": ("point", "bootstrap")}
 POLICY_KEYS = tuple(GATES) + tuple(POLICY_PARAMS) + tuple(POLICY_CHOICES)
-OPTIONAL_GATES = ("per_class_max_regression", "slice_max_regression", *DEPLOYMENT_GATES)  # may be null = off
+OPTIONAL_GATES = ("per_class_max_regression", "slice_max_regression", "robustness_max_drop",
+                  "robustness_max_regression", *DEPLOYMENT_GATES)  # may be null = off
 # the gates judged on a challenger-champion drop: in `regression_test: bootstrap` mode on its interval
 REGRESSION_GATES = ("max_regression", "per_class_max_regression", "slice_max_regression")
 
@@ -344,6 +349,31 @@ def slice_checks(metrics: dict, threshold: float, min_support: int, test: str = 
     return checks
 
 
+def robustness_checks(metrics: dict, thresholds: Mapping[str, float]) -> list[dict]:
+    """Per corruption (evaluate's `robustness` section, "gaussian_noise@1" ...): the challenger's AP drop against
+    its own clean AP (`robustness_max_drop`) and, with a champion, against the champion's AP under the same
+    corruption (`robustness_max_regression`). Point estimates: the corruptions have no bootstrap interval yet.
+    No robustness section while a robustness gate is on fails one check per gate."""
+    names = [n for n in ("robustness_max_drop", "robustness_max_regression") if n in thresholds]
+    if names == ["robustness_max_regression"] and metrics.get("champion") is None:
+        return []
+    section = metrics.get("robustness")
+    if not isinstance(section, dict) or not section.get("corruptions"):
+        return [_check(n, None, thresholds[n], note="robustness not measured: evaluate.corruptions is empty")
+                for n in names]
+    checks = []
+    for corruption, row in section["corruptions"].items():
+        if "robustness_max_drop" in thresholds:
+            checks.append(_check("robustness_max_drop", row.get("drop_vs_clean"), thresholds["robustness_max_drop"],
+                                 slice=f"corruption:{corruption}"))
+        if "robustness_max_regression" in thresholds and metrics.get("champion") is not None:
+            checks.append(_check("robustness_max_regression", row.get("drop_vs_champion"),
+                                 thresholds["robustness_max_regression"], slice=f"corruption:{corruption}",
+                                 **({} if row.get("drop_vs_champion") is not None else
+                                    {"note": "the champion was not scored under this corruption"})))
+    return checks
+
+
 def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0, regression_test: str = "point",
           slice_min_support: int = 0) -> tuple[list[dict], dict | None]:
     """Every applicable metric check as {name, metric, value, threshold, direction, passed[, class, slice,
@@ -363,6 +393,7 @@ def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0, reg
         checks += per_class_checks(metrics, thresholds["per_class_max_regression"], min_support, regression_test)
     if champion is not None and "slice_max_regression" in thresholds:
         checks += slice_checks(metrics, thresholds["slice_max_regression"], slice_min_support, regression_test)
+    checks += robustness_checks(metrics, thresholds)
     summary = None
     if champion is not None:
         summary = {k: champion.get(k) for k in ("version", "AP", "AP50")}

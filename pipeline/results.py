@@ -206,6 +206,7 @@ class EvaluateResult(StageResult):
     f1: Number | None = None
     detections: int | None = None
     stability: Json | None = None  # {slices, AP_drop, ci, resamples, duration_s}: the stability suite's summary
+    robustness: Json | None = None  # {"blur@1": AP, ...}: the challenger under each configured corruption
 
 
 class GateResult(StageResult):

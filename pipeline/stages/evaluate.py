@@ -10,6 +10,8 @@ run's MLflow run as `eval_*`.
 The stability suite (`pipeline.metrics.stability`) adds `stability` to metrics.json: AP per box-size bucket and
 per ingest group (the canonical images' `group`) and, with a champion, every challenger-champion AP drop
 (overall, per class, per slice) with its paired bootstrap interval over the split's images, for the gate.
+With `evaluate.corruptions` set, each model also predicts on the split under each corruption and severity
+(`pipeline.training.corruptions`) and `robustness` records the APs and drops (vs clean, vs the champion).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
@@ -36,6 +38,7 @@ class Scored:
     metrics: dict
     evaluation: Evaluation
     detections: list[dict]
+    corrupted: dict[str, float | None] = field(default_factory=dict)  # "blur@1" -> AP under that corruption
 
 
 def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: str) -> Scored:
@@ -57,7 +60,46 @@ def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: s
                                  gt_path="ingest/dataset/annotations.json", dt_path=f"{what} detections")
     log.info("%s: AP %s, AP50 %s on %d images (%d detections)", what, _fmt(metrics["AP"]), _fmt(metrics["AP50"]),
              len(gt["images"]), len(detections))
-    return Scored(metrics, evaluation, detections)
+    return Scored(metrics, evaluation, detections, corrupted_aps(model, dataset, gt, cfg, what))
+
+
+def corrupted_aps(model, dataset, gt: dict, cfg: Config, what: str) -> dict[str, float | None]:
+    """AP of the model on the split under each of `evaluate.corruptions` x `corruption_severities` (seeded,
+    the same pixels for every model): {"gaussian_noise@1": AP, ...}; {} when none is configured."""
+    from pipeline.metrics.coco import score
+    from pipeline.training.corruptions import Corrupted
+    from pipeline.training.engine import predict
+    from pipeline.training.inference import resolve_device
+
+    known = {c["id"] for c in gt["categories"]}
+    out = {}
+    for kind in cfg.evaluate.corruptions:
+        for severity in cfg.evaluate.corruption_severities:
+            dets = predict(model, Corrupted(dataset, kind, severity, seed=cfg.evaluate.bootstrap_seed),
+                           batch_size=cfg.evaluate.batch_size, device=resolve_device(cfg.evaluate.device),
+                           progress=False)
+            out[f"{kind}@{severity}"] = score(gt, [d for d in dets if d["category_id"] in known])["AP"]
+            log.info("%s: AP %s under %s (severity %d)", what, _fmt(out[f"{kind}@{severity}"]), kind, severity)
+    return out
+
+
+def robustness(challenger: Scored, champion: Scored | None) -> dict | None:
+    """metrics.json's `robustness`: per corruption the challenger's AP, its drop vs its clean AP and, with a
+    champion, the champion's AP under it and the challenger's drop against that."""
+    if not challenger.corrupted:
+        return None
+
+    def minus(a, b):
+        return None if a is None or b is None else a - b
+
+    rows = {}
+    for name, ap in challenger.corrupted.items():
+        row = {"challenger": ap, "drop_vs_clean": minus(challenger.metrics["AP"], ap)}
+        if champion is not None:
+            theirs = champion.corrupted.get(name)
+            row.update(champion=theirs, drop_vs_champion=minus(theirs, ap))
+        rows[name] = row
+    return {"clean": challenger.metrics["AP"], "corruptions": rows}
 
 
 def _fmt(value) -> str:
@@ -85,6 +127,8 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     ci = (stability.get("AP") or {}).get("ci")
     if ci:
         out.update(eval_AP_drop_ci_low=ci[0], eval_AP_drop_ci_high=ci[1])
+    for name, row in ((metrics.get("robustness") or {}).get("corruptions") or {}).items():
+        out[f"eval_corrupted_AP_{_metric_name(name)}"] = row.get("challenger")
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
@@ -144,6 +188,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         metrics["champion"] = dict(champion.metrics, version=str(version.version), run_id=version.run_id)
     metrics["stability"] = stability_suite(cfg, gt, challenger.detections,
                                            champion.detections if champion else None)
+    metrics["robustness"] = robustness(challenger, champion)
 
     shutil.rmtree(ctx.workdir / "out", ignore_errors=True)  # a previous attempt's files must not be published
     out = ctx.scratch("out")
@@ -178,4 +223,5 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "stability": {"slices": len(metrics["stability"]["slices"]), "AP_drop": metrics["stability"]["AP"].get("drop"),
                       "ci": metrics["stability"]["AP"].get("ci"), "resamples": metrics["stability"]["resamples"],
                       "duration_s": metrics["stability"]["duration_s"]},
+        "robustness": dict(challenger.corrupted) or None,
     }

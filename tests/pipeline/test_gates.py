@@ -121,7 +121,8 @@ def test_policy_file_replaces_config_values(tmp_path):
     loaded = gates.load_policy(section)
     assert loaded == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02, "per_class_max_regression": 0.05,
                       "latency_p95_ms_max": 40.0, "model_size_mb_max": None, "per_class_min_support": 20,
-                      "regression_test": "point", "slice_max_regression": 0.1, "slice_min_support": 5}
+                      "regression_test": "point", "slice_max_regression": 0.1, "slice_min_support": 5,
+                      "robustness_max_drop": None, "robustness_max_regression": None}
     thresholds, _ = gates.resolve_thresholds(section)
     assert thresholds == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02,
                           "per_class_max_regression": 0.05, "slice_max_regression": 0.1, "latency_p95_ms_max": 40.0}
@@ -313,3 +314,21 @@ def test_slice_checks_need_support_and_the_stability_section():
     (check,), _ = gates.check(no_suite, thresholds)
     assert not check["passed"] and check["note"] == "slice metrics not measured"
     assert gates.check(metrics(), thresholds)[0] == []  # no champion: nothing to compare
+
+
+def test_robustness_checks_against_clean_data_and_the_champion():
+    thresholds = {"robustness_max_drop": 0.15, "robustness_max_regression": 0.05}
+    m = metrics(ap=0.50, champion={"version": "3", "AP": 0.50, "AP50": 0.80})
+    m["robustness"] = {"clean": 0.50, "corruptions": {
+        "blur@1": {"challenger": 0.40, "drop_vs_clean": 0.10, "champion": 0.42, "drop_vs_champion": 0.02},
+        "jpeg@2": {"challenger": 0.30, "drop_vs_clean": 0.20, "champion": 0.40, "drop_vs_champion": 0.10}}}
+    checks, _ = gates.check(m, thresholds)
+    failed = [gates.describe(c) for c in checks if not c["passed"]]
+    assert len(checks) == 4 and failed == [
+        "robustness_max_drop: AP drop vs clean data [corruption:jpeg@2] = 0.2000, must be <= 0.15",
+        "robustness_max_regression: AP drop vs champion [corruption:jpeg@2] = 0.1000, must be <= 0.05"]
+    # no champion: only the drop against clean data; nothing measured: one failing check per gate that is on
+    m["champion"] = None
+    assert {c["name"] for c in gates.check(m, thresholds)[0]} == {"robustness_max_drop"}
+    (missing,), _ = gates.check(metrics(), {"robustness_max_drop": 0.15})
+    assert not missing["passed"] and "evaluate.corruptions is empty" in missing["note"]

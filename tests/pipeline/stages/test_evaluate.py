@@ -163,3 +163,28 @@ def test_model_label_table_wins_and_unknown_categories_are_dropped(shared, tmp_p
     scored = evaluate.score_model(tmp_path / "old.pt", tmp_path / "dataset", gt, cfg, "old champion")
     assert scored.detections and {d["category_id"] for d in scored.detections} == {3}
     assert scored.metrics["operating_point"]["per_class"]["circle"]["fp"] == 0
+
+
+def test_robustness_under_corruptions_against_clean_and_the_champion(shared, tmp_path):
+    """Each configured corruption is a prediction pass per model on the same seeded pixels: the same model as
+    champion scores exactly the same under each, so only the drop against clean data can be non-zero."""
+    cfg = stage_inputs("eval-robust", shared, tmp_path, sets=["promote.model_name=robust_test",
+                                                              "evaluate.corruptions=[gaussian_noise, jpeg]",
+                                                              "evaluate.corruption_severities=[1, 2]"])
+    register_champion(cfg, shared["model_pt"])
+    ctx = RunContext.create("eval-robust", "evaluate", cfg)
+    result = evaluate.run(cfg, ctx)
+    metrics = ctx.fetch_json("evaluate", "metrics.json")
+    section = metrics["robustness"]
+    assert list(section["corruptions"]) == ["gaussian_noise@1", "gaussian_noise@2", "jpeg@1", "jpeg@2"]
+    assert section["clean"] == metrics["AP"]
+    for row in section["corruptions"].values():
+        assert row["champion"] == row["challenger"] and row["drop_vs_champion"] == 0.0
+        assert row["drop_vs_clean"] == pytest.approx(metrics["AP"] - row["challenger"])
+    assert result["robustness"] == {k: v["challenger"] for k, v in section["corruptions"].items()}
+
+
+def test_no_robustness_section_without_corruptions(shared, tmp_path):
+    cfg = stage_inputs("eval-clean", shared, tmp_path)
+    assert evaluate.robustness(evaluate.Scored({"AP": 0.5}, None, []), None) is None
+    assert cfg.evaluate.corruptions == ()
