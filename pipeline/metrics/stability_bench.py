@@ -11,6 +11,10 @@ the same detections with seeded score noise (what a retrained model of equal qua
 depends on the counts, not on which model wins). A stage that also scored a champion predicted twice and took
 longer, so the ratio against a first-night stage is the conservative one.
 
+When the run folder also has train's model.pt, the robustness passes are timed too (`--corruptions`, one
+severity): a clean prediction + scoring, then one per corruption, printing each AP; what they add per model
+and with a champion, against the stage's time.
+
 Without a demo run the suite is timed on a generated set of the demo's size (40 images of 128 px x 300
 detections) and only the suite's own figures are printed. Speed is reported, not enforced: exit 0 unless
 something failed to run.
@@ -69,6 +73,28 @@ def time_suite(gt: dict, dt: list[dict], resamples: int, repeat: int, min_suppor
     return best, out
 
 
+def time_robustness(run: Path, gt: dict, kinds: list[str], severity: int, threads: int = 1) -> list[tuple]:
+    """(name, AP, seconds) of the run's model on the split: clean, then under each corruption (what
+    `evaluate.corruptions` adds per model: a prediction pass and a scoring each)."""
+    import torch
+
+    from pipeline.metrics.coco import score
+    from pipeline.training.corruptions import Corrupted
+    from pipeline.training.engine import predict
+    from pipeline.training.inference import load_for_prediction
+
+    torch.set_num_threads(threads)
+    model, _, dataset = load_for_prediction(run / "train" / "model.pt", run / "ingest" / "dataset",
+                                            gt["images"][0].get("split", "val"))
+    rows = []
+    for kind in [None, *kinds]:
+        start = time.perf_counter()
+        data = dataset if kind is None else Corrupted(dataset, kind, severity)
+        ap = score(gt, predict(model, data, batch_size=8, progress=False))["AP"]
+        rows.append((kind or "clean", ap, time.perf_counter() - start))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import EvaluateConfig, GatesConfig
 
@@ -76,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="a run folder of a file:// store (default: the newest demo run)")
     parser.add_argument("--resamples", type=int, default=EvaluateConfig().bootstrap_resamples)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--corruptions", default="gaussian_noise,blur,brightness_contrast,jpeg",
+                        help="robustness passes to time with the run's train/model.pt ('' = none)")
+    parser.add_argument("--severity", type=int, default=1)
     args = parser.parse_args(argv)
     home = Path(os.environ.get("NIGHTSHIFT_HOME", ".nightshift"))
     run = args.run or latest_run(home)
@@ -98,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     if stage:
         ratio = seconds / stage
         print(f"suite / evaluate stage: {ratio:.2f}x (goal <= {GOAL:g}x): {'ok' if ratio <= GOAL else 'OVER'}")
+    kinds = [k for k in args.corruptions.split(",") if k]
+    if run is not None and kinds and (run / "train" / "model.pt").exists():
+        rows = time_robustness(run, gt, kinds, args.severity)
+        for name, ap, secs in rows:
+            print(f"robustness: {name:<20} AP {ap:.4f}  predict + score {secs:.2f} s")
+        extra = sum(secs for name, _, secs in rows if name != "clean")
+        print(f"robustness, {len(kinds)} corruptions at severity {args.severity}: {extra:.2f} s per model, "
+              f"{2 * extra:.2f} s with a champion" + (f" = {2 * extra / stage:.2f}x the evaluate stage" if stage else ""))
     return 0
 
 

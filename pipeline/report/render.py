@@ -60,6 +60,15 @@ def _slice_rows(m: dict | None) -> list[dict]:
     return rows
 
 
+def _robustness_rows(m: dict | None) -> list[dict]:
+    """AP under each corruption: the challenger's, its drop vs clean data, the champion's and the drop vs it."""
+    rows = []
+    for name, row in (((m or {}).get("robustness") or {}).get("corruptions") or {}).items():
+        rows.append({"name": name, "challenger": fmt(row.get("challenger")), "vs_clean": fmt(row.get("drop_vs_clean")),
+                     "champion": fmt(row.get("champion")), "vs_champion": fmt(row.get("drop_vs_champion"))})
+    return rows
+
+
 def render_html(d: ReportData) -> str:
     """The run report: one self-contained page from templates/report.html.j2 (the shared layout)."""
     return pages.render(
@@ -67,7 +76,8 @@ def render_html(d: ReportData) -> str:
         stats=stat_rows(d.metrics, d.metrics.get("champion")) if d.metrics is not None else [],
         classes=_class_rows(d.metrics), speed_rows=_speed_rows(d.export_report),
         gate_rows=[_check_row(c) for c in d.gate_checks],
-        deployment_rows=[_check_row(c) for c in d.deployment_checks], slice_rows=_slice_rows(d.metrics))
+        deployment_rows=[_check_row(c) for c in d.deployment_checks], slice_rows=_slice_rows(d.metrics),
+        robustness_rows=_robustness_rows(d.metrics))
 
 
 def render_markdown(d: ReportData, html_url: str, max_reasons: int = 5) -> str:

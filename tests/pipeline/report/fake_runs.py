@@ -65,6 +65,8 @@ def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: boo
 
         metrics["stability"] = suite(dataset["val"], dets, champ_dets if champion else None, resamples=50,
                                      min_support=5)  # each image is its own group here: no group slice
+        metrics["robustness"] = {"clean": metrics["AP"], "corruptions": {"jpeg@1": {
+            "challenger": metrics["AP"] - 0.2, "drop_vs_clean": 0.2, "champion": None, "drop_vs_champion": None}}}
     store.put_json(metrics, f"{base}/evaluate/metrics.json")
     store.put_json(dets, f"{base}/evaluate/detections.json")
     store.put_json({"status": "ok", "AP": metrics["AP"]}, f"{base}/evaluate/result.json")
