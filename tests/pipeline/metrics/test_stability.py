@@ -204,3 +204,15 @@ def test_without_resamples_there_is_no_interval_and_the_gate_says_it_judged_the_
     regressions = [c for c in checks if c["name"] in THRESHOLDS]
     assert regressions and all(c["test"] == "point" and "ci" not in c for c in regressions)
     assert not next(c for c in checks if c.get("slice") == "group:camB")["passed"]
+
+
+def test_a_split_too_large_for_the_count_matrices_gives_the_same_interval_one_draw_at_a_time(monkeypatch):
+    gt = scene(30)
+    a, b = detect(gt, 1), detect(gt, 2)
+    batched = st.suite(gt, a, b, resamples=30, min_support=1)
+    monkeypatch.setattr(st, "MAX_COUNT_CELLS", 10)
+    assert st.counts(st.prepare(st.model_matches(gt, a))) is None
+    one_by_one = st.suite(gt, a, b, resamples=30, min_support=1)
+    for name, row in batched["slices"].items():
+        np.testing.assert_allclose(one_by_one["slices"][name]["ci"], row["ci"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(one_by_one["AP"]["ci"], batched["AP"]["ci"], rtol=0, atol=1e-12)
