@@ -17,6 +17,8 @@ import time
 BENCHES = {
     "train": ("pipeline.training.bench", "DDP step time, 2 gloo ranks against 1 at equal per-rank batch, 128 and 320 px, images/s"),
     "score": ("pipeline.metrics.bench", "COCO scoring of 5,000 images x 100 detections vs faster-coco-eval and pycocotools"),
+    "stability": ("pipeline.metrics.stability_bench", "the stability suite (slices + paired bootstrap) against the "
+                                                       "evaluate stage's time on the demo (goal <= 1x)"),
     "export": ("pipeline.export.bench", "PyTorch eager vs ONNX Runtime latency and throughput per registered detector, batch 1 and 8"),
     "data": ("pipeline.datasets.bench", "ingest + validate of 100k images / 1M boxes and an unchanged snapshot, "
                                         "each stage a process, against the goals (<= 20 s, <= 5 s)"),

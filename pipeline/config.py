@@ -143,6 +143,13 @@ class EvaluateConfig(Section):
     split: Literal["val", "test"] = "val"
     batch_size: int = Field(8, ge=1)  # images per forward pass when predicting
     device: str = "auto"  # torch device for prediction: "auto" = cuda when available, else cpu
+    bootstrap_resamples: int = Field(300, ge=0)  # paired bootstrap draws of the val images per champion comparison (0 = no intervals)
+    bootstrap_confidence: float = Field(0.95, gt=0, lt=1)  # the intervals' confidence level
+    bootstrap_seed: int = 0  # seeds the draws: the same run gives the same interval
+    size_buckets: Literal["image", "absolute"] = "image"  # COCO small/medium/large areas scaled to a 640x480 image, or in pixels
+    max_group_slices: int = Field(20, ge=0)  # ingest groups scored as slices (the largest with gates.slice_min_support boxes)
+    corruptions: tuple[Literal["gaussian_noise", "blur", "brightness_contrast", "jpeg"], ...] = ()  # val mAP under each (one prediction pass per model and severity; () = off)
+    corruption_severities: tuple[Literal[1, 2], ...] = (1,)  # pipeline/training/corruptions.py lists the levels
 
 
 class GatesConfig(Section):
@@ -151,6 +158,11 @@ class GatesConfig(Section):
     max_regression: float = 0.02  # allowed mAP drop against the champion
     per_class_max_regression: float | None = None  # allowed per-class AP drop vs the champion (None = off)
     per_class_min_support: int = Field(10, ge=0)  # ...only for classes with at least this many GT boxes in the split
+    regression_test: Literal["point", "bootstrap"] = "bootstrap"  # bootstrap: a drop fails only when its whole interval is over the limit
+    slice_max_regression: float | None = None  # allowed AP drop vs the champion per box-size bucket and ingest group (None = off)
+    slice_min_support: int = Field(20, ge=0)  # ...only for slices with at least this many GT boxes in the split
+    robustness_max_drop: float | None = None  # mAP a corruption may cost the challenger vs its clean mAP (None = off)
+    robustness_max_regression: float | None = None  # mAP under a corruption the challenger may lose vs the champion (None = off)
     latency_p95_ms_max: float | None = None  # ONNX Runtime p95 latency at batch 1, checked by export (None = off)
     model_size_mb_max: float | None = None  # exported ONNX file size in MB, checked by export (None = off)
     policy_file: str = ""  # YAML policy with the thresholds above (path or s3:// URI); "" = the values above

@@ -13,8 +13,20 @@ are scored on the same split in the same run). The thresholds come from the poli
     max_regression: 0.02
     per_class_max_regression: 0.05   # null = off
     per_class_min_support: 20
+    regression_test: bootstrap       # or point: see below
+    slice_max_regression: 0.05       # per box-size bucket and ingest group; null = off
+    slice_min_support: 20
+    robustness_max_drop: 0.15        # AP lost under any corruption vs clean data (evaluate.corruptions); null = off
+    robustness_max_regression: 0.05  # AP under a corruption lost vs the champion under it; null = off
     latency_p95_ms_max: 40           # ONNX Runtime, batch 1; null = off
     model_size_mb_max: 25            # model.onnx; null = off
+
+Regressions against the champion (`max_regression`, per class, per slice) are judged, with `regression_test:
+bootstrap` (the default), on the paired bootstrap interval over val images that evaluate measured for each drop
+(`metrics.json` `stability`, see `pipeline.metrics.stability`): a check fails only when the whole interval is
+over the allowed drop, so image-sampling noise on a small split does not hold a release while a real drop
+does. `point` judges the point estimate alone. Without a measured interval a drop is judged on its point
+estimate, and the check says so in its note.
 
 `gates.overrides` ({gate name: threshold}) replaces thresholds for this run only, for every gate; an override
 that relaxes a threshold needs `gates.override_reason`.
@@ -67,15 +79,23 @@ GATES = {g.name: g for g in (
     Gate("map50_min", "AP50", ">="),
     Gate("max_regression", "AP drop vs champion", "<="),
     Gate("per_class_max_regression", "AP drop vs champion", "<="),
+    Gate("slice_max_regression", "AP drop vs champion", "<="),
+    Gate("robustness_max_drop", "AP drop vs clean data", "<="),
+    Gate("robustness_max_regression", "AP drop vs champion", "<="),
     Gate("latency_p95_ms_max", "ONNX Runtime p95 latency at batch 1 (ms)", "<="),
     Gate("model_size_mb_max", "ONNX model size (MB)", "<="),
 )}
 # measured by export after the gate stage: see deployment_checks()
 DEPLOYMENT_GATES = ("latency_p95_ms_max", "model_size_mb_max")
 # policy keys that are parameters of a gate rather than thresholds
-POLICY_PARAMS = {"per_class_min_support": int}
-POLICY_KEYS = tuple(GATES) + tuple(POLICY_PARAMS)
-OPTIONAL_GATES = ("per_class_max_regression", *DEPLOYMENT_GATES)  # may be null = off
+POLICY_PARAMS = {"per_class_min_support": int, "slice_min_support": int}
+# policy keys that choose how gates judge: key -> the allowed values
+POLICY_CHOICES = {"regression_test": ("point", "bootstrap")}
+POLICY_KEYS = tuple(GATES) + tuple(POLICY_PARAMS) + tuple(POLICY_CHOICES)
+OPTIONAL_GATES = ("per_class_max_regression", "slice_max_regression", "robustness_max_drop",
+                  "robustness_max_regression", *DEPLOYMENT_GATES)  # may be null = off
+# the gates judged on a challenger-champion drop: in `regression_test: bootstrap` mode on its interval
+REGRESSION_GATES = ("max_regression", "per_class_max_regression", "slice_max_regression")
 
 
 # -- the one failure shape -----------------------------------------------------------------------------
@@ -98,6 +118,9 @@ class Failure:
     metric: str = ""  # what `actual` measures, for messages
     class_name: str | None = None  # the class of a per-class check ("class" in JSON)
     note: str = ""  # why `actual` is missing
+    slice: str | None = None  # the slice of a per-slice check: "size:small", "group:cam3"
+    ci: tuple[float, float] | None = None  # bootstrap interval of `actual`; the check failed on all of it
+    confidence: float | None = None  # of `ci`
 
     def __post_init__(self):
         if not self.message:
@@ -110,12 +133,16 @@ class Failure:
     @classmethod
     def of_check(cls, c: Mapping) -> Failure:
         """The Failure of a failed check dict (see `check`)."""
+        ci = c.get("ci")
         return cls.threshold_check(c["name"], c["metric"], c["value"], c["direction"], c["threshold"],
-                                   class_name=c.get("class"), note=c.get("note") or "")
+                                   class_name=c.get("class"), note=c.get("note") or "", slice=c.get("slice"),
+                                   ci=tuple(ci) if ci else None, confidence=c.get("confidence") if ci else None)
 
     def to_dict(self) -> dict:
         """JSON for result.json: empty optional fields are left out; `class_name` is written as "class"."""
         out = {k: v for k, v in asdict(self).items() if k != "class_name" and (v not in ("", None) or k == "actual")}
+        if self.ci is not None:
+            out["ci"] = list(self.ci)
         if self.class_name is not None:
             out["class"] = self.class_name
         return out
@@ -141,23 +168,34 @@ def _value(value, note: str | None) -> str:
     return str(value)
 
 
+def interval_text(ci, confidence) -> str:
+    """` [95% CI 0.0040..0.0580]`, or "" without an interval."""
+    if not ci:
+        return ""
+    return f" [{(confidence or 0.95) * 100:g}% CI {ci[0]:.4f}..{ci[1]:.4f}]"
+
+
 def describe(item: Mapping | Failure) -> str:
     """One line for a check dict or a Failure, the same everywhere (logs, errors, alerts, the report):
     `map50_min: AP50 = 0.4100, must be >= 0.5`, `per_class_max_regression: AP drop vs champion [circle] = ...`,
-    or `gate: expected passed, got False` for a check without a threshold."""
+    `slice_max_regression: AP drop vs champion [size:small] = 0.0310 [95% CI 0.0040..0.0580], must be <= 0.02
+    (judged on the whole interval)`, or `gate: expected passed, got False` for a check without a threshold."""
     if isinstance(item, Failure):
         name, metric, value, note, cls = item.check, item.metric, item.actual, item.note, item.class_name
-        condition = item.expected
+        condition, where, ci, confidence = item.expected, item.slice, item.ci, item.confidence
         has_threshold = item.threshold is not None
     else:
         name, metric, value = item["name"], item["metric"], item["value"]
-        note, cls = item.get("note"), item.get("class")
+        note, cls, where = item.get("note"), item.get("class"), item.get("slice")
+        ci, confidence = item.get("ci"), item.get("confidence")
         condition = f"{item['direction']} {item['threshold']:g}"
         has_threshold = True
     if not has_threshold:
         return f"{name}: expected {condition}, got {_value(value, note)}"
-    measured = f"{metric} [{cls}]" if cls else metric or "value"
-    return f"{name}: {measured} = {_value(value, note)}, must be {condition}"
+    label = cls or where
+    measured = f"{metric} [{label}]" if label else metric or "value"
+    judged = " (judged on the whole interval)" if ci else ""
+    return f"{name}: {measured} = {_value(value, note)}{interval_text(ci, confidence)}, must be {condition}{judged}"
 
 
 # -- the policy ----------------------------------------------------------------------------------------
@@ -214,6 +252,12 @@ def load_policy(gates: GatesConfig) -> dict:
         if key not in POLICY_KEYS:
             raise InputRejected(f"unknown policy key {key!r}; known keys: {', '.join(POLICY_KEYS)}",
                                 path=where, field=str(key))
+        if key in POLICY_CHOICES:
+            if value not in POLICY_CHOICES[key]:
+                raise InputRejected(f"must be one of {', '.join(POLICY_CHOICES[key])}, got {value!r}",
+                                    path=where, field=key)
+            policy[key] = value
+            continue
         policy[key] = _number(value, where, key, optional=key in OPTIONAL_GATES, integer=key in POLICY_PARAMS)
     return policy
 
@@ -248,19 +292,34 @@ def resolve_thresholds(gates: GatesConfig, policy: Mapping | None = None) -> tup
 
 # -- metric checks: absolute, regression vs the champion, per class ------------------------------------
 
-def _check(name: str, value, threshold: float, **extra) -> dict:
+def _check(name: str, value, threshold: float, ci=None, confidence=None, **extra) -> dict:
+    """One check dict. With a bootstrap interval `ci` of a drop the check fails only when the whole interval is
+    over the threshold (its low end is judged); the point `value` is what the check reports."""
     gate = GATES[name]
-    return {"name": name, "metric": gate.metric, "value": value, "threshold": threshold,
-            "direction": gate.direction, "passed": gate.passes(value, threshold), **extra}
+    judged = value if not ci else (ci[0] if gate.direction == "<=" else ci[1])
+    out = {"name": name, "metric": gate.metric, "value": value, "threshold": threshold,
+           "direction": gate.direction, "passed": gate.passes(judged, threshold), **extra}
+    if ci:
+        out.update(ci=[float(ci[0]), float(ci[1])], confidence=confidence)
+    return out
 
 
-def per_class_checks(metrics: dict, threshold: float, min_support: int) -> list[dict]:
+def _drop_check(name: str, drop, threshold: float, row: Mapping | None, test: str, confidence, **extra) -> dict:
+    """A regression check: on the bootstrap interval of `row` (a stability entry with `ci`) when `test` is
+    "bootstrap" and one was measured, else on the point estimate; `test` in the check says which."""
+    ci = (row or {}).get("ci") if test == "bootstrap" else None
+    return _check(name, drop, threshold, ci, confidence, test="bootstrap" if ci else "point", **extra)
+
+
+def per_class_checks(metrics: dict, threshold: float, min_support: int, test: str = "point") -> list[dict]:
     """One check per class with at least `min_support` (and at least one) GT boxes that the champion was also
     scored on: its AP drop against the champion. Per-class metrics missing altogether fail one check."""
     champion = metrics.get("champion") or {}
     ours, theirs = metrics.get("per_class"), champion.get("per_class")
     if not isinstance(ours, dict) or not isinstance(theirs, dict):
         return [_check("per_class_max_regression", None, threshold, note="per-class metrics not measured")]
+    stability = metrics.get("stability") or {}
+    rows = stability.get("per_class") or {}
     checks = []
     for name, row in ours.items():
         support = int(row.get("support") or 0)
@@ -268,21 +327,73 @@ def per_class_checks(metrics: dict, threshold: float, min_support: int) -> list[
             continue
         ap, champ_ap = row.get("AP"), theirs[name].get("AP")
         drop = None if ap is None or champ_ap is None else champ_ap - ap
-        checks.append(_check("per_class_max_regression", drop, threshold, **{"class": name, "support": support}))
+        checks.append(_drop_check("per_class_max_regression", drop, threshold, rows.get(name), test,
+                                  stability.get("confidence"), **{"class": name, "support": support}))
     return checks
 
 
-def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0) -> tuple[list[dict], dict | None]:
-    """Every applicable metric check as {name, metric, value, threshold, direction, passed[, class, support]},
-    and the champion summary. Deployment gates (latency, size) are left to deployment_checks()."""
+def slice_checks(metrics: dict, threshold: float, min_support: int, test: str = "point") -> list[dict]:
+    """One check per slice of evaluate's stability suite (box-size bucket, ingest group) with at least
+    `min_support` (and at least one) GT boxes and an AP for both models: its AP drop against the champion.
+    No slice metrics at all fail one check."""
+    stability = metrics.get("stability")
+    if not isinstance(stability, dict) or not isinstance(stability.get("slices"), dict):
+        return [_check("slice_max_regression", None, threshold, note="slice metrics not measured")]
+    checks = []
+    for name, row in stability["slices"].items():
+        support = int(row.get("support") or 0)
+        if support < max(min_support, 1) or row.get("champion") is None or row.get("challenger") is None:
+            continue
+        checks.append(_drop_check("slice_max_regression", row.get("drop"), threshold, row, test,
+                                  stability.get("confidence"), slice=name, support=support))
+    return checks
+
+
+def robustness_checks(metrics: dict, thresholds: Mapping[str, float]) -> list[dict]:
+    """Per corruption (evaluate's `robustness` section, "gaussian_noise@1" ...): the challenger's AP drop against
+    its own clean AP (`robustness_max_drop`) and, with a champion, against the champion's AP under the same
+    corruption (`robustness_max_regression`). Point estimates: the corruptions have no bootstrap interval yet.
+    No robustness section while a robustness gate is on fails one check per gate."""
+    names = [n for n in ("robustness_max_drop", "robustness_max_regression") if n in thresholds]
+    if names == ["robustness_max_regression"] and metrics.get("champion") is None:
+        return []
+    section = metrics.get("robustness")
+    if not isinstance(section, dict) or not section.get("corruptions"):
+        return [_check(n, None, thresholds[n], note="robustness not measured: evaluate.corruptions is empty")
+                for n in names]
+    checks = []
+    for corruption, row in section["corruptions"].items():
+        if "robustness_max_drop" in thresholds:
+            checks.append(_check("robustness_max_drop", row.get("drop_vs_clean"), thresholds["robustness_max_drop"],
+                                 slice=f"corruption:{corruption}"))
+        if "robustness_max_regression" in thresholds and metrics.get("champion") is not None:
+            checks.append(_check("robustness_max_regression", row.get("drop_vs_champion"),
+                                 thresholds["robustness_max_regression"], slice=f"corruption:{corruption}",
+                                 **({} if row.get("drop_vs_champion") is not None else
+                                    {"note": "the champion was not scored under this corruption"})))
+    return checks
+
+
+def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0, regression_test: str = "point",
+          slice_min_support: int = 0) -> tuple[list[dict], dict | None]:
+    """Every applicable metric check as {name, metric, value, threshold, direction, passed[, class, slice,
+    support, ci, confidence, note]}, and the champion summary. With `regression_test="bootstrap"` the drops
+    against the champion are judged on evaluate's bootstrap intervals (`metrics["stability"]`). Deployment
+    gates (latency, size) are left to deployment_checks()."""
     champion = metrics.get("champion")
     values = {"map_min": metrics.get("AP"), "map50_min": metrics.get("AP50")}
-    if champion is not None:
-        champ_ap, ap = champion.get("AP"), metrics.get("AP")
-        values["max_regression"] = None if champ_ap is None or ap is None else champ_ap - ap
     checks = [_check(name, value, thresholds[name]) for name, value in values.items() if name in thresholds]
+    if champion is not None and "max_regression" in thresholds:
+        champ_ap, ap = champion.get("AP"), metrics.get("AP")
+        stability = metrics.get("stability") or {}
+        checks.append(_drop_check("max_regression", None if champ_ap is None or ap is None else champ_ap - ap,
+                                  thresholds["max_regression"], stability.get("AP"), regression_test,
+                                  stability.get("confidence")))
     if champion is not None and "per_class_max_regression" in thresholds:
-        checks += per_class_checks(metrics, thresholds["per_class_max_regression"], min_support)
+        checks += per_class_checks(metrics, thresholds["per_class_max_regression"], min_support, regression_test)
+    if champion is not None and "slice_max_regression" in thresholds:
+        checks += slice_checks(metrics, thresholds["slice_max_regression"], slice_min_support, regression_test)
+    checks += robustness_checks(metrics, thresholds)
     summary = None
     if champion is not None:
         summary = {k: champion.get(k) for k in ("version", "AP", "AP50")}

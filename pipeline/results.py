@@ -205,6 +205,8 @@ class EvaluateResult(StageResult):
     recall: Number | None = None
     f1: Number | None = None
     detections: int | None = None
+    stability: Json | None = None  # {slices, AP_drop, ci, resamples, duration_s}: the stability suite's summary
+    robustness: Json | None = None  # {"blur@1": AP, ...}: the challenger under each configured corruption
 
 
 class GateResult(StageResult):
@@ -213,6 +215,8 @@ class GateResult(StageResult):
     checks: list[Json] | None = None
     thresholds: Json | None = None
     per_class_min_support: Any = None
+    regression_test: str | None = None  # "bootstrap": drops vs the champion judged on their intervals; "point"
+    slice_min_support: Any = None
     policy_file: str | None = None
     deferred: list[str] | None = None  # gates export judges (latency, size)
     overrides: dict[str, Number] | None = None

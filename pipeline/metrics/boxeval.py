@@ -97,13 +97,41 @@ def _segment_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
 
 
+@dataclass
+class Matches:
+    """COCOeval's evaluate step for every (image, category) at once: ground truth grouped by (image, category),
+    detections by (image, category, score descending) cut to maxDets[-1], and for every area range a and IoU
+    threshold t (row a*T + t) which detection matched and whether that match is ignored."""
+
+    img_ids: np.ndarray  # sorted unique image ids
+    cat_ids: np.ndarray  # sorted unique category ids
+    gt: Boxes
+    dt: Boxes
+    g_cat: np.ndarray  # category index of each ground truth
+    g_ignore: np.ndarray  # [A, G] crowd or outside the area range
+    d_cat: np.ndarray  # category index of each detection
+    d_outside: np.ndarray  # [A, D] detection area outside the range
+    rank: np.ndarray  # detection rank inside its (image, category)
+    matched: np.ndarray  # [A*T, D]
+    match_ignored: np.ndarray  # [A*T, D] matched to an ignored ground truth
+
+
 def evaluate(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> BoxEval:
     """COCOeval(bbox) evaluate + accumulate + summarize. Every gt/dt image and category id must be in
     `img_ids` / `cat_ids` (the callers validate that first)."""
+    m = match(gt, dt, img_ids, cat_ids)
+    params = Params(imgIds=m.img_ids.tolist(), catIds=m.cat_ids.tolist())
+    precision, recall = _accumulate(m)
+    evaluation = {"params": params, "counts": [len(IOU_THRS), len(REC_THRS), len(m.cat_ids), len(AREA_RNG),
+                                               len(MAX_DETS)], "precision": precision, "recall": recall}
+    return BoxEval(params, evaluation, _summarize(params, precision, recall))
+
+
+def match(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> Matches:
+    """Group, rank, compute IoUs and match greedily (COCOeval.evaluate), for all groups at once."""
     img_ids = np.unique(np.asarray(img_ids, dtype=np.int64))
     cat_ids = np.unique(np.asarray(cat_ids, dtype=np.int64))
-    params = Params(imgIds=img_ids.tolist(), catIds=cat_ids.tolist())
-    T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(cat_ids), len(AREA_RNG), len(MAX_DETS)
+    T, K, A = len(IOU_THRS), len(cat_ids), len(AREA_RNG)
     max_det = MAX_DETS[-1]
 
     # -- group by (image, category); ground truth keeps file order inside a group ------------------------
@@ -170,7 +198,14 @@ def evaluate(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> BoxEval:
         taken[r_idx, chosen] = True  # crowd regions stay available: `ok` ignores `taken` for them
         matched[r_idx, det] = True
         match_ignored[r_idx, det] = rows_ignore[r_idx, chosen]
+    return Matches(img_ids, cat_ids, gt, dt, g_cat, g_ignore, d_cat, d_outside, rank, matched, match_ignored)
 
+
+def _accumulate(mt: Matches) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval.accumulate: precision [T, R, K, A, M] and recall [T, K, A, M]."""
+    T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(mt.cat_ids), len(AREA_RNG), len(MAX_DETS)
+    dt, g_cat, g_ignore, d_cat, rank = mt.dt, mt.g_cat, mt.g_ignore, mt.d_cat, mt.rank
+    matched, match_ignored, d_outside = mt.matched, mt.match_ignored, mt.d_outside
     # -- accumulate ------------------------------------------------------------------------------------
     # pycocotools builds running TP/FP sums over every detection and takes a running maximum of precision.
     # Precision only rises at a true positive and recall only changes there, so the same numbers come from
@@ -231,9 +266,7 @@ def evaluate(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> BoxEval:
                     best_after = np.maximum.accumulate(pr[s:e][::-1])[::-1]
                     at = np.searchsorted(rc[s:e], REC_THRS, side="left")
                     precision[t, :, k, a, m] = np.where(at < e - s, best_after[np.minimum(at, e - s - 1)], 0)
-
-    evaluation = {"params": params, "counts": [T, R, K, A, M], "precision": precision, "recall": recall}
-    return BoxEval(params, evaluation, _summarize(params, precision, recall))
+    return precision, recall
 
 
 def _summarize(p: Params, precision: np.ndarray, recall: np.ndarray) -> np.ndarray:

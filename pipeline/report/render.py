@@ -11,9 +11,14 @@ from pipeline.report.data import ReportData
 
 def _check_row(c: dict) -> dict:
     """One gate or deployment check as the page shows it."""
+    from pipeline.gates import interval_text
+
     value = f"n/a ({c.get('note') or 'nothing to measure'})" if c.get("value") is None else f"{c['value']:.4f}"
+    if c.get("ci"):  # a bootstrap-judged drop: the check failed only if the whole interval is over the threshold
+        value += interval_text(c["ci"], c.get("confidence"))
+    label = c.get("class") or c.get("slice")
     return {"passed": bool(c.get("passed", False)), "name": c["name"], "value": value,
-            "measures": c.get("metric", "") + (f" [{c['class']}]" if c.get("class") else ""),
+            "measures": c.get("metric", "") + (f" [{label}]" if label else ""),
             "threshold": f"{c.get('direction', '')} {format(c.get('threshold', 0), 'g')}"}
 
 
@@ -40,6 +45,30 @@ def _speed_rows(export_report: dict | None) -> list[dict]:
     return rows
 
 
+def _slice_rows(m: dict | None) -> list[dict]:
+    """The stability suite's slices: support, AP of both models and the drop with its bootstrap interval."""
+    from pipeline.gates import interval_text
+
+    stability = (m or {}).get("stability") or {}
+    rows = []
+    for name, row in (stability.get("slices") or {}).items():
+        drop = row.get("drop")
+        rows.append({"name": name, "support": row.get("support"), "images": row.get("images"),
+                     "challenger": fmt(row.get("challenger")), "champion": fmt(row.get("champion")),
+                     "drop": "" if drop is None else f"{drop:.4f}" + interval_text(row.get("ci"),
+                                                                                  stability.get("confidence"))})
+    return rows
+
+
+def _robustness_rows(m: dict | None) -> list[dict]:
+    """AP under each corruption: the challenger's, its drop vs clean data, the champion's and the drop vs it."""
+    rows = []
+    for name, row in (((m or {}).get("robustness") or {}).get("corruptions") or {}).items():
+        rows.append({"name": name, "challenger": fmt(row.get("challenger")), "vs_clean": fmt(row.get("drop_vs_clean")),
+                     "champion": fmt(row.get("champion")), "vs_champion": fmt(row.get("drop_vs_champion"))})
+    return rows
+
+
 def render_html(d: ReportData) -> str:
     """The run report: one self-contained page from templates/report.html.j2 (the shared layout)."""
     return pages.render(
@@ -47,7 +76,8 @@ def render_html(d: ReportData) -> str:
         stats=stat_rows(d.metrics, d.metrics.get("champion")) if d.metrics is not None else [],
         classes=_class_rows(d.metrics), speed_rows=_speed_rows(d.export_report),
         gate_rows=[_check_row(c) for c in d.gate_checks],
-        deployment_rows=[_check_row(c) for c in d.deployment_checks])
+        deployment_rows=[_check_row(c) for c in d.deployment_checks], slice_rows=_slice_rows(d.metrics),
+        robustness_rows=_robustness_rows(d.metrics))
 
 
 def render_markdown(d: ReportData, html_url: str, max_reasons: int = 5) -> str:

@@ -6,6 +6,12 @@ the confusion matrix, and the champion's metrics under `champion`), `evaluate/de
 `pr_curve.png` / `confusion_matrix.png`. When a model holds the registry alias (`promote.alias`), it is
 scored on the same images in the same run, so the gate compares like with like. Metrics go to the pipeline
 run's MLflow run as `eval_*`.
+
+The stability suite (`pipeline.metrics.stability`) adds `stability` to metrics.json: AP per box-size bucket and
+per ingest group (the canonical images' `group`) and, with a champion, every challenger-champion AP drop
+(overall, per class, per slice) with its paired bootstrap interval over the split's images, for the gate.
+With `evaluate.corruptions` set, each model also predicts on the split under each corruption and severity
+(`pipeline.training.corruptions`) and `robustness` records the APs and drops (vs clean, vs the champion).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
@@ -32,6 +38,7 @@ class Scored:
     metrics: dict
     evaluation: Evaluation
     detections: list[dict]
+    corrupted: dict[str, float | None] = field(default_factory=dict)  # "blur@1" -> AP under that corruption
 
 
 def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: str) -> Scored:
@@ -53,7 +60,46 @@ def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: s
                                  gt_path="ingest/dataset/annotations.json", dt_path=f"{what} detections")
     log.info("%s: AP %s, AP50 %s on %d images (%d detections)", what, _fmt(metrics["AP"]), _fmt(metrics["AP50"]),
              len(gt["images"]), len(detections))
-    return Scored(metrics, evaluation, detections)
+    return Scored(metrics, evaluation, detections, corrupted_aps(model, dataset, gt, cfg, what))
+
+
+def corrupted_aps(model, dataset, gt: dict, cfg: Config, what: str) -> dict[str, float | None]:
+    """AP of the model on the split under each of `evaluate.corruptions` x `corruption_severities` (seeded,
+    the same pixels for every model): {"gaussian_noise@1": AP, ...}; {} when none is configured."""
+    from pipeline.metrics.coco import score
+    from pipeline.training.corruptions import Corrupted
+    from pipeline.training.engine import predict
+    from pipeline.training.inference import resolve_device
+
+    known = {c["id"] for c in gt["categories"]}
+    out = {}
+    for kind in cfg.evaluate.corruptions:
+        for severity in cfg.evaluate.corruption_severities:
+            dets = predict(model, Corrupted(dataset, kind, severity, seed=cfg.evaluate.bootstrap_seed),
+                           batch_size=cfg.evaluate.batch_size, device=resolve_device(cfg.evaluate.device),
+                           progress=False)
+            out[f"{kind}@{severity}"] = score(gt, [d for d in dets if d["category_id"] in known])["AP"]
+            log.info("%s: AP %s under %s (severity %d)", what, _fmt(out[f"{kind}@{severity}"]), kind, severity)
+    return out
+
+
+def robustness(challenger: Scored, champion: Scored | None) -> dict | None:
+    """metrics.json's `robustness`: per corruption the challenger's AP, its drop vs its clean AP and, with a
+    champion, the champion's AP under it and the challenger's drop against that."""
+    if not challenger.corrupted:
+        return None
+
+    def minus(a, b):
+        return None if a is None or b is None else a - b
+
+    rows = {}
+    for name, ap in challenger.corrupted.items():
+        row = {"challenger": ap, "drop_vs_clean": minus(challenger.metrics["AP"], ap)}
+        if champion is not None:
+            theirs = champion.corrupted.get(name)
+            row.update(champion=theirs, drop_vs_champion=minus(theirs, ap))
+        rows[name] = row
+    return {"clean": challenger.metrics["AP"], "corruptions": rows}
 
 
 def _fmt(value) -> str:
@@ -75,7 +121,42 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     champion = metrics.get("champion")
     if champion:
         out.update(eval_champion_AP=champion["AP"], eval_champion_AP50=champion["AP50"])
+    stability = metrics.get("stability") or {}
+    for name, row in (stability.get("slices") or {}).items():
+        out[f"eval_slice_AP_{_metric_name(name)}"] = row.get("challenger")
+    ci = (stability.get("AP") or {}).get("ci")
+    if ci:
+        out.update(eval_AP_drop_ci_low=ci[0], eval_AP_drop_ci_high=ci[1])
+    for name, row in ((metrics.get("robustness") or {}).get("corruptions") or {}).items():
+        out[f"eval_corrupted_AP_{_metric_name(name)}"] = row.get("challenger")
     return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def stability_suite(cfg: Config, gt: dict, challenger: list[dict], champion: list[dict] | None) -> dict:
+    """Slices and bootstrap intervals of the challenger against the champion (see the module docstring)."""
+    import time
+
+    from pipeline import gates
+    from pipeline.metrics.stability import suite
+
+    policy = gates.load_policy(cfg.gates)
+    ev = cfg.evaluate
+    start = time.perf_counter()
+    out = suite(gt, challenger, champion, resamples=ev.bootstrap_resamples, confidence=ev.bootstrap_confidence,
+                seed=ev.bootstrap_seed, size_buckets=ev.size_buckets, min_support=policy["slice_min_support"],
+                max_groups=ev.max_group_slices)
+    out["duration_s"] = round(time.perf_counter() - start, 3)
+    skipped = out["skipped"]
+    if skipped["over_max_groups"]:
+        log.warning("stability: %d ingest groups with enough boxes left out (evaluate.max_group_slices = %d)",
+                    skipped["over_max_groups"], ev.max_group_slices)
+    ap = out["AP"]
+    log.info("stability: %d slices (%d of %d groups below %d boxes)%s in %.2f s", len(out["slices"]),
+             skipped["below_min_support"], skipped["groups"], policy["slice_min_support"],
+             "" if ap.get("drop") is None else
+             f"; AP drop vs champion {ap['drop']:.4f}{gates.interval_text(ap.get('ci'), out['confidence'])}",
+             out["duration_s"])
+    return out
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
@@ -105,6 +186,9 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         version, path = champ
         champion = score_model(path, data_dir, gt, cfg, f"champion v{version.version}")
         metrics["champion"] = dict(champion.metrics, version=str(version.version), run_id=version.run_id)
+    metrics["stability"] = stability_suite(cfg, gt, challenger.detections,
+                                           champion.detections if champion else None)
+    metrics["robustness"] = robustness(challenger, champion)
 
     shutil.rmtree(ctx.workdir / "out", ignore_errors=True)  # a previous attempt's files must not be published
     out = ctx.scratch("out")
@@ -136,4 +220,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "recall": op["recall"],
         "f1": op["f1"],
         "detections": len(challenger.detections),
+        "stability": {"slices": len(metrics["stability"]["slices"]), "AP_drop": metrics["stability"]["AP"].get("drop"),
+                      "ci": metrics["stability"]["AP"].get("ci"), "resamples": metrics["stability"]["resamples"],
+                      "duration_s": metrics["stability"]["duration_s"]},
+        "robustness": dict(challenger.corrupted) or None,
     }

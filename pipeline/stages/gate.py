@@ -46,12 +46,15 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     policy = gates.load_policy(cfg.gates)
     thresholds, relaxed = gates.resolve_thresholds(cfg.gates, policy)
     metrics = ctx.fetch_json("evaluate", "metrics.json")
-    checks, champion = gates.check(metrics, thresholds, policy["per_class_min_support"])
+    checks, champion = gates.check(metrics, thresholds, policy["per_class_min_support"],
+                                   policy["regression_test"], policy["slice_min_support"])
     result = {
         "passed": all(c["passed"] for c in checks),
         "checks": checks,
         "thresholds": thresholds,
         "per_class_min_support": policy["per_class_min_support"],
+        "regression_test": policy["regression_test"],
+        "slice_min_support": policy["slice_min_support"],
         "policy_file": cfg.gates.policy_file,
         "deferred": [name for name in gates.DEPLOYMENT_GATES if name in thresholds],  # judged by export
         "overrides": dict(cfg.gates.overrides),
@@ -68,6 +71,10 @@ def run(cfg: Config, ctx: RunContext) -> dict:
                     cfg.gates.override_reason)
     for c in checks:
         log.info("%s %s", "pass" if c["passed"] else "FAIL", gates.describe(c))
+    if policy["regression_test"] == "bootstrap" and any(c.get("test") == "point" and c["value"] is not None
+                                                        for c in checks):
+        log.warning("gates.regression_test is bootstrap but evaluate measured no interval "
+                    "(evaluate.bootstrap_resamples = 0, or an older metrics.json): drops judged on point estimates")
     if result["deferred"]:
         log.info("%s checked by export on its report.json", ", ".join(result["deferred"]))
     _record(cfg, ctx, result)

@@ -14,8 +14,8 @@ FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
 # what the trigger form offers: "auto" detects the format and layout from the export (pipeline/formats/layout.py)
 FORMAT_CHOICES = ("auto", *FORMATS)
 # gate names a run may override; tests/dags check this tuple against pipeline/gates.py's GATES
-GATES = ("map_min", "map50_min", "max_regression", "per_class_max_regression", "latency_p95_ms_max",
-         "model_size_mb_max")
+GATES = ("map_min", "map50_min", "max_regression", "per_class_max_regression", "slice_max_regression",
+         "robustness_max_drop", "robustness_max_regression", "latency_p95_ms_max", "model_size_mb_max")
 CHAT_CONN_ID = "nightshift_chat"
 
 # repo = parent of dags/ and plugins/

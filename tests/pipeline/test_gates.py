@@ -115,14 +115,17 @@ def test_overrides_apply_to_the_new_gates():
 def test_policy_file_replaces_config_values(tmp_path):
     policy = tmp_path / "gates.yaml"
     policy.write_text("map50_min: 0.7\nper_class_max_regression: 0.05\nper_class_min_support: 20\n"
-                      "latency_p95_ms_max: 40\nmodel_size_mb_max: null\n")
+                      "latency_p95_ms_max: 40\nmodel_size_mb_max: null\nregression_test: point\n"
+                      "slice_max_regression: 0.1\nslice_min_support: 5\n")
     section = GatesConfig(map_min=0.1, model_size_mb_max=30, policy_file=str(policy))
     loaded = gates.load_policy(section)
     assert loaded == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02, "per_class_max_regression": 0.05,
-                      "latency_p95_ms_max": 40.0, "model_size_mb_max": None, "per_class_min_support": 20}
+                      "latency_p95_ms_max": 40.0, "model_size_mb_max": None, "per_class_min_support": 20,
+                      "regression_test": "point", "slice_max_regression": 0.1, "slice_min_support": 5,
+                      "robustness_max_drop": None, "robustness_max_regression": None}
     thresholds, _ = gates.resolve_thresholds(section)
     assert thresholds == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02,
-                          "per_class_max_regression": 0.05, "latency_p95_ms_max": 40.0}
+                          "per_class_max_regression": 0.05, "slice_max_regression": 0.1, "latency_p95_ms_max": 40.0}
     # relaxing is judged against the policy file's value
     with pytest.raises(InputRejected, match="map50_min 0.7 -> 0.6"):
         gates.resolve_thresholds(section.model_copy(update={"overrides": {"map50_min": 0.6}}))
@@ -133,6 +136,8 @@ def test_policy_file_replaces_config_values(tmp_path):
     ("map_min: high\n", "map_min", "must be a finite number"),
     ("map_min: null\n", "map_min", "must be a finite number, got None"),
     ("per_class_min_support: 2.5\n", "per_class_min_support", "whole number"),
+    ("regression_test: interval\n", "regression_test", "must be one of point, bootstrap, got 'interval'"),
+    ("slice_min_support: -1\n", "slice_min_support", "whole number"),
     ("- map_min\n", "(top level)", "must be a mapping"),
 ])
 def test_bad_policy_file_is_rejected_naming_the_key(tmp_path, text, field, message):
@@ -270,3 +275,60 @@ def test_refuse_raises_nothing_itself_and_lists_every_failure():
     import json
 
     json.dumps(exc.failures)  # result.json carries them as they are
+
+
+# -- regressions on bootstrap intervals, slices ----------------------------------------------------------------
+
+def stability_metrics(drop_ci, slice_ci=None):
+    m = metrics(ap=0.47, champion={"version": "3", "AP": 0.50, "AP50": 0.80})
+    m["stability"] = {"confidence": 0.95, "AP": {"drop": 0.03, "ci": drop_ci},
+                      "slices": {"size:small": {"support": 30, "challenger": 0.2, "champion": 0.3, "drop": 0.1,
+                                                "ci": slice_ci}}}
+    return m
+
+
+def test_bootstrap_mode_fails_a_drop_only_when_the_whole_interval_is_over_the_limit():
+    thresholds = {"max_regression": 0.02}
+    straddles = stability_metrics([0.004, 0.058])
+    (check,), _ = gates.check(straddles, thresholds, regression_test="bootstrap")
+    assert check["passed"] and check["value"] == pytest.approx(0.03) and check["test"] == "bootstrap"
+    assert gates.describe(check) == ("max_regression: AP drop vs champion = 0.0300 [95% CI 0.0040..0.0580], "
+                                     "must be <= 0.02 (judged on the whole interval)")
+    (check,), _ = gates.check(stability_metrics([0.021, 0.058]), thresholds, regression_test="bootstrap")
+    assert not check["passed"]
+    failure = gates.failures_of([check])[0]
+    assert failure.ci == (0.021, 0.058) and failure.to_dict()["ci"] == [0.021, 0.058]
+    assert failure.message == gates.describe(check)
+    # point mode ignores the interval
+    (check,), _ = gates.check(straddles, thresholds, regression_test="point")
+    assert not check["passed"] and check["test"] == "point" and "ci" not in check
+
+
+def test_slice_checks_need_support_and_the_stability_section():
+    thresholds = {"slice_max_regression": 0.05}
+    checks, _ = gates.check(stability_metrics(None, [0.06, 0.14]), thresholds, regression_test="bootstrap",
+                            slice_min_support=20)
+    assert [(c["slice"], c["passed"], c["support"]) for c in checks] == [("size:small", False, 30)]
+    assert gates.check(stability_metrics(None, [0.06, 0.14]), thresholds, slice_min_support=31)[0] == []
+    no_suite = metrics(ap=0.47, champion={"version": "3", "AP": 0.50, "AP50": 0.80})
+    (check,), _ = gates.check(no_suite, thresholds)
+    assert not check["passed"] and check["note"] == "slice metrics not measured"
+    assert gates.check(metrics(), thresholds)[0] == []  # no champion: nothing to compare
+
+
+def test_robustness_checks_against_clean_data_and_the_champion():
+    thresholds = {"robustness_max_drop": 0.15, "robustness_max_regression": 0.05}
+    m = metrics(ap=0.50, champion={"version": "3", "AP": 0.50, "AP50": 0.80})
+    m["robustness"] = {"clean": 0.50, "corruptions": {
+        "blur@1": {"challenger": 0.40, "drop_vs_clean": 0.10, "champion": 0.42, "drop_vs_champion": 0.02},
+        "jpeg@2": {"challenger": 0.30, "drop_vs_clean": 0.20, "champion": 0.40, "drop_vs_champion": 0.10}}}
+    checks, _ = gates.check(m, thresholds)
+    failed = [gates.describe(c) for c in checks if not c["passed"]]
+    assert len(checks) == 4 and failed == [
+        "robustness_max_drop: AP drop vs clean data [corruption:jpeg@2] = 0.2000, must be <= 0.15",
+        "robustness_max_regression: AP drop vs champion [corruption:jpeg@2] = 0.1000, must be <= 0.05"]
+    # no champion: only the drop against clean data; nothing measured: one failing check per gate that is on
+    m["champion"] = None
+    assert {c["name"] for c in gates.check(m, thresholds)[0]} == {"robustness_max_drop"}
+    (missing,), _ = gates.check(metrics(), {"robustness_max_drop": 0.15})
+    assert not missing["passed"] and "evaluate.corruptions is empty" in missing["note"]

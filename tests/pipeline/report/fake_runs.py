@@ -45,9 +45,10 @@ def export_report(p95=30.0, onnx_bytes=12_000_000):
 
 
 def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: bool, export: bool,
-             gate_thresholds=None, with_plots: bool = True, budgets=None) -> dict:
+             gate_thresholds=None, with_plots: bool = True, budgets=None, stability: bool = False) -> dict:
     """Publish what ingest, evaluate, gate (and export) would have left for `run_id`; `budgets` are the
-    policy's latency and size budgets, judged by export."""
+    policy's latency and size budgets, judged by export; `stability` adds evaluate's stability suite (slices and
+    bootstrap intervals, judged by the gate in bootstrap mode)."""
     base = f"runs/{run_id}"
     store.put_dir(dataset["dir"], f"{base}/ingest/dataset")
     store.put_json({"status": "ok", "duration_s": 1.0}, f"{base}/ingest/result.json")
@@ -59,6 +60,13 @@ def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: boo
         champ_dets = detections_for(dataset["val"], seed=2, jitter=0.5, drop=0.0, false_pos=1)
         champ_metrics, champ_ev = report(dataset["val"], champ_dets, "bbox", 0.3)
         metrics["champion"] = dict(champ_metrics, version="3", run_id="abc")
+    if stability:
+        from pipeline.metrics.stability import suite
+
+        metrics["stability"] = suite(dataset["val"], dets, champ_dets if champion else None, resamples=50,
+                                     min_support=5)  # each image is its own group here: no group slice
+        metrics["robustness"] = {"clean": metrics["AP"], "corruptions": {"jpeg@1": {
+            "challenger": metrics["AP"] - 0.2, "drop_vs_clean": 0.2, "champion": None, "drop_vs_champion": None}}}
     store.put_json(metrics, f"{base}/evaluate/metrics.json")
     store.put_json(dets, f"{base}/evaluate/detections.json")
     store.put_json({"status": "ok", "AP": metrics["AP"]}, f"{base}/evaluate/result.json")
@@ -67,7 +75,7 @@ def make_run(store: LocalStore, run_id: str, dataset, tmp_path, *, champion: boo
                            champ_ev.pr_curves if champ_ev else None)
         store.put_file(png, f"{base}/evaluate/pr_curve.png")
     thresholds = gate_thresholds or {"map_min": 0.0, "map50_min": 0.0, "max_regression": 1.0}
-    checks, summary = gates.check(metrics, thresholds, 1)
+    checks, summary = gates.check(metrics, thresholds, 1, "bootstrap" if stability else "point", 1)
     passed = all(c["passed"] for c in checks)
     budgets = budgets or {}
     store.put_json({"status": "ok" if passed else "gate_failed", "passed": passed, "checks": checks,

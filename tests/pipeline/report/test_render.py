@@ -170,3 +170,27 @@ def test_page_renders_in_a_browser_without_errors(full, tmp_path):
     _, data = full
     assert browser_problems(render_html(data), tmp_path) == [f"images: {len(data.best) + len(data.worst) + 2}"]
     assert browser_problems(render_html(hostile()), tmp_path) == ["images: 1"]
+
+
+def test_stability_slices_and_intervals_in_the_gate_section(store, dataset, tmp_path):
+    """A challenger much worse than its champion on every slice: each slice's drop and interval is shown, the
+    failed slice checks are rows of the gate table with their interval, and the held run's reasons name them."""
+    metrics = make_run(store, "r-slices", dataset, tmp_path, champion=True, export=False, stability=True,
+                       gate_thresholds={"map_min": 0.0, "map50_min": 0.0, "max_regression": 1.0,
+                                        "slice_max_regression": 0.01, "robustness_max_drop": 0.1})
+    page = parse(render_html(gather(config(store), "r-slices", store)))
+    assert "Stability: AP per slice" in page.texts("h3")
+    slices = table_with(page, "slice")
+    shown = {row[0]: row for row in slices[1:]}
+    assert set(shown) == set(metrics["stability"]["slices"]) and set(shown) <= {"size:small", "size:medium",
+                                                                               "size:large"}
+    for name, row in metrics["stability"]["slices"].items():
+        assert shown[name][1] == str(row["support"])
+        assert shown[name][5] == "" if row["drop"] is None else shown[name][5].startswith(f"{row['drop']:.4f} [95% CI ")
+    gate_rows = [row for row in table_with(page, "") if len(row) > 2 and row[1] == "slice_max_regression"]
+    assert gate_rows and all("[95% CI" in row[3] for row in gate_rows) and any(row[0] == "FAIL" for row in gate_rows)
+    assert "slice_max_regression: AP drop vs champion [size:" in page.section("recommendation")
+    robust = table_with(page, "corruption")
+    assert robust[1] == ["jpeg@1", f"{metrics['AP'] - 0.2:.3f}", "0.200", "n/a", "n/a"]
+    assert "robustness_max_drop: AP drop vs clean data [corruption:jpeg@1] = 0.2000, must be <= 0.1" \
+        in page.section("recommendation")

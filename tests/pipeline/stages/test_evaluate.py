@@ -100,6 +100,12 @@ def test_first_run_without_champion(shared, tmp_path, only_evaluate, capsys):
     assert {d["image_id"] for d in detections} <= val_ids
     for png in ("pr_curve.png", "confusion_matrix.png"):
         assert ctx.store.get_bytes(ctx.key(png))[:8] == b"\x89PNG\r\n\x1a\n"
+    # the stability suite: slices of the challenger alone, no drop or interval without a champion
+    stability = metrics["stability"]
+    assert {"size:small", "size:medium", "size:large"} <= set(stability["slices"]) and stability["resamples"] == 0
+    assert sum(stability["slices"][f"size:{s}"]["support"] for s in ("small", "medium", "large")) == gt_boxes
+    assert stability["AP"] == {"challenger": metrics["AP"]} and "drop" not in stability["slices"]["size:large"]
+    assert result["stability"]["slices"] == len(stability["slices"]) and result["stability"]["ci"] is None
 
     from pipeline import tracking
 
@@ -124,6 +130,10 @@ def test_champion_is_scored_on_the_same_split(shared, tmp_path):
     metrics = ctx.fetch_json("evaluate", "metrics.json")
     assert metrics["champion"]["version"] == str(mv.version) and metrics["champion"]["per_class"] == metrics["per_class"]
     assert ctx.fetch_json("evaluate", "champion_detections.json") == ctx.fetch_json("evaluate", "detections.json")
+    # the same model: every resample's drop is 0, so the interval is [0, 0]
+    stability = metrics["stability"]
+    assert stability["AP"]["drop"] == 0.0 and stability["AP"]["ci"] == [0.0, 0.0]
+    assert stability["resamples"] == cfg.evaluate.bootstrap_resamples and result["stability"]["ci"] == [0.0, 0.0]
 
 
 def test_split_without_images_is_rejected(shared, tmp_path):
@@ -153,3 +163,28 @@ def test_model_label_table_wins_and_unknown_categories_are_dropped(shared, tmp_p
     scored = evaluate.score_model(tmp_path / "old.pt", tmp_path / "dataset", gt, cfg, "old champion")
     assert scored.detections and {d["category_id"] for d in scored.detections} == {3}
     assert scored.metrics["operating_point"]["per_class"]["circle"]["fp"] == 0
+
+
+def test_robustness_under_corruptions_against_clean_and_the_champion(shared, tmp_path):
+    """Each configured corruption is a prediction pass per model on the same seeded pixels: the same model as
+    champion scores exactly the same under each, so only the drop against clean data can be non-zero."""
+    cfg = stage_inputs("eval-robust", shared, tmp_path, sets=["promote.model_name=robust_test",
+                                                              "evaluate.corruptions=[gaussian_noise, jpeg]",
+                                                              "evaluate.corruption_severities=[2]"])
+    register_champion(cfg, shared["model_pt"])
+    ctx = RunContext.create("eval-robust", "evaluate", cfg)
+    result = evaluate.run(cfg, ctx)
+    metrics = ctx.fetch_json("evaluate", "metrics.json")
+    section = metrics["robustness"]
+    assert list(section["corruptions"]) == ["gaussian_noise@2", "jpeg@2"]
+    assert section["clean"] == metrics["AP"]
+    for row in section["corruptions"].values():
+        assert row["champion"] == row["challenger"] and row["drop_vs_champion"] == 0.0
+        assert row["drop_vs_clean"] == pytest.approx(metrics["AP"] - row["challenger"])
+    assert result["robustness"] == {k: v["challenger"] for k, v in section["corruptions"].items()}
+
+
+def test_no_robustness_section_without_corruptions(shared, tmp_path):
+    cfg = stage_inputs("eval-clean", shared, tmp_path)
+    assert evaluate.robustness(evaluate.Scored({"AP": 0.5}, None, []), None) is None
+    assert cfg.evaluate.corruptions == ()

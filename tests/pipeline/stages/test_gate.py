@@ -135,3 +135,30 @@ def test_unknown_policy_key_through_the_stage_exits_3(tracking_uri, tmp_path, ca
     code, result, _ = run_gate("g-badpolicy", metrics(), tracking_uri, f"gates.policy_file={policy}")
     assert code == 3 and result["status"] == "rejected"
     assert f"{policy}: mAP_min: unknown policy key 'mAP_min'" in capsys.readouterr().err
+
+
+def test_slice_regressions_judged_on_their_intervals_through_the_stage(tracking_uri, tmp_path, capsys):
+    """Overall AP lost 0.03 but its interval straddles the 0.02 limit: passes. group:cam2 lost 0.20 with the
+    whole interval over 0.05: refused. size:small lost 0.30 on 4 boxes: too few to judge."""
+    policy = tmp_path / "gates.yaml"
+    policy.write_text("map50_min: 0.0\nslice_max_regression: 0.05\nslice_min_support: 10\n")
+    doc = metrics(ap=0.47, champion={"version": "4", "AP": 0.50, "AP50": 0.8})
+    doc["stability"] = {"confidence": 0.9, "resamples": 200,
+                        "AP": {"drop": 0.03, "ci": [-0.01, 0.07]},
+                        "slices": {"group:cam2": {"support": 40, "challenger": 0.3, "champion": 0.5, "drop": 0.2,
+                                                  "ci": [0.12, 0.29]},
+                                   "group:cam1": {"support": 45, "challenger": 0.5, "champion": 0.5, "drop": 0.0,
+                                                  "ci": [-0.06, 0.07]},
+                                   "size:small": {"support": 4, "challenger": 0.1, "champion": 0.4, "drop": 0.3,
+                                                  "ci": [0.1, 0.5]}}}
+    code, result, _ = run_gate("g-slices", doc, tracking_uri, f"gates.policy_file={policy}")
+    err = capsys.readouterr().err
+    assert code == 4 and result["regression_test"] == "bootstrap" and result["slice_min_support"] == 10
+    assert [f["slice"] for f in result["failures"]] == ["group:cam2"]
+    assert result["failures"][0]["message"] == ("slice_max_regression: AP drop vs champion [group:cam2] = 0.2000 "
+                                                "[90% CI 0.1200..0.2900], must be <= 0.05 (judged on the whole "
+                                                "interval)")
+    assert result["failures"][0]["ci"] == [0.12, 0.29] and result["failures"][0]["message"] in err
+    regression = next(c for c in result["checks"] if c["name"] == "max_regression")
+    assert regression["passed"] and regression["ci"] == [-0.01, 0.07] and regression["test"] == "bootstrap"
+    assert "1 of 5 gate checks failed" in err  # map_min, map50_min, max_regression, two slices
