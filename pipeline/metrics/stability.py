@@ -50,7 +50,7 @@ class Prepared:
 
 
 def prepare(mt: Matches) -> Prepared:
-    T, A = len(IOU_THRS), len(AREA_LBL)
+    T = len(IOU_THRS)
     order = np.lexsort((-mt.dt.score, mt.d_cat))  # per category, score descending (as COCOeval.accumulate)
     d_cat = mt.d_cat[order]
     matched, ignored = mt.matched[:, order], mt.match_ignored[:, order]
