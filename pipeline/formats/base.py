@@ -173,3 +173,21 @@ def display(origin: str, root: Path, path: Path) -> str:
     if origin.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
         return f"{origin}:{rel}"
     return f"{origin.rstrip('/')}/{rel}"
+
+
+def parse_xml(xml: Path, name: str, root_tag: str, forbid_dtd: bool = False):
+    """The root element of an annotation XML file, parsed with defusedxml (entity expansion and external
+    references refused); InputRejected naming `name` if it is unsafe, not XML, or its root is not `root_tag`."""
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    try:
+        tree = ElementTree.parse(xml, forbid_dtd=forbid_dtd)
+    except DefusedXmlException as exc:
+        raise InputRejected(f"unsafe XML refused: {exc}", path=name) from None
+    except ElementTree.ParseError as exc:
+        raise InputRejected(f"not valid XML: {exc}", path=name) from None
+    node = tree.getroot()
+    if node.tag != root_tag:
+        raise InputRejected(f"root element must be <{root_tag}>, got <{node.tag}>", path=name)
+    return node

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import Dataset, display, inside, provenance, safe_relative, split_of
+from pipeline.formats.base import Dataset, display, inside, parse_xml, provenance, safe_relative, split_of
 from pipeline.formats.coco import export_root
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,6 @@ def _shape(el) -> tuple[list[float], list[float] | None] | str:
 
 def _parse(root: Path, origin: str):
     """The export's one CVAT XML, parsed safely: (its name in messages, the <annotations> element)."""
-    from defusedxml import ElementTree
-    from defusedxml.common import DefusedXmlException
-
     from pipeline.formats.layout import cvat_xmls
 
     xmls = cvat_xmls(root)
@@ -95,15 +92,7 @@ def _parse(root: Path, origin: str):
         raise InputRejected("no CVAT annotations: expected annotations.xml (CVAT for images 1.1)", path=origin)
     xml = xmls[0]
     name = display(origin, root, xml)
-    try:
-        tree = ElementTree.parse(xml, forbid_dtd=True)
-    except DefusedXmlException as exc:
-        raise InputRejected(f"unsafe XML refused: {exc}", path=name) from None
-    except ElementTree.ParseError as exc:
-        raise InputRejected(f"not valid XML: {exc}", path=name) from None
-    top = tree.getroot()
-    if top.tag != "annotations":
-        raise InputRejected(f"root element must be <annotations>, got <{top.tag}>", path=name)
+    top = parse_xml(xml, name, "annotations", forbid_dtd=True)
     if top.find("track") is not None:
         raise InputRejected("this is a 'CVAT for video' export (<track>): export the task as CVAT for images",
                             path=name, field="track")

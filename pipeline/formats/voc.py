@@ -20,8 +20,8 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, Problems, basename, child_dir, display, provenance,
-                                   safe_relative, split_of)
+from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, Problems, basename, child_dir, display, parse_xml,
+                                   provenance, safe_relative, split_of)
 from pipeline.formats.coco import export_root
 from pipeline.formats.images import header_size
 from pipeline.formats.layout import is_voc_xml
@@ -139,19 +139,7 @@ def _annotation_files(root: Path, origin: str) -> tuple[Path, list[Path]]:
 
 def _parse(xml: Path, name: str):
     """The <annotation> element of one VOC file, parsed safely."""
-    from defusedxml import ElementTree
-    from defusedxml.common import DefusedXmlException
-
-    try:
-        tree = ElementTree.parse(xml)
-    except DefusedXmlException as exc:
-        raise InputRejected(f"unsafe XML refused: {exc}", path=name) from None
-    except ElementTree.ParseError as exc:
-        raise InputRejected(f"not valid XML: {exc}", path=name) from None
-    node = tree.getroot()
-    if node.tag != "annotation":
-        raise InputRejected(f"root element must be <annotation>, got <{node.tag}>", path=name)
-    return node
+    return parse_xml(xml, name, "annotation")
 
 
 def _size(ds: Dataset, node, local: Path, name: str):
