@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -95,21 +94,6 @@ def pick_samples(coco: dict, n: int) -> list[dict]:
 
 STRIP_VERSION = 1  # bump when the strip's drawing changes, so strips kept in the store are redrawn
 STRIP_CACHE = "state/aug_strip/{}.json"  # artifact-store key of a strip, by the digest of all it depends on
-
-
-def warm_up() -> threading.Thread:
-    """Import torch and torchvision's transforms in a background thread (about 3 s in a fresh process on 2
-    cores), so a strip drawn at the end of a snapshot does not wait for them: the snapshot stage starts this
-    before its DVC work, which runs in subprocesses. Not a daemon: the process waits for the import at exit."""
-    def load() -> None:
-        try:
-            import pipeline.training.augment  # noqa: F401
-        except ImportError as exc:  # said again, in the card, when the strip is drawn
-            log.warning("augmentation strip: cannot import torch/torchvision: %s", exc)
-
-    thread = threading.Thread(target=load, name="strip-warm-up")
-    thread.start()
-    return thread
 
 
 def _strip_digest(train, epochs: int, indices: list[int], picked: list[dict], raw: list[bytes], coco: dict) -> str:

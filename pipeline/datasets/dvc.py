@@ -46,14 +46,18 @@ class DvcTimeout(DvcError):
     """A dvc command ran past its time limit and was killed."""
 
 
-def _die_with_parent() -> None:
-    """In the dvc child: be killed when the stage process dies (a kill -9 of the stage leaves no push running)."""
+def _die_with_parent():
+    """The dvc child's preexec_fn: be killed when the stage process dies (a kill -9 of the stage leaves no push
+    running); None where prctl is missing (not Linux: the child may outlive a killed parent). The libc call is
+    resolved here, in the parent: between fork and exec the child must not import anything, since another
+    thread of the stage may hold the import lock at the fork and the child would wait for it forever."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the child may outlive a killed parent
-        pass
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run(repo: Path, *args: str, check: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
@@ -64,7 +68,7 @@ def run(repo: Path, *args: str, check: bool = True, timeout_s: float | None = No
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     command = [sys.executable, "-m", "dvc", *args]
     child = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             start_new_session=True, preexec_fn=_die_with_parent)
+                             start_new_session=True, preexec_fn=_die_with_parent())
     try:
         stdout, stderr = child.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:

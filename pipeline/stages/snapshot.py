@@ -131,9 +131,6 @@ def _snapshot(cfg: Config, ctx, coco: dict, content_key: str, repo: Path) -> dic
         else:
             shutil.rmtree(local, ignore_errors=True)
             dataset, fetched = canonical_io.ingested_dataset(ctx, local)
-            if cfg.snapshot.card_strip_images:
-                from pipeline.datasets.card import warm_up
-                warm_up()  # torch's import for the card's augmentation strip, while DVC works in subprocesses
             result = dvc.snapshot_dir(dataset, repo, cfg)
         ctx.publish(repo / f"{DATA}.dvc", f"{DATA}.dvc")
         stats = canonical_io.dataset_stats(coco)

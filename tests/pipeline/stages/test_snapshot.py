@@ -193,7 +193,21 @@ def start_snapshot(tmp_path: Path, run_id: str, sets: list[str], stop_at: str = 
                NIGHTSHIFT_TEST_FLAG=str(tmp_path / f"{run_id}.reached"))
     with open(log, "wb") as fh:
         proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    STARTED.append(proc)
     return proc, log
+
+
+STARTED: list[subprocess.Popen] = []  # snapshot processes a test started; killed after it, pass or fail
+
+
+@pytest.fixture(autouse=True)
+def _no_snapshot_outlives_its_test():
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:  # a test that failed before its kill (or a "sleep" stop it never released)
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def wait_for(condition, what: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None):
