@@ -173,6 +173,7 @@ class GatesConfig(Section):
 class ExportConfig(Section):
     opset: int = Field(17, ge=17)
     parity_max_map_drop: float = 0.001  # 0.1 AP points between ONNX Runtime and PyTorch on the val split
+    parity_max_class_ap_drop: float = 0.01  # and 1 AP point for any one class (a class the graph breaks shows here)
     benchmark_batches: tuple[int, ...] = (1, 8)
     benchmark_repeats: int = 20
     benchmark_warmup: int = 3  # untimed runs before each benchmark
