@@ -13,6 +13,7 @@ export UV_COMPILE_BYTECODE ?= 1
 
 SOURCE ?=
 FORMAT ?= auto
+CONFIG ?= configs/cpu.yaml
 CONF ?=
 
 .PHONY: help envs browser demo run test test-pipeline test-dags test-integration bench airflow-ui mlflow-ui clean
@@ -59,9 +60,9 @@ browser:  ## install Debian's chromium for the trigger-form test, when it is mis
 demo: envs  ## run the nightly DAG end to end on the generated demo dataset
 	bash scripts/airflow_local.sh dags-test '$(CONF)'
 
-run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> FORMAT=<auto|coco|voc|yolo|labelme|cvat|kitti> (default auto)
-	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format>"; exit 2; }
-	bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
+run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> [FORMAT=auto|coco|voc|...] [CONFIG=configs/cpu.yaml]
+	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format> CONFIG=<yaml>"; exit 2; }
+	NIGHTSHIFT_CONFIG="$(abspath $(CONFIG))" bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
 
 test: envs .venv-triton/.installed browser  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
 	.venv-pipeline/bin/python -m pytest --durations=25 tests/test_mirror.py tests/test_structure.py tests/pipeline tests/integration

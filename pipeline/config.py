@@ -102,10 +102,13 @@ class SnapshotConfig(Section):
 
 class TrainConfig(Section):
     model: str = "ssdlite320_mobilenet_v3_large"  # a name from pipeline.training.models.MODELS
+    # per-model values for the keys left unset here (pipeline/training/recipes.py, docs/recipes.md): "cpu", "gpu",
+    # or "none" = the defaults below; the keys you set always win, and the train stage logs what it filled
+    recipe: Literal["cpu", "gpu", "none"] = "cpu"
     init: Literal["scratch", "weights", "champion"] = "scratch"  # first weights: random, `weights`, or the champion's
     weights: str = ""  # init=weights: path or s3:// URI of a state dict / checkpoint / backbone file; never downloaded
-    image_size: int = 128  # the model's input side S in pixels (images are resized to S x S); the demo set is 128
-    epochs: int = Field(6, ge=1)  # 6 x 384 demo images: mAP@0.5 ~0.88 on val in ~70 s on 2 CPU cores
+    image_size: int = Field(320, ge=32)  # the model's input side S in pixels (images are resized to S x S)
+    epochs: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=1)  # per rank
     lr: float = Field(4e-3, gt=0)  # AdamW peak learning rate (6e-3 learns more slowly from scratch)
     weight_decay: float = 1e-4
@@ -130,12 +133,25 @@ class TrainConfig(Section):
     aug_zoom_out_max: float = Field(2.0, ge=1)  # largest canvas side / image side for zoom out
     aug_iou_crop: float = Field(0.0, ge=0, le=1)  # probability of an SSD-style IoU crop
     aug_scale_jitter: tuple[float, float] = (1.0, 1.0)  # random scale range around the centre (1, 1 = off)
+    anchor_scale: float = Field(1.0, gt=0, le=4)  # anchor sizes x this (e.g. 0.5 for small objects; not FCOS)
+
+    @model_validator(mode="after")
+    def _recipe(self) -> "TrainConfig":
+        from pipeline.training.recipes import recipe
+
+        for key, value in recipe(self.model, self.recipe, self.init).items():
+            if key not in self.model_fields_set:
+                self.__dict__[key] = value  # not via setattr: that would count the key as the user's
+        return self
 
 
 class AuditConfig(Section):
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])  # what is audited
     issue_threshold: float = Field(0.1, gt=0, le=1)  # an item scored below this counts as a label issue
     queue_size: int = Field(100, ge=1)  # items in queue.html and the CVAT review file, worst first
+    # a prediction is "confident" (can reveal a missing box or a swapped class) from the score above which the
+    # model's detections agree with the labels at this precision (pipeline/audit/scoring.py calibrate)
+    confidence_agreement: float = Field(0.9, gt=0, lt=1)
 
 
 class EvaluateConfig(Section):

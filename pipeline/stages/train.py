@@ -189,6 +189,10 @@ def _check_config(tc) -> None:
     if tc.model not in MODELS or MODELS[tc.model].task != "detection":
         known = ", ".join(sorted(n for n, s in MODELS.items() if s.task == "detection"))
         raise ConfigError(f"'train.model': {tc.model!r} is not a detection model; known: {known}")
+    if tc.anchor_scale != 1.0 and tc.model.startswith("fcos"):
+        raise ConfigError(f"'train.anchor_scale': {tc.anchor_scale:g}, but {tc.model} has no anchor sizes (FCOS "
+                          "assigns objects to pyramid levels by size); leave it at 1, raise train.image_size for "
+                          "small objects")
     if tc.init == "scratch" and tc.weights:
         raise ConfigError("'train.weights' is set but 'train.init' is 'scratch': set train.init=weights to "
                           "start from it, or clear train.weights")
@@ -260,7 +264,8 @@ def _publish_model(ctx: RunContext, model, tc, train_set, dataset_hash: str, mlr
 
     with tempfile.TemporaryDirectory(prefix="nightshift-train-") as tmp:
         local = Path(tmp) / MODEL_KEY
-        save_trained(local, model, tc.model, tc.image_size, train_set.categories, dataset_hash=dataset_hash)
+        save_trained(local, model, tc.model, tc.image_size, train_set.categories, dataset_hash=dataset_hash,
+                     anchor_scale=tc.anchor_scale)
         model_url = ctx.publish(local, MODEL_KEY)
         if mlrun is not None:
             import mlflow
@@ -279,7 +284,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
     from pipeline import tracking
     from pipeline.training import distributed
     from pipeline.training.engine import fit, seed_everything
-    from pipeline.training import initialise
+    from pipeline.training import initialise, recipes
     from pipeline.training.models import build_model
 
     tc = cfg.train
@@ -299,12 +304,13 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             log.warning("no snapshot result for run %s: the model's dataset_hash tag is 'unknown'", ctx.run_id)
 
         init_path, init_info = initialise.prepare(cfg, ctx, info.local_rank == 0, lambda: distributed.barrier(info))
-        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size)
+        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, anchor_scale=tc.anchor_scale)
         init = initialise.initialise(model, cfg, init_path, init_info, [c["name"] for c in train_set.categories],
                                      announce=info.is_main)
         fingerprint = _fingerprint(cfg, annotations_sha, info.world_size)
         mlflow_ctx = contextlib.nullcontext(None)
         if info.is_main:
+            log.info("%s", recipes.describe(tc))
             log.info("training %s (%d classes) on %d images at %dpx: %d epochs, batch %d x %d process(es) on %s",
                      tc.model, train_set.num_classes, len(train_set), tc.image_size, tc.epochs, tc.batch_size,
                      info.world_size, info.device)

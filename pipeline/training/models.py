@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torchvision.models as tvm
 import torchvision.models.detection as tvd
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
@@ -24,13 +25,13 @@ class ModelSpec:
 
 
 def _det(builder, **extra):
-    def build(num_classes: int, image_size: int):
+    def build(num_classes: int, image_size: int, anchor_scale: float = 1.0):
         kwargs = dict(weights=None, weights_backbone=None, num_classes=num_classes, **extra)
         if builder is not tvd.ssdlite320_mobilenet_v3_large:
             # the detector's own transform resizes to the configured size (torchvision defaults differ)
             kwargs.update(min_size=image_size, max_size=image_size)
-            return builder(**kwargs)
-        model = builder(**kwargs)
+            return _scale_anchors(builder(**kwargs), anchor_scale)
+        model = _scale_anchors(builder(**kwargs), anchor_scale)
         if image_size != 320:
             # torchvision fixes SSDlite's transform at 320x320 and skips resizing while training, so a
             # dataset at another size would train at S and predict at 320. Its anchors are relative to the
@@ -43,8 +44,28 @@ def _det(builder, **extra):
     return build
 
 
+def _scale_anchors(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """Anchor sizes x `scale` (< 1 for small objects): the same number of anchors per location, so the heads and
+    every weight file stay the same shape. FCOS has no anchor sizes to scale (its levels are chosen by size)."""
+    if scale == 1.0:
+        return model
+    if isinstance(model, tvd.FCOS):
+        raise ValueError("'train.anchor_scale': FCOS has no anchor sizes (it assigns objects to pyramid levels "
+                         "by their size); leave it at 1 and raise train.image_size for small objects")
+    if isinstance(model, tvd.ssd.SSD):
+        # torchvision's SSDlite: DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+        model.anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2 * scale,
+                                                     max_ratio=min(0.95 * scale, 1.0))
+        return model
+    holder = model.rpn if isinstance(model, tvd.FasterRCNN) else model
+    old = holder.anchor_generator
+    sizes = tuple(tuple(max(1, round(s * scale)) for s in level) for level in old.sizes)
+    holder.anchor_generator = AnchorGenerator(sizes, old.aspect_ratios)
+    return model
+
+
 def _cls(builder):
-    def build(num_classes: int, image_size: int):
+    def build(num_classes: int, image_size: int, anchor_scale: float = 1.0):
         return builder(weights=None, num_classes=num_classes)
     return build
 
@@ -67,12 +88,14 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def build_model(name: str, num_classes: int, image_size: int | None = None, weights: str = "") -> torch.nn.Module:
-    """Build model `name`; `weights` is an optional local file holding a state dict (or {'state_dict': ...})."""
+def build_model(name: str, num_classes: int, image_size: int | None = None, weights: str = "",
+                anchor_scale: float = 1.0) -> torch.nn.Module:
+    """Build model `name`; `weights` is an optional local file holding a state dict (or {'state_dict': ...});
+    `anchor_scale` multiplies a detector's anchor sizes (ValueError for FCOS, which has none)."""
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     spec = MODELS[name]
-    model = spec.builder(num_classes, image_size or spec.default_size)
+    model = spec.builder(num_classes, image_size or spec.default_size, anchor_scale)
     if weights:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -81,10 +104,10 @@ def build_model(name: str, num_classes: int, image_size: int | None = None, weig
 
 
 def save_trained(path, model: torch.nn.Module, name: str, image_size: int, categories: list[dict],
-                 dataset_hash: str | None = None) -> None:
+                 dataset_hash: str | None = None, anchor_scale: float = 1.0) -> None:
     """Write the `model.pt` that `load_trained` reads (format in docs/architecture.md): the registry `name`,
     the input side, the `categories` ({"id", "name"}, model label i being categories[i-1], 0 background), the
-    weights on the CPU and, when given, the hash of the dataset snapshot trained on."""
+    weights on the CPU and, when given, the hash of the dataset snapshot trained on and the anchor scale."""
     categories = [{"id": c["id"], "name": c["name"]} for c in categories]
     blob = {
         "model": name,
@@ -96,13 +119,16 @@ def save_trained(path, model: torch.nn.Module, name: str, image_size: int, categ
     }
     if dataset_hash is not None:
         blob["dataset_hash"] = dataset_hash
+    if anchor_scale != 1.0:  # written only when set: older model.pt files read as 1
+        blob["anchor_scale"] = float(anchor_scale)
     torch.save(blob, path)
 
 
 def load_trained(path: str, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Load the `model.pt` the train stage writes: returns (model in eval mode, its metadata dict)."""
     blob = torch.load(path, map_location=map_location, weights_only=False)
-    model = build_model(blob["model"], blob["num_classes"], blob["image_size"])
+    model = build_model(blob["model"], blob["num_classes"], blob["image_size"],
+                        anchor_scale=float(blob.get("anchor_scale", 1.0)))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     meta = {k: v for k, v in blob.items() if k != "state_dict"}

@@ -84,7 +84,7 @@ def test_retrain_dag_end_to_end_then_short_circuit(workspace, mlflow_server):
         "data": {"demo_images": 96},
         "validate": {"min_images_per_split": {"train": 10, "val": 2}, "min_annotations_per_class": 3},
         "snapshot": {"repo_dir": str(dvc_project), "remote": str(workspace / "dvc-remote")},
-        "train": {"epochs": 1, "batch_size": 4, "nproc_per_node": 2},
+        "train": {"recipe": "none", "image_size": 128, "epochs": 1, "batch_size": 4, "nproc_per_node": 2},
         # a one-epoch model on 96 images learns little: the gates here prove the plumbing, not the model
         "gates": {"map_min": 0.0, "map50_min": 0.0, "max_regression": 1.0},
         "export": {"benchmark_repeats": 2, "parity_max_map_drop": 1.0},

@@ -112,7 +112,8 @@ def test_card_embeds_the_augmentation_strip_train_uses(ingested, tmp_path):
     from pipeline.training.augment import Augment
 
     coco, images = ingested
-    train = TrainConfig(aug_photometric=0.5, aug_iou_crop=0.8, aug_scale_jitter=(0.9, 1.1), image_size=96)
+    train = TrainConfig(recipe="none", aug_photometric=0.5, aug_iou_crop=0.8, aug_scale_jitter=(0.9, 1.1),
+                        image_size=96)
     strip = card.augmentation_strip(coco, lambda n: (images / n).read_bytes(), train)
     reference = Augment(CanonicalDataset(images.parent, "train", 96), train)
     picked = card.pick_samples({"images": [im for im in coco["images"] if im["split"] == "train"],
@@ -145,7 +146,7 @@ def test_card_says_when_augmentation_is_off_or_there_is_no_strip(ingested):
     from pipeline.config import TrainConfig
 
     coco, images = ingested
-    off = TrainConfig(aug_hflip=0.0)
+    off = TrainConfig(recipe="none", aug_hflip=0.0)
     strip = card.augmentation_strip(coco, lambda n: (images / n).read_bytes(), off)
     page, md = card.build(coco, lambda n: (images / n).read_bytes(), samples=1, augmentation=strip)
     assert "Augmentation off" in parse(page).text and "plain resized samples" in md
@@ -167,16 +168,16 @@ def test_a_strip_of_the_same_inputs_is_reused_from_the_store(ingested, tmp_path,
     coco, images = ingested
     store = LocalStore(tmp_path / "store")
     read = lambda n: (images / n).read_bytes()  # noqa: E731
-    first = card.augmentation_strip(coco, read, TrainConfig(), store=store)
+    first = card.augmentation_strip(coco, read, TrainConfig(recipe="none"), store=store)
     assert len(store.list("state/aug_strip/")) == 1
     drawn = []
     real = card._draw_strip
     monkeypatch.setattr(card, "_draw_strip", lambda *a: drawn.append(a) or real(*a))
-    again = card.augmentation_strip(coco, read, TrainConfig(), store=store)
+    again = card.augmentation_strip(coco, read, TrainConfig(recipe="none"), store=store)
     assert drawn == [] and again == first  # png, caption, tiles and scale, from the store
-    other = card.augmentation_strip(coco, read, TrainConfig(aug_iou_crop=0.5), store=store)
+    other = card.augmentation_strip(coco, read, TrainConfig(recipe="none", aug_iou_crop=0.5), store=store)
     assert len(drawn) == 1 and other.png != first.png and "IoU crop p=0.5" in other.caption
-    card.augmentation_strip(coco, read, TrainConfig(), images=3, store=store)
+    card.augmentation_strip(coco, read, TrainConfig(recipe="none"), images=3, store=store)
     assert len(drawn) == 2  # other images: drawn anew
-    assert card.augmentation_strip(coco, read, TrainConfig(), images=0) == \
+    assert card.augmentation_strip(coco, read, TrainConfig(recipe="none"), images=0) == \
         "no augmentation strip: snapshot.card_strip_images=0"

@@ -54,6 +54,9 @@ def test_unknown_gate_and_model_are_refused_listing_known_names(only_check, caps
     assert "trigger param `model`" in error and "yolov8n" in error and "ssdlite320_mobilenet_v3_large" in error
     with pytest.raises(InputRejected, match="classification model, not a detector"):
         check.check_model(load_config(None, ["train.model=resnet18"]))
+    with pytest.raises(InputRejected, match="train.anchor_scale.*no anchor sizes"):
+        check.check_model(load_config(None, ["train.model=fcos_resnet50_fpn", "train.anchor_scale=0.5"]))
+    assert check.check_model(load_config(None, ["train.anchor_scale=0.5"])) == "ssdlite320_mobilenet_v3_large"
 
 
 def test_missing_local_source_is_refused(only_check, capsys, tmp_path):

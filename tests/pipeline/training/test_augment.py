@@ -36,8 +36,8 @@ def boxes_dataset(tmp_path):
     return CanonicalDataset(root, "train", SIZE)
 
 
-def test_default_is_the_horizontal_flip_alone(boxes_dataset):
-    aug = Augment(boxes_dataset, TrainConfig())
+def test_without_a_recipe_the_default_is_the_horizontal_flip_alone(boxes_dataset):
+    aug = Augment(boxes_dataset, TrainConfig(recipe="none"))
     flips = {}
     for epoch in range(8):
         aug.set_epoch(epoch)
@@ -62,7 +62,7 @@ ALL_ON = dict(aug_vflip=0.5, aug_photometric=1.0, aug_zoom_out=1.0, aug_zoom_out
 
 
 def test_every_step_keeps_boxes_on_their_objects_at_size_s(boxes_dataset):
-    aug = Augment(boxes_dataset, TrainConfig(**ALL_ON))
+    aug = Augment(boxes_dataset, TrainConfig(recipe="none", **ALL_ON))
     changed = 0
     for epoch in range(6):
         aug.set_epoch(epoch)
@@ -80,7 +80,7 @@ def test_every_step_keeps_boxes_on_their_objects_at_size_s(boxes_dataset):
 def test_each_sample_depends_on_seed_epoch_and_index_alone(boxes_dataset):
     """What makes resume exact: the same (seed, epoch, index) gives the same sample whatever the RNG state,
     and another epoch gives another sample."""
-    cfg = TrainConfig(**ALL_ON)
+    cfg = TrainConfig(recipe="none", **ALL_ON)
     a, b = Augment(boxes_dataset, cfg), Augment(boxes_dataset, cfg)
     a.set_epoch(2)
     b.set_epoch(2)
@@ -107,7 +107,7 @@ def test_an_empty_or_reversed_scale_range_names_the_key(boxes_dataset):
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'train.aug_scale_jitter'"):
-        Augment(boxes_dataset, TrainConfig(aug_scale_jitter=(1.2, 0.8)))
+        Augment(boxes_dataset, TrainConfig(recipe="none", aug_scale_jitter=(1.2, 0.8)))
 
 
 GREY = 128  # what the zoom-out and scale-jitter fill (0.5) gives too: a drawn pixel is the only other colour
@@ -143,7 +143,7 @@ def test_strip_draws_exactly_the_transformed_targets(grey_dataset):
     PNG in the class colour, and nothing else is drawn: a box the IoU crop dropped leaves no trace."""
     from pipeline.training.augment import STRIP_COLOURS, strip
 
-    cfg = TrainConfig(**{**ALL_ON, "aug_vflip": 0.0, "aug_photometric": 0.0})  # grey stays grey
+    cfg = TrainConfig(recipe="none", **{**ALL_ON, "aug_vflip": 0.0, "aug_photometric": 0.0})  # grey stays grey
     epochs, indices = 4, [2, 0, 1]
     out = strip(grey_dataset, cfg, indices, epochs=epochs)
     reference = Augment(grey_dataset, cfg)
@@ -174,12 +174,12 @@ def test_strip_draws_exactly_the_transformed_targets(grey_dataset):
 def test_strip_is_the_same_for_a_seed_and_says_what_is_on(grey_dataset, boxes_dataset):
     from pipeline.training.augment import strip
 
-    cfg = TrainConfig(**ALL_ON)
+    cfg = TrainConfig(recipe="none", **ALL_ON)
     torch.manual_seed(0)
     first = strip(boxes_dataset, cfg, [0, 1, 2])
     torch.manual_seed(999), random.seed(5), np.random.seed(5)
     assert strip(boxes_dataset, cfg, [0, 1, 2]).png == first.png  # the global RNG plays no part
-    assert strip(boxes_dataset, TrainConfig(**ALL_ON, seed=7), [0, 1, 2]).png != first.png
+    assert strip(boxes_dataset, TrainConfig(recipe="none", **ALL_ON, seed=7), [0, 1, 2]).png != first.png
     assert first.caption.startswith("Augmentation: photometric distortion p=1 (train.aug_photometric); "
                                     "zoom out p=1 up to 2x")
     for words in ("IoU crop p=1", "scale jitter 0.8-1.2", "vertical flip p=0.5", "horizontal flip p=0.5",
@@ -190,7 +190,7 @@ def test_strip_is_the_same_for_a_seed_and_says_what_is_on(grey_dataset, boxes_da
 def test_strip_with_augmentation_off_shows_the_plain_resized_samples(boxes_dataset):
     from pipeline.training.augment import strip
 
-    out = strip(boxes_dataset, TrainConfig(aug_hflip=0.0), [1, 2], epochs=2)
+    out = strip(boxes_dataset, TrainConfig(recipe="none", aug_hflip=0.0), [1, 2], epochs=2)
     assert out.caption.startswith("Augmentation off") and "plain resized samples" in out.caption
     for row in out.tiles:
         for drawn in row:
@@ -211,6 +211,6 @@ def test_large_inputs_are_drawn_scaled_down(tmp_path):
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40], "iscrowd": 0}],
             "categories": [{"id": 1, "name": "a"}]}
     (root / "annotations.json").write_text(json.dumps(coco))
-    out = strip(CanonicalDataset(root, "train", 640), TrainConfig(image_size=640), [0], epochs=1)
+    out = strip(CanonicalDataset(root, "train", 640), TrainConfig(recipe="none", image_size=640), [0], epochs=1)
     assert Image.open(io.BytesIO(out.png)).size == (STRIP_TILE_MAX, STRIP_TILE_MAX)
     assert out.scale == STRIP_TILE_MAX / 640 and "drawn at 320 px" in out.caption and "640 px" in out.caption

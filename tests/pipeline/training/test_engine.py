@@ -132,7 +132,7 @@ def test_recalibrate_batchnorm_uses_population_statistics():
     data = [(im, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}) for im in images]
     model = BNDetector().eval()
     info = DistInfo(0, 1, 0, torch.device("cpu"), "")
-    used = recalibrate_batchnorm(model, data, TrainConfig(batch_size=4), info, num_images=12)
+    used = recalibrate_batchnorm(model, data, TrainConfig(recipe="none", batch_size=4), info, num_images=12)
     assert used == 12
     pixels = torch.stack(images).permute(1, 0, 2, 3).reshape(3, -1)
     assert torch.allclose(model.bn.running_mean, pixels.mean(1), atol=1e-5)
@@ -214,7 +214,7 @@ def test_fit_is_deterministic_for_a_seed(tmp_path, split_dataset):
 
     data = split_dataset(tmp_path / "ds", 64)
     torch.set_num_threads(1)
-    cfg = TrainConfig(image_size=64, batch_size=4, epochs=2, warmup_steps=2, seed=3, ema_decay=0.9,
+    cfg = TrainConfig(recipe="none", image_size=64, batch_size=4, epochs=2, warmup_steps=2, seed=3, ema_decay=0.9,
                       checkpoint_every_steps=3, eval_every_epochs=1, bn_calibration_images=8)
     info = DistInfo(0, 1, 0, torch.device("cpu"), "")
     val_set = CanonicalDataset(data, "val", 64)

@@ -1,4 +1,5 @@
 """model.pt: what save_trained writes is what load_trained (evaluate, export, audit) reads back."""
+import pytest
 import torch
 
 from pipeline.training.models import build_model, load_trained, save_trained
@@ -20,3 +21,34 @@ def test_save_trained_round_trips_through_load_trained(tmp_path):
 
     save_trained(tmp_path / "bare.pt", model, "ssdlite320_mobilenet_v3_large", 64, categories)
     assert "dataset_hash" not in load_trained(str(tmp_path / "bare.pt"))[1]  # only when given
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                                  "retinanet_resnet50_fpn"])
+def test_anchor_scale_shrinks_the_anchors_and_keeps_every_weight_shape(name, tmp_path):
+    plain, small = build_model(name, 3, 128), build_model(name, 3, 128, anchor_scale=0.5)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in small.state_dict().items()}
+    images = [torch.rand(3, 128, 128)]
+    plain.eval(), small.eval()
+    with torch.no_grad():
+        def anchors(model):
+            transformed, _ = model.transform(images)
+            gen = model.rpn.anchor_generator if hasattr(model, "rpn") else model.anchor_generator
+            feats = model.backbone(transformed.tensors)
+            feats = list(feats.values()) if isinstance(feats, dict) else feats
+            return gen(transformed, feats)[0]
+        a, b = anchors(plain), anchors(small)
+    wa, wb = a[:, 2] - a[:, 0], b[:, 2] - b[:, 0]
+    assert a.shape == b.shape
+    assert 0.4 < float(wb.median() / wa.median()) < 0.6
+    save_trained(tmp_path / "m.pt", small, name, 128, [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+                 anchor_scale=0.5)
+    loaded, meta = load_trained(str(tmp_path / "m.pt"))
+    assert meta["anchor_scale"] == 0.5
+    with torch.no_grad():
+        assert torch.equal(anchors(loaded), b)
+
+
+def test_fcos_refuses_an_anchor_scale():
+    with pytest.raises(ValueError, match="anchor_scale.*FCOS"):
+        build_model("fcos_resnet50_fpn", 3, 128, anchor_scale=0.5)
