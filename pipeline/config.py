@@ -149,9 +149,9 @@ class AuditConfig(Section):
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])  # what is audited
     issue_threshold: float = Field(0.1, gt=0, le=1)  # an item scored below this counts as a label issue
     queue_size: int = Field(100, ge=1)  # items in queue.html and the CVAT review file, worst first
-    # a prediction is "confident" (can reveal a missing box or a swapped class) from the score above which the
-    # model's detections agree with the labels at this precision (pipeline/audit/scoring.py calibrate)
-    confidence_agreement: float = Field(0.9, gt=0, lt=1)
+    # a prediction is "confident" (can reveal a missing box or a swapped class) down to the score where the model's
+    # detections stop agreeing with the labels this often (pipeline/audit/scoring.py calibrate)
+    confidence_agreement: float = Field(0.5, gt=0, lt=1)
 
 
 class EvaluateConfig(Section):

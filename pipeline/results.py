@@ -143,6 +143,7 @@ class AuditResult(StageResult):
     passed: bool | None = None
     top: list[Json] | None = None
     files: dict[str, str] | None = None
+    confidence: dict[str, Number | None] | None = None  # the calibrated thresholds: high, low, agreement
 
 
 class SnapshotResult(StageResult):
@@ -234,7 +235,7 @@ class ExportResult(StageResult):
     format: str | None = None
     onnx: str | None = None
     report: str | None = None
-    parity: Json | None = None  # {map_drop, ap_pytorch, ap_onnxruntime}
+    parity: Json | None = None  # {map_drop, ap_pytorch, ap_onnxruntime, per_class_ap_drop}
     output_match: Number | None = None
     tensorrt_ops_supported: bool | None = None
     int8_map_drop: Number | None = None

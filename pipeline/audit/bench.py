@@ -1,11 +1,13 @@
-"""Benchmark: does the label audit find injected label errors with a real, briefly trained detector?
+"""Benchmark: does the label audit find injected label errors with a real trained detector?
 
-    python -m pipeline.audit.bench [--images 160] [--epochs 14] [--size 64]
+    python -m pipeline.audit.bench [--epochs 12] [--quick]
 
-Generates the demo data, trains SSDlite on its clean labels (one process, CPU), predicts every image, then for
+Generates the demo data exactly as `make demo` does (480 images at 128 px, the same split rule), trains SSDlite on
+its clean train split with configs/demo.yaml's train section (one process, CPU), predicts every image, then for
 each kind of error (swapped class, dropped box, shifted box) makes 5 % of the annotations wrong and prints how
-many of them the audit ranks within its top 2x as many items, with the time each step took. The acceptance
-test (tests/pipeline/audit/test_scoring.py) uses the same functions.
+many of them the audit ranks within its top 2x as many items, with the time each step took. `--quick` is the
+small variant (160 images at 64 px, 14 epochs) the acceptance test can afford. The acceptance test
+(tests/pipeline/audit/test_scoring.py) uses the same functions.
 """
 from __future__ import annotations
 
@@ -26,19 +28,28 @@ NUM_IMAGES = 160
 KINDS = (("swap", scoring.SWAP), ("drop", scoring.MISSING), ("shift", scoring.BADLOC))
 
 
-def train_ssdlite(data: Path, out: Path, epochs: int = EPOCHS, size: int = SIZE) -> Path:
-    """SSDlite trained briefly on the clean demo data, saved in train's model.pt format."""
+def train_ssdlite(data: Path, out: Path, epochs: int = EPOCHS, size: int = SIZE, recipe: str = "quick") -> Path:
+    """SSDlite trained on the clean data, saved in train's model.pt format: "quick" = a brief training at
+    `size`; "demo" = configs/demo.yaml's train section (its image size, epochs unless `epochs` is given)."""
     import torch
 
-    from pipeline.config import TrainConfig
+    from pipeline.config import TrainConfig, load_config
     from pipeline.datasets.canonical import CanonicalDataset
     from pipeline.store import LocalStore
     from pipeline.training.distributed import DistInfo
     from pipeline.training.engine import fit
     from pipeline.training.models import build_model, save_trained
 
-    cfg = TrainConfig(image_size=size, epochs=epochs, batch_size=8, lr=2e-3, warmup_steps=10, nproc_per_node=1,
-                      threads_per_rank=2, deterministic=False, seed=3, bn_calibration_images=0)
+    if recipe == "demo":
+        demo = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").train
+        # one process with the demo's global batch (its ranks x per-rank batch): the same steps and schedule
+        cfg = demo.model_copy(update={"nproc_per_node": 1, "threads_per_rank": torch.get_num_threads(),
+                                      "batch_size": demo.batch_size * demo.nproc_per_node,
+                                      **({"epochs": epochs} if epochs else {})})
+        size = cfg.image_size
+    else:
+        cfg = TrainConfig(recipe="none", image_size=size, epochs=epochs, batch_size=8, lr=2e-3, warmup_steps=10,
+                          nproc_per_node=1, threads_per_rank=2, deterministic=False, seed=3, bn_calibration_images=0)
     train_set = CanonicalDataset(data, "train", size)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, train_set.num_classes + 1, size)
@@ -47,6 +58,22 @@ def train_ssdlite(data: Path, out: Path, epochs: int = EPOCHS, size: int = SIZE)
     path = out / "model.pt"
     save_trained(path, model, cfg.model, size, train_set.categories)
     return path
+
+
+def make_demo_data(path: Path) -> dict:
+    """`make demo`'s data: the generated set with data.* defaults, split by the canonical group-hash rule."""
+    from pipeline.config import DataConfig
+    from pipeline.datasets.canonical_io import assign_split
+    from pipeline.datasets.synthetic import generate
+
+    d = DataConfig()
+    generate(path, num_images=d.demo_images, seed=d.demo_seed)
+    coco = json.loads((path / "annotations.json").read_text())
+    for image in coco["images"]:
+        image["group"] = Path(image["file_name"]).stem
+        image["split"] = assign_split(image["group"], d.split_salt, d.split_ratios)
+    (path / "annotations.json").write_text(json.dumps(coco))
+    return coco
 
 
 def demo_data(path: Path, num_images: int = NUM_IMAGES, size: int = SIZE) -> dict:
@@ -103,20 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.training.inference import predictions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=NUM_IMAGES)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--size", type=int, default=SIZE)
+    parser.add_argument("--epochs", type=int, default=0, help="training epochs (default: the demo's, or 14 --quick)")
+    parser.add_argument("--quick", action="store_true", help="160 images at 64 px, a brief training")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        coco = demo_data(root / "data", args.images, args.size)
+        coco = demo_data(root / "data") if args.quick else make_demo_data(root / "data")
         t0 = time.perf_counter()
-        model = train_ssdlite(root / "data", root, args.epochs, args.size)
+        model = train_ssdlite(root / "data", root, args.epochs or EPOCHS, SIZE, "quick") if args.quick else \
+            train_ssdlite(root / "data", root, args.epochs, recipe="demo")
         t1 = time.perf_counter()
         detections = predictions(model, root / "data")
         t2 = time.perf_counter()
-        print(f"{len(coco['images'])} images, {len(coco['annotations'])} boxes at {args.size} px: training "
-              f"{t1 - t0:.1f} s ({args.epochs} epochs), predicting {t2 - t1:.1f} s")
+        print(f"{len(coco['images'])} images, {len(coco['annotations'])} boxes: training {t1 - t0:.1f} s, "
+              f"predicting {t2 - t1:.1f} s")
         for kind, _reason in KINDS:
             t3 = time.perf_counter()
             hits, n, _top = recall(coco, detections, kind)

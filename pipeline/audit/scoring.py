@@ -20,10 +20,51 @@ import numpy as np
 
 SWAP, BADLOC, MISSING, DUPLICATE = "swapped class", "badly placed box", "missing box", "duplicate"
 DUPLICATE_IOU = 0.8
-# cleanlab's defaults (0.95 / 0.5) suit a well-trained model; a nightly champion is rarely that confident
-HIGH_PROBABILITY = 0.6  # predictions at least this confident can reveal a missing box or a swapped class
-LOW_PROBABILITY = 0.2  # predictions below this do not count when judging a box's location
 MIN_PREDICTION_SCORE = 0.05  # detections below this are dropped first: they change no score and cost time
+# "Confident" is the model's own scale, not a constant: cleanlab's defaults (0.95 / 0.5) suit a softmax classifier,
+# while a detector's scores depend on its head and training (the demo's SSDlite, mAP@0.5 0.96, scores many of its
+# correct boxes 0.2-0.6). The high threshold is the lowest score at which the model's detections still agree with
+# the labels (same class, IoU >= 0.5) at least AGREEMENT of the time, measured over a window of neighbouring scores;
+# a few percent of wrong labels barely move it.
+AGREEMENT = 0.5  # "more often right than wrong"
+HIGH_RANGE = (0.1, 0.95)  # the calibrated high threshold is kept within these
+LOW_PROBABILITY = 0.2  # predictions below this (or half the high threshold) do not count when judging a location
+WINDOW = 20  # detections per window (at least; 2 % of them on a large set)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    high: float  # predictions at least this confident can reveal a missing box or a swapped class
+    low: float  # predictions below this do not count when judging a box's location
+    agreement: float | None = None  # the local precision the high threshold was calibrated to (None: given)
+
+
+def calibrate(coco: dict, detections: list[dict], images: list[dict], agreement: float = AGREEMENT) -> Thresholds:
+    """The model's confidence scale on the audited images. Detections are sorted by score and each is marked by
+    whether a label of its class lies under it (IoU >= 0.5); walking down the scores, `high` is the last score
+    before the share of agreeing detections in a window of neighbours first falls under `agreement`."""
+    ids = {im["id"] for im in images}
+    anns: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        if a["image_id"] in ids:
+            anns.setdefault(a["image_id"], []).append(a)
+    rows = sorted(((d["score"], any(a["category_id"] == d["category_id"] and _iou(a["bbox"], d["bbox"]) >= 0.5
+                                    for a in anns.get(d["image_id"], ())))
+                   for d in detections if d["image_id"] in ids and d["score"] >= MIN_PREDICTION_SCORE),
+                  key=lambda r: -r[0])
+    high = HIGH_RANGE[1]
+    if rows:
+        scores = np.array([r[0] for r in rows])
+        agree = np.concatenate([[0], np.cumsum([r[1] for r in rows])])
+        window = max(WINDOW, len(rows) // 50)
+        ends = np.arange(1, len(rows) + 1)
+        starts = np.maximum(0, ends - window)
+        local = (agree[ends] - agree[starts]) / (ends - starts)
+        below = np.nonzero(local < agreement)[0]
+        high = float(scores[max(0, below[0] - 1)]) if len(below) else float(scores[-1])
+    # cleanlab compares float32 scores: a hair under the float32 score, so the detection at `high` counts
+    high = float(np.float32(min(max(high, HIGH_RANGE[0]), HIGH_RANGE[1]))) * (1 - 1e-6)
+    return Thresholds(high=high, low=min(LOW_PROBABILITY, high / 2), agreement=agreement)
 
 
 @dataclass
@@ -82,8 +123,10 @@ def cleanlab_inputs(coco: dict, detections: list[dict], images: list[dict]):
     return labels, predictions, anns_of, cats
 
 
-def score(coco: dict, detections: list[dict], splits=("train", "val")) -> list[Item]:
-    """Every annotation of the images in `splits` and every confident unannotated prediction, lowest score first."""
+def score(coco: dict, detections: list[dict], splits=("train", "val"), thresholds: Thresholds | None = None
+          ) -> list[Item]:
+    """Every annotation of the images in `splits` and every confident unannotated prediction, lowest score first;
+    `thresholds` None = `calibrate` on these images and detections."""
     import warnings
 
     from cleanlab.object_detection.rank import (
@@ -95,15 +138,16 @@ def score(coco: dict, detections: list[dict], splits=("train", "val")) -> list[I
     images = [im for im in coco["images"] if im.get("split", "train") in splits]
     detections = [d for d in detections if d["score"] >= MIN_PREDICTION_SCORE]
     labels, predictions, anns_of, cats = cleanlab_inputs(coco, detections, images)
+    t = thresholds or calibrate(coco, detections, images)
     name = {c["id"]: c["name"] for c in coco["categories"]}
     with warnings.catch_warnings():  # cleanlab warns about images without boxes; they are normal here
         warnings.simplefilter("ignore")
         swap = compute_swap_box_scores(labels=labels, predictions=predictions,
-                                       high_probability_threshold=HIGH_PROBABILITY)
+                                       high_probability_threshold=t.high)
         badloc = compute_badloc_box_scores(labels=labels, predictions=predictions,
-                                           low_probability_threshold=LOW_PROBABILITY)
+                                           low_probability_threshold=t.low)
         overlooked = compute_overlooked_box_scores(labels=labels, predictions=predictions,
-                                                   high_probability_threshold=HIGH_PROBABILITY)
+                                                   high_probability_threshold=t.high)
 
     items: list[Item] = []
     for i, im in enumerate(images):
@@ -122,7 +166,7 @@ def score(coco: dict, detections: list[dict], splits=("train", "val")) -> list[I
                               [float(v) for v in a["bbox"]], name[a["category_id"]], a["id"], *best))
         flat = [(k, row) for k, row in preds]  # cleanlab's overlooked scores follow predictions[i]'s order
         for (k, row), value in zip(flat, overlooked[i]):
-            if np.isnan(value) or row[4] < HIGH_PROBABILITY:
+            if np.isnan(value) or row[4] < t.high:
                 continue
             x1, y1, x2, y2 = (float(v) for v in row[:4])
             items.append(Item(float(value), MISSING, im["id"], im["file_name"], im.get("split", "train"),

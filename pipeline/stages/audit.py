@@ -56,7 +56,12 @@ def audit(coco: dict, detections: list[dict], read_image, out: Path, cfg: Config
     from pipeline.audit import queue, scoring
 
     a = cfg.audit
-    items = scoring.score(coco, detections, tuple(a.splits))
+    audited = [im for im in coco["images"] if im.get("split", "train") in a.splits]
+    thresholds = scoring.calibrate(coco, detections, audited, a.confidence_agreement)
+    log.info("the model's confidence scale: its detections agree with the labels at least %.0f %% of the time down "
+             "to score %.3f (confident from there); below %.3f they do not count when judging a box's place",
+             100 * a.confidence_agreement, thresholds.high, thresholds.low)
+    items = scoring.score(coco, detections, tuple(a.splits), thresholds)
     counts = scoring.issue_counts(items, a.issue_threshold)
     top = items[: a.queue_size]
     paths = queue.write(out, coco, top, counts, read_image, title, model)
@@ -65,7 +70,8 @@ def audit(coco: dict, detections: list[dict], read_image, out: Path, cfg: Config
     limit = cfg.validate_.max_label_issue_rate
     summary = {**counts, "model": model, "queue": len(top), "max_label_issue_rate": limit,
                "passed": limit is None or counts["rate"] <= limit,
-               "top": [it.to_dict() for it in top[:10]], "files": {k: str(v) for k, v in paths.items()}}
+               "top": [it.to_dict() for it in top[:10]], "files": {k: str(v) for k, v in paths.items()},
+               "confidence": {"high": thresholds.high, "low": thresholds.low, "agreement": thresholds.agreement}}
     return summary
 
 

@@ -91,6 +91,17 @@ def test_injected_errors_rank_first_with_a_good_detector(simulated, kind, reason
     check_ranking(simulated, kind, reason)
 
 
+@pytest.mark.parametrize("kind, reason", KINDS)
+def test_confident_is_the_models_own_scale(simulated, kind, reason):
+    """A detector as good but scoring everything at 0.4x (correct boxes 0.28-0.40, like a briefly trained
+    SSDlite): a fixed "confident" threshold of 0.6 would see nothing; the calibrated one finds the same errors."""
+    timid = [{**d, "score": d["score"] * 0.4} for d in simulated["detections"]]
+    images = [im for im in simulated["coco"]["images"] if im["split"] in ("train", "val")]
+    thresholds = scoring.calibrate(simulated["coco"], timid, images)
+    assert 0.1 < thresholds.high < 0.3
+    check_ranking({**simulated, "detections": timid}, kind, reason)
+
+
 def test_clean_labels_raise_few_issues(simulated):
     counts = scoring.issue_counts(scoring.score(simulated["coco"], simulated["detections"]), 0.1)
     assert counts["annotations"] == len(simulated["coco"]["annotations"])
