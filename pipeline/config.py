@@ -108,7 +108,7 @@ class TrainConfig(Section):
     init: Literal["scratch", "weights", "champion"] = "scratch"  # first weights: random, `weights`, or the champion's
     weights: str = ""  # init=weights: path or s3:// URI of a state dict / checkpoint / backbone file; never downloaded
     image_size: int = Field(320, ge=32)  # the model's input side S in pixels (images are resized to S x S)
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(24, ge=1)
     batch_size: int = Field(8, ge=1)  # per rank
     lr: float = Field(4e-3, gt=0)  # AdamW peak learning rate (6e-3 learns more slowly from scratch)
     weight_decay: float = 1e-4
@@ -133,10 +133,13 @@ class TrainConfig(Section):
     aug_zoom_out_max: float = Field(2.0, ge=1)  # largest canvas side / image side for zoom out
     aug_iou_crop: float = Field(0.0, ge=0, le=1)  # probability of an SSD-style IoU crop
     aug_scale_jitter: tuple[float, float] = (1.0, 1.0)  # random scale range around the centre (1, 1 = off)
-    anchor_scale: float = Field(1.0, gt=0, le=4)  # anchor sizes x this (e.g. 0.5 for small objects; not FCOS)
+    # anchor sizes x this (e.g. 0.5 for small objects; not FCOS), or "auto": fitted to the train boxes' sizes
+    anchor_scale: float | Literal["auto"] = Field(1.0)
 
     @model_validator(mode="after")
     def _recipe(self) -> "TrainConfig":
+        if self.anchor_scale != "auto" and not 0 < self.anchor_scale <= 4:
+            raise ValueError(f"train.anchor_scale must be in (0, 4] or 'auto', got {self.anchor_scale}")
         from pipeline.training.recipes import recipe
 
         for key, value in recipe(self.model, self.recipe, self.init).items():

@@ -192,6 +192,7 @@ class TrainResult(StageResult):
     ema: bool | None = None
     dataset_hash: str | None = None
     init: Any = None
+    anchor_scale: Number | None = None  # what train.anchor_scale resolved to ("auto": fitted to the train boxes)
     rank: int | None = None  # what a rank other than 0 reports (never written)
 
 

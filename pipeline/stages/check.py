@@ -45,7 +45,7 @@ def check_model(cfg: Config) -> str:
         why = "unknown model" if spec is None else f"{name!r} is a {spec.task} model, not a detector"
         raise InputRejected(f"{why}; known detectors: {', '.join(detectors)}", path="train.model (trigger param `model`)",
                             field=name)
-    if cfg.train.anchor_scale != 1.0 and name.startswith("fcos"):
+    if cfg.train.anchor_scale not in (1.0, "auto") and name.startswith("fcos"):
         raise InputRejected(f"{name} has no anchor sizes to scale (FCOS assigns objects to pyramid levels by size); "
                             "leave it at 1", path="train.anchor_scale", field=f"{cfg.train.anchor_scale:g}")
     return name

@@ -189,13 +189,30 @@ def _check_config(tc) -> None:
     if tc.model not in MODELS or MODELS[tc.model].task != "detection":
         known = ", ".join(sorted(n for n, s in MODELS.items() if s.task == "detection"))
         raise ConfigError(f"'train.model': {tc.model!r} is not a detection model; known: {known}")
-    if tc.anchor_scale != 1.0 and tc.model.startswith("fcos"):
+    if tc.anchor_scale not in (1.0, "auto") and tc.model.startswith("fcos"):
         raise ConfigError(f"'train.anchor_scale': {tc.anchor_scale:g}, but {tc.model} has no anchor sizes (FCOS "
                           "assigns objects to pyramid levels by size); leave it at 1, raise train.image_size for "
                           "small objects")
     if tc.init == "scratch" and tc.weights:
         raise ConfigError("'train.weights' is set but 'train.init' is 'scratch': set train.init=weights to "
                           "start from it, or clear train.weights")
+
+
+def _anchor_scale(tc, train_set, announce: bool) -> float:
+    """`train.anchor_scale`, with "auto" fitted to the train boxes at the input size (the same on every rank)."""
+    from pipeline.training.models import fit_anchor_scale
+
+    if tc.anchor_scale != "auto":
+        return float(tc.anchor_scale)
+    sides = []
+    for i, info in enumerate(train_set.image_infos):
+        sx, sy = tc.image_size / info["width"], tc.image_size / info["height"]
+        sides += [(a["bbox"][2] * sx * a["bbox"][3] * sy) ** 0.5 for a in train_set.annotations(i)
+                  if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    scale, why = fit_anchor_scale(tc.model, tc.image_size, sides)
+    if announce:
+        log.info("train.anchor_scale auto: %.2f (%s)", scale, why)
+    return scale
 
 
 def _load_splits(root: Path, tc, is_main: bool):
@@ -258,14 +275,15 @@ def _epoch_logger(mlrun, cfg: Config):
     return on_epoch_end
 
 
-def _publish_model(ctx: RunContext, model, tc, train_set, dataset_hash: str, mlrun, result) -> str:
+def _publish_model(ctx: RunContext, model, tc, train_set, dataset_hash: str, mlrun, result,
+                   anchor_scale: float) -> str:
     """Write model.pt to the store (and, with MLflow, log it, the training speed and the signed model): its URL."""
     from pipeline.training.models import save_trained
 
     with tempfile.TemporaryDirectory(prefix="nightshift-train-") as tmp:
         local = Path(tmp) / MODEL_KEY
         save_trained(local, model, tc.model, tc.image_size, train_set.categories, dataset_hash=dataset_hash,
-                     anchor_scale=tc.anchor_scale)
+                     anchor_scale=anchor_scale)
         model_url = ctx.publish(local, MODEL_KEY)
         if mlrun is not None:
             import mlflow
@@ -304,7 +322,8 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             log.warning("no snapshot result for run %s: the model's dataset_hash tag is 'unknown'", ctx.run_id)
 
         init_path, init_info = initialise.prepare(cfg, ctx, info.local_rank == 0, lambda: distributed.barrier(info))
-        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, anchor_scale=tc.anchor_scale)
+        anchor_scale = _anchor_scale(tc, train_set, info.is_main)
+        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, anchor_scale=anchor_scale)
         init = initialise.initialise(model, cfg, init_path, init_info, [c["name"] for c in train_set.categories],
                                      announce=info.is_main)
         fingerprint = _fingerprint(cfg, annotations_sha, info.world_size)
@@ -323,7 +342,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
 
             out = None
             if info.is_main:
-                model_url = _publish_model(ctx, model, tc, train_set, dataset_hash, mlrun, result)
+                model_url = _publish_model(ctx, model, tc, train_set, dataset_hash, mlrun, result, anchor_scale)
                 out = {
                     "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
                     "model": model_url,
@@ -345,6 +364,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
                     "ema": tc.ema_decay > 0,
                     "dataset_hash": dataset_hash,
                     "init": init.summary(),
+                    "anchor_scale": anchor_scale,
                 }
                 ctx.publish_json(out, RANK0_RESULT_KEY)
                 log.info("trained %d epochs (%d steps) in %.1fs, final loss %.4f, %.1f images/s -> %s",

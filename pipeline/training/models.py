@@ -64,6 +64,31 @@ def _scale_anchors(model: torch.nn.Module, scale: float) -> torch.nn.Module:
     return model
 
 
+def anchor_range(name: str, image_size: int) -> tuple[float, float] | None:
+    """The smallest and largest anchor side in pixels of detector `name` at `image_size` with anchor_scale 1, or
+    None for a model without anchor sizes (FCOS, classifiers)."""
+    if name == "ssdlite320_mobilenet_v3_large":
+        return 0.2 * image_size, 0.95 * image_size  # DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)
+    if name.startswith("fasterrcnn") or name.startswith("retinanet"):
+        sizes = {"retinanet": (32, 812)}.get(name.split("_")[0], (32, 512))  # torchvision's AnchorGenerator sizes
+        return float(sizes[0]), float(min(sizes[1], image_size))
+    return None
+
+
+def fit_anchor_scale(name: str, image_size: int, sides: list[float]) -> tuple[float, str]:
+    """`train.anchor_scale: auto`: the scale that brings the smallest anchor down to the small boxes of the data
+    (5th percentile of sqrt(w h) of the train boxes at the input size) while the largest still covers the big
+    ones (99th percentile), never above 1 (the model's own anchors) nor under 0.25. Returns (scale, why)."""
+    span = anchor_range(name, image_size)
+    if span is None or not sides:
+        return 1.0, "no anchor sizes to fit" if span is None else "no boxes to fit anchors to"
+    small, large = (float(v) for v in torch.quantile(torch.tensor(sides), torch.tensor([0.05, 0.99])))
+    scale = min(1.0, max(0.25, small / span[0], large / span[1]))
+    scale = round(scale, 2)
+    return scale, (f"5th / 99th percentile box side {small:.0f} / {large:.0f} px at {image_size} px; anchors "
+                   f"{span[0] * scale:.0f}-{span[1] * scale:.0f} px")
+
+
 def _cls(builder):
     def build(num_classes: int, image_size: int, anchor_scale: float = 1.0):
         return builder(weights=None, num_classes=num_classes)

@@ -52,3 +52,26 @@ def test_anchor_scale_shrinks_the_anchors_and_keeps_every_weight_shape(name, tmp
 def test_fcos_refuses_an_anchor_scale():
     with pytest.raises(ValueError, match="anchor_scale.*FCOS"):
         build_model("fcos_resnet50_fpn", 3, 128, anchor_scale=0.5)
+
+
+def test_auto_anchor_scale_fits_small_boxes_and_keeps_the_big_ones_covered():
+    from pipeline.training.models import fit_anchor_scale
+
+    # blood-cell-like at 320 px: platelets ~20 px, red cells ~45 px, white cells up to ~125 px
+    sides = [20.0] * 20 + [45.0] * 160 + [110.0] * 15 + [125.0] * 5
+    scale, why = fit_anchor_scale("ssdlite320_mobilenet_v3_large", 320, sides)
+    assert 0.3 < scale < 0.6 and "5th / 99th percentile box side" in why
+    assert 0.95 * 320 * scale >= 110  # the largest anchor still reaches the big cells
+    assert fit_anchor_scale("ssdlite320_mobilenet_v3_large", 320, [150.0, 200.0, 280.0])[0] == 1.0
+    assert fit_anchor_scale("fasterrcnn_mobilenet_v3_large_320_fpn", 320, [8.0] * 50)[0] == 0.25
+    assert fit_anchor_scale("fcos_resnet50_fpn", 320, sides) == (1.0, "no anchor sizes to fit")
+
+
+def test_anchor_scale_is_a_number_in_range_or_auto():
+    from pipeline.config import TrainConfig
+
+    assert TrainConfig(anchor_scale="auto").anchor_scale == "auto"
+    assert TrainConfig(anchor_scale=0.5).anchor_scale == 0.5
+    for bad in (0, 5, "big"):
+        with pytest.raises(ValueError, match="anchor_scale"):
+            TrainConfig(anchor_scale=bad)
