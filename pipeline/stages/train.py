@@ -198,12 +198,20 @@ def _check_config(tc) -> None:
                           "start from it, or clear train.weights")
 
 
-def _anchor_scale(tc, train_set, announce: bool) -> float:
-    """`train.anchor_scale`, with "auto" fitted to the train boxes at the input size (the same on every rank)."""
+def _anchor_scale(tc, train_set, announce: bool, init_path: Path | None = None) -> float:
+    """`train.anchor_scale`, with "auto" fitted to the train boxes at the input size (the same on every rank); a
+    warm start from a Nightshift model keeps that model's anchors, which its box head was trained for."""
+    from pipeline.training.initialise import source_anchor_scale
     from pipeline.training.models import fit_anchor_scale
 
     if tc.anchor_scale != "auto":
         return float(tc.anchor_scale)
+    kept = source_anchor_scale(init_path)
+    if kept is not None:
+        if announce:
+            log.info("train.anchor_scale auto: %.2f, kept from the initial weights (their box head was trained for "
+                     "those anchors)", kept)
+        return kept
     sides = []
     for i, info in enumerate(train_set.image_infos):
         sx, sy = tc.image_size / info["width"], tc.image_size / info["height"]
@@ -322,7 +330,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             log.warning("no snapshot result for run %s: the model's dataset_hash tag is 'unknown'", ctx.run_id)
 
         init_path, init_info = initialise.prepare(cfg, ctx, info.local_rank == 0, lambda: distributed.barrier(info))
-        anchor_scale = _anchor_scale(tc, train_set, info.is_main)
+        anchor_scale = _anchor_scale(tc, train_set, info.is_main, init_path)
         model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, anchor_scale=anchor_scale)
         init = initialise.initialise(model, cfg, init_path, init_info, [c["name"] for c in train_set.categories],
                                      announce=info.is_main)

@@ -199,6 +199,21 @@ def _align_backbone(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
     return out
 
 
+def source_anchor_scale(path: Path | None) -> float | None:
+    """The anchor scale a Nightshift model.pt (a champion, or one given as train.weights) was trained with; None
+    for scratch or any other file (a torchvision checkpoint has torchvision's anchors, i.e. no scale)."""
+    if path is None:
+        return None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - read_state has already said what is wrong with an unreadable file
+        return None
+    if isinstance(blob, dict) and "state_dict" in blob and "image_size" in blob and "model" in blob:
+        return float(blob.get("anchor_scale", 1.0))
+    return None
+
+
 def fetch_weights(uri: str, dest_dir: Path, endpoint_url: str = "") -> Path:
     """A local copy of `train.weights`: the path itself, or an s3:// object fetched through the store client."""
     if not uri.startswith("s3://"):

@@ -75,3 +75,16 @@ def test_anchor_scale_is_a_number_in_range_or_auto():
     for bad in (0, 5, "big"):
         with pytest.raises(ValueError, match="anchor_scale"):
             TrainConfig(anchor_scale=bad)
+
+
+def test_a_warm_start_keeps_the_anchor_scale_of_a_nightshift_model(tmp_path):
+    from pipeline.training.initialise import source_anchor_scale
+
+    model = build_model("ssdlite320_mobilenet_v3_large", 3, 64, anchor_scale=0.5)
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    save_trained(tmp_path / "small.pt", model, "ssdlite320_mobilenet_v3_large", 64, cats, anchor_scale=0.5)
+    save_trained(tmp_path / "plain.pt", model, "ssdlite320_mobilenet_v3_large", 64, cats)
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    assert source_anchor_scale(tmp_path / "small.pt") == 0.5
+    assert source_anchor_scale(tmp_path / "plain.pt") == 1.0
+    assert source_anchor_scale(tmp_path / "state.pt") is None and source_anchor_scale(None) is None
