@@ -19,6 +19,8 @@ BENCHES = {
     "score": ("pipeline.metrics.bench", "COCO scoring of 5,000 images x 100 detections vs faster-coco-eval and pycocotools"),
     "stability": ("pipeline.metrics.stability_bench", "the stability suite (slices + paired bootstrap) against the "
                                                        "evaluate stage's time on the demo (goal <= 1x)"),
+    "audit": ("pipeline.audit.bench", "label audit with the demo model on make demo's data: injected errors (5 % "
+                                      "swapped / dropped / shifted) found in the top 2x (goal >= 80 %)"),
     "export": ("pipeline.export.bench", "PyTorch eager vs ONNX Runtime latency and throughput per registered detector, batch 1 and 8"),
     "data": ("pipeline.datasets.bench", "ingest + validate of 100k images / 1M boxes and an unchanged snapshot, "
                                         "each stage a process, against the goals (<= 20 s, <= 5 s)"),

@@ -75,15 +75,20 @@ def anchor_range(name: str, image_size: int) -> tuple[float, float] | None:
     return None
 
 
+LARGE_HEADROOM = 1.15
+
+
 def fit_anchor_scale(name: str, image_size: int, sides: list[float]) -> tuple[float, str]:
     """`train.anchor_scale: auto`: the scale that brings the smallest anchor down to the small boxes of the data
     (5th percentile of sqrt(w h) of the train boxes at the input size) while the largest still covers the big
-    ones (99th percentile), never above 1 (the model's own anchors) nor under 0.25. Returns (scale, why)."""
+    ones (99th percentile, with 15 % headroom), never above 1 (the model's own anchors) nor under 0.25. Returns
+    (scale, why)."""
     span = anchor_range(name, image_size)
     if span is None or not sides:
         return 1.0, "no anchor sizes to fit" if span is None else "no boxes to fit anchors to"
     small, large = (float(v) for v in torch.quantile(torch.tensor(sides), torch.tensor([0.05, 0.99])))
-    scale = min(1.0, max(0.25, small / span[0], large / span[1]))
+    # the largest anchor a little over the largest boxes: at exactly their size half of them would be bigger
+    scale = min(1.0, max(0.25, small / span[0], LARGE_HEADROOM * large / span[1]))
     scale = round(scale, 2)
     return scale, (f"5th / 99th percentile box side {small:.0f} / {large:.0f} px at {image_size} px; anchors "
                    f"{span[0] * scale:.0f}-{span[1] * scale:.0f} px")
