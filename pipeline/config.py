@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ConfigError
 from pipeline.masking import MASK, is_secret, mask_args, mask_text  # noqa: F401 - mask_args re-exported
@@ -136,10 +138,26 @@ class TrainConfig(Section):
     # anchor sizes x this (e.g. 0.5 for small objects; not FCOS), or "auto": fitted to the train boxes' sizes
     anchor_scale: float | Literal["auto"] = Field(1.0)
 
+    @field_validator("anchor_scale", mode="plain")
+    @classmethod
+    def _anchor_scale(cls, value: Any) -> float | str:
+        """A number in (0, 4] or "auto", each refusal one line (a float | Literal union would list both misses)."""
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise PydanticCustomError("anchor_scale", "Input should be a number in (0, 4] or 'auto'")
+        try:
+            number = float(value)
+        except ValueError:
+            raise PydanticCustomError("anchor_scale", "Input should be a number in (0, 4] or 'auto'") from None
+        if not math.isfinite(number):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        if not 0 < number <= 4:
+            raise PydanticCustomError("anchor_scale", "Input should be a number in (0, 4] or 'auto'")
+        return number
+
     @model_validator(mode="after")
     def _recipe(self) -> "TrainConfig":
-        if self.anchor_scale != "auto" and not 0 < self.anchor_scale <= 4:
-            raise ValueError(f"train.anchor_scale must be in (0, 4] or 'auto', got {self.anchor_scale}")
         from pipeline.training.recipes import recipe
 
         for key, value in recipe(self.model, self.recipe, self.init).items():

@@ -98,7 +98,7 @@ def describe(tc) -> str:
     filled = applied(tc)
     mine = sorted(k for k in values if k in tc.model_fields_set)
     text = ", ".join(f"{k}={_fmt(v)}" for k, v in filled.items()) or "nothing"
-    start = "" if tc.init == "scratch" else f" from {tc.init} weights"
+    start = {"weights": " from train.weights", "champion": " from the champion"}.get(tc.init, "")
     line = f"train.recipe {tc.recipe} for {tc.model}{start} filled {text}"
     if mine:
         line += f"; yours: {', '.join(f'{k}={_fmt(getattr(tc, k))}' for k in mine)}"

@@ -13,12 +13,14 @@ from pipeline.context import RunContext
 from pipeline.datasets.canonical import CanonicalDataset
 from pipeline.training import engine
 from pipeline.training.models import load_trained
-from tests.helpers import last_result, only_commands
+from tests.helpers import last_result, only_commands, result_line
 
 SIZE = 64
-# 16 train images, batch 4: 4 steps an epoch; one thread and deterministic kernels make runs repeatable
-BASE = ["train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size=4", "train.epochs=2",
-        "train.warmup_steps=2", "train.threads_per_rank=1", "train.deterministic=true", "train.seed=7"]
+# 16 train images, batch 4: 4 steps an epoch; one thread and deterministic kernels make runs repeatable; no recipe:
+# these tests are about the stage's mechanics with TrainConfig's plain defaults (the recipe has its own test)
+BASE = ["train.recipe=none", "train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size=4",
+        "train.epochs=2", "train.warmup_steps=2", "train.threads_per_rank=1", "train.deterministic=true",
+        "train.seed=7"]
 
 
 @pytest.fixture
@@ -68,6 +70,23 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_the_recipe_fills_the_unset_keys_says_so_and_fits_the_anchors(shared, only_train, capsys):
+    """train.recipe cpu (the default): what the recipe filled is logged by name, the user's keys are named as
+    theirs, and anchor_scale auto is fitted to these boxes (12-28 px at 64 px) and kept in model.pt."""
+    ctx = publish_dataset("recipe", shared)
+    assert train_cli("recipe", shared, "train.recipe=cpu", "train.max_steps=1") == 0
+    out = capsys.readouterr()
+    result = result_line(out.out)
+    err = out.err
+    line = next(t for t in err.splitlines() if "train.recipe cpu for ssdlite320_mobilenet_v3_large filled" in t)
+    assert "aug_photometric=0.5" in line and "anchor_scale=auto" in line
+    assert "yours: " in line and "image_size=64" in line.split("yours: ")[1]
+    assert "train.anchor_scale auto: " in err and "percentile box side" in err
+    assert 0.25 <= result["anchor_scale"] < 1.0  # small shapes: below SSDlite's own 13-61 px anchors at 64 px
+    _model, meta = load_trained(str(ctx.store.local_path("runs/recipe/train/model.pt")))
+    assert meta["anchor_scale"] == result["anchor_scale"]
 
 
 def test_one_process_training_writes_model_result_and_mlflow(shared, only_train, monkeypatch, capsys):

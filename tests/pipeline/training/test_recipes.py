@@ -75,5 +75,5 @@ def test_a_warm_start_takes_a_third_of_the_epochs_at_a_quarter_of_the_rate():
     scratch = load_config(None, []).train
     warm = load_config(None, ["train.init=champion"]).train
     assert warm.epochs == round(scratch.epochs / 3) and warm.lr == pytest.approx(scratch.lr / 4)
-    assert "from champion weights" in recipes.describe(warm)
+    assert "for ssdlite320_mobilenet_v3_large from the champion filled" in recipes.describe(warm)
     assert load_config(None, ["train.init=champion", "train.epochs=7"]).train.epochs == 7

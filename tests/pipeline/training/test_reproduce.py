@@ -15,7 +15,7 @@ from pipeline.training.reproduce import REPRODUCTION_TAG, compare
 
 SIZE = 64
 # 16 train images, batch 4, 2 epochs: 8 deterministic CPU steps in one process
-TRAIN = ["train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size=4", "train.epochs=2",
+TRAIN = ["train.recipe=none", "train.nproc_per_node=1", f"train.image_size={SIZE}", "train.batch_size=4", "train.epochs=2",
          "train.warmup_steps=2", "train.threads_per_rank=1", "train.deterministic=true", "train.seed=3",
          "train.bn_calibration_images=16", "evaluate.batch_size=4"]
 
