@@ -16,7 +16,7 @@ FORMAT ?= auto
 CONFIG ?= configs/cpu.yaml
 CONF ?=
 
-.PHONY: help envs browser demo run test test-pipeline test-dags test-integration bench airflow-ui mlflow-ui clean
+.PHONY: help envs browser demo run test test-pipeline test-dags test-integration bench gpu-check airflow-ui mlflow-ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ test-integration: envs browser
 
 bench: envs  ## print the performance figures
 	.venv-pipeline/bin/python -m pipeline.bench
+
+gpu-check: envs  ## on a GPU node: train with AMP on CUDA, evaluate, export, print images/s, peak memory, parity
+	.venv-pipeline/bin/python scripts/gpu_check.py $(ARGS)
 
 airflow-ui: envs  ## Airflow on http://127.0.0.1:8080 (loopback only, no run by itself; Ctrl-C stops it)
 	bash scripts/airflow_local.sh standalone
