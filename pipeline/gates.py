@@ -349,10 +349,11 @@ def slice_checks(metrics: dict, threshold: float, min_support: int, test: str = 
     return checks
 
 
-def robustness_checks(metrics: dict, thresholds: Mapping[str, float]) -> list[dict]:
+def robustness_checks(metrics: dict, thresholds: Mapping[str, float], test: str = "point") -> list[dict]:
     """Per corruption (evaluate's `robustness` section, "gaussian_noise@1" ...): the challenger's AP drop against
     its own clean AP (`robustness_max_drop`) and, with a champion, against the champion's AP under the same
-    corruption (`robustness_max_regression`). Point estimates: the corruptions have no bootstrap interval yet.
+    corruption (`robustness_max_regression`; with `test` "bootstrap" judged on that drop's interval, as every
+    drop against the champion is). The drop against clean data is the challenger's own, judged as measured.
     No robustness section while a robustness gate is on fails one check per gate."""
     names = [n for n in ("robustness_max_drop", "robustness_max_regression") if n in thresholds]
     if names == ["robustness_max_regression"] and metrics.get("champion") is None:
@@ -367,10 +368,11 @@ def robustness_checks(metrics: dict, thresholds: Mapping[str, float]) -> list[di
             checks.append(_check("robustness_max_drop", row.get("drop_vs_clean"), thresholds["robustness_max_drop"],
                                  slice=f"corruption:{corruption}"))
         if "robustness_max_regression" in thresholds and metrics.get("champion") is not None:
-            checks.append(_check("robustness_max_regression", row.get("drop_vs_champion"),
-                                 thresholds["robustness_max_regression"], slice=f"corruption:{corruption}",
-                                 **({} if row.get("drop_vs_champion") is not None else
-                                    {"note": "the champion was not scored under this corruption"})))
+            checks.append(_drop_check("robustness_max_regression", row.get("drop_vs_champion"),
+                                      thresholds["robustness_max_regression"], row, test, section.get("confidence"),
+                                      slice=f"corruption:{corruption}",
+                                      **({} if row.get("drop_vs_champion") is not None else
+                                         {"note": "the champion was not scored under this corruption"})))
     return checks
 
 
@@ -393,7 +395,7 @@ def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0, reg
         checks += per_class_checks(metrics, thresholds["per_class_max_regression"], min_support, regression_test)
     if champion is not None and "slice_max_regression" in thresholds:
         checks += slice_checks(metrics, thresholds["slice_max_regression"], slice_min_support, regression_test)
-    checks += robustness_checks(metrics, thresholds)
+    checks += robustness_checks(metrics, thresholds, regression_test)
     summary = None
     if champion is not None:
         summary = {k: champion.get(k) for k in ("version", "AP", "AP50")}

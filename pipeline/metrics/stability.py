@@ -312,6 +312,24 @@ def suite(gt: dict, challenger: list[dict], champion: list[dict] | None = None, 
     return out
 
 
+def paired_drop(gt: dict, challenger: list[dict], champion: list[dict], *, resamples: int = 500,
+                confidence: float = 0.95, seed: int = 0, size_buckets: str = "image") -> dict:
+    """The overall AP drop (champion - challenger) of two models' detections on the same images (e.g. both under
+    one corruption) with its paired bootstrap interval over images: {"drop", "ci"} (ci None for 0 resamples)."""
+    models = []
+    for detections in (challenger, champion):
+        p = prepare(model_matches(gt, detections, size_buckets))
+        models.append((p, counts(p)))
+    n = models[0][0].n_images
+    ours, theirs = (_model_aps(*m, np.ones((1, n)))[0][0, 0] for m in models)
+    out = {"drop": _num(theirs - ours), "ci": None}
+    if resamples > 0:
+        draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+        mine, other = (_model_aps(*m, draws)[0][:, 0] for m in models)
+        out["ci"] = _interval(other - mine, confidence)
+    return out
+
+
 def _bootstrap(ours, theirs, sl: list[Slice], n_images: int, resamples: int, seed: int):
     """Drops (champion - challenger) per resample: overall [B], per class [B, K], per slice [B, S]; both
     models weighted by the same draws of images with replacement."""

@@ -62,10 +62,16 @@ def _slice_rows(m: dict | None) -> list[dict]:
 
 def _robustness_rows(m: dict | None) -> list[dict]:
     """AP under each corruption: the challenger's, its drop vs clean data, the champion's and the drop vs it."""
+    from pipeline.gates import interval_text
+
     rows = []
-    for name, row in (((m or {}).get("robustness") or {}).get("corruptions") or {}).items():
+    section = (m or {}).get("robustness") or {}
+    for name, row in (section.get("corruptions") or {}).items():
+        drop = row.get("drop_vs_champion")
         rows.append({"name": name, "challenger": fmt(row.get("challenger")), "vs_clean": fmt(row.get("drop_vs_clean")),
-                     "champion": fmt(row.get("champion")), "vs_champion": fmt(row.get("drop_vs_champion"))})
+                     "champion": fmt(row.get("champion")),
+                     "vs_champion": fmt(drop) if drop is None else
+                     f"{drop:.4f}" + interval_text(row.get("ci"), section.get("confidence"))})
     return rows
 
 

@@ -39,6 +39,7 @@ class Scored:
     evaluation: Evaluation
     detections: list[dict]
     corrupted: dict[str, float | None] = field(default_factory=dict)  # "blur@1" -> AP under that corruption
+    corrupted_detections: dict[str, list[dict]] = field(default_factory=dict)  # "blur@1" -> detections under it
 
 
 def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: str) -> Scored:
@@ -60,32 +61,40 @@ def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: s
                                  gt_path="ingest/dataset/annotations.json", dt_path=f"{what} detections")
     log.info("%s: AP %s, AP50 %s on %d images (%d detections)", what, _fmt(metrics["AP"]), _fmt(metrics["AP50"]),
              len(gt["images"]), len(detections))
-    return Scored(metrics, evaluation, detections, corrupted_aps(model, dataset, gt, cfg, what))
+    aps, corrupted = corrupted_aps(model, dataset, gt, cfg, what)
+    return Scored(metrics, evaluation, detections, aps, corrupted)
 
 
-def corrupted_aps(model, dataset, gt: dict, cfg: Config, what: str) -> dict[str, float | None]:
+def corrupted_aps(model, dataset, gt: dict, cfg: Config, what: str) -> tuple[dict[str, float | None], dict]:
     """AP of the model on the split under each of `evaluate.corruptions` x `corruption_severities` (seeded,
-    the same pixels for every model): {"gaussian_noise@1": AP, ...}; {} when none is configured."""
+    the same pixels for every model): ({"gaussian_noise@1": AP, ...}, {"gaussian_noise@1": detections, ...});
+    empty when none is configured."""
     from pipeline.metrics.coco import score
     from pipeline.training.corruptions import Corrupted
     from pipeline.training.engine import predict
     from pipeline.training.inference import resolve_device
 
     known = {c["id"] for c in gt["categories"]}
-    out = {}
+    out, detections = {}, {}
     for kind in cfg.evaluate.corruptions:
         for severity in cfg.evaluate.corruption_severities:
             dets = predict(model, Corrupted(dataset, kind, severity, seed=cfg.evaluate.bootstrap_seed),
                            batch_size=cfg.evaluate.batch_size, device=resolve_device(cfg.evaluate.device),
                            progress=False)
-            out[f"{kind}@{severity}"] = score(gt, [d for d in dets if d["category_id"] in known])["AP"]
-            log.info("%s: AP %s under %s (severity %d)", what, _fmt(out[f"{kind}@{severity}"]), kind, severity)
-    return out
+            name = f"{kind}@{severity}"
+            detections[name] = [d for d in dets if d["category_id"] in known]
+            out[name] = score(gt, detections[name])["AP"]
+            log.info("%s: AP %s under %s (severity %d)", what, _fmt(out[name]), kind, severity)
+    return out, detections
 
 
-def robustness(challenger: Scored, champion: Scored | None) -> dict | None:
+def robustness(challenger: Scored, champion: Scored | None, gt: dict | None = None, cfg: Config | None = None
+               ) -> dict | None:
     """metrics.json's `robustness`: per corruption the challenger's AP, its drop vs its clean AP and, with a
-    champion, the champion's AP under it and the challenger's drop against that."""
+    champion, the champion's AP under it and the challenger's drop against that, with the drop's paired
+    bootstrap interval over images (`ci`, as the stability suite's; given `gt` and `cfg`)."""
+    from pipeline.metrics.stability import paired_drop
+
     if not challenger.corrupted:
         return None
 
@@ -97,9 +106,18 @@ def robustness(challenger: Scored, champion: Scored | None) -> dict | None:
         row = {"challenger": ap, "drop_vs_clean": minus(challenger.metrics["AP"], ap)}
         if champion is not None:
             theirs = champion.corrupted.get(name)
-            row.update(champion=theirs, drop_vs_champion=minus(theirs, ap))
+            row.update(champion=theirs, drop_vs_champion=minus(theirs, ap), ci=None)
+            ours_d, theirs_d = challenger.corrupted_detections.get(name), champion.corrupted_detections.get(name)
+            if gt is not None and cfg is not None and ours_d is not None and theirs_d is not None:
+                ev = cfg.evaluate
+                row["ci"] = paired_drop(gt, ours_d, theirs_d, resamples=ev.bootstrap_resamples,
+                                        confidence=ev.bootstrap_confidence, seed=ev.bootstrap_seed,
+                                        size_buckets=ev.size_buckets)["ci"]
         rows[name] = row
-    return {"clean": challenger.metrics["AP"], "corruptions": rows}
+    out = {"clean": challenger.metrics["AP"], "corruptions": rows}
+    if champion is not None and cfg is not None:
+        out["confidence"] = cfg.evaluate.bootstrap_confidence
+    return out
 
 
 def _fmt(value) -> str:
@@ -188,7 +206,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         metrics["champion"] = dict(champion.metrics, version=str(version.version), run_id=version.run_id)
     metrics["stability"] = stability_suite(cfg, gt, challenger.detections,
                                            champion.detections if champion else None)
-    metrics["robustness"] = robustness(challenger, champion)
+    metrics["robustness"] = robustness(challenger, champion, gt, cfg)
 
     shutil.rmtree(ctx.workdir / "out", ignore_errors=True)  # a previous attempt's files must not be published
     out = ctx.scratch("out")

@@ -332,3 +332,20 @@ def test_robustness_checks_against_clean_data_and_the_champion():
     assert {c["name"] for c in gates.check(m, thresholds)[0]} == {"robustness_max_drop"}
     (missing,), _ = gates.check(metrics(), {"robustness_max_drop": 0.15})
     assert not missing["passed"] and "evaluate.corruptions is empty" in missing["note"]
+
+
+def test_a_robustness_regression_is_judged_on_its_bootstrap_interval():
+    """Like every drop against the champion: noise (an interval reaching under the limit) passes, a drop whose
+    whole interval is over the limit fails and says so; the point test judges the estimate alone."""
+    thresholds = {"robustness_max_regression": 0.05}
+    m = metrics(ap=0.50, champion={"version": "3", "AP": 0.50, "AP50": 0.80})
+    m["robustness"] = {"clean": 0.50, "confidence": 0.95, "corruptions": {
+        "blur@1": {"challenger": 0.40, "champion": 0.50, "drop_vs_champion": 0.10, "ci": [0.01, 0.19]},
+        "jpeg@2": {"challenger": 0.30, "champion": 0.40, "drop_vs_champion": 0.10, "ci": [0.07, 0.13]}}}
+    checks, _ = gates.check(m, thresholds, regression_test="bootstrap")
+    assert [(c["slice"], c["passed"], c["test"]) for c in checks] == [
+        ("corruption:blur@1", True, "bootstrap"), ("corruption:jpeg@2", False, "bootstrap")]
+    assert gates.describe(checks[1]).startswith("robustness_max_regression: AP drop vs champion [corruption:jpeg@2] "
+                                                "= 0.1000 [95% CI 0.0700..0.1300], must be <= 0.05")
+    point, _ = gates.check(m, thresholds, regression_test="point")
+    assert [c["passed"] for c in point] == [False, False]

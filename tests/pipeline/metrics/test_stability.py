@@ -216,3 +216,14 @@ def test_a_split_too_large_for_the_count_matrices_gives_the_same_interval_one_dr
     for name, row in batched["slices"].items():
         np.testing.assert_allclose(one_by_one["slices"][name]["ci"], row["ci"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(one_by_one["AP"]["ci"], batched["AP"]["ci"], rtol=0, atol=1e-12)
+
+
+def test_paired_drop_is_the_suites_overall_drop_and_interval():
+    """What the robustness gate uses for each corruption: the same figures the suite gives for the clean AP."""
+    gt = scene(40)
+    a, b = detect(gt, 1), detect(gt, 2, miss={"camA": 0.4, "camB": 0.4})
+    suite = st.suite(gt, a, b, resamples=100, seed=3)["AP"]
+    pair = st.paired_drop(gt, a, b, resamples=100, seed=3)
+    assert pair["drop"] == pytest.approx(suite["drop"]) and pair["ci"] == pytest.approx(suite["ci"])
+    assert st.paired_drop(gt, a, a, resamples=20) == {"drop": 0.0, "ci": [0.0, 0.0]}
+    assert st.paired_drop(gt, a, b, resamples=0)["ci"] is None

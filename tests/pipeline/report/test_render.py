@@ -194,3 +194,14 @@ def test_stability_slices_and_intervals_in_the_gate_section(store, dataset, tmp_
     assert robust[1] == ["jpeg@1", f"{metrics['AP'] - 0.2:.3f}", "0.200", "n/a", "n/a"]
     assert "robustness_max_drop: AP drop vs clean data [corruption:jpeg@1] = 0.2000, must be <= 0.1" \
         in page.section("recommendation")
+
+
+def test_robustness_rows_show_the_interval_of_each_drop_against_the_champion():
+    from pipeline.report.render import _robustness_rows
+
+    rows = _robustness_rows({"robustness": {"confidence": 0.95, "corruptions": {
+        "jpeg@1": {"challenger": 0.3, "drop_vs_clean": 0.2, "champion": 0.4, "drop_vs_champion": 0.1,
+                   "ci": [0.05, 0.15]},
+        "blur@1": {"challenger": 0.3, "drop_vs_clean": 0.1}}}})
+    assert rows[0]["vs_champion"] == "0.1000 [95% CI 0.0500..0.1500]"
+    assert rows[1]["vs_champion"] == "n/a" and rows[1]["vs_clean"] == "0.100"

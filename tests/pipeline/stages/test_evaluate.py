@@ -178,8 +178,10 @@ def test_robustness_under_corruptions_against_clean_and_the_champion(shared, tmp
     section = metrics["robustness"]
     assert list(section["corruptions"]) == ["gaussian_noise@2", "jpeg@2"]
     assert section["clean"] == metrics["AP"]
+    assert section["confidence"] == 0.95
     for row in section["corruptions"].values():
         assert row["champion"] == row["challenger"] and row["drop_vs_champion"] == 0.0
+        assert row["ci"] == [0.0, 0.0]  # the paired bootstrap of a model against itself
         assert row["drop_vs_clean"] == pytest.approx(metrics["AP"] - row["challenger"])
     assert result["robustness"] == {k: v["challenger"] for k, v in section["corruptions"].items()}
 
