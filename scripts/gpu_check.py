@@ -1,8 +1,8 @@
 """`make gpu-check`: the GPU path in one prepared run (under 8 minutes on one GPU).
 
-    python scripts/gpu_check.py [--model ssdlite320_mobilenet_v3_large] [--epochs 4] [--images 480] [--size 320]
+    python scripts/gpu_check.py [--model ssdlite320_mobilenet_v3_large] [--epochs 4] [--size 320]
 
-On a CUDA device it generates the demo data, trains the model a few epochs with the GPU recipe and AMP through
+On a CUDA device it generates make demo's data (480 images), trains the model a few epochs with the GPU recipe and AMP through
 the training engine the train stage uses, evaluates on CUDA, exports to ONNX and compares ONNX Runtime (the
 CUDA provider when onnxruntime-gpu is installed, else the CPU one) with the CUDA model on the val split: the
 raw detections and the mAP, as the export stage's parity gate does. TensorRT is tried when `tensorrt` imports.
@@ -16,24 +16,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-def _data(root: Path, images: int) -> Path:
-    from pipeline.datasets.synthetic import generate
+def _data(root: Path) -> Path:
+    """make demo's data: the generated set, split by the canonical group-hash rule."""
+    from pipeline.audit.bench import make_demo_data
 
-    data = root / "data"
-    generate(data, num_images=images, seed=0)
-    coco = json.loads((data / "annotations.json").read_text())
-    for i, image in enumerate(coco["images"]):
-        image["split"] = "val" if i % 5 == 0 else "train"
-        image["group"] = image["file_name"]
-    (data / "annotations.json").write_text(json.dumps(coco))
-    return data
+    make_demo_data(root / "data")
+    return root / "data"
 
 
 def _train(args, data: Path, root: Path, device):
@@ -119,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--images", type=int, default=480, help="generated demo images (4 train : 1 val)")
     parser.add_argument("--size", type=int, default=320, help="input side S")
     parser.add_argument("--max-map-drop", type=float, default=0.001, help="parity limit, as export.parity_max_map_drop")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA device")
@@ -141,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nightshift-gpu-check-") as tmp:
         root = Path(tmp)
-        data = _data(root, args.images)
+        data = _data(root)
         model, cfg, fit_result, peak = _train(args, data, root, device)
         metrics, infer_ips, _dets, val = _evaluate(model, data, cfg.image_size, device)
         parity = _onnx_parity(model, val, cfg.image_size, root, device)
