@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from pipeline.errors import ConfigError
 from pipeline.masking import MASK, is_secret, mask_args, mask_text  # noqa: F401 - mask_args re-exported
 
-FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
+FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti", "imagefolder", "manifest")  # the last two: classification
 FORMAT_CHOICES = ("auto", *FORMATS)  # "auto": detect format and layout (pipeline/formats/layout.py)
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class StoreConfig(Section):
 
 class DataConfig(Section):
     source: str = ""  # dataset export to ingest: directory, archive or s3:// prefix ("" = generated demo set)
+    # detection | classification | segmentation (pipeline/tasks.py); auto = the task of train.model
+    task: Literal["auto", "detection", "classification", "segmentation"] = "auto"
     format: Literal[FORMAT_CHOICES] = "auto"  # annotation format of `source` ("auto" = detect it, and log why)
     splits: Literal["hash", "source"] = "hash"  # hash of the group key, or the export's own train/val/test
     voc_one_based: bool = False  # VOC boxes as the devkit's 1-based inclusive pixels (labelImg, CVAT write 0-based)
@@ -135,6 +137,7 @@ class TrainConfig(Section):
     aug_zoom_out_max: float = Field(2.0, ge=1)  # largest canvas side / image side for zoom out
     aug_iou_crop: float = Field(0.0, ge=0, le=1)  # probability of an SSD-style IoU crop
     aug_scale_jitter: tuple[float, float] = (1.0, 1.0)  # random scale range around the centre (1, 1 = off)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # a classifier's cross-entropy label smoothing (classifiers only)
     # anchor sizes x this (e.g. 0.5 for small objects; not FCOS), or "auto": fitted to the train boxes' sizes
     anchor_scale: float | Literal["auto"] = Field(1.0)
 
@@ -192,8 +195,10 @@ class EvaluateConfig(Section):
 class GatesConfig(Section):
     map_min: float = 0.0  # COCO mAP@[.5:.95] the challenger must reach
     map50_min: float = 0.5  # COCO mAP@0.5 the challenger must reach
-    max_regression: float = 0.02  # allowed mAP drop against the champion
-    per_class_max_regression: float | None = None  # allowed per-class AP drop vs the champion (None = off)
+    accuracy_min: float = 0.0  # classification: top-1 accuracy the challenger must reach
+    macro_f1_min: float = 0.0  # classification: macro F1 the challenger must reach
+    max_regression: float = 0.02  # allowed mAP drop against the champion (classification: accuracy drop)
+    per_class_max_regression: float | None = None  # allowed per-class AP (classification: recall) drop vs champion (None = off)
     per_class_min_support: int = Field(10, ge=0)  # ...only for classes with at least this many GT boxes in the split
     regression_test: Literal["point", "bootstrap"] = "bootstrap"  # bootstrap: a drop fails only when its whole interval is over the limit
     slice_max_regression: float | None = None  # allowed AP drop vs the champion per box-size bucket and ingest group (None = off)
@@ -202,6 +207,10 @@ class GatesConfig(Section):
     robustness_max_regression: float | None = None  # mAP under a corruption the challenger may lose vs the champion (None = off)
     latency_p95_ms_max: float | None = None  # ONNX Runtime p95 latency at batch 1, checked by export (None = off)
     model_size_mb_max: float | None = None  # exported ONNX file size in MB, checked by export (None = off)
+    # segmentation (evaluate's `segm`, mask IoU); a detection run reports them as not applicable when set
+    segm_map_min: float = 0.0  # mask mAP@[.5:.95] the challenger must reach
+    segm_map50_min: float = 0.0  # mask mAP@0.5 the challenger must reach
+    segm_max_regression: float = 0.02  # allowed mask mAP drop against the champion
     policy_file: str = ""  # YAML policy with the thresholds above (path or s3:// URI); "" = the values above
     overrides: dict[str, float] = Field(default_factory=dict)  # one run's thresholds from a manual trigger
     override_reason: str = ""  # required when `overrides` relaxes a threshold; recorded and announced
@@ -218,6 +227,13 @@ class ExportConfig(Section):
     threads: int = Field(1, ge=1)  # intra-op threads for PyTorch and ONNX Runtime in checks and benchmarks
     verify_images: int = Field(8, ge=1)  # val images whose raw outputs are compared PyTorch vs ONNX Runtime
     output_match_min: float = 0.98  # fraction of ORT's top detections that must match PyTorch's (label, IoU, score)
+    # (a classifier: of val images whose top-1 class ORT and PyTorch agree on)
+    # classifiers (pipeline/export/classifier.py); the *_map_* keys above are for detectors and segmenters
+    parity_max_accuracy_drop: float = 0.001  # val accuracy ONNX Runtime may lose vs PyTorch
+    parity_max_class_recall_drop: float = 0.01  # and recall for any one class
+    output_max_prob_diff: float = Field(1e-4, gt=0)  # largest probability difference ORT vs PyTorch on verify_images
+    int8_max_accuracy_drop: float = 0.01  # val accuracy the INT8 model may lose vs PyTorch
+    parity_max_segm_ap_drop: float = 0.001  # mask AP ONNX Runtime may lose vs PyTorch on val (segmentation models)
     int8: bool = False  # also write model.int8.onnx (onnxruntime dynamic INT8 quantisation, CPU), parity-gated
     int8_max_map_drop: float = 0.01  # mAP the INT8 models (onnxruntime and TensorRT int8) may lose vs PyTorch
     tensorrt: Literal["off", "fp16", "int8"] = "off"  # also build model.plan with TensorRT (needs tensorrt + a GPU)
@@ -284,6 +300,14 @@ class Config(Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_model(cls, raw: Any) -> Any:
+        """`data.task` without `train.model`: that task's default model (pipeline/tasks.py)."""
+        from pipeline.tasks import default_model_first
+
+        return default_model_first(raw) if isinstance(raw, dict) else raw
 
     # -- derived locations -------------------------------------------------------------------
     def resolved(self) -> "Config":

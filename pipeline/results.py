@@ -93,6 +93,7 @@ class CheckResult(StageResult):
 class IngestResult(StageResult):
     STAGE: ClassVar[str] = "ingest"
     source: str | None = None
+    task: str | None = None  # what the labels are for: detection, classification, segmentation (pipeline/tasks.py)
     format: str | None = None
     format_detected: bool | None = None
     layout: str | None = None
@@ -193,6 +194,9 @@ class TrainResult(StageResult):
     dataset_hash: str | None = None
     init: Any = None
     anchor_scale: Number | None = None  # what train.anchor_scale resolved to ("auto": fitted to the train boxes)
+    task: str | None = None  # the model's task: detection, classification, segmentation (pipeline/tasks.py)
+    val_accuracy: list[Number | None] | None = None  # a classifier's val accuracy per evaluated epoch
+    best_val_accuracy: Number | None = None
     rank: int | None = None  # what a rank other than 0 reports (never written)
 
 
@@ -209,6 +213,11 @@ class EvaluateResult(StageResult):
     detections: int | None = None
     stability: Json | None = None  # {slices, AP_drop, ci, resamples, duration_s}: the stability suite's summary
     robustness: Json | None = None  # {"blur@1": AP, ...}: the challenger under each configured corruption
+    task: str | None = None  # "classification" for a classifier (absent: a detector); then these four:
+    accuracy: Number | None = None
+    macro_f1: Number | None = None
+    top_k: Json | None = None  # {"5": accuracy} (or {"2": ...} with 5 classes or fewer)
+    segm: Json | None = None  # a segmentation run: {AP, AP50, champion_AP} on masks (metrics.json's `segm`)
 
 
 class GateResult(StageResult):
@@ -227,6 +236,10 @@ class GateResult(StageResult):
     champion: Any = None
     AP: Number | None = None
     AP50: Number | None = None
+    task: str | None = None  # what the metrics judged were of: detection (also segmentation) or classification
+    accuracy: Number | None = None  # a classifier's
+    macro_f1: Number | None = None
+    not_applicable: list[Json] | None = None  # gates of another task that the policy set: reported, not judged
     note: str | None = None
     report: str | None = None  # on a refusal: the link to the run report
 
@@ -236,11 +249,17 @@ class ExportResult(StageResult):
     format: str | None = None
     onnx: str | None = None
     report: str | None = None
-    parity: Json | None = None  # {map_drop, ap_pytorch, ap_onnxruntime, per_class_ap_drop}
-    output_match: Number | None = None
+    parity: Json | None = None  # {map_drop, ap_pytorch, ap_onnxruntime, per_class_ap_drop}; a classifier's:
+    # {accuracy_drop, accuracy_pytorch, accuracy_onnxruntime, per_class_recall_drop}
+    output_match: Number | None = None  # a classifier: share of images with the same top-1 class
+    task: str | None = None  # "classification" (absent: the detector export)
+    max_prob_abs_diff: Number | None = None  # a classifier: largest probability difference ORT vs PyTorch
+    int8_accuracy_drop: Number | None = None
     tensorrt_ops_supported: bool | None = None
     int8_map_drop: Number | None = None
     tensorrt_map_drop: Number | None = None
+    segm_parity: Json | None = None  # a Mask R-CNN: {segm_ap_drop, pytorch, onnxruntime} (mask AP on val)
+    mask_agreement: Number | None = None  # ...and the share of shared detections whose masks agree
     speed: dict[str, Number | None] | None = None
     onnx_mb: Number | None = None
     sha256: dict[str, str] | None = None  # deployable file -> the checksum promote insists on

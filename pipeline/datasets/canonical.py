@@ -73,6 +73,8 @@ class CanonicalDataset(torch.utils.data.Dataset):
         self.categories: list[dict] = sorted(self.coco["categories"], key=lambda c: c["id"])
         self.cat_to_label: dict[int, int] = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
         self.label_to_cat: dict[int, int] = {v: k for k, v in self.cat_to_label.items()}
+        # a segmentation dataset (annotations.json "task"): targets also carry "masks" uint8 [N, S, S]
+        self.segmentation = self.coco.get("task") == "segmentation"
         subset = split_coco(self.coco, split)
         self.image_infos: list[dict] = subset["images"]
         self._anns: dict[int, list[dict]] = {im["id"]: [] for im in self.image_infos}
@@ -94,7 +96,7 @@ class CanonicalDataset(torch.utils.data.Dataset):
         """Training target for image i: non-crowd boxes as xyxy in resized pixels, degenerate ones dropped."""
         info = self.image_infos[i]
         sx, sy = self.image_size / orig_w, self.image_size / orig_h
-        boxes, labels = [], []
+        boxes, labels, segs = [], [], []
         for ann in self.annotations(i):
             if ann.get("iscrowd", 0):
                 continue
@@ -105,12 +107,18 @@ class CanonicalDataset(torch.utils.data.Dataset):
                 continue
             boxes.append([x1, y1, x2, y2])
             labels.append(self.cat_to_label[ann["category_id"]])
-        return {
+            segs.append(ann.get("segmentation"))
+        target = {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "image_id": int(info["id"]),
             "orig_size": (int(orig_h), int(orig_w)),
         }
+        if self.segmentation:  # instance masks, aligned with the boxes kept (pipeline/datasets/masks.py)
+            from pipeline.datasets.masks import rasterise
+
+            target["masks"] = rasterise(segs, orig_h, orig_w, self.image_size)
+        return target
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict]:
         info = self.image_infos[i]
@@ -127,3 +135,30 @@ def collate(batch) -> tuple[list[Tensor], list[dict]]:
     """Detection batches are lists: images may carry different numbers of boxes."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+class ClassificationDataset(CanonicalDataset):
+    """One split of a canonical classification dataset (`"task": "classification"` in annotations.json): every
+    image carries one annotation `{"id", "image_id", "category_id"}` and no box.
+
+    Class `i` (0..K-1) is `categories[i]` (sorted by id; no background class): `cat_to_label` / `label_to_cat`
+    map between them. Items are (image float32 [3, S, S] in 0..1, {"label", "image_id", "orig_size"}); an
+    image with no annotation has label -1 (ingest never writes one; the cross entropy would refuse it).
+    """
+
+    def __init__(self, root: str | Path, split: str | None, image_size: int, transforms=None,
+                 coco: dict | None = None):
+        super().__init__(root, split, image_size, transforms, coco)
+        self.cat_to_label = {c["id"]: i for i, c in enumerate(self.categories)}
+        self.label_to_cat = {v: k for k, v in self.cat_to_label.items()}
+
+    def label(self, i: int) -> int:
+        anns = self.annotations(i)
+        return self.cat_to_label[anns[0]["category_id"]] if anns else -1
+
+    def labels(self) -> list[int]:
+        return [self.label(i) for i in range(len(self))]
+
+    def target(self, i: int, orig_h: int, orig_w: int) -> dict:
+        return {"label": self.label(i), "image_id": int(self.image_infos[i]["id"]),
+                "orig_size": (int(orig_h), int(orig_w))}

@@ -104,11 +104,12 @@ def dhash(path: Path) -> str | None:
 
 
 def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: str = "nightshift",
-          split_ratios=(0.8, 0.1, 0.1)) -> tuple[dict, list[tuple[Path, str]], dict]:
+          split_ratios=(0.8, 0.1, 0.1), task: str = "detection") -> tuple[dict, list[tuple[Path, str]], dict]:
     """Canonical COCO dict, [(local file, file_name)] to copy, and split bookkeeping from a reader's Dataset.
 
     Images are renumbered 1..N in file_name order and annotations 1..M in image order, so the same export
-    always gives byte-identical annotations.json (and the same DVC hash).
+    always gives byte-identical annotations.json (and the same DVC hash). A `task` other than detection is
+    recorded at the top (`"task"`, pipeline/tasks.py); an image-level label (classification) has no bbox.
     """
     cat_ids = {c["id"]: label_map[c["name"]] for c in ds.categories}
     categories = sorted(({**c, "id": label_map[c["name"]]} for c in ds.categories), key=lambda c: c["id"])
@@ -126,8 +127,9 @@ def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: st
         files.append((img["path"], img["file_name"]))
     annotations = []
     for m, ann in enumerate(sorted(ds.annotations, key=lambda a: (new_img_id[a["image_id"]], a["id"])), start=1):
-        entry = {"id": m, "image_id": new_img_id[ann["image_id"]], "category_id": cat_ids[ann["category_id"]],
-                 "bbox": ann["bbox"], "area": ann["area"], "iscrowd": ann["iscrowd"]}
+        entry = {"id": m, "image_id": new_img_id[ann["image_id"]], "category_id": cat_ids[ann["category_id"]]}
+        if "bbox" in ann:  # every detection / segmentation annotation; never a classification label
+            entry.update(bbox=ann["bbox"], area=ann["area"], iscrowd=ann["iscrowd"])
         if "segmentation" in ann:
             entry["segmentation"] = ann["segmentation"]
         if ann.get("attributes"):
@@ -137,6 +139,8 @@ def build(ds, label_map: dict[str, int], group_pattern: str = "", split_salt: st
         annotations.append(entry)
     coco = {"info": {"description": "Nightshift canonical dataset", "format": "coco"},
             "images": images, "annotations": annotations, "categories": categories}
+    if task != "detection":  # absent = detection, so detection datasets keep their bytes (and DVC hash)
+        coco["task"] = task
     return coco, files, {"group_pattern_misses": misses}
 
 

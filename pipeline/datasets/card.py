@@ -1,7 +1,9 @@
 """The dataset card: what one snapshot holds, as self-contained HTML and Markdown.
 
 Counts per split and per class (and whether the splits are the export's own or Nightshift's hash), image
-width/height histograms and sample images with their boxes drawn (PNG
+width/height histograms and sample images with their boxes drawn (for a classification dataset, annotations.json
+`"task": "classification"`: images per class per split, and samples captioned with their class, classes taking
+turns; no boxes and no augmentation strip) (PNG
 and JPEG embedded as data: URIs, so the card reads offline and travels as one file), the validation summary of
 the same run when there is one, and the DVC dataset hash that names the snapshot. The snapshot stage writes it
 to runs/<run_id>/snapshot/card.html and card.md.
@@ -92,6 +94,23 @@ def pick_samples(coco: dict, n: int) -> list[dict]:
     return ranked[:n]
 
 
+def pick_class_samples(coco: dict, n: int) -> list[tuple[dict, str]]:
+    """n labelled images of a classification dataset with their class names, the classes taking turns (by id)
+    and each class's images in content-hash order: the same dataset, the same samples."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    label = {a["image_id"]: names.get(a["category_id"], str(a["category_id"])) for a in coco["annotations"]}
+    per_class: dict[str, list[dict]] = {}
+    for im in sorted((im for im in coco["images"] if im["id"] in label), key=lambda im: im.get("sha1", "")):
+        per_class.setdefault(label[im["id"]], []).append(im)
+    order = [names[i] for i in sorted(names) if names[i] in per_class]
+    picked: list[tuple[dict, str]] = []
+    while len(picked) < n and any(per_class.values()):
+        for name in order:
+            if per_class[name] and len(picked) < n:
+                picked.append((per_class[name].pop(0), name))
+    return picked
+
+
 STRIP_VERSION = 1  # bump when the strip's drawing changes, so strips kept in the store are redrawn
 STRIP_CACHE = "state/aug_strip/{}.json"  # artifact-store key of a strip, by the digest of all it depends on
 
@@ -124,6 +143,9 @@ def augmentation_strip(coco: dict, read_image: Callable[[str], bytes | None], tr
     state/aug_strip/ instead of importing torch again (the nightly unchanged dataset)."""
     if images <= 0:
         return "no augmentation strip: snapshot.card_strip_images=0"
+    if coco.get("task") == "classification":
+        return ("no augmentation strip: it draws boxes through the detection augmentation; this is a classification "
+                "dataset")
     started = time.perf_counter()
     train_images = [im for im in coco["images"] if im.get("split") == "train"]
     position = {im["id"]: i for i, im in enumerate(train_images)}
@@ -189,6 +211,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     """(html, markdown) for the canonical dataset `coco`; `read_image(file_name)` returns an image's bytes;
     `audit` is the run's `nightshift audit` result, when there is one; `augmentation` is what
     `augmentation_strip` returned (a Strip, or a line saying why there is none), or None for no such section."""
+    classification = coco.get("task") == "classification"  # one label per image: counts are images, no boxes
     counts = canonical_io.counts(coco)
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     widths = [int(im.get("width") or 0) for im in coco["images"]]
@@ -197,7 +220,7 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
              ("Image heights", data_uri(_histogram_png(heights, "Image heights"), "image/png"))] if widths else []
     cat_name = {c["id"]: c["name"] for c in coco["categories"]}
     by_image: dict[int, list] = {}
-    picked = pick_samples(coco, samples)
+    picked = [] if classification else pick_samples(coco, samples)  # classification: its own samples below
     wanted = {im["id"] for im in picked}
     for a in coco["annotations"]:
         if a["image_id"] in wanted:
@@ -209,6 +232,13 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
         jpeg = _sample_jpeg(raw, by_image.get(im["id"], []), names) if raw else None
         if jpeg:
             sample_uris.append((im["file_name"], im.get("split", ""), data_uri(jpeg, "image/jpeg")))
+    if classification:  # the image and its class name, nothing drawn on it
+        for im, name in pick_class_samples(coco, samples):
+            raw = read_image(im["file_name"])
+            jpeg = _sample_jpeg(raw, [], names) if raw else None
+            if jpeg:
+                sample_uris.append((im["file_name"], f"{im.get('split', '')}, class {name}",
+                                    data_uri(jpeg, "image/jpeg")))
 
     split_rows = [(s, v["images"], v["annotations"]) for s, v in counts["per_split"].items()]
     split_line = split_method(coco)
@@ -222,22 +252,25 @@ def build(coco: dict, read_image: Callable[[str], bytes | None], dataset_hash: s
     else:
         vline = "not validated in this run"
     aline = audit_line(audit)
-    summary = (f"{counts['images']} images, {counts['annotations']} boxes, {len(names)} classes"
-               + (f", {counts['ignore_regions']} ignore regions" if counts["ignore_regions"] else ""))
+    unit = "labels" if classification else "boxes"  # what the counts count
+    summary = (f"{counts['images']} images, {counts['annotations']} {'class labels' if classification else 'boxes'}, "
+               f"{len(names)} classes" + (f", {counts['ignore_regions']} ignore regions" if counts["ignore_regions"]
+                                         else ""))
 
     page = pages.render("card.html.j2", title=title, dataset_hash=dataset_hash, summary=summary, validation=vline,
                         audit=aline, split_rows=split_rows, split_line=split_line, class_rows=class_rows,
                         class_columns=(*canonical_io.SPLITS, "total"), histograms=hists, samples=sample_uris,
+                        split_unit=unit, class_unit="images" if classification else "boxes",
                         augmentation=augmentation is not None,
                         strip_uri=None if isinstance(augmentation, str) or augmentation is None
                         else data_uri(augmentation.png, "image/png"),
                         strip_caption=augmentation if isinstance(augmentation, str) or augmentation is None
                         else augmentation.caption, strip_name=STRIP_NAME)
     md = [f"# {title}", "", f"Dataset hash `{dataset_hash or 'not snapshotted'}`: {summary}.", "",
-          "## Validation", "", vline, "", "## Label audit", "", aline, "", "## Splits", "", "| split | images | boxes |", "|---|---:|---:|"]
+          "## Validation", "", vline, "", "## Label audit", "", aline, "", "## Splits", "", f"| split | images | {unit} |", "|---|---:|---:|"]
     md += [f"| {s} | {i} | {a} |" for s, i, a in split_rows]
     md += ["", split_line]
-    md += ["", "## Classes (boxes)", "", "| class | " + " | ".join((*canonical_io.SPLITS, "total")) + " |",
+    md += ["", f"## Classes ({'images' if classification else 'boxes'})", "", "| class | " + " | ".join((*canonical_io.SPLITS, "total")) + " |",
            "|---|" + "---:|" * 4]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in class_rows]
     md += ["", "## Image sizes", ""] + [f"![{t}]({u})" for t, u in hists]

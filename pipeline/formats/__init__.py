@@ -8,6 +8,9 @@ Readers check the schema and raise `InputRejected(path=..., field=...)` for what
 unusable (unreadable or unsafe files, paths leaving the export, an empty split); a defect of one item (bad
 box, unknown class, missing image) sets that image aside in `Dataset.quarantine` instead, and ingest rejects
 the export only when too many are set aside. Value checks (boxes inside the image) are the validate stage's.
+With `task="classification"` (data.task) the exports are read for image-level labels instead
+(`CLASSIFICATION_READERS`: ImageFolder trees, CSV/JSON manifests, Labelme flags, CVAT tags): one annotation
+`{"id", "image_id", "category_id"}` per image, no box.
 """
 from __future__ import annotations
 
@@ -18,10 +21,12 @@ from typing import Callable
 from pipeline.errors import ConfigError
 from pipeline.formats.base import Dataset, Problems
 from pipeline.formats.coco import read_coco
-from pipeline.formats.cvat import read_cvat
+from pipeline.formats.cvat import read_cvat, read_cvat_tags
+from pipeline.formats.imagefolder import read_imagefolder
 from pipeline.formats.kitti import read_kitti
-from pipeline.formats.labelme import read_labelme
+from pipeline.formats.labelme import read_labelme, read_labelme_flags
 from pipeline.formats.layout import Found, locate, sub_origin
+from pipeline.formats.manifest import read_manifest
 from pipeline.formats.voc import read_voc
 from pipeline.formats.yolo import read_yolo
 
@@ -33,19 +38,44 @@ READERS: dict[str, Callable[..., Dataset]] = {
     "cvat": read_cvat,
     "kitti": read_kitti,
 }
+# image-level labels (data.task: classification): one class per image, no boxes
+CLASSIFICATION_READERS: dict[str, Callable[..., Dataset]] = {
+    "imagefolder": read_imagefolder,  # <class>/<image>, or <split>/<class>/<image>
+    "manifest": read_manifest,  # a CSV (file,label[,split]) or JSON list naming each image's class
+    "labelme": read_labelme_flags,  # one true flag per Labelme file
+    "cvat": read_cvat_tags,  # one <tag> per <image> (CVAT for images 1.1)
+}
+
+
+def formats_for(task: str) -> tuple[str, ...]:
+    """The data.format values that can hold labels for `task` (classification, or detection/segmentation)."""
+    return tuple(CLASSIFICATION_READERS if task == "classification" else READERS)
+
+
+def check_task_format(task: str, fmt: str) -> None:
+    """ConfigError naming data.task and data.format when `fmt` cannot hold labels for `task` ("auto" always can)."""
+    if fmt == "auto" or fmt in formats_for(task) or (fmt not in READERS and fmt not in CLASSIFICATION_READERS):
+        return  # a format nobody reads is read()'s message
+    kind = "image-level class labels" if task == "classification" else "boxes and masks"
+    raise ConfigError(f"data.format={fmt} cannot hold {kind} for data.task={task}: use data.format auto or one of "
+                      f"{', '.join(formats_for(task))}, or set data.task to the task of this export")
 
 
 def read(fmt: str, root, origin: str = "", scratch=None, **options) -> Dataset:
     """Read the export under `root` with the reader for `fmt` (ConfigError when there is none).
 
-    `options` go to the readers that take them (`one_based` for VOC); `scratch` to those that write files
-    (Labelme's embedded imageData).
+    `options` go to the readers that take them (`one_based` for VOC, `task` for Labelme and CVAT masks);
+    `scratch` to those that write files (Labelme's embedded imageData). With `task="classification"` the
+    image-level readers (CLASSIFICATION_READERS) read the export instead.
     """
+    task = options.get("task") or "detection"
+    check_task_format(task, fmt)
+    table = CLASSIFICATION_READERS if task == "classification" else READERS
     try:
-        reader = READERS[fmt]
+        reader = table[fmt]
     except KeyError:
         raise ConfigError(f"data.format={fmt!r}: no reader for this format yet "
-                          f"(available: {', '.join(sorted(READERS))})") from None
+                          f"(available: {', '.join(sorted(table))})") from None
     params = inspect.signature(reader).parameters
     kwargs = {k: v for k, v in options.items() if k in params}
     if scratch is not None and "scratch" in params:
@@ -55,7 +85,7 @@ def read(fmt: str, root, origin: str = "", scratch=None, **options) -> Dataset:
 
 def locate_and_read(fmt: str, top, origin: str = "", scratch=None, **options) -> tuple[Dataset, Found]:
     """Find the export under `top` (up to two folders down; `fmt` "auto" also detects the format), then read it."""
-    found = locate(Path(top), fmt, origin or str(top))
+    found = locate(Path(top), fmt, origin or str(top), task=options.get("task") or "detection")
     sub = sub_origin(origin or str(top), Path(top), found.root)
     if found.parts:
         parts = [(part.name, read(found.format, part, origin=sub_origin(sub, found.root, part),
@@ -95,4 +125,5 @@ def merge_split_folders(parts: list[tuple[str, Dataset]]) -> Dataset:
     return merged
 
 
-__all__ = ["READERS", "Dataset", "Found", "Problems", "locate", "locate_and_read", "read"]
+__all__ = ["CLASSIFICATION_READERS", "READERS", "Dataset", "Found", "Problems", "check_task_format", "formats_for",
+           "locate", "locate_and_read", "read"]

@@ -7,9 +7,10 @@ may hold the same name). `<image id name width height>` holds `<box label occlud
 [rotation]>` and `<polygon label occluded points="x1,y1;x2,y2;...">` shapes, each with `<attribute name=..>`
 children; `occluded`, `z_order`, `source`, `group_id` and every attribute are kept as annotation attributes.
 A rotated box becomes the axis-aligned box around it. Polylines, points, cuboids, ellipses, masks, skeletons
-and tags are not boxes and are skipped. Labels come from `<meta>` (task or project); a shape whose label is
-not declared there, or with bad coordinates, sets its image aside (quarantine). Entities, DTDs and external
-references are refused by defusedxml (exit 3).
+and tags are not boxes and are skipped; with `task="segmentation"` a `<mask rle left top width height>` (CVAT's
+own row-major RLE of its crop) is kept as a COCO RLE at the image size (pipeline/datasets/masks.py). Labels
+come from `<meta>` (task or project); a shape whose label is not declared there, or with bad coordinates,
+sets its image aside (quarantine). Entities, DTDs and external references are refused by defusedxml (exit 3).
 """
 from __future__ import annotations
 
@@ -80,6 +81,37 @@ def _shape(el) -> tuple[list[float], list[float] | None] | str:
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], pts
 
 
+def _mask(el, height: int, width: int) -> tuple[list[float], dict] | str:
+    """(bbox, COCO RLE at the image size) of a <mask rle left top width height>, or an error message."""
+    from pipeline.datasets.masks import bbox_area, cvat_mask
+
+    try:
+        left, top, w, h = (int(float(el.get(k, ""))) for k in ("left", "top", "width", "height"))
+    except ValueError:
+        return "a <mask> needs integer left, top, width and height"
+    if height <= 0 or width <= 0:
+        return "the image's size is unknown (no width / height on <image>, and the image cannot be read)"
+    rle = cvat_mask(el.get("rle") or "", left, top, w, h, height, width)
+    if isinstance(rle, str):
+        return rle
+    return bbox_area(rle, height, width)[0], rle
+
+
+def _size(w, h, local: Path):
+    """A callable giving the image's (height, width): <image>'s own, else the header's (0, 0 if unreadable)."""
+    def size() -> tuple[int, int]:
+        if w and h:
+            return h, w
+        from PIL import Image
+
+        try:
+            with Image.open(local) as im:
+                return im.height, im.width
+        except OSError:  # unreadable: ingest sets the image aside for that anyway
+            return 0, 0
+    return size
+
+
 def _parse(root: Path, origin: str):
     """The export's one CVAT XML, parsed safely: (its name in messages, the <annotations> element)."""
     from pipeline.formats.layout import cvat_xmls
@@ -125,16 +157,20 @@ def _image_file(ds: Dataset, img, where: str, root: Path, origin: str, name: str
     return local, rel
 
 
-def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[str]):
+def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[str], task: str = "detection",
+            size=None):
     """The boxes and polygons of <image> `img` as (label, bbox, polygon, attributes, where), skipping what is
-    not a box; returns (shapes, None), or (shapes so far, (field, reason)) for the defect that sets it aside."""
+    not a box; returns (shapes, None), or (shapes so far, (field, reason)) for the defect that sets it aside.
+    With task "segmentation" a <mask> is kept too, its `polygon` a COCO RLE at `size` (a callable giving the
+    image's (height, width))."""
     shapes = []
+    masks = task == "segmentation"
     for k, el in enumerate(img):
         swhere = f"{where}.{el.tag}[{k}]"
-        if el.tag in NOT_BOXES:
+        if el.tag in NOT_BOXES and not (masks and el.tag == "mask"):
             ds.skip(name, swhere, f"<{el.tag}> is not a box: skipped", rel)
             continue
-        if el.tag not in SHAPES:
+        if el.tag not in SHAPES and el.tag != "mask":
             continue
         label = (el.get("label") or "").strip()
         if not label:
@@ -142,7 +178,7 @@ def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[st
             continue
         if declared and label not in declared:
             return shapes, (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
-        got = _shape(el)
+        got = _mask(el, *size()) if el.tag == "mask" else _shape(el)
         if isinstance(got, str):
             return shapes, (swhere, got)
         attrs = {key: el.get(key) for key in KEPT if el.get(key) is not None}
@@ -169,12 +205,12 @@ def _fill(ds: Dataset, records: list, names: list[str], name: str) -> None:
                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs,
                    "source": provenance(name, swhere)}
             if poly:
-                ann["segmentation"] = [poly]
+                ann["segmentation"] = poly if isinstance(poly, dict) else [poly]  # an RLE, or one polygon
             ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 
 
-def read_cvat(root, origin: str = "") -> Dataset:
+def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
     root = export_root(Path(root))
     origin = origin or str(root)
     name, top = _parse(root, origin)
@@ -193,7 +229,7 @@ def read_cvat(root, origin: str = "") -> Dataset:
             w = h = None  # read from the header by ingest
         if img.get("id") is not None:
             where = f"{where} (id {img.get('id')}, {img.get('name', '')})"
-        shapes, bad = _shapes(ds, img, where, name, rel, declared)
+        shapes, bad = _shapes(ds, img, where, name, rel, declared, task, _size(w, h, local))
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
@@ -204,4 +240,84 @@ def read_cvat(root, origin: str = "") -> Dataset:
     if ds.skipped:
         log.info("cvat: skipped %d shapes (not boxes, or with an empty label): listed in the quarantine report",
                  len(ds.skipped))
+    return ds
+
+
+# -- classification: image-level tags ------------------------------------------------------------------
+def _tag_class(ds: Dataset, img, where: str, name: str, rel: str, declared: list[str]):
+    """(class, attributes, where) of the one `<tag label=...>` of <image> `img`, or None after skipping (no
+    tag) or setting the image aside (several classes, an undeclared or empty label)."""
+    tags = [(k, el) for k, el in enumerate(img) if el.tag == "tag"]
+    if not tags:
+        ds.skip(name, f"{where}.tag", "no <tag>: image left out (not labelled)", rel)
+        return None
+    labels = {}
+    for k, el in tags:
+        label = (el.get("label") or "").strip()
+        twhere = f"{where}.tag[{k}].label"
+        if not label:
+            ds.set_aside(name, twhere, "tag with an empty label", rel)
+            return None
+        if declared and label not in declared:
+            ds.set_aside(name, twhere, f"unknown label {label!r} (not in <meta> labels)", rel)
+            return None
+        attrs = {a.get("name", ""): (a.text or "").strip() for a in el.findall("attribute")}
+        labels.setdefault(label, (attrs, f"{where}.tag[{k}]"))
+    if len(labels) > 1:
+        ds.set_aside(name, f"{where}.tag", f"{len(labels)} classes tagged ({', '.join(labels)}): exactly one tag "
+                     "per image", rel)
+        return None
+    label, (attrs, twhere) = next(iter(labels.items()))
+    return label, attrs, twhere
+
+
+def read_cvat_tags(root, origin: str = "") -> Dataset:
+    """A CVAT for images 1.1 export labelled for image classification: each `<image>`'s one `<tag label=...>`
+    is its class (its `<attribute>`s kept). No tag skips the image, reported; tags of several classes, or a
+    label not declared in `<meta>`, set it aside. Shapes are not read, and the log says how many images had
+    some."""
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    name, top = _parse(root, origin)
+    declared = _declared_labels(top)
+    ds = Dataset([], [], [], [name])
+    records, seen, with_shapes = [], {}, 0
+    for i, img in enumerate(top.findall("image")):
+        where = f"image[{i}]"
+        found = _image_file(ds, img, where, root, origin, name, seen, i)
+        if found is None:
+            continue
+        local, rel = found
+        try:
+            w, h = int(img.get("width", "")), int(img.get("height", ""))
+        except ValueError:
+            w = h = None  # read from the header by ingest
+        if img.get("id") is not None:
+            where = f"{where} (id {img.get('id')}, {img.get('name', '')})"
+        with_shapes += any(el.tag != "tag" for el in img)
+        got = _tag_class(ds, img, where, name, rel, declared)
+        if got is None:
+            continue
+        subset = (img.get("subset") or "").strip()
+        records.append((rel, local, w, h, got, split_of(subset) if subset else None))
+    cat_id = {n: i for i, n in enumerate([n for n in declared if any(r[4][0] == n for r in records)]
+                                         + sorted({r[4][0] for r in records} - set(declared)), start=1)}
+    for rel, local, w, h, (label, attrs, twhere), split in records:
+        image_id = len(ds.images) + 1
+        image = {"id": image_id, "file_name": rel, "width": w, "height": h, "path": local,
+                 "source": provenance(name, "")}
+        if split:
+            image["split"] = split
+        ds.images.append(image)
+        ann = {"id": image_id, "image_id": image_id, "category_id": cat_id[label], "source": provenance(name, twhere)}
+        if attrs:
+            ann["attributes"] = attrs
+        ds.annotations.append(ann)
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+    unused = [n for n in declared if n not in cat_id]
+    log.info("cvat (classification, tags): %d labelled images in %d classes%s", len(ds.images), len(cat_id),
+             f"; declared labels never tagged, so no class: {', '.join(unused)}" if unused else "")
+    if with_shapes:
+        log.info("cvat: %d images also have shapes: not read for classification (image-level tags only)",
+                 with_shapes)
     return ds

@@ -4,7 +4,10 @@ Each JSON has `shapes` ({"label", "points", "shape_type", "group_id", "flags", "
 (relative to the JSON's folder, as Labelme writes it, possibly with Windows separators or `../`),
 `imageData` (the image as base64, or null with `--nodata`) and `imageHeight` / `imageWidth`. Rectangles
 (two opposite corners, in any order), polygons and circles (centre + a point on the rim) become boxes;
-polygons keep their outline as a COCO segmentation; points and lines are not boxes and are skipped.
+polygons keep their outline as a COCO segmentation; points and lines are not boxes and are skipped. With
+`task="segmentation"` a `shape_type: "mask"` shape (a base64 PNG of its crop + the crop's two corners) becomes
+a COCO RLE at the image size (pipeline/datasets/masks.py) and a circle its 32-gon outline; otherwise a mask
+is skipped like any non-box.
 `group_id`, `flags` and `description` are kept as attributes. The image is `imagePath` relative to the JSON,
 else the last part of `imagePath` beside the JSON (absolute and Windows paths from the annotating machine),
 else an image named like the JSON; when none is there (or `imagePath` names the JSON itself) the embedded
@@ -144,9 +147,11 @@ def _image(ds: Dataset, data: dict, path: Path, root: Path, name: str, scratch: 
     return rel, local, scratch
 
 
-def _boxes(ds: Dataset, shapes: list, name: str, rel: str):
+def _boxes(ds: Dataset, shapes: list, name: str, rel: str, task: str = "detection", size=None):
     """The box-like shapes as (label, bbox, polygon, attributes, where), skipping empty labels and shapes that
-    are not boxes; returns (boxes, None), or (boxes so far, (field, reason)) for the defect that sets it aside."""
+    are not boxes; returns (boxes, None), or (boxes so far, (field, reason)) for the defect that sets it aside.
+    With task "segmentation" a mask shape is kept too, its `polygon` a COCO RLE at `size` (a callable giving
+    the image's (height, width))."""
     boxes = []
     for k, shape in enumerate(shapes):
         where = f"shapes[{k}]"
@@ -159,10 +164,17 @@ def _boxes(ds: Dataset, shapes: list, name: str, rel: str):
             ds.skip(name, f"{where}.label", "shape with an empty label: skipped", rel)
             continue
         kind = shape.get("shape_type") or "polygon"
-        if kind not in BOX_SHAPES:
+        if kind == "mask" and task == "segmentation":
+            got = _mask_shape(shape, *size())
+            if isinstance(got, str):
+                return boxes, (f"{where}.mask", got)
+        elif kind not in BOX_SHAPES:
             ds.skip(name, f"{where}.shape_type", f"shape_type {kind!r} is not a box: skipped", rel)
             continue
-        got = _shape_box(shape, where)
+        else:
+            got = _shape_box(shape, where)
+            if task == "segmentation" and kind == "circle" and not isinstance(got, str):
+                got = got[0], _circle_outline(got[0])  # Labelme fills circles: their outline is the mask
         if isinstance(got, str):
             return boxes, (f"{where}.points", got)
         attrs = {k2: shape[k2] for k2 in ("group_id", "flags", "description") if shape.get(k2) not in
@@ -190,14 +202,51 @@ def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
             ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "source": provenance(name, where)}
             if poly:
-                ann["segmentation"] = [poly]
+                ann["segmentation"] = poly if isinstance(poly, dict) else [poly]  # an RLE, or one polygon
             if attrs:
                 ann["attributes"] = attrs
             ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 
 
-def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset:
+def _circle_outline(bbox: list[float], sides: int = 32) -> list[float]:
+    """A circle (its bounding box) as a `sides`-gon through the rim, a flat COCO polygon."""
+    import math
+
+    r, cx, cy = bbox[2] / 2, bbox[0] + bbox[2] / 2, bbox[1] + bbox[3] / 2
+    return [round(v, 3) for k in range(sides) for v in (cx + r * math.cos(2 * math.pi * k / sides),
+                                                        cy + r * math.sin(2 * math.pi * k / sides))]
+
+
+def _mask_shape(shape: dict, height: int, width: int) -> tuple[list[float], dict] | str:
+    """(bbox, COCO RLE) of a Labelme mask shape, or an error message."""
+    from pipeline.datasets.masks import bbox_area, labelme_mask
+
+    if height <= 0 or width <= 0:
+        return "the image's size is unknown (no imageHeight / imageWidth, and the image cannot be read)"
+    rle = labelme_mask(shape, height, width)
+    if isinstance(rle, str):
+        return rle
+    return bbox_area(rle, height, width)[0], rle
+
+
+def _image_size(data: dict, local: Path):
+    """A callable giving the image's (height, width): the JSON's imageHeight / imageWidth, else the header's."""
+    def size() -> tuple[int, int]:
+        h, w = data.get("imageHeight"), data.get("imageWidth")
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            return h, w
+        from PIL import Image
+
+        try:
+            with Image.open(local) as im:
+                return im.height, im.width
+        except OSError:  # unreadable: ingest sets the image aside for that anyway
+            return 0, 0
+    return size
+
+
+def read_labelme(root, origin: str = "", scratch: Path | None = None, task: str = "detection") -> Dataset:
     root = export_root(Path(root))
     origin = origin or str(root)
     files = sorted(p for p in root.rglob("*.json") if not any(part.startswith(".") for part in
@@ -213,7 +262,7 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
         if image is None:
             continue
         rel, local, scratch = image
-        boxes, bad = _boxes(ds, data["shapes"], name, rel)
+        boxes, bad = _boxes(ds, data["shapes"], name, rel, task, _image_size(data, local))
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
@@ -223,6 +272,90 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None) -> Dataset
     if ds.skipped:
         log.info("labelme: skipped %d shapes (empty labels, points, lines): listed in the quarantine report",
                  len(ds.skipped))
+    ds.files = [display(origin, root, p) for p in files[:1]] + ([f"... {len(files)} Labelme files"]
+                                                                if len(files) > 1 else [])
+    return ds
+
+
+# -- classification: image-level flags ------------------------------------------------------------------
+IGNORE_FLAG = "__ignore__"  # Labelme's own convention (examples/classification/flags.txt): leave the image out
+
+
+def _flag_class(ds: Dataset, data: dict, name: str, rel: str) -> str | None:
+    """The one class flagged true in a Labelme file (`labelme --flags cat,dog`), or None after skipping (no
+    flag true, or __ignore__) or setting the image aside (several true, a flag that is not true/false)."""
+    flags = data.get("flags")
+    if flags is None:
+        flags = {}
+    if not isinstance(flags, dict):
+        ds.set_aside(name, "flags", f"must be an object of class: true/false, got {type(flags).__name__}", rel)
+        return None
+    bad = [k for k, v in flags.items() if not isinstance(v, bool)]
+    if bad:
+        ds.set_aside(name, f"flags.{bad[0]}", f"must be true or false, got {flags[bad[0]]!r}", rel)
+        return None
+    if flags.get(IGNORE_FLAG):
+        ds.skip(name, f"flags.{IGNORE_FLAG}", "flagged __ignore__: image left out", rel)
+        return None
+    true = [k for k, v in flags.items() if v and k != IGNORE_FLAG]
+    if not true:
+        ds.skip(name, "flags", "no class flagged true: image left out (not labelled)", rel)
+        return None
+    if len(true) > 1:
+        ds.set_aside(name, "flags", f"{len(true)} classes flagged true ({', '.join(true)}): exactly one must be", rel)
+        return None
+    if not true[0].strip():
+        ds.set_aside(name, "flags", "a flag with an empty name is true: exactly one class must be", rel)
+        return None
+    return true[0].strip()
+
+
+def read_labelme_flags(root, origin: str = "", scratch: Path | None = None) -> Dataset:
+    """A Labelme export labelled for image classification: each `<image>.json`'s `flags` ({"cat": true,
+    "dog": false}, as `labelme --flags` writes them) with exactly one true flag gives the image its class.
+    No true flag (or `__ignore__` true) skips the image, reported; several true set it aside. Images are found
+    as for detection (imagePath, or the embedded imageData); `shapes` are not read, and the log says how many
+    files had some."""
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    files = sorted(p for p in root.rglob("*.json") if not any(part.startswith(".") for part in
+                                                             p.relative_to(root).parts))
+    if not files:
+        raise InputRejected("no Labelme annotations: expected <image>.json files", path=origin)
+    ds = Dataset([], [], [], [])
+    records, declared, with_shapes, seen = [], set(), 0, {}
+    for path in files:
+        name, data = _load(path, root, origin)
+        ds.listed_images += 1
+        image = _image(ds, data, path, root, name, scratch)
+        if image is None:
+            continue
+        rel, local, scratch = image
+        if rel in seen:
+            raise InputRejected(f"two Labelme files name the image {rel!r} (also {seen[rel]})", path=name,
+                                field="imagePath")
+        seen[rel] = name
+        with_shapes += bool(data["shapes"])
+        if isinstance(data.get("flags"), dict):
+            declared.update(k for k in data["flags"] if k != IGNORE_FLAG)
+        label = _flag_class(ds, data, name, rel)
+        if label is not None:
+            records.append((rel, local, data.get("imageWidth"), data.get("imageHeight"), label, name))
+    cat_id = {n: i for i, n in enumerate(sorted({r[4] for r in records}), start=1)}
+    for rel, local, w, h, label, name in records:
+        image_id = len(ds.images) + 1
+        ds.images.append({"id": image_id, "file_name": rel, "width": w if isinstance(w, int) else None,
+                          "height": h if isinstance(h, int) else None, "path": local,
+                          "source": provenance(name, "")})
+        ds.annotations.append({"id": image_id, "image_id": image_id, "category_id": cat_id[label],
+                               "source": provenance(name, f"flags.{label}")})
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+    unused = sorted(declared - set(cat_id))
+    log.info("labelme (classification, flags): %d labelled images in %d classes%s", len(ds.images), len(cat_id),
+             f"; flags never true, so no class: {', '.join(unused)}" if unused else "")
+    if with_shapes:
+        log.info("labelme: %d files also have shapes: not read for classification (image-level flags only)",
+                 with_shapes)
     ds.files = [display(origin, root, p) for p in files[:1]] + ([f"... {len(files)} Labelme files"]
                                                                 if len(files) > 1 else [])
     return ds

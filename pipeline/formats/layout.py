@@ -16,7 +16,16 @@ files, never by folder names alone:
 - labelme: JSON files with `shapes` and `imagePath`, beside the images or in `annotations/` (any case);
 - cvat: `annotations.xml` (or another XML file) whose root is `<annotations>` (CVAT for images 1.1, task or
   project);
-- kitti: `label_2/` beside `image_2/`, or `training/label_2/`.
+- kitti: `label_2/` beside `image_2/`, or `training/label_2/`;
+- imagefolder (classification): two or more class folders holding images (`cat/`, `dog/`), or split folders
+  (`train/`, `val/`, `test/`) holding them; folders named only by split (`train2017/`) are not classes;
+- manifest (classification): a CSV whose header names an image column and a class column (`file,label`), or
+  a JSON list of such objects.
+
+Which formats `auto` looks for depends on `data.task` (`locate(..., task=)`): boxes and masks for detection
+and segmentation; class folders, manifests, Labelme flags and CVAT tags for classification. An export of the
+other kind found instead (a COCO export given to a classification run, class folders given to a detection
+run) is refused naming `data.task`, never read as something it is not.
 
 With an explicit format and nothing recognised, the source folder itself goes to the reader, whose message
 names the missing or broken file. Sibling folders named by split (`train/`, `valid/`, `test/`), each an
@@ -201,7 +210,61 @@ def _kitti(d: Path) -> str | None:
     return None
 
 
-PROBES = {"coco": _coco, "voc": _voc, "yolo": _yolo, "labelme": _labelme, "cvat": _cvat, "kitti": _kitti}
+def _manifest(d: Path) -> str | None:
+    from pipeline.formats.manifest import manifest_columns, manifests
+
+    found = manifests(d)
+    if found:
+        cols = manifest_columns(found[0]) or {}
+        return (f"classification manifest {', '.join(p.name for p in found)} (image column {cols.get('file')!r}, "
+                f"class column {cols.get('label')!r})")
+    return None
+
+
+def _imagefolder(d: Path) -> str | None:
+    from pipeline.formats.base import split_of
+    from pipeline.formats.imagefolder import class_folders_with_images, split_folders
+
+    if _manifest(d) or _labelme(d) or _cvat(d):  # annotation files here: that export, not class folders
+        return None
+    splits = split_folders(d)
+    if splits:
+        classes = sorted({c for s in splits for c in class_folders_with_images(s)})
+        if len(classes) >= 2:
+            return (f"split folders {', '.join(s.name + '/' for s in splits)} each holding class folders of images "
+                    f"(ImageFolder), e.g. {', '.join(classes[:4])}")
+        return None
+    classes = class_folders_with_images(d)
+    # folders named only by split (train2017/, val2017/ of a COCO export) are splits without classes, not classes
+    if len(classes) >= 2 and not all(split_of(c) for c in classes):
+        return f"class folders of images (ImageFolder): {', '.join(classes[:5])}" + (", ..." if len(classes) > 5
+                                                                                     else "")
+    return None
+
+
+PROBES = {"coco": _coco, "voc": _voc, "yolo": _yolo, "labelme": _labelme, "cvat": _cvat, "kitti": _kitti,
+          "imagefolder": _imagefolder, "manifest": _manifest}
+# what `data.format: auto` looks for, by data.task: boxes and masks, or image-level class labels
+DETECTION_FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
+CLASSIFICATION_FORMATS = ("imagefolder", "manifest", "labelme", "cvat")  # Labelme flags, CVAT tags
+
+
+def _formats_for(task: str) -> tuple[str, ...]:
+    return CLASSIFICATION_FORMATS if task == "classification" else DETECTION_FORMATS
+
+
+def _wrong_task(f: "Found", task: str, top: Path, origin: str) -> InputRejected:
+    """The export found holds labels for another task than data.task."""
+    rel = f.root.relative_to(top).as_posix()
+    where = "" if rel == "." else f" in {rel}/"
+    if task == "classification":
+        what = f"a {f.format} detection export ({f.reason}){where}: it labels boxes, not whole images"
+        fix = ("give an export with one class per image (class folders, a CSV/JSON manifest, Labelme flags or "
+               "CVAT tags), or set data.task to detection")
+    else:
+        what = f"an image-classification export ({f.reason}){where}: it labels whole images, not boxes"
+        fix = "set data.task=classification (a classifier as train.model), or give a detection export"
+    return InputRejected(f"data.task is {task} but this is {what}; {fix}", path=origin, field="data.task")
 
 
 def _split_folders(found: list[Found]) -> Found | None:
@@ -225,19 +288,25 @@ def _describe(found: list[Found], top: Path) -> str:
     return "; ".join(f"{rel(f.root)} as {f.format} ({f.reason})" for f in found)
 
 
-def locate(top: Path, fmt: str, origin: str) -> Found:
-    """The export under `top` (at most MAX_DEPTH folders down) in format `fmt` ("auto": any format)."""
+def locate(top: Path, fmt: str, origin: str, task: str = "detection") -> Found:
+    """The export under `top` (at most MAX_DEPTH folders down) in format `fmt` ("auto": any format that can
+    hold labels for `task`; an export of the other task's formats found first is refused naming data.task)."""
     top = Path(top)
-    probes = PROBES if fmt == "auto" else {fmt: PROBES[fmt]}
+    if fmt != "auto":
+        probes = {fmt: PROBES[fmt]}
+    elif task == "classification":  # detection formats too, so a box export is named, not "nothing found"
+        probes = {n: PROBES[n] for n in dict.fromkeys((*CLASSIFICATION_FORMATS, *DETECTION_FORMATS))}
+    else:
+        probes = {n: PROBES[n] for n in DETECTION_FORMATS}
     level = [top]
     for depth in range(MAX_DEPTH + 1):
         found = [Found(name, d, reason) for d in level for name, probe in probes.items()
                  if (reason := probe(d)) is not None]
-        if len(found) == 1:
-            return found[0]
-        split_folders = _split_folders(found)
-        if split_folders is not None:
-            return split_folders
+        one = found[0] if len(found) == 1 else _split_folders(found)
+        if one is not None:
+            if fmt == "auto" and one.format not in _formats_for(task):
+                raise _wrong_task(one, task, top, origin)
+            return one
         if found:
             what = "exports" if len({f.root for f in found}) > 1 else "formats"
             raise InputRejected(f"several {what} found, cannot tell which to read: {_describe(found, top)}; "
@@ -248,11 +317,28 @@ def locate(top: Path, fmt: str, origin: str) -> Found:
             break
     if fmt != "auto":  # the reader names what is missing or broken in the export's own terms
         return Found(fmt, top, f"data.format={fmt} (no {fmt} layout recognised below: read as it is)")
-    if _files(top, ".json"):  # e.g. an annotations.json that does not parse: the COCO reader says where
+    if task != "classification":  # an image-classification export given to a detection run: say so
+        other = _first_match(top, {n: PROBES[n] for n in ("imagefolder", "manifest")})
+        if other is not None:
+            raise _wrong_task(other, task, top, origin)
+    # e.g. an annotations.json that does not parse: the COCO reader says where
+    if _files(top, ".json") and task != "classification":
         return Found("coco", top, "JSON files at the top and nothing else recognised: read as COCO")
     raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below (see "
                         "pipeline/formats/layout.py for the layouts each format is recognised by)", path=origin,
                         field="data.source")
+
+
+def _first_match(top: Path, probes: dict) -> Found | None:
+    """The first export `probes` recognise at the shallowest level below `top` (None when there is none)."""
+    level = [top]
+    for _depth in range(MAX_DEPTH + 1):
+        found = [Found(name, d, reason) for d in level for name, probe in probes.items()
+                 if (reason := probe(d)) is not None]
+        if found:
+            return found[0]
+        level = [s for d in level for s in _subdirs(d)]
+    return None
 
 
 def sub_origin(origin: str, top: Path, root: Path) -> str:

@@ -10,6 +10,15 @@ old ones; `data.splits: source` keeps the splits the export defines instead, and
 `info.splits` records which), category ids come from the store's label map (stable across nights), and
 images duplicated across splits are flagged in the result. Every image and box keeps `source`, the export's
 file and item (line, object, shape) it came from, so later checks name what the user must fix.
+With `data.task: classification` (pipeline/tasks.py) the export is read for image-level labels instead (class
+folders, a CSV/JSON manifest, Labelme flags, CVAT tags: `formats.CLASSIFICATION_READERS`), annotations.json
+gets `"task": "classification"` and one `{"id", "image_id", "category_id"}` per image; an export of the other
+kind (boxes for a classification run, class folders for a detection run) is refused naming data.task.
+With `data.task: segmentation` every object needs a mask: COCO polygons and RLE, Labelme polygons and mask
+shapes, CVAT polygons and `<mask>`s, YOLO-seg polygons (pipeline/datasets/masks.py); a plain box is skipped and
+listed in the quarantine report, a mask that cannot be rasterised sets its image aside, an export with no mask
+at all is refused, each area becomes its mask's, and annotations.json gets `"task": "segmentation"` (the
+generated demo set then carries polygons too).
 
 Per-item defects (an unreadable or truncated image, a declared size that is not the real one, a box with bad
 numbers, an unknown class) set that image aside: every one is listed in ingest/quarantine.json, as are the
@@ -108,6 +117,9 @@ def _skip_degenerate(ds, origin: str) -> None:
     names = {img["id"]: img["file_name"] for img in ds.images}
     kept = []
     for ann in ds.annotations:
+        if "bbox" not in ann:  # an image-level class label (classification): nothing to measure
+            kept.append(ann)
+            continue
         w, h = ann["bbox"][2], ann["bbox"][3]
         if ann.get("iscrowd") or (w > 0 and h > 0):
             kept.append(ann)
@@ -132,8 +144,10 @@ def _enforce_quarantine(ds, cfg: Config, origin: str) -> dict:
               # shapes left out with their image kept (empty labels, shapes that are not boxes, no-area boxes)
               "skipped_shapes": len(ds.skipped), "skipped": ds.skipped}
     if ds.skipped:
-        log.warning("skipped %d shapes (kept their images), e.g. %s: %s: %s -- all listed in the quarantine report",
-                    len(ds.skipped), ds.skipped[0]["file"], ds.skipped[0]["field"], ds.skipped[0]["reason"])
+        log.warning("skipped %d %s, e.g. %s: %s: %s -- all listed in the quarantine report", len(ds.skipped),
+                    "items (files that are not images, images without a class, repeated rows)"
+                    if ds.annotations and "bbox" not in ds.annotations[0] else "shapes (kept their images)",
+                    ds.skipped[0]["file"], ds.skipped[0]["field"], ds.skipped[0]["reason"])
     if not listed:
         raise InputRejected("the export lists no images (empty dataset)", path=", ".join(ds.files) or origin,
                             field="images")
@@ -155,21 +169,52 @@ def _enforce_quarantine(ds, cfg: Config, origin: str) -> dict:
     return report
 
 
+def _demo_source(data, task: str, work: Path) -> tuple[str, str, str]:
+    """Generate the task's demo data into work/demo: (source, format, origin). Classification: class folders of
+    shapes, one per image; detection and segmentation: COCO shapes (with polygons for segmentation)."""
+    if task == "classification":
+        from pipeline.datasets.synthetic import generate_classification
+
+        generate_classification(work / "demo", num_images=data.demo_images, seed=data.demo_seed)
+        log.info("data.source is empty: generated the classification demo set (%d images in class folders, seed %d)",
+                 data.demo_images, data.demo_seed)
+        return str(work / "demo"), "imagefolder", "demo"
+    from pipeline.datasets.synthetic import generate
+
+    generate(work / "demo", num_images=data.demo_images, seed=data.demo_seed, segmentation=task == "segmentation")
+    log.info("data.source is empty: generated the demo set (%d images, seed %d%s)", data.demo_images,
+             data.demo_seed, ", with instance masks" if task == "segmentation" else "")
+    return str(work / "demo"), "coco", "demo"
+
+
+def _masks_only(ds, origin: str, fmt: str) -> None:
+    """Segmentation: every object needs a mask. Plain boxes are skipped (and listed), bad masks set aside; an
+    export with no mask at all is refused."""
+    from pipeline.datasets.masks import require_masks
+
+    plain = require_masks(ds, origin)
+    if plain and not ds.annotations:
+        raise InputRejected(f"data.task is segmentation but none of the {plain} annotations has a polygon or "
+                            f"mask ({fmt} export): export instance masks, or ingest with "
+                            "data.task=detection", path=", ".join(ds.files) or origin, field="segmentation")
+    if plain:
+        log.warning("data.task segmentation: skipped %d plain boxes with no polygon or mask (listed in the "
+                    "quarantine report)", plain)
+
+
 def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, dict, dict[str, int], dict]:
     """Read the configured source into `work/dataset`; returns (dataset dir, coco, new label map, result).
 
     The result carries `quarantine` (every item set aside, for ingest/quarantine.json).
     """
+    from pipeline.tasks import task_of
+
     data = cfg.data
     source, fmt = data.source, data.format
+    task = task_of(cfg)
+    formats.check_task_format(task, fmt)  # data.format=coco with data.task=classification: ConfigError, nothing read
     if not source:
-        from pipeline.datasets.synthetic import generate
-
-        source, fmt = str(work / "demo"), "coco"
-        generate(source, num_images=data.demo_images, seed=data.demo_seed)
-        origin = "demo"
-        log.info("data.source is empty: generated the demo set (%d images, seed %d)", data.demo_images,
-                 data.demo_seed)
+        source, fmt, origin = _demo_source(data, task, work)
     else:
         origin = source
     (work / "source").mkdir(parents=True, exist_ok=True)
@@ -177,7 +222,7 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     export = materialize(source, work / "source", data.source_endpoint_url, limits)
     private = Path(export).resolve().is_relative_to(work.resolve())  # extracted or downloaded by us
     ds, found = formats.locate_and_read(fmt, export, origin=origin, scratch=work / "embedded",
-                                        one_based=data.voc_one_based)
+                                        one_based=data.voc_one_based, task=task)
     where = found.root.relative_to(export).as_posix()
     log.info("reading %s as %s%s%s: %s", origin, found.format, " (detected: data.format=auto)" if fmt == "auto" else "",
              "" if where == "." else f" from {where}/", found.reason)
@@ -185,10 +230,13 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
         log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
     _check_images(ds, cfg, origin, export)
+    if task == "segmentation":
+        _masks_only(ds, origin, found.format)
     quarantine = _enforce_quarantine(ds, cfg, origin)
     _compact_provenance(ds, origin)
     new_map = canonical_io.extend_label_map(label_map, [c["name"] for c in ds.categories])
-    coco, files, info = canonical_io.build(ds, new_map, data.group_pattern, data.split_salt, data.split_ratios)
+    coco, files, info = canonical_io.build(ds, new_map, data.group_pattern, data.split_salt, data.split_ratios,
+                                           task=task)
     splits = _apply_source_splits(coco, ds, data.splits)
     out = canonical_io.write(coco, files, work / "dataset", link=private)
     if info["group_pattern_misses"]:
@@ -200,7 +248,8 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
                     dups["exact_cross_split"], dups["exact_cross_split_examples"][:3])
     summary = canonical_io.counts(coco)
     result = {
-        "source": origin, "format": found.format, "format_detected": fmt == "auto", "layout": found.reason,
+        "source": origin, "task": task, "format": found.format, "format_detected": fmt == "auto",
+        "layout": found.reason,
         "export_root": where, "splits": splits, "annotation_files": ds.files,
         "images": summary["images"], "annotations": summary["annotations"],
         "ignore_regions": summary["ignore_regions"],
@@ -251,8 +300,8 @@ def _apply_source_splits(coco: dict, ds, mode: str) -> dict:
         return info
     if not given:
         raise ConfigError("data.splits=source: this export defines no train/val/test splits (VOC ImageSets/Main, "
-                          "COCO split files, Roboflow split folders, YOLO train/val lists, CVAT subsets); use "
-                          "data.splits=hash")
+                          "COCO split files, Roboflow split folders, YOLO train/val lists, CVAT subsets, ImageFolder "
+                          "split folders, a manifest's split column); use data.splits=hash")
     missing = 0
     for img in coco["images"]:
         if img["file_name"] in given:
@@ -301,7 +350,8 @@ def run(cfg: Config, ctx) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.update(dataset=ctx.url("dataset"), files=n, quarantine_report=ctx.url("quarantine.json"))
-    log.info("ingested %d images, %d boxes: %s", result["images"], result["annotations"],
+    log.info("ingested %d images, %d %s: %s", result["images"], result["annotations"],
+             "class labels" if result.get("task") == "classification" else "boxes",
              {s: v["images"] for s, v in result["per_split"].items()})
     return result
 

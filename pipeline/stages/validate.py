@@ -10,7 +10,10 @@ warning (`declared_classes_used`) and stay out of the per-class minimum and the 
 about a box or an image names the export's own file and item (line, object index, shape) that produced the
 canonical row, from the provenance ingest keeps in annotations.json (`source`).
 Writes validate/report.json (every check, its result and observed values) and validate/data_docs/index.html
-(a self-contained page that reads offline).
+(a self-contained page that reads offline). A classification dataset (annotations.json `"task":
+"classification"`) runs the same image, split and drift checks and, instead of the box checks, one label per
+image, the class minimum and balance counted in train images, and identical images agreeing on their class
+(pipeline/validation/classification.py); the log says which.
 
 Standalone: `nightshift validate --dataset DIR [--report-dir OUT]` checks a canonical dataset on disk.
 """

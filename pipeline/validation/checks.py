@@ -119,6 +119,11 @@ def build_tables(dataset_dir: Path, coco: dict, cfg: ValidateConfig, previous: d
     annotations["x2"] = annotations["x"] + annotations["w"]
     annotations["y2"] = annotations["y"] + annotations["h"]
     annotations["max_x"], annotations["max_y"] = iw + tol, ih + tol
+    if coco.get("task") == "segmentation":  # instance masks: decodable, inside the image, matching their box
+        from pipeline.datasets.masks import mask_columns
+
+        for col, values in mask_columns(coco, tol).items():
+            annotations[col] = values
     counts = canonical_io.counts(coco)
     wanted = list(dict.fromkeys([*canonical_io.SPLITS, *cfg.min_images_per_split]))
     splits = pd.DataFrame([{"split": s, "images": counts["per_split"].get(s, {}).get("images", 0),
@@ -238,6 +243,16 @@ def _checks(tables: dict, coco: dict, cfg: ValidateConfig) -> list[dict]:
         ("has_categories", "summary", "the dataset declares at least one category",
          E.ExpectColumnValuesToBeBetween(column="classes", min_value=1)),
     ]
+    if coco.get("task") == "segmentation":
+        checks += [
+            ("masks_valid", "annotations", "every annotation has a polygon (>= 3 points) or an RLE of its image's "
+                                           "size that decodes",
+             E.ExpectColumnValuesToBeInSet(column="mask_valid", value_set=[True])),
+            ("masks_inside", "annotations", f"polygons within {tol} px of their image",
+             E.ExpectColumnValuesToBeInSet(column="mask_inside", value_set=[True], mostly=tolerated)),
+            ("mask_box_agrees", "annotations", f"each mask's box equals its annotation's bbox within {tol} px",
+             E.ExpectColumnValuesToBeInSet(column="mask_box_agrees", value_set=[True], mostly=tolerated)),
+        ]
     stats = "warning" if cfg.class_stats_action == "warn" else "failure"
     out = [{"name": n, "table": t, "description": d, "expectation": e,
             "severity": stats if n in ("min_annotations_per_class", "class_balance") else "failure"}
@@ -275,7 +290,9 @@ def _examples(table: str, df, indices) -> list[str]:
     limit = MAX_CLASSES_LISTED if table == "classes" else MAX_EXAMPLES  # every class below the minimum is named
     for i in list(indices)[:limit]:
         row = df.loc[i]
-        if table == "images":
+        if "where" in df.columns:  # a table that spells out its rows itself (pipeline/validation/classification.py)
+            out.append(str(row["where"]))
+        elif table == "images":
             extra = f" ({row['decode_error']})" if "decode_error" in df and row.get("decode_error") else ""
             where = f"{row['source_file']}: " if row.get("source_file") else ""
             out.append(f"{where}images/{row['file_name']}{extra} (canonical annotations.json images[{row['index']}])")
@@ -284,10 +301,12 @@ def _examples(table: str, df, indices) -> list[str]:
             if row.get("source_file"):
                 out.append(f"{row['source_file']}: {row['source_item'] or 'box'}: image {row['file_name']} "
                            f"({row['image_width']} x {row['image_height']}), box [x, y, w, h] {box} "
-                           f"(canonical annotations.json annotations[{row['index']}])")
+                           f"(canonical annotations.json annotations[{row['index']}])"
+                           + (f": {row['mask_problem']}" if row.get("mask_problem") else ""))
             else:
                 out.append(f"annotations.json: annotations[{row['index']}].bbox (id {row['id']}, "
-                           f"image {row['file_name']}, box {box})")
+                           f"image {row['file_name']}, box {box})"
+                           + (f": {row['mask_problem']}" if row.get("mask_problem") else ""))
         elif table == "splits":
             out.append(f"split {row['split']}: {row['images']} images < {row['min_images']}")
         elif table == "classes":
@@ -343,8 +362,16 @@ def validate_dataset(dataset_dir: Path, cfg: ValidateConfig, previous: dict | No
     started = time.time()
     dataset_dir = Path(dataset_dir)
     coco = canonical_io.load(dataset_dir)
-    tables = build_tables(dataset_dir, coco, cfg, previous)
-    checks = _checks(tables, coco, cfg)
+    if coco.get("task") == "classification":  # image-level labels: no box checks (validation/classification.py)
+        from pipeline.validation import classification
+
+        log.info("classification dataset (annotations.json task): image-level label checks; box checks do not "
+                 "apply and do not run")
+        tables = classification.build_tables(build_tables(dataset_dir, coco, cfg, previous), coco)
+        checks = classification.checks(_checks(tables, coco, cfg), coco, cfg)
+    else:
+        tables = build_tables(dataset_dir, coco, cfg, previous)
+        checks = _checks(tables, coco, cfg)
     unused = [str(n) for n, used in zip(tables["classes"]["name"], tables["classes"]["used"]) if not used]
     if unused:
         log.warning("%d declared classes have no box and are left out of the per-class minimum and the balance "
@@ -386,7 +413,8 @@ def validate_dataset(dataset_dir: Path, cfg: ValidateConfig, previous: dict | No
     failed = [r for r in results if not r["success"] and r["severity"] == "failure"]
     warned = [r for r in results if not r["success"] and r["severity"] == "warning"]
     return {
-        "dataset": str(dataset_dir), "passed": not failed, "checks": len(results), "failed": len(failed),
+        "dataset": str(dataset_dir), "task": coco.get("task") or "detection", "passed": not failed,
+        "checks": len(results), "failed": len(failed),
         "failed_checks": [r["name"] for r in failed], "warnings": [r["name"] for r in warned],
         "unused_classes": unused,
         "previous_snapshot": (previous or {}).get("dataset_hash"),

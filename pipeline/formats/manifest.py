@@ -1,0 +1,285 @@
+"""Image-classification labels listed in a manifest: a CSV file, or a JSON list, naming each image and its class.
+
+CSV: a header row, then one row per image. The image column is the first header among FILE_COLUMNS
+(`file`, `filename`, `image`, `path`, ...), the class column among LABEL_COLUMNS (`label`, `class`,
+`category`, ...), an optional split column among SPLIT_COLUMNS (`split`, `subset`); header names are matched in
+any letter case, with spaces or hyphens for underscores (`Image Path`); other columns are ignored. Commas,
+semicolons or tabs separate the fields (as the header line shows); a UTF-8 byte-order mark is allowed.
+JSON: a list of objects (`[{"file": "a.jpg", "label": "cat"}, ...]`) or an object with such a list under
+`images`, with the same key names.
+
+Image paths are relative to the manifest's folder (`/` or `\\` separators). A manifest named by a split
+(`train.csv`, `val.json`) gives its rows that split unless a split column says otherwise; several manifests in
+one folder are one export only when each is named by its split.
+
+What is wrong with the whole file rejects the export (InputRejected naming the file and the column or key): no
+image or no class column, two columns that could each be the image (or the class), a path that is absolute or
+leaves the export, a file that is neither CSV nor a JSON manifest. What is wrong with one row sets its image
+aside (quarantine, naming the manifest, the row and its line): an image file that does not exist, an unknown
+split, a row with the wrong number of fields, the same image listed with two classes. A row without a class
+is skipped and reported (the image is not labelled); the same image listed twice with one class is read once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import InputRejected
+from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, display, inside, is_number, provenance, relative_inside, \
+    split_of
+
+log = logging.getLogger(__name__)
+
+FILE_COLUMNS = ("file", "filename", "file_name", "filepath", "file_path", "image", "image_path", "image_name",
+                "img", "path")
+LABEL_COLUMNS = ("label", "class", "class_name", "classname", "category", "category_name", "label_name")
+SPLIT_COLUMNS = ("split", "subset")
+SUFFIXES = (".csv", ".json")
+
+
+@dataclass
+class Row:
+    where: str  # how messages name the row: `row 3 (line 4)`, `[2]`, `images[2]`
+    field_prefix: str  # `row 3 (line 4): ` / `[2].`
+    file: object
+    label: object
+    split: object = None
+    error: str = ""  # a defect of the row itself (wrong number of fields)
+
+
+def _key(name: str) -> str:
+    """A header as matched: any case, spaces and hyphens as underscores (`Image Path` is `image_path`)."""
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _columns(header: list[str], wanted: tuple[str, ...], what: str, name: str) -> str | None:
+    """The one header among `wanted` (any case); InputRejected naming both when two could be it."""
+    hits = [h for h in header if isinstance(h, str) and _key(h) in wanted]
+    if len(hits) > 1:
+        raise InputRejected(f"two {what} columns ({', '.join(hits)}): cannot tell which to read; rename or drop one",
+                            path=name, field=f"header: {hits[1]}")
+    return hits[0] if hits else None
+
+
+def _delimiter(line: str) -> str:
+    counts = {d: line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _csv_rows(text: str, name: str) -> tuple[list[Row], dict]:
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise InputRejected("empty CSV: expected a header row (e.g. file,label)", path=name, field="header")
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(lines[0]))
+    header = [h.strip() for h in next(reader)]
+    file_col = _columns(header, FILE_COLUMNS, "image", name)
+    label_col = _columns(header, LABEL_COLUMNS, "class", name)
+    split_col = _columns(header, SPLIT_COLUMNS, "split", name)
+    for col, wanted, what in ((file_col, FILE_COLUMNS, "image"), (label_col, LABEL_COLUMNS, "class")):
+        if col is None:
+            raise InputRejected(f"no {what} column: the header needs one of {', '.join(wanted)} (found: "
+                                f"{', '.join(repr(h) for h in header)})", path=name, field="header")
+    index = {col: header.index(col) for col in (file_col, label_col, split_col) if col is not None}
+    rows = []
+    for k, values in enumerate(reader, start=1):
+        if not any(v.strip() for v in values):
+            continue  # blank line
+        where = f"row {k} (line {reader.line_num})"
+        row = Row(where, f"{where}: ", None, None)
+        if len(values) != len(header):
+            row.error = f"{len(values)} fields where the header has {len(header)}"
+        else:
+            row.file = values[index[file_col]].strip()
+            row.label = values[index[label_col]].strip()
+            row.split = values[index[split_col]].strip() if split_col else None
+        rows.append(row)
+    return rows, {"file": file_col, "label": label_col, "split": split_col}
+
+
+def _json_items(data) -> tuple[list, str] | None:
+    """(items, the key they sit under) of a JSON manifest, or None when `data` is not one."""
+    if isinstance(data, list):
+        items, key = data, ""
+    elif isinstance(data, dict) and "annotations" not in data:  # a COCO file has annotations: never a manifest
+        items, key = data.get("images"), "images"
+    else:
+        return None
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+        return None
+    keys = {_key(k) for k in items[0] if isinstance(k, str)}
+    if keys & set(FILE_COLUMNS) and keys & set(LABEL_COLUMNS):
+        return items, key
+    return None
+
+
+def _json_rows(text: str, name: str) -> tuple[list[Row], dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputRejected(f"not valid JSON: {exc.msg}", path=name, field=f"line {exc.lineno} column {exc.colno}") \
+            from None
+    got = _json_items(data)
+    if got is None:
+        raise InputRejected("not a JSON manifest: expected a list of objects like {\"file\": \"a.jpg\", \"label\": "
+                            "\"cat\"} (or such a list under \"images\")", path=name,
+                            field="images" if isinstance(data, dict) else "")
+    items, key = got
+    header = list(items[0])
+    file_key = _columns(header, FILE_COLUMNS, "image", name)
+    label_key = _columns(header, LABEL_COLUMNS, "class", name)
+    split_key = _columns(header, SPLIT_COLUMNS, "split", name)
+    rows = []
+    for k, item in enumerate(items):
+        where = f"{key}[{k}]"
+        row = Row(where, f"{where}.", None, None)
+        if not isinstance(item, dict):
+            row.error = f"must be an object, got {type(item).__name__}"
+        else:
+            row.file, row.label = item.get(file_key), item.get(label_key)
+            row.split = item.get(split_key) if split_key else None
+        rows.append(row)
+    return rows, {"file": file_key, "label": label_key, "split": split_key}
+
+
+def manifest_columns(path: Path) -> dict | None:
+    """{"file", "label", "split"} column names when `path` is a manifest (CSV header or JSON keys), else None."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        reader = _json_rows if path.suffix.lower() == ".json" else _csv_rows
+        return reader(text, path.name)[1]
+    except (InputRejected, OSError, UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+
+
+def manifests(d: Path) -> list[Path]:
+    """The manifest files directly in `d` (what format detection looks for)."""
+    try:
+        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES
+                       and not p.name.startswith("."))
+    except OSError:
+        return []
+    return [p for p in files if p.stat().st_size < 256 * 2**20 and manifest_columns(p) is not None]
+
+
+def _chosen(root: Path, origin: str) -> list[tuple[Path, str | None]]:
+    """[(manifest, split it gives its rows or None)]: one manifest, or one per split (`train.csv`, `val.csv`)."""
+    found = manifests(root)
+    if not found:
+        candidates = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES
+                            and not p.name.startswith("."))
+        if len(candidates) == 1:  # read it anyway: its reader names what is wrong with it
+            return [(candidates[0], None)]
+        raise InputRejected("no manifest: expected a CSV with a header like file,label (or a JSON list of "
+                            "{\"file\": ..., \"label\": ...})" + (f"; none of {', '.join(p.name for p in candidates)} "
+                                                                  "is one" if candidates else ""), path=origin)
+    if len(found) == 1:
+        return [(found[0], split_of(found[0].stem))]  # `train.csv` alone: its rows are the train split
+    splits = [split_of(p.stem) for p in found]
+    if None in splits or len(set(splits)) != len(splits):
+        raise InputRejected(f"several manifests ({', '.join(p.name for p in found)}): cannot tell which to read; "
+                            "keep one, or name one per split (train.csv, val.csv, test.csv)", path=origin)
+    return list(zip(found, splits))
+
+
+def _read_rows(ds: Dataset, path: Path, root: Path, origin: str, split: str | None, labelled: dict) -> None:
+    name = display(origin, root, path)
+    if not inside(path, root):
+        raise InputRejected("symlink leaves the dataset", path=name)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"not UTF-8 text: {exc.reason}", path=name, field=f"byte {exc.start}") from None
+    try:
+        rows, cols = (_json_rows if path.suffix.lower() == ".json" else _csv_rows)(text, name)
+    except csv.Error as exc:
+        raise InputRejected(f"not a readable CSV: {exc}", path=name) from None
+    ds.files.append(name)
+    for row in rows:
+        if row.error:
+            ds.listed_images += 1
+            ds.set_aside(name, row.where, row.error, None)
+            continue
+        file_field, label_field = f"{row.field_prefix}{cols['file']}", f"{row.field_prefix}{cols['label']}"
+        if not isinstance(row.file, str) or not row.file.strip():
+            ds.listed_images += 1
+            ds.set_aside(name, file_field, f"must name an image file, got {row.file!r}", None)
+            continue
+        local = relative_inside(row.file.strip(), path.parent, root)
+        if local is None:
+            raise InputRejected(f"{row.file!r} is absolute or leaves the export: image paths are relative to the "
+                                "manifest's folder", path=name, field=file_field)
+        rel = posixpath.normpath(local.relative_to(root).as_posix())  # `../images/a.jpg` from a sub-folder
+        local = root / PurePosixPath(rel)
+        label = str(row.label) if is_number(row.label) and float(row.label).is_integer() else row.label
+        if label is not None and not isinstance(label, str):
+            ds.listed_images += 1
+            ds.set_aside(name, label_field, f"must be a class name, got {label!r}", rel)
+            continue
+        entry = labelled.get(rel)
+        if entry is None:
+            ds.listed_images += 1
+            entry = labelled[rel] = {"path": local, "labels": {}, "where": [], "file": name, "split": split,
+                                     "bad": None}
+        entry["where"].append(row.where)
+        if not local.is_file():
+            entry["bad"] = entry["bad"] or (file_field, f"no such image file {row.file!r} (paths are relative to "
+                                                        f"the manifest's folder)")
+            continue
+        if local.suffix.lower() not in IMAGE_SUFFIXES:
+            entry["bad"] = entry["bad"] or (file_field, f"not an image file (suffix {local.suffix or 'none'!r})")
+            continue
+        if row.split not in (None, ""):
+            s = split_of(str(row.split)) if isinstance(row.split, str) else None
+            if s is None:
+                entry["bad"] = entry["bad"] or (f"{row.field_prefix}{cols['split']}", f"unknown split {row.split!r} "
+                                                "(train, val, valid or test)")
+                continue
+            entry["split"] = s
+        if not label or not label.strip():
+            ds.skip(name, label_field, "no class: image left out (not labelled)", rel)
+            continue
+        entry["labels"].setdefault(label.strip(), row.where)
+
+
+def read_manifest(root, origin: str = "") -> Dataset:
+    root = Path(root)
+    origin = origin or str(root)
+    ds = Dataset([], [], [], [])
+    labelled: dict[str, dict] = {}
+    for path, split in _chosen(root, origin):
+        _read_rows(ds, path, root, origin, split, labelled)
+    records = []
+    for rel, entry in sorted(labelled.items()):
+        if entry["bad"]:
+            ds.set_aside(entry["file"], entry["bad"][0], entry["bad"][1], rel)
+            continue
+        labels = entry["labels"]
+        if len(labels) > 1:
+            ds.set_aside(entry["file"], " and ".join(labels.values()), f"image {rel!r} is listed with "
+                         f"{len(labels)} classes ({', '.join(sorted(labels))}): one image, one class", rel)
+            continue
+        if not labels:
+            continue  # every row of it had no class: skipped and reported above
+        if len(entry["where"]) > 1:
+            ds.skip(entry["file"], entry["where"][1], f"image {rel!r} listed again (first at {entry['where'][0]}) "
+                    "with the same class: read once", rel)
+        records.append((rel, entry, next(iter(labels.items()))))
+    cat_id = {n: i for i, n in enumerate(sorted({label for _, _, (label, _) in records}), start=1)}
+    ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+    for rel, entry, (label, where) in records:
+        image_id = len(ds.images) + 1
+        image = {"id": image_id, "file_name": rel, "width": None, "height": None, "path": entry["path"],
+                 "source": provenance(entry["file"], where)}
+        if entry["split"]:
+            image["split"] = entry["split"]
+        ds.images.append(image)
+        ds.annotations.append({"id": image_id, "image_id": image_id, "category_id": cat_id[label],
+                               "source": provenance(entry["file"], where)})
+    log.info("manifest: %d labelled images in %d classes from %s", len(ds.images), len(cat_id), ", ".join(ds.files))
+    return ds

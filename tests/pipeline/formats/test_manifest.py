@@ -1,0 +1,142 @@
+"""CSV and JSON manifests naming each image's class: columns found by name, rows naming missing images set
+aside with their row, bad headers rejected naming the file and the column."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline import formats
+from pipeline.errors import InputRejected
+from pipeline.formats.layout import locate
+
+
+def image(path: Path, colour=(200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 16), colour).save(path)
+    return path
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    root = tmp_path / "export"
+    for i in range(4):
+        image(root / "images" / f"{i}.jpg", colour=(50 * i, 20, 20))
+    return root
+
+
+def read(root: Path):
+    return formats.read("manifest", root, origin="export", task="classification")
+
+
+def test_csv_with_its_own_column_names_and_split(export):
+    (export / "labels.csv").write_text("Image Path,Class,subset,notes\nimages/0.jpg,cat,train,x\n"
+                                       "images/1.jpg,dog,valid,\nimages/2.jpg, cat ,test,\nimages\\3.jpg,dog,,\n")
+    ds = read(export)
+    assert [im["file_name"] for im in ds.images] == ["images/0.jpg", "images/1.jpg", "images/2.jpg", "images/3.jpg"]
+    assert ds.categories == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    assert [a["category_id"] for a in ds.annotations] == [1, 2, 1, 2]
+    assert [im.get("split") for im in ds.images] == ["train", "val", "test", None]
+    assert ds.annotations[1]["source"] == {"file": "export/labels.csv", "item": "row 2 (line 3)"}
+    assert set(ds.annotations[0]) == {"id", "image_id", "category_id", "source"} and ds.files == ["export/labels.csv"]
+
+
+def test_semicolons_and_a_byte_order_mark(export):
+    (export / "m.csv").write_bytes("\ufefffilename;label\nimages/0.jpg;cat\nimages/1.jpg;dog\n".encode())
+    assert len(read(export).images) == 2
+
+
+def test_missing_image_is_quarantined_naming_its_row(export):
+    (export / "labels.csv").write_text("file,label\nimages/0.jpg,cat\nimages/9.jpg,dog\nimages/1.jpg,dog\n")
+    ds = read(export)
+    assert [im["file_name"] for im in ds.images] == ["images/0.jpg", "images/1.jpg"]
+    assert ds.quarantine == [{"file": "export/labels.csv", "field": "row 2 (line 3): file",
+                              "reason": "no such image file 'images/9.jpg' (paths are relative to the manifest's "
+                                        "folder)", "image": "images/9.jpg"}]
+    assert ds.listed_images == 3
+
+
+@pytest.mark.parametrize("header, field, message", [
+    ("file,comment", "header", "no class column: the header needs one of label, class"),
+    ("name,label", "header", "no image column: the header needs one of file, filename"),
+    ("file,path,label", "header: path", "two image columns (file, path)"),
+    ("file,label,class", "header: class", "two class columns (label, class)"),
+])
+def test_bad_header_names_the_file_and_the_column(export, header, field, message):
+    (export / "labels.csv").write_text(f"{header}\nimages/0.jpg,cat,x\n")
+    with pytest.raises(InputRejected) as exc:
+        read(export)
+    assert exc.value.path == "export/labels.csv" and exc.value.field == field and message in str(exc.value)
+
+
+def test_row_defects_are_set_aside_or_skipped(export):
+    (export / "labels.csv").write_text("file,label,split\n"
+                                       "images/0.jpg,cat,train\n"
+                                       "images/1.jpg,dog\n"  # a field short
+                                       "images/2.jpg,cat,holdout\n"  # unknown split
+                                       "images/3.jpg,,train\n"  # no class: skipped, reported
+                                       "images/0.jpg,cat,train\n")  # listed again, same class: read once
+    ds = read(export)
+    assert [im["file_name"] for im in ds.images] == ["images/0.jpg"]
+    assert [(q["field"], q["reason"]) for q in ds.quarantine] == [
+        ("row 2 (line 3)", "2 fields where the header has 3"),
+        ("row 3 (line 4): split", "unknown split 'holdout' (train, val, valid or test)")]
+    assert [(s["field"], s["reason"]) for s in ds.skipped] == [
+        ("row 4 (line 5): label", "no class: image left out (not labelled)"),
+        ("row 5 (line 6)", "image 'images/0.jpg' listed again (first at row 1 (line 2)) with the same class: read "
+                           "once")]
+
+
+def test_one_image_with_two_classes_is_set_aside(export):
+    (export / "labels.csv").write_text("file,label\nimages/0.jpg,cat\nimages/1.jpg,dog\nimages/0.jpg,dog\n")
+    ds = read(export)
+    assert [im["file_name"] for im in ds.images] == ["images/1.jpg"]
+    assert ds.quarantine[0]["field"] == "row 1 (line 2) and row 3 (line 4)"
+    assert "listed with 2 classes (cat, dog): one image, one class" in ds.quarantine[0]["reason"]
+
+
+def test_a_path_leaving_the_export_is_rejected(export, tmp_path):
+    image(tmp_path / "secret.jpg")
+    (export / "labels.csv").write_text("file,label\n../secret.jpg,cat\n")
+    with pytest.raises(InputRejected) as exc:
+        read(export)
+    assert exc.value.field == "row 1 (line 2): file" and "leaves the export" in str(exc.value)
+
+
+def test_json_lists_and_image_lists(export):
+    (export / "labels.json").write_text(json.dumps([{"image": "images/0.jpg", "label": "cat"},
+                                                    {"image": "images/1.jpg", "label": 7}]))
+    ds = read(export)
+    assert [c["name"] for c in ds.categories] == ["7", "cat"] and len(ds.images) == 2
+    (export / "labels.json").write_text(json.dumps({"images": [{"file": "images/0.jpg", "category": "cat"},
+                                                               {"file": "images/8.jpg", "category": "dog"}]}))
+    ds = read(export)
+    assert len(ds.images) == 1 and ds.quarantine[0]["field"] == "images[1].file"
+
+
+def test_one_manifest_per_split(export):
+    (export / "train.csv").write_text("file,label\nimages/0.jpg,cat\nimages/1.jpg,dog\n")
+    (export / "val.csv").write_text("file,label\nimages/2.jpg,cat\nimages/3.jpg,dog\n")
+    ds = read(export)
+    assert [im["split"] for im in ds.images] == ["train", "train", "val", "val"]
+    (export / "other.csv").write_text("file,label\nimages/2.jpg,cat\n")
+    with pytest.raises(InputRejected, match="several manifests"):
+        read(export)
+
+
+def test_auto_finds_a_manifest_for_classification(export):
+    (export / "labels.csv").write_text("file,label\nimages/0.jpg,cat\n")
+    found = locate(export, "auto", "export", task="classification")
+    assert found.format == "manifest" and "labels.csv" in found.reason
+    # a detection run given the manifest is told what it is
+    with pytest.raises(InputRejected, match="data.task is detection but this is an image-classification export"):
+        locate(export, "auto", "export", task="detection")
+
+
+def test_a_csv_that_is_no_manifest_is_named_when_the_format_is_explicit(export):
+    (export / "notes.csv").write_text("when,who\nmonday,ann\n")
+    with pytest.raises(InputRejected) as exc:
+        read(export)
+    assert exc.value.path == "export/notes.csv" and exc.value.field == "header"

@@ -1,0 +1,158 @@
+"""ingest with data.task: classification: class folders, manifests and the generated demo become the canonical
+classification dataset; an export of the other kind is refused naming data.task / data.format."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.datasets.synthetic import generate, generate_classification
+from tests.helpers import result_line
+
+CLS = ("--set", "data.task=classification")
+ROOT = Path(__file__).resolve().parents[3]
+REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or next(
+    (p for p in (ROOT / "shared" / "fixtures" / "real", ROOT.parent / "shared" / "fixtures" / "real") if p.is_dir()),
+    ROOT / "shared" / "fixtures" / "real"))
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def folders_30(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "shapes"
+    generate_classification(out, num_images=30, image_size=32, seed=3)
+    return out
+
+
+def test_class_folders_become_a_canonical_classification_dataset(capsys, folders_30, tmp_path):
+    code, out, err = run(capsys, "ingest", "--source", folders_30, "--out", tmp_path / "ds", *CLS)
+    assert code == 0, err
+    result = result_line(out)
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert coco["task"] == "classification" and result["task"] == "classification"
+    assert result["format"] == "imagefolder" and result["format_detected"]
+    assert len(coco["images"]) == len(coco["annotations"]) == 30
+    assert all(set(a) <= {"id", "image_id", "category_id", "source"} for a in coco["annotations"])
+    assert sorted(a["image_id"] for a in coco["annotations"]) == [im["id"] for im in coco["images"]]
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for im, a in zip(coco["images"], sorted(coco["annotations"], key=lambda a: a["image_id"])):
+        assert im["file_name"].split("/")[0] == names[a["category_id"]]  # the class is the folder
+        assert im["width"] == im["height"] == 32 and im["split"] in ("train", "val", "test") and im["sha1"]
+    assert result["per_class"]["circle"]["total"] + result["per_class"]["square"]["total"] + \
+        result["per_class"]["triangle"]["total"] == 30
+    # the same export, the same bytes (and DVC hash)
+    code, _, err = run(capsys, "ingest", "--source", folders_30, "--out", tmp_path / "ds2", *CLS)
+    assert code == 0, err
+    assert (tmp_path / "ds" / "annotations.json").read_bytes() == (tmp_path / "ds2" / "annotations.json").read_bytes()
+
+
+def test_empty_source_with_classification_ingests_the_class_folder_demo(capsys, nightshift_home):
+    code, out, err = run(capsys, "ingest", "--run-id", "cls-demo", "--set", "data.demo_images=24", *CLS)
+    assert code == 0, err
+    result = result_line(out)
+    assert result["format"] == "imagefolder" and result["source"] == "demo" and result["images"] == 24
+    ds = nightshift_home / "artifacts" / "runs" / "cls-demo" / "ingest" / "dataset"
+    coco = json.loads((ds / "annotations.json").read_text())
+    assert coco["task"] == "classification" and [c["name"] for c in coco["categories"]] == ["circle", "square",
+                                                                                            "triangle"]
+    assert "generated the classification demo set (24 images in class folders, seed 0)" in err
+
+
+def test_detection_ingest_writes_no_task(capsys, tmp_path):
+    generate(tmp_path / "coco", num_images=6, seed=0)
+    code, _, err = run(capsys, "ingest", "--source", tmp_path / "coco", "--out", tmp_path / "ds")
+    assert code == 0, err
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert "task" not in coco and all("bbox" in a for a in coco["annotations"])
+
+
+def test_a_box_export_given_to_a_classification_run_is_refused(capsys, tmp_path):
+    generate(tmp_path / "coco", num_images=6, seed=0)
+    code, _, err = run(capsys, "ingest", "--source", tmp_path / "coco", "--out", tmp_path / "ds", *CLS)
+    assert code == 3 and not (tmp_path / "ds").exists()
+    assert "data.task: data.task is classification but this is a coco detection export" in err
+    code, _, err = run(capsys, "ingest", "--source", tmp_path / "coco", "--out", tmp_path / "ds", "--format", "coco",
+                       *CLS)
+    assert code == 2 and not (tmp_path / "ds").exists()
+    assert "data.format=coco cannot hold image-level class labels for data.task=classification" in err
+
+
+def test_class_folders_given_to_a_detection_run_are_refused(capsys, folders_30, tmp_path):
+    code, _, err = run(capsys, "ingest", "--source", folders_30, "--out", tmp_path / "ds")
+    assert code == 3 and not (tmp_path / "ds").exists()
+    assert "data.task is detection but this is an image-classification export" in err
+    code, _, err = run(capsys, "ingest", "--source", folders_30, "--out", tmp_path / "ds", "--format", "imagefolder")
+    assert code == 2 and "data.format=imagefolder cannot hold boxes and masks for data.task=detection" in err
+
+
+def test_split_folders_are_kept_with_splits_source(capsys, folders_30, tmp_path):
+    src = tmp_path / "split"
+    for cls_dir in sorted(folders_30.iterdir()):
+        for k, img in enumerate(sorted(cls_dir.iterdir())):
+            dest = src / ("train" if k < 6 else "valid" if k < 8 else "test") / cls_dir.name / img.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(img, dest)
+    code, out, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set", "data.splits=source",
+                         *CLS)
+    assert code == 0, err
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert coco["info"]["splits"] == "source"
+    assert {im["file_name"].split("/")[0]: im["split"] for im in coco["images"]} == {"train": "train", "valid": "val",
+                                                                                    "test": "test"}
+    assert result_line(out)["per_split"]["train"]["images"] == 18
+
+
+def test_manifest_rows_naming_missing_images(capsys, folders_30, tmp_path):
+    rows = [f"{p.relative_to(folders_30).as_posix()},{p.parent.name}" for p in sorted(folders_30.rglob("*.jpg"))]
+    shutil.copytree(folders_30, tmp_path / "export" / "pictures")
+    manifest = tmp_path / "export" / "labels.csv"
+    manifest.write_text("file,label\n" + "\n".join(f"pictures/{r}" for r in rows + ["circle/gone.jpg,circle"]) + "\n")
+    # one missing of 31 is over the default max_bad_fraction (0.01): rejected naming the manifest's row
+    code, _, err = run(capsys, "ingest", "--source", tmp_path / "export", "--out", tmp_path / "ds", *CLS)
+    assert code == 3 and not (tmp_path / "ds").exists()
+    assert "labels.csv: row 31 (line 32): file: no such image file 'pictures/circle/gone.jpg'" in err
+    code, out, err = run(capsys, "ingest", "--source", tmp_path / "export", "--out", tmp_path / "ds", *CLS,
+                         "--set", "validate.max_bad_fraction=0.05")
+    assert code == 0, err
+    result = result_line(out)
+    assert result["format"] == "manifest" and result["images"] == 30 and result["quarantined"] == 1
+    report = json.loads(Path(result["quarantine_report"]).read_text())
+    assert report["items"][0]["field"] == "row 31 (line 32): file"
+
+
+def test_real_datumaro_export_and_a_manifest_over_it(capsys, tmp_path):
+    """Datumaro's ImageNet-layout export (MIT, shared/fixtures/real): split folders kept; its identical images in
+    several splits are flagged; a CSV manifest written over some of its images reads the same classes."""
+    src = REAL_DIR / "datumaro-imagenet-subsets"
+    if not src.is_dir():
+        pytest.skip(f"real export 'datumaro-imagenet-subsets' not here: expected {src}")
+    code, out, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set", "data.splits=source",
+                         *CLS)
+    assert code == 0, err
+    result = result_line(out)
+    assert result["format"] == "imagefolder" and result["images"] == 9
+    assert {s: v["images"] for s, v in result["per_split"].items()} == {"train": 3, "val": 3, "test": 3}
+    assert result["duplicates"]["exact_cross_split"] == 1  # the one picture copied into every split and class
+    report = json.loads(Path(result["quarantine_report"]).read_text())
+    skipped = sorted("/".join(s["file"].split("/")[-2:]) for s in report["skipped"] if s["file"].endswith(".jpg"))
+    assert skipped == ["test/label_0_2.jpg", "train/label_0_2.jpg", "val/label_0_2.jpg"]
+    export = tmp_path / "manifest-export"
+    shutil.copytree(src / "train", export / "train")
+    (export / "train.csv").write_text("path,class\ntrain/label_0/label_0_1.jpg,label_0\n"
+                                      "train/label_1/label_1_1.jpg,label_1\ntrain/label_0_2.jpg,label_0\n")
+    code, out, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "ds2", "--set",
+                         "data.splits=source", *CLS)
+    assert code == 0, err
+    result = result_line(out)
+    assert result["format"] == "manifest" and result["images"] == 3
+    assert {c["name"]: v["train"] for c, v in zip(result["categories"], result["per_class"].values())} == \
+        {"label_0": 2, "label_1": 1}

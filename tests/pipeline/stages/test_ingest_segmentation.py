@@ -1,0 +1,209 @@
+"""ingest with data.task=segmentation: COCO polygons and RLE, Labelme polygons and masks, CVAT polygons and masks,
+YOLO-seg polygons; plain boxes skipped and reported, bad masks quarantined naming file and field, the demo set
+with masks, and detection ingest of the same exports unchanged."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.datasets import masks
+from pipeline.datasets.synthetic import generate
+from tests.helpers import result_line, write_image
+
+SEG = ["--set", "data.task=segmentation"]
+
+
+def ingest(capsys, source: Path, out: Path, *args: str) -> tuple[int, dict | None, str]:
+    code = main(["ingest", "--source", str(source), "--out", str(out), *args])
+    stdout, err = capsys.readouterr()
+    return code, result_line(stdout, required=False), err
+
+
+def canonical(out: Path) -> dict:
+    return json.loads((out / "annotations.json").read_text())
+
+
+def quarantine(out: Path) -> dict:
+    return json.loads(out.with_name(out.name + ".quarantine.json").read_text())
+
+
+def test_coco_polygons_and_both_rles_kept_plain_boxes_skipped_bad_rle_quarantined(tmp_path, capsys):
+    src = tmp_path / "coco"
+    generate(src, num_images=8, image_size=64, seed=2, segmentation=True)
+    coco = json.loads((src / "annotations.json").read_text())
+    anns = coco["annotations"]
+    img = {im["id"]: im for im in coco["images"]}
+    first = img[anns[0]["image_id"]]
+    m = masks.decode(anns[0]["segmentation"], first["height"], first["width"])
+    anns[0]["segmentation"] = masks.encode(m)  # compressed RLE
+    flat = m.reshape(-1, order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    anns[1]["segmentation"] = {"size": [64, 64], "counts": ([0] if flat[0] else []) + runs}  # uncompressed
+    del anns[2]["segmentation"]  # a plain box
+    bad_image = img[anns[-1]["image_id"]]["file_name"]
+    anns[-1]["segmentation"] = {"size": [64, 64], "counts": "!!garbage"}
+    (src / "annotations.json").write_text(json.dumps(coco))
+
+    out = tmp_path / "out"
+    code, result, err = ingest(capsys, src, out, *SEG, "--set", "validate.max_bad_fraction=0.5")
+    assert code == 0, err
+    assert result["task"] == "segmentation"
+    data = canonical(out)
+    assert data["task"] == "segmentation"
+    assert all(a.get("segmentation") for a in data["annotations"])
+    assert bad_image not in {im["file_name"] for im in data["images"]}
+    kinds = {type(a["segmentation"]).__name__ for a in data["annotations"]}
+    assert kinds == {"list", "dict"}
+    by_source = {a["source"]["item"]: a for a in data["annotations"]}
+    rle = next(a for item, a in by_source.items() if item.startswith("annotations[0]"))
+    assert rle["area"] == float(m.sum())  # the mask's area, as COCO's mask evaluation wants
+    report = quarantine(out)
+    assert any(s["field"].startswith("annotations[2]") and "plain box" in s["reason"] for s in report["skipped"])
+    bad = [q for q in report["items"] if q["image"] == bad_image]
+    assert bad and bad[0]["field"].endswith(".segmentation") and "cannot be rasterised" in bad[0]["reason"]
+    assert bad[0]["file"].endswith("annotations.json")
+
+
+def test_an_export_with_no_masks_at_all_is_refused_for_segmentation(tmp_path, capsys):
+    src = tmp_path / "boxes"
+    generate(src, num_images=4, image_size=64, seed=1)
+    code, _, err = ingest(capsys, src, tmp_path / "out", *SEG)
+    assert code == 3
+    assert "annotations.json" in err and "segmentation" in err and "data.task=detection" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _png_b64(crop: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(crop.astype(np.uint8) * 255).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _labelme(root: Path, mask_png: str) -> None:
+    root.mkdir(parents=True)
+    for name in ("a", "b"):
+        write_image(root / f"{name}.jpg", 40, 30)
+        shapes = [{"label": "cell", "shape_type": "polygon", "points": [[2, 2], [12, 2], [12, 10]]},
+                  {"label": "cell", "shape_type": "mask", "points": [[20, 5], [25, 8]], "mask": mask_png},
+                  {"label": "cell", "shape_type": "rectangle", "points": [[30, 20], [38, 28]]},
+                  {"label": "cell", "shape_type": "circle", "points": [[8, 20], [12, 20]]}]
+        (root / f"{name}.json").write_text(json.dumps({
+            "version": "5.5.0", "shapes": shapes, "imagePath": f"{name}.jpg", "imageData": None,
+            "imageHeight": 30, "imageWidth": 40}))
+
+
+def test_labelme_polygons_and_masks(tmp_path, capsys):
+    crop = np.zeros((4, 6), dtype=bool)
+    crop[1:3, 1:5] = True
+    _labelme(tmp_path / "lm", _png_b64(crop))
+    out = tmp_path / "out"
+    code, result, err = ingest(capsys, tmp_path / "lm", out, "--format", "labelme", *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    assert len(data["annotations"]) == 6  # polygon, mask and circle per image; the rectangles are skipped
+    circles = [a for a in data["annotations"] if isinstance(a["segmentation"], list)
+               and len(a["segmentation"][0]) == 64]
+    assert len(circles) == 2 and circles[0]["bbox"] == [4.0, 16.0, 8.0, 8.0]
+    assert abs(circles[0]["area"] - 3.14159 * 16) < 4  # the filled circle's pixels
+    rles = [a for a in data["annotations"] if isinstance(a["segmentation"], dict)]
+    assert len(rles) == 2
+    full = masks.decode(rles[0]["segmentation"], 30, 40)
+    expected = np.zeros((30, 40), dtype=np.uint8)
+    expected[6:8, 21:25] = 1
+    assert np.array_equal(full, expected)
+    assert rles[0]["bbox"] == [21.0, 6.0, 4.0, 2.0] and rles[0]["area"] == 8.0
+    skipped = quarantine(out)["skipped"]
+    assert [s["field"] for s in skipped] == ["shapes[2]", "shapes[2]"]
+    assert all(s["file"].endswith(".json") and "plain box" in s["reason"] for s in skipped)
+
+    # the same export for detection: as before, the mask shape is skipped and the rectangle is a box
+    det = tmp_path / "det"
+    code, _, err = ingest(capsys, tmp_path / "lm", det, "--format", "labelme")
+    assert code == 0, err
+    assert "task" not in canonical(det) and len(canonical(det)["annotations"]) == 6
+    assert any("mask" in s["reason"] for s in quarantine(det)["skipped"])
+
+
+def test_labelme_mask_that_does_not_fit_its_points_sets_the_image_aside(tmp_path, capsys):
+    _labelme(tmp_path / "lm", _png_b64(np.ones((9, 9), dtype=bool)))
+    code, _, err = ingest(capsys, tmp_path / "lm", tmp_path / "out", "--format", "labelme", *SEG)
+    assert code == 3
+    assert "a.json" in err and "shapes[1].mask" in err and "points span 6 x 4" in err
+
+
+CVAT = """<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta><task><labels><label><name>leaf</name></label></labels></task></meta>
+  <image id="0" name="p.jpg" width="40" height="30">
+    <polygon label="leaf" occluded="0" points="2,2;12,2;12,10"/>
+    <mask label="leaf" source="manual" occluded="0" rle="{rle}" left="20" top="5" width="6" height="4" z_order="0"/>
+    <box label="leaf" occluded="0" xtl="30" ytl="20" xbr="38" ybr="28"/>
+  </image>
+  <image id="1" name="q.jpg" width="40" height="30">
+    <polygon label="leaf" occluded="0" points="5,5;15,5;15,15;5,15"/>
+  </image>
+</annotations>
+"""
+
+
+def test_cvat_polygons_and_masks(tmp_path, capsys):
+    root = tmp_path / "cvat"
+    for name in ("p", "q"):
+        write_image(root / "images" / f"{name}.jpg", 40, 30)
+    # the 6 x 4 crop row by row: row 0 empty, rows 1-2 columns 1-4 set, row 3 empty
+    (root / "annotations.xml").write_text(CVAT.format(rle="7, 4, 2, 4, 7"))
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, root, out, "--format", "cvat", *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    assert len(data["annotations"]) == 3
+    rle = next(a for a in data["annotations"] if isinstance(a["segmentation"], dict))
+    expected = np.zeros((30, 40), dtype=np.uint8)
+    expected[6:8, 21:25] = 1
+    assert np.array_equal(masks.decode(rle["segmentation"], 30, 40), expected)
+    assert any(s["field"].endswith("box[2]") and "plain box" in s["reason"] for s in quarantine(out)["skipped"])
+
+    (root / "annotations.xml").write_text(CVAT.format(rle="7, 4, 2"))
+    code, _, err = ingest(capsys, root, tmp_path / "bad", "--format", "cvat", *SEG,
+                          "--set", "validate.max_bad_fraction=0")
+    assert code == 3
+    assert "annotations.xml" in err and "mask[1]" in err and "sum to width * height = 24" in err
+
+
+def test_yolo_seg_polygons(tmp_path, capsys):
+    root = tmp_path / "yolo"
+    root.mkdir()
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames:\n  0: blob\n")
+    for rel, line in (("train/a", "0 0.1 0.1 0.5 0.1 0.5 0.5\n"), ("val/b", "0 0.2 0.2 0.6 0.2 0.6 0.6 0.2 0.6\n")):
+        write_image(root / "images" / f"{rel}.jpg", 50, 40)
+        (root / "labels" / f"{rel}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"{rel}.txt").write_text(line)
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, root, out, "--format", "yolo", *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    tri = next(a for a in data["annotations"] if len(a["segmentation"][0]) == 6)
+    assert tri["segmentation"][0] == [5.0, 4.0, 25.0, 4.0, 25.0, 20.0]
+    assert 0 < tri["area"] < tri["bbox"][2] * tri["bbox"][3]  # the triangle's own area, not its box's
+
+
+def test_the_demo_set_has_masks_when_the_task_is_segmentation(capsys, nightshift_home):
+    code = main(["ingest", "--run-id", "segdemo", "--set", "data.task=segmentation", "--set", "data.demo_images=6"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads((nightshift_home / "artifacts/runs/segdemo/ingest/dataset/annotations.json").read_text())
+    assert data["task"] == "segmentation" and data["annotations"]
+    for ann in data["annotations"]:
+        (poly,) = ann["segmentation"]
+        xs, ys = poly[0::2], poly[1::2]
+        x, y, w, h = ann["bbox"]
+        assert (min(xs), min(ys), max(xs), max(ys)) == (x, y, x + w, y + h)
+        assert len(poly) in (6, 8, 64)  # triangle, square, 32-gon
