@@ -4,7 +4,8 @@ The first stage of the retrain DAG. It fails fast, with one line naming the para
 otherwise fail minutes (or hours) later:
 
 - gate overrides: unknown gate names, and a relaxed threshold without `override_reason`;
-- the model: a name the model registry (pipeline.training.models) does not know, or not a detector;
+- the model: a name the model registry (pipeline.training.models) does not know, a model whose task disagrees
+  with `data.task` (pipeline/tasks.py), or a train option its task has no use for (anchor_scale of a classifier);
 - the source: a local path that does not exist, or an s3:// prefix that is empty or whose endpoint does not
   answer (exit 5 when the endpoint is unreachable, 3 when it answers but the prefix is empty).
 
@@ -22,6 +23,7 @@ from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import InfrastructureError, InputRejected
 from pipeline.spec import StageSpec
+from pipeline.tasks import task_of
 
 SPEC = StageSpec(skip_if_done=False)  # cheap; a re-run with other params must be judged again
 
@@ -36,15 +38,24 @@ def check_gates(cfg: Config) -> dict:
 
 
 def check_model(cfg: Config) -> str:
+    """The registered model of any task (pipeline/tasks.py), agreeing with `data.task`, with train options that
+    make sense for its task; InputRejected naming the param otherwise."""
+    from pipeline import tasks
     from pipeline.training.models import MODELS
 
     name = cfg.train.model
     spec = MODELS.get(name)
-    detectors = sorted(n for n, s in MODELS.items() if s.task == "detection")
-    if spec is None or spec.task != "detection":
-        why = "unknown model" if spec is None else f"{name!r} is a {spec.task} model, not a detector"
-        raise InputRejected(f"{why}; known detectors: {', '.join(detectors)}", path="train.model (trigger param `model`)",
+    if spec is None:
+        known = "; ".join(f"{task}: {', '.join(sorted(n for n, s in MODELS.items() if s.task == task))}"
+                          for task in tasks.TASKS)
+        raise InputRejected(f"unknown model; known models by task: {known}", path="train.model (trigger param `model`)",
                             field=name)
+    why = tasks.mismatch(cfg)
+    if why:
+        raise InputRejected(why, path="data.task / train.model", field=f"{cfg.data.task} / {name}")
+    if spec.task == "classification" and cfg.train.anchor_scale not in (1.0, "auto"):
+        raise InputRejected(f"{name} is a classifier: it has no anchors to scale; leave it at 1 (or auto)",
+                            path="train.anchor_scale", field=f"{cfg.train.anchor_scale:g}")
     if cfg.train.anchor_scale not in (1.0, "auto") and name.startswith("fcos"):
         raise InputRejected(f"{name} has no anchor sizes to scale (FCOS assigns objects to pyramid levels by size); "
                             "leave it at 1", path="train.anchor_scale", field=f"{cfg.train.anchor_scale:g}")
@@ -101,7 +112,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     if overrides:
         log.info("gate overrides for this run: %s%s", ", ".join(f"{k}={v:g}" for k, v in overrides.items()),
                  f" (reason: {cfg.gates.override_reason})" if cfg.gates.override_reason else "")
-    log.info("params ok: model %s, source %s, %d gate thresholds", model, cfg.data.source or "(demo set)",
-             len(verdict["thresholds"]))
-    return {"model": model, "source": cfg.data.source, "source_kind": source, "overrides": overrides,
-            "override_reason": cfg.gates.override_reason, "relaxed": verdict["relaxed"]}
+    log.info("params ok: %s model %s, source %s, %d gate thresholds", task_of(cfg), model,
+             cfg.data.source or "(demo set)", len(verdict["thresholds"]))
+    return {"model": model, "task": task_of(cfg), "source": cfg.data.source, "source_kind": source,
+            "overrides": overrides, "override_reason": cfg.gates.override_reason, "relaxed": verdict["relaxed"]}

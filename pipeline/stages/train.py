@@ -1,9 +1,10 @@
-"""train: fit the detector on the canonical dataset (DDP under torchrun when train.nproc_per_node > 1).
+"""train: fit the model on the canonical dataset (DDP under torchrun when train.nproc_per_node > 1): a detector,
+or a classifier on a classification dataset (`"task": "classification"`; pipeline/training/classify.py).
 
 Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/model.pt (the format in
 docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id
 continues by itself. Rank 0 logs the resolved config, per-epoch loss / lr / images per second (and val_AP /
-val_AP50 with `train.eval_every_epochs` or early stopping), lineage tags and model.pt (artifact path `model`)
+val_AP50, a classifier's val_accuracy, with `train.eval_every_epochs` or early stopping), lineage tags and model.pt (artifact path `model`)
 to the pipeline run's MLflow run. With `train.ema_decay` model.pt holds the EMA of the weights. The first
 weights come from `train.init` (pipeline/training/initialise.py): random, a weights file, or the registry's
 champion, whose version is recorded in the lineage tags and in the result's `init`.
@@ -149,7 +150,8 @@ def _log_signed_model(model, image_size: int) -> None:
     import torchvision
     from mlflow.models import infer_signature
 
-    from pipeline.export.detector import UnsupportedModel, export_module
+    from pipeline.export.detector import UnsupportedModel
+    from pipeline.export.wrappers import export_module
 
     try:
         wrapper = export_module(model, image_size)
@@ -158,9 +160,10 @@ def _log_signed_model(model, image_size: int) -> None:
         return
     images = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():
-        boxes, scores, labels = wrapper(images)
-    signature = infer_signature(images.numpy(), {"boxes": boxes.numpy(), "scores": scores.numpy(),
-                                                 "labels": labels.numpy()})
+        outputs = wrapper(images)
+    # a detector's boxes / scores / labels; a Mask R-CNN's wrapper names its fourth output (masks)
+    names = getattr(wrapper, "output_names", ("boxes", "scores", "labels"))
+    signature = infer_signature(images.numpy(), {n: t.numpy() for n, t in zip(names, outputs)})
     # pinned requirements: MLflow's own inference would load the model in a subprocess, seconds for nothing
     # pickled (loading needs the pipeline package): MLflow's default "pt2" would trace with torch.export
     mlflow.pytorch.log_model(wrapper, name="detector", signature=signature, serialization_format="pickle",
@@ -186,9 +189,12 @@ def _log_params(run_id: str, params: dict) -> None:
 def _check_config(tc) -> None:
     from pipeline.training.models import MODELS
 
-    if tc.model not in MODELS or MODELS[tc.model].task != "detection":
-        known = ", ".join(sorted(n for n, s in MODELS.items() if s.task == "detection"))
-        raise ConfigError(f"'train.model': {tc.model!r} is not a detection model; known: {known}")
+    if tc.model not in MODELS:
+        known = ", ".join(sorted(MODELS))
+        raise ConfigError(f"'train.model': {tc.model!r} is not a registered model; known: {known}")
+    if MODELS[tc.model].task == "classification" and tc.anchor_scale not in (1.0, "auto"):
+        raise ConfigError(f"'train.anchor_scale': {tc.anchor_scale:g}, but {tc.model} is a classifier and has no "
+                          "anchors; leave it at 1")
     if tc.anchor_scale not in (1.0, "auto") and tc.model.startswith("fcos"):
         raise ConfigError(f"'train.anchor_scale': {tc.anchor_scale:g}, but {tc.model} has no anchor sizes (FCOS "
                           "assigns objects to pyramid levels by size); leave it at 1, raise train.image_size for "
@@ -202,8 +208,10 @@ def _anchor_scale(tc, train_set, announce: bool, init_path: Path | None = None) 
     """`train.anchor_scale`, with "auto" fitted to the train boxes at the input size (the same on every rank); a
     warm start from a Nightshift model keeps that model's anchors, which its box head was trained for."""
     from pipeline.training.initialise import source_anchor_scale
-    from pipeline.training.models import fit_anchor_scale
+    from pipeline.training.models import MODELS, fit_anchor_scale
 
+    if MODELS[tc.model].task == "classification":  # no anchors; classify.not_applicable says so for "auto"
+        return 1.0
     if tc.anchor_scale != "auto":
         return float(tc.anchor_scale)
     kept = source_anchor_scale(init_path)
@@ -226,9 +234,38 @@ def _anchor_scale(tc, train_set, announce: bool, init_path: Path | None = None) 
 def _load_splits(root: Path, tc, is_main: bool):
     """The train split (rejected when empty or without categories) and, on rank 0 when val mAP is wanted, the
     val split and its COCO ground truth: (train_set, val_set, val_gt), val ones None elsewhere."""
-    from pipeline.datasets.canonical import CanonicalDataset, load_coco, split_coco
+    from pipeline.datasets.canonical import CanonicalDataset, ClassificationDataset, load_coco, split_coco
+    from pipeline.tasks import dataset_task
+    from pipeline.training.models import MODELS
 
     annotations = root / "annotations.json"
+    coco = load_coco(root)
+    task, model_task = dataset_task(coco), MODELS[tc.model].task
+    if task == "classification" or model_task == "classification":
+        if task != model_task:
+            raise InputRejected(f"the dataset was ingested for {task} but train.model {tc.model!r} is a "
+                                f"{model_task} model: ingest with data.task={model_task}, or choose a {task} "
+                                "model", path=str(annotations), field=f'"task" ({task}) vs train.model')
+        train_set = ClassificationDataset(root, "train", tc.image_size, coco=coco)
+        if len(train_set) == 0:
+            raise InputRejected("no image has split 'train'", path=str(annotations), field="images[].split")
+        if len(train_set.categories) < 2:
+            raise InputRejected(f"a classifier needs at least 2 categories, found {len(train_set.categories)}",
+                                path=str(annotations), field="categories")
+        unlabelled = [train_set.image_infos[i]["file_name"] for i, label in enumerate(train_set.labels())
+                      if label < 0]
+        if unlabelled:
+            raise InputRejected(f"{len(unlabelled)} train image(s) without a class annotation, e.g. "
+                                f"{unlabelled[0]}", path=str(annotations), field="annotations[].category_id")
+        val_set = None
+        if is_main and (tc.eval_every_epochs or tc.early_stop_patience):
+            val_set = ClassificationDataset(root, "val", tc.image_size, coco=coco)
+        return train_set, val_set, None
+    if model_task == "segmentation" and task != "segmentation":  # Mask R-CNN's mask head needs masks
+        raise InputRejected(f"the dataset was ingested for {task} (no instance masks) but train.model {tc.model!r} "
+                            "is a segmentation model: ingest with data.task=segmentation from an export with "
+                            "polygons or masks, or choose a detection model", path=str(annotations),
+                            field=f'"task" ({task}) vs train.model')
     train_set = CanonicalDataset(root, "train", tc.image_size)
     if len(train_set) == 0:
         raise InputRejected("no image has split 'train'", path=str(annotations), field="images[].split")
@@ -240,6 +277,22 @@ def _load_splits(root: Path, tc, is_main: bool):
         val_set = CanonicalDataset(root, "val", tc.image_size)
         val_gt = split_coco(load_coco(root), "val")
     return train_set, val_set, val_gt
+
+
+def _task_options(tc, model, announce: bool) -> None:
+    """Apply the options only one task uses, and say which set options the model's task has no use for."""
+    from pipeline.training.classify import not_applicable
+    from pipeline.training.models import Classifier
+
+    if isinstance(model, Classifier):
+        model.label_smoothing = float(tc.label_smoothing)
+        lines = not_applicable(tc)
+    else:
+        lines = [f"train.label_smoothing={tc.label_smoothing:g} applies to classifiers only: ignored"] \
+            if tc.label_smoothing else []
+    if announce:
+        for line in lines:
+            log.info("%s", line)
 
 
 def _lineage_tags(cfg: Config, dataset_hash: str, annotations_sha: str, init) -> dict:
@@ -303,6 +356,42 @@ def _publish_model(ctx: RunContext, model, tc, train_set, dataset_hash: str, mlr
     return model_url
 
 
+def _rank0_result(ctx: RunContext, tc, mlrun, model_url: str, result, info, dataset_hash: str, init,
+                  anchor_scale: float) -> dict:
+    """result.json's content (rank 0): where the model is, how training went, where its weights started."""
+    from pipeline.training.models import MODELS
+
+    classifier = MODELS[tc.model].task == "classification"
+    out = {
+        "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
+        "model": model_url,
+        "checkpoint": ctx.url(CHECKPOINT_KEY),
+        "epochs": result.epochs_run,
+        "steps": result.steps,
+        "final_loss": round(result.final_loss, 5),
+        "losses": [round(s.loss, 5) for s in result.history],
+        "images_per_s": round(result.images_per_s, 2),
+        "train_seconds": round(result.train_seconds, 2),
+        "world_size": info.world_size,
+        "device": str(info.device),
+        "resumed_from": result.resumed_from,
+        "stopped_early": result.stopped_early,
+        "early_stopped": result.early_stopped,
+        "val_AP": [] if classifier else [s.val.get("AP") for s in result.history if s.val],
+        "best_val_AP": None if classifier else result.best_val_ap,
+        "best_val_epoch": result.best_val_epoch,
+        "ema": tc.ema_decay > 0,
+        "dataset_hash": dataset_hash,
+        "init": init.summary(),
+        "anchor_scale": anchor_scale,
+        "task": MODELS[tc.model].task,
+    }
+    if classifier:  # a classifier's val metric is its accuracy
+        out.update(val_accuracy=[s.val.get("accuracy") for s in result.history if s.val],
+                   best_val_accuracy=result.best_val_ap)
+    return out
+
+
 def train(cfg: Config, ctx: RunContext) -> dict:
     """One training process: the whole job when alone, or one rank under torchrun."""
     import torch
@@ -311,7 +400,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
     from pipeline.training import distributed
     from pipeline.training.engine import fit, seed_everything
     from pipeline.training import initialise, recipes
-    from pipeline.training.models import build_model
+    from pipeline.training.models import MODELS, build_model
 
     tc = cfg.train
     _check_config(tc)
@@ -331,7 +420,11 @@ def train(cfg: Config, ctx: RunContext) -> dict:
 
         init_path, init_info = initialise.prepare(cfg, ctx, info.local_rank == 0, lambda: distributed.barrier(info))
         anchor_scale = _anchor_scale(tc, train_set, info.is_main, init_path)
-        model = build_model(tc.model, train_set.num_classes + 1, tc.image_size, anchor_scale=anchor_scale)
+        classifier = MODELS[tc.model].task == "classification"
+        # a classifier's outputs are the K classes; a detector's add the background (label 0)
+        model = build_model(tc.model, train_set.num_classes + (0 if classifier else 1), tc.image_size,
+                            anchor_scale=anchor_scale)
+        _task_options(tc, model, info.is_main)
         init = initialise.initialise(model, cfg, init_path, init_info, [c["name"] for c in train_set.categories],
                                      announce=info.is_main)
         fingerprint = _fingerprint(cfg, annotations_sha, info.world_size)
@@ -351,29 +444,7 @@ def train(cfg: Config, ctx: RunContext) -> dict:
             out = None
             if info.is_main:
                 model_url = _publish_model(ctx, model, tc, train_set, dataset_hash, mlrun, result, anchor_scale)
-                out = {
-                    "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
-                    "model": model_url,
-                    "checkpoint": ctx.url(CHECKPOINT_KEY),
-                    "epochs": result.epochs_run,
-                    "steps": result.steps,
-                    "final_loss": round(result.final_loss, 5),
-                    "losses": [round(s.loss, 5) for s in result.history],
-                    "images_per_s": round(result.images_per_s, 2),
-                    "train_seconds": round(result.train_seconds, 2),
-                    "world_size": info.world_size,
-                    "device": str(info.device),
-                    "resumed_from": result.resumed_from,
-                    "stopped_early": result.stopped_early,
-                    "early_stopped": result.early_stopped,
-                    "val_AP": [s.val.get("AP") for s in result.history if s.val],
-                    "best_val_AP": result.best_val_ap,
-                    "best_val_epoch": result.best_val_epoch,
-                    "ema": tc.ema_decay > 0,
-                    "dataset_hash": dataset_hash,
-                    "init": init.summary(),
-                    "anchor_scale": anchor_scale,
-                }
+                out = _rank0_result(ctx, tc, mlrun, model_url, result, info, dataset_hash, init, anchor_scale)
                 ctx.publish_json(out, RANK0_RESULT_KEY)
                 log.info("trained %d epochs (%d steps) in %.1fs, final loss %.4f, %.1f images/s -> %s",
                          result.epochs_run, result.steps, result.train_seconds, result.final_loss,

@@ -7,7 +7,9 @@ inside `torch.random.fork_rng()` seeded with that per-sample seed (the caller's 
 
 Order (each step configurable in `train`, off unless its probability or range says otherwise):
 photometric distortion -> zoom out -> IoU crop -> scale jitter -> horizontal / vertical flip -> back to S x S,
-boxes clipped and degenerate ones dropped. With the defaults only the horizontal flip is on, decided by the
+boxes clipped and degenerate ones dropped. A target with instance `masks` (a segmentation dataset) has them
+moved by every geometric step exactly as its boxes (`tv_tensors.Mask`; padding is background), and a box
+dropped drops its mask. With the defaults only the horizontal flip is on, decided by the
 same hash bit as before, so the default training is unchanged.
 """
 from __future__ import annotations
@@ -20,6 +22,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from pipeline.errors import ConfigError
+
+
+# padding added by zoom out and scale jitter: mid grey in the image, background in instance masks
+_FILL = {tv_tensors.Image: 0.5, tv_tensors.Mask: 0}
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -40,7 +46,7 @@ class Augment(torch.utils.data.Dataset):
         if cfg.aug_photometric > 0:
             steps.append(v2.RandomPhotometricDistort(p=cfg.aug_photometric))
         if cfg.aug_zoom_out > 0:
-            steps.append(v2.RandomZoomOut(fill=0.5, side_range=(1.0, float(cfg.aug_zoom_out_max)),
+            steps.append(v2.RandomZoomOut(fill=_FILL, side_range=(1.0, float(cfg.aug_zoom_out_max)),
                                           p=1.0 if cfg.aug_zoom_out >= 1 else cfg.aug_zoom_out))
         self.iou_crop = v2.RandomIoUCrop() if cfg.aug_iou_crop > 0 else None
         self.iou_crop_p = float(cfg.aug_iou_crop)
@@ -48,7 +54,7 @@ class Augment(torch.utils.data.Dataset):
         lo, hi = (float(v) for v in cfg.aug_scale_jitter)
         if not 0 < lo <= hi:
             raise ConfigError(f"'train.aug_scale_jitter': {list(cfg.aug_scale_jitter)}: need 0 < low <= high")
-        self.jitter = v2.RandomAffine(degrees=0.0, scale=(lo, hi), fill=0.5) if (lo, hi) != (1.0, 1.0) else None
+        self.jitter = v2.RandomAffine(degrees=0.0, scale=(lo, hi), fill=_FILL) if (lo, hi) != (1.0, 1.0) else None
         self.geometric = bool(cfg.aug_zoom_out > 0 or cfg.aug_iou_crop > 0 or self.jitter is not None)
         self.finish = v2.Compose([v2.Resize((self.size, self.size), antialias=True), v2.ClampBoundingBoxes(),
                                   v2.SanitizeBoundingBoxes(min_size=1.0)])
@@ -71,6 +77,8 @@ class Augment(torch.utils.data.Dataset):
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
         img = tv_tensors.Image(image)
         sample = {"boxes": boxes, "labels": target["labels"]}
+        if "masks" in target:
+            sample["masks"] = tv_tensors.Mask(target["masks"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, self.epoch, index))
             if self.before is not None:
@@ -81,16 +89,24 @@ class Augment(torch.utils.data.Dataset):
             if self.jitter is not None:
                 img, sample = self.jitter(img, sample)
             if self.vflip > 0 and float(torch.rand(())) < self.vflip:
-                img, sample = v2.functional.vertical_flip(img), {**sample, "boxes": v2.functional.vertical_flip(
-                    sample["boxes"])}
+                img, sample = v2.functional.vertical_flip(img), _flip(sample, v2.functional.vertical_flip)
         if self.flipped(index):
-            img, sample = v2.functional.horizontal_flip(img), {**sample, "boxes": v2.functional.horizontal_flip(
-                sample["boxes"])}
+            img, sample = v2.functional.horizontal_flip(img), _flip(sample, v2.functional.horizontal_flip)
         if self.geometric:  # back to S x S, boxes clipped, the ones cropped away dropped
             img, sample = self.finish(img, sample)
         out = {**target, "boxes": sample["boxes"].as_subclass(torch.Tensor).float(),
                "labels": sample["labels"]}
+        if "masks" in sample:
+            out["masks"] = sample["masks"].as_subclass(torch.Tensor)
         return img.as_subclass(torch.Tensor), out
+
+
+def _flip(sample: dict, flip) -> dict:
+    """`sample` with its boxes (and masks, when it has them) flipped by `flip`."""
+    out = {**sample, "boxes": flip(sample["boxes"])}
+    if "masks" in sample:
+        out["masks"] = flip(sample["masks"])
+    return out
 
 
 def describe(cfg) -> list[str]:

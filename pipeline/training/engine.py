@@ -2,7 +2,9 @@
 
 `fit()` trains with AdamW, linear warm-up then cosine decay, gradient clipping, AMP on CUDA, a
 DistributedSampler (one process or many under torchrun) and checkpoints every epoch (and every
-`checkpoint_every_steps`) from which a restarted run continues exactly. `predict()` turns a model's
+`checkpoint_every_steps`) from which a restarted run continues exactly. A classifier (a ClassificationDataset)
+trains through the same loop: its augmentation and prediction pass are pipeline/training/classify.py's, and its
+val metric (early stopping included) is the val accuracy instead of val mAP. `predict()` turns a model's
 detections into COCO results in original image pixels: the evaluate and export stages score with it.
 """
 from __future__ import annotations
@@ -173,6 +175,21 @@ def val_map(model: torch.nn.Module, val_set: CanonicalDataset, gt: dict, batch_s
     return {"AP": metrics["AP"], "AP50": metrics["AP50"]}
 
 
+def val_accuracy(model: torch.nn.Module, val_set, batch_size: int, device) -> dict:
+    """Top-1 accuracy of a classifier on `val_set` (a ClassificationDataset): {"accuracy"}."""
+    from pipeline.training.classify import predict_logits
+
+    logits, labels = predict_logits(model, val_set, batch_size=batch_size, device=device, progress=False)
+    return {"accuracy": float((logits.argmax(1) == labels).float().mean()) if len(labels) else None}
+
+
+def is_classification(dataset) -> bool:
+    """Whether `dataset` is a classification split (its targets are a class index, not boxes)."""
+    from pipeline.datasets.canonical import ClassificationDataset
+
+    return isinstance(dataset, ClassificationDataset)
+
+
 def memory_postfix(device: torch.device) -> str:
     """What the progress bar shows as memory: CUDA's peak allocated on GPU, the process's RSS on CPU."""
     if device.type == "cuda":
@@ -207,7 +224,10 @@ def make_loader(dataset, cfg: TrainConfig, info: DistInfo, skip_batches: int = 0
 
 
 def _targets_to(targets: list[dict], device) -> list[dict]:
-    return [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+    if targets and "label" in targets[0]:  # a classifier's targets: the class index (the Classifier makes the tensor)
+        return [{"label": int(t["label"])} for t in targets]
+    # instance masks go along for Mask R-CNN (a segmentation dataset's targets carry them)
+    return [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in t}
             for t in targets]
 
 
@@ -411,12 +431,19 @@ class _Training:
                 scored = copy.deepcopy(self.model)
                 scored.load_state_dict(self.ema.state)
             t0 = time.time()
-            val = val_map(scored, val_set, val_gt, self.cfg.batch_size, self.info.device)
-            self.stop.record(epoch, val["AP"])
-            log.info("epoch %d: val AP %s, AP50 %s (best %.4f at epoch %d) in %.1fs", epoch,
-                     "n/a" if val["AP"] is None else f"{val['AP']:.4f}",
-                     "n/a" if val["AP50"] is None else f"{val['AP50']:.4f}", self.stop.best_ap, self.stop.best_epoch,
-                     time.time() - t0)
+            if is_classification(val_set):  # a classifier's val metric is its accuracy (val_accuracy in MLflow)
+                val = val_accuracy(scored, val_set, self.cfg.batch_size, self.info.device)
+                self.stop.record(epoch, val["accuracy"])
+                log.info("epoch %d: val accuracy %s (best %.4f at epoch %d) in %.1fs", epoch,
+                         "n/a" if val["accuracy"] is None else f"{val['accuracy']:.4f}", self.stop.best_ap,
+                         self.stop.best_epoch, time.time() - t0)
+            else:
+                val = val_map(scored, val_set, val_gt, self.cfg.batch_size, self.info.device)
+                self.stop.record(epoch, val["AP"])
+                log.info("epoch %d: val AP %s, AP50 %s (best %.4f at epoch %d) in %.1fs", epoch,
+                         "n/a" if val["AP"] is None else f"{val['AP']:.4f}",
+                         "n/a" if val["AP50"] is None else f"{val['AP50']:.4f}", self.stop.best_ap,
+                         self.stop.best_epoch, time.time() - t0)
         patience_out = self.info.is_main and self.stop.out_of_patience(epoch)
         # every rank enters this broadcast whatever its shard held, so none waits for a collective in vain
         self.stop.early_stopped = broadcast_flag(patience_out, self.info) and epoch < self.cfg.epochs
@@ -438,9 +465,10 @@ def _eval_every(cfg: TrainConfig, info: DistInfo, val_set: CanonicalDataset | No
     """Every how many epochs val mAP is computed (0 = never)."""
     eval_every = cfg.eval_every_epochs or (1 if cfg.early_stop_patience else 0)
     # only rank 0 holds the val split: its answer decides for all, so every rank takes the same branches
-    if eval_every and not broadcast_flag(val_set is not None and len(val_set) > 0 and bool(val_gt), info):
+    has_val = val_set is not None and len(val_set) > 0 and (bool(val_gt) or is_classification(val_set))
+    if eval_every and not broadcast_flag(has_val, info):
         if info.is_main:
-            log.warning("no val images: val mAP is not computed and early stopping is off")
+            log.warning("no val images: the val metric is not computed and early stopping is off")
         eval_every = 0
     return eval_every
 
@@ -477,8 +505,9 @@ def fit(
     """
     model.to(info.device)
     from pipeline.training.augment import Augment
+    from pipeline.training.classify import ClassificationAugment
 
-    dataset = Augment(train_set, cfg)
+    dataset = ClassificationAugment(train_set, cfg) if is_classification(train_set) else Augment(train_set, cfg)
     if len(dataset) < 2 * info.world_size:
         raise NightshiftError(f"the train split has {len(train_set)} images: too few for "
                               f"{info.world_size} process(es) (each needs a batch of at least 2)")
@@ -518,8 +547,8 @@ def fit(
             break
         if run.stop.early_stopped:
             if info.is_main:
-                log.info("early stop after epoch %d: val AP has not improved for %d epoch(s) (best %.4f at "
-                         "epoch %d)", epoch + 1, epoch + 1 - run.stop.best_epoch, run.stop.best_ap,
+                log.info("early stop after epoch %d: val %s has not improved for %d epoch(s) (best %.4f at "
+                         "epoch %d)", epoch + 1, "accuracy" if is_classification(train_set) else "AP", epoch + 1 - run.stop.best_epoch, run.stop.best_ap,
                          run.stop.best_epoch)
             break
     run.finish(train_set)
@@ -587,7 +616,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, dataset: CanonicalDataset, cfg
 def predict(model: torch.nn.Module, dataset: CanonicalDataset, batch_size: int = 8, device="cpu",
             progress: bool = True) -> list[dict]:
     """COCO results for every image of `dataset`: image_id, category_id, bbox [x, y, w, h] in original image
-    pixels, score. The model sees exactly the dataset's S x S input and returns boxes in those pixels."""
+    pixels, score. The model sees exactly the dataset's S x S input and returns boxes in those pixels.
+    A model that returns `masks` (Mask R-CNN) adds `segmentation`: COCO RLE at the original size, the mask
+    thresholded at 0.5."""
+    from pipeline.training.masks import rles
+
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
@@ -603,8 +636,10 @@ def predict(model: torch.nn.Module, dataset: CanonicalDataset, batch_size: int =
                 boxes = out["boxes"].float().cpu()
                 boxes[:, [0, 2]] *= orig_w / size
                 boxes[:, [1, 3]] *= orig_h / size
-                for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), out["scores"].cpu().tolist(),
-                                                          out["labels"].cpu().tolist()):
+                # a Mask R-CNN's masks, as COCO RLE on the original image (pipeline.training.masks)
+                segms = rles(out["masks"], orig_h, orig_w) if "masks" in out else None
+                for i, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes.tolist(), out["scores"].cpu().tolist(),
+                                                                         out["labels"].cpu().tolist())):
                     if label not in dataset.label_to_cat:  # background
                         continue
                     results.append({
@@ -613,6 +648,8 @@ def predict(model: torch.nn.Module, dataset: CanonicalDataset, batch_size: int =
                         "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                         "score": round(float(score), 5),
                     })
+                    if segms is not None:
+                        results[-1]["segmentation"] = segms[i]
     finally:
         model.train(was_training)
     return results

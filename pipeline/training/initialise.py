@@ -3,6 +3,7 @@
 `weights` loads a local file or an `s3://` object (through the artifact-store client; nothing is downloaded
 from a model hub) holding any of:
 - a full detector state dict, e.g. torchvision's published COCO checkpoint (91 classes) for the same model;
+  for a Mask R-CNN also a Faster R-CNN one of the same backbone (the mask head then starts fresh, said in the log);
 - a checkpoint wrapping one (`{"model": ...}` as torchvision's references save, `{"state_dict": ...}`, or the
   `model.pt` this pipeline writes), with `module.` (DDP) or `model.` prefixes;
 - a backbone-only file: a torchvision classification model's state dict (ImageNet `resnet50`,
@@ -15,6 +16,13 @@ fresh initialisation (e.g. the class head for another class count). A file that 
 `champion` starts from the model.pt behind the registry alias (`promote.model_name@promote.alias`). When its
 classes differ from today's, the class-head rows of classes present in both are copied by category name and
 new classes start fresh.
+
+A classifier (`pipeline.training.models.Classifier`) takes a torchvision classification state dict (e.g. a
+user's ImageNet `resnet18` file), its own model.pt (a champion) or a checkpoint wrapping either; the torchvision
+names load into `Classifier.net` (`apply_classifier_state`). The final layer keeps the file's values when the
+class count is the same (rows mapped by class name when both sides name their classes) and is re-initialised,
+with a log line saying so, when it differs. A file that fills less than `MIN_BACKBONE_FRACTION` of the
+network below the final layer is another architecture: refused with exit 2.
 """
 from __future__ import annotations
 
@@ -36,7 +44,8 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state")
 PREFIXES = ("module.", "model.")
 # class-head tensors: their rows are (anchor, class, m) with class 0 = background in every torchvision detector
 CLASS_HEADS = ((".box_predictor.cls_score.", 1), (".box_predictor.bbox_pred.", 4),
-               ("head.classification_head.cls_logits.", 1), ("head.classification_head.module_list.", 1))
+               ("head.classification_head.cls_logits.", 1), ("head.classification_head.module_list.", 1),
+               (".mask_predictor.mask_fcn_logits.", 1))  # Mask R-CNN: one 1x1-conv output per class
 
 
 @dataclass
@@ -199,6 +208,63 @@ def _align_backbone(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
     return out
 
 
+def _final_layer(model: torch.nn.Module) -> str:
+    """The state-dict prefix of a Classifier's last Linear layer (`net.fc.`, `net.classifier.3.` ...)."""
+    name = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    return f"{name}."
+
+
+def apply_classifier_state(model: torch.nn.Module, state: dict[str, torch.Tensor], label: str, model_name: str,
+                           src_classes: list[str] | None = None, dst_classes: list[str] | None = None,
+                           mode: str = "weights") -> InitReport:
+    """Load a classification state dict into a Classifier (see the module docstring); returns the counts.
+    `src_classes` / `dst_classes` are class names by class index 0..K-1."""
+    if not any(k.startswith("net.") for k in state):  # a plain torchvision file: its names are Classifier.net's
+        state = {f"net.{k}": v for k, v in state.items()}
+    target = model.state_dict()
+    head = _final_layer(model)
+    report = InitReport(mode=mode, source=label, matched_by="name")
+    new = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape and not k.startswith(head)}
+    body = [k for k in target if _counted(k) and not k.startswith(head)]
+    report.backbone_total = len(body)
+    report.backbone_loaded = sum(k in new for k in body)
+    if report.backbone_loaded < MIN_BACKBONE_FRACTION * max(1, len(body)):
+        raise ConfigError(
+            f"'train.weights': {label}: only {report.backbone_loaded} of the {len(body)} tensors of {model_name} "
+            f"below its final layer match by name and shape (at least {MIN_BACKBONE_FRACTION:.0%} needed): "
+            "weights for another architecture?")
+    src_rows = next((int(v.shape[0]) for k, v in state.items() if k == f"{head}weight"), None)
+    dst_rows = int(target[f"{head}weight"].shape[0])
+    if src_classes is not None and dst_classes is not None and src_classes != dst_classes:
+        index = {n: i for i, n in enumerate(src_classes)}
+        report.class_mapping = {"kept": [n for n in dst_classes if n in index],
+                                "new": [n for n in dst_classes if n not in index],
+                                "dropped": [n for n in src_classes if n not in set(dst_classes)]}
+        for suffix in ("weight", "bias"):
+            key = f"{head}{suffix}"
+            if key in state and len(src_classes) == state[key].shape[0]:
+                rows = target[key].detach().clone()
+                for j, name in enumerate(dst_classes):
+                    if name in index:
+                        rows[j] = state[key][index[name]]
+                new[key] = rows
+    elif src_rows == dst_rows:
+        new.update({k: v for k, v in state.items() if k.startswith(head) and k in target
+                    and target[k].shape == v.shape})
+    elif src_rows is not None:
+        log.info("%s has %d classes in its final layer and this run %d: %s re-initialised", label, src_rows,
+                 dst_rows, head.removeprefix("net.").rstrip("."))
+    merged = dict(target)
+    merged.update(new)
+    model.load_state_dict(merged)
+    counted = [k for k in target if _counted(k)]
+    report.loaded = sum(k in new for k in counted)
+    report.reinitialised_names = [k for k in counted if k not in new]
+    report.reinitialised = len(report.reinitialised_names)
+    report.unused = sum(1 for k in state if _counted(k) and k not in new)
+    return report
+
+
 def source_anchor_scale(path: Path | None) -> float | None:
     """The anchor scale a Nightshift model.pt (a champion, or one given as train.weights) was trained with; None
     for scratch or any other file (a torchvision checkpoint has torchvision's anchors, i.e. no scale)."""
@@ -275,7 +341,12 @@ def initialise(model: torch.nn.Module, cfg, path: Path | None, info: dict, class
     if path is None:
         return InitReport(mode="scratch")
     state, src_names = read_state(path, info["label"])
-    report = apply_state(model, state, info["label"], tc.model, src_names, class_names, mode=tc.init)
+    from pipeline.training.models import Classifier
+
+    if isinstance(model, Classifier):
+        report = apply_classifier_state(model, state, info["label"], tc.model, src_names, class_names, mode=tc.init)
+    else:
+        report = apply_state(model, state, info["label"], tc.model, src_names, class_names, mode=tc.init)
     report.sha256 = sha256_file(path)
     report.champion_version = info.get("champion_version")
     report.champion_run_id = info.get("champion_run_id")
@@ -294,4 +365,10 @@ def initialise(model: torch.nn.Module, cfg, path: Path | None, info: dict, class
         elif src_names is None and any(_class_head(k) for k in state):
             log.info("%s names no classes: a class head of the same shape is loaded by position",
                      info["label"])
+        fresh_masks = [k for k in report.reinitialised_names if ".mask_predictor." in k]
+        if fresh_masks:  # a Faster R-CNN / backbone file has no mask head; another class count does not fit it
+            has_head = any(".mask_predictor." in k for k in state)
+            log.info("Mask R-CNN's mask predictor (%s) re-initialised: %s", ", ".join(fresh_masks),
+                     f"{info['label']} has {len(src_names) if src_names else 'another number of'} classes, this "
+                     f"run {len(class_names)}" if has_head else f"{info['label']} has no mask head")
     return report

@@ -19,7 +19,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    task: str  # "detection" or "classification"
+    task: str  # "detection", "segmentation" (instance masks) or "classification" (pipeline/tasks.py)
     builder: Callable[..., torch.nn.Module]
     default_size: int  # input side the model was designed for
 
@@ -69,7 +69,7 @@ def anchor_range(name: str, image_size: int) -> tuple[float, float] | None:
     None for a model without anchor sizes (FCOS, classifiers)."""
     if name == "ssdlite320_mobilenet_v3_large":
         return 0.2 * image_size, 0.95 * image_size  # DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)
-    if name.startswith("fasterrcnn") or name.startswith("retinanet"):
+    if name.startswith(("fasterrcnn", "maskrcnn", "retinanet")):  # Mask R-CNN's RPN anchors are Faster R-CNN's
         sizes = {"retinanet": (32, 812)}.get(name.split("_")[0], (32, 512))  # torchvision's AnchorGenerator sizes
         return float(sizes[0]), float(min(sizes[1], image_size))
     return None
@@ -94,10 +94,59 @@ def fit_anchor_scale(name: str, image_size: int, sides: list[float]) -> tuple[fl
                    f"{span[0] * scale:.0f}-{span[1] * scale:.0f} px")
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Classifier(torch.nn.Module):
+    """A torchvision classifier as the pipeline trains, evaluates and exports it.
+
+    Input: float32 [B, 3, S, S] RGB in 0..1 (a tensor, or a list of [3, S, S] tensors), normalised inside with
+    ImageNet's mean and std as the detectors' own transforms do, so every consumer feeds the same 0..1 pixels.
+    Training with `targets` (dicts with an int `label` 0..K-1) returns {"loss_classifier": cross entropy};
+    otherwise the logits [B, K]. Class `i` is `categories[i]` (categories sorted by id; no background class).
+    The torchvision network is `net`: a classification state dict loads into it unchanged.
+    """
+
+    def __init__(self, net: torch.nn.Module, label_smoothing: float = 0.0):
+        super().__init__()
+        self.net = net
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images, targets: list[dict] | None = None):
+        x = torch.stack(list(images)) if isinstance(images, (list, tuple)) else images
+        logits = self.net((x - self.mean) / self.std)
+        if self.training and targets is not None:
+            labels = torch.as_tensor([int(t["label"]) for t in targets], device=logits.device)
+            return {"loss_classifier": torch.nn.functional.cross_entropy(logits, labels,
+                                                                        label_smoothing=self.label_smoothing)}
+        return logits
+
+
 def _cls(builder):
     def build(num_classes: int, image_size: int, anchor_scale: float = 1.0):
-        return builder(weights=None, num_classes=num_classes)
+        if anchor_scale != 1.0:
+            raise ValueError("'train.anchor_scale': a classifier has no anchors; leave it at 1")
+        return Classifier(builder(weights=None, num_classes=num_classes))
     return build
+
+
+def maskrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes: int = 91, **kwargs):
+    """Mask R-CNN on torchvision's MobileNetV3-Large FPN (the backbone, anchors and FPN of
+    fasterrcnn_mobilenet_v3_large_fpn, plus Mask R-CNN's mask head): the instance-segmentation model a CPU can
+    train. torchvision ships no weights for it; a user brings a backbone file (train.init=weights)."""
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+
+    backbone = _mobilenet_extractor(tvm.mobilenet_v3_large(weights=None), True, 6)
+    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+    # at prediction, 150 proposals as torchvision's fasterrcnn_mobilenet_v3_large_320_fpn keeps (1000 by default):
+    # the box and mask heads run per proposal, and at 320 px the extra ones add time, not recall
+    kwargs = {"rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05, **kwargs}
+    return tvd.MaskRCNN(backbone, num_classes,
+                        rpn_anchor_generator=AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
+                        **kwargs)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -110,6 +159,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("fasterrcnn_resnet50_fpn", "detection", _det(tvd.fasterrcnn_resnet50_fpn), 800),
         ModelSpec("retinanet_resnet50_fpn", "detection", _det(tvd.retinanet_resnet50_fpn), 800),
         ModelSpec("fcos_resnet50_fpn", "detection", _det(tvd.fcos_resnet50_fpn), 800),
+        ModelSpec("maskrcnn_mobilenet_v3_large_fpn", "segmentation", _det(maskrcnn_mobilenet_v3_large_fpn), 320),
+        ModelSpec("maskrcnn_resnet50_fpn", "segmentation", _det(tvd.maskrcnn_resnet50_fpn), 800),
         ModelSpec("resnet18", "classification", _cls(tvm.resnet18), 224),
         ModelSpec("resnet50", "classification", _cls(tvm.resnet50), 224),
         ModelSpec("mobilenet_v3_large", "classification", _cls(tvm.mobilenet_v3_large), 224),
@@ -136,12 +187,16 @@ def build_model(name: str, num_classes: int, image_size: int | None = None, weig
 def save_trained(path, model: torch.nn.Module, name: str, image_size: int, categories: list[dict],
                  dataset_hash: str | None = None, anchor_scale: float = 1.0) -> None:
     """Write the `model.pt` that `load_trained` reads (format in docs/architecture.md): the registry `name`,
-    the input side, the `categories` ({"id", "name"}, model label i being categories[i-1], 0 background), the
+    the input side, the `categories` ({"id", "name"}; a detector's label i is categories[i-1], 0 background; a
+    classifier's class i is categories[i]), the
     weights on the CPU and, when given, the hash of the dataset snapshot trained on and the anchor scale."""
     categories = [{"id": c["id"], "name": c["name"]} for c in categories]
+    task = MODELS[name].task
     blob = {
         "model": name,
-        "num_classes": len(categories) + 1,
+        "task": task,
+        # a classifier's outputs are the K classes; a detector's add the background (label 0)
+        "num_classes": len(categories) + (0 if task == "classification" else 1),
         "image_size": image_size,
         "categories": categories,
         "label_to_category": [c["id"] for c in categories],

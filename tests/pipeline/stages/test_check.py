@@ -52,8 +52,7 @@ def test_unknown_gate_and_model_are_refused_listing_known_names(only_check, caps
     assert cli.main(["check", "--run-id", "r5", *only_check, "--set", "train.model=yolov8n"]) == 3
     error = _result(capsys)["error"]
     assert "trigger param `model`" in error and "yolov8n" in error and "ssdlite320_mobilenet_v3_large" in error
-    with pytest.raises(InputRejected, match="classification model, not a detector"):
-        check.check_model(load_config(None, ["train.model=resnet18"]))
+    assert check.check_model(load_config(None, ["train.model=resnet18"])) == "resnet18"
     with pytest.raises(InputRejected, match="train.anchor_scale.*no anchor sizes"):
         check.check_model(load_config(None, ["train.model=fcos_resnet50_fpn", "train.anchor_scale=0.5"]))
     assert check.check_model(load_config(None, ["train.anchor_scale=0.5"])) == "ssdlite320_mobilenet_v3_large"
@@ -104,3 +103,22 @@ def test_empty_s3_prefix_is_refused(monkeypatch):
             check.check_source(empty)
     finally:
         server.stop()
+
+
+def test_every_task_is_accepted_and_a_task_model_mismatch_is_refused(only_check, capsys):
+    """A classifier or a Mask R-CNN passes as a detector does; data.task naming another task than the model's is
+    refused (exit 3) naming both params; a classifier refuses a numeric anchor_scale and lets auto through."""
+    for model in ("resnet18", "efficientnet_b0", "maskrcnn_mobilenet_v3_large_fpn"):
+        assert cli.main(["check", "--run-id", f"t-{model}", *only_check, "--set", f"train.model={model}"]) == 0
+    assert _result(capsys)["task"] == "segmentation"
+    assert cli.main(["check", "--run-id", "t-cls", *only_check, "--set", "data.task=classification"]) == 0
+    assert _result(capsys)["model"] == "resnet18"
+    code = cli.main(["check", "--run-id", "t-mis", *only_check, "--set", "data.task=classification",
+                     "--set", "train.model=ssdlite320_mobilenet_v3_large"])
+    error = _result(capsys)["error"]
+    assert code == 3 and error.startswith("data.task / train.model: classification / ssdlite320_mobilenet_v3_large:")
+    assert "mobilenet_v3_large, resnet18, resnet50" in error
+    with pytest.raises(InputRejected, match="train.anchor_scale: 0.5: resnet18 is a classifier"):
+        check.check_model(load_config(None, ["train.model=resnet18", "train.anchor_scale=0.5"]))
+    assert check.check_model(load_config(None, ["train.model=resnet18", "train.anchor_scale=auto"])) == "resnet18"
+

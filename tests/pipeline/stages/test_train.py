@@ -194,12 +194,20 @@ def test_a_diverging_loss_names_the_step(shared, only_train, capsys):
     ("train.epochs=0", "'train.epochs'"),
     ("train.batch_size=many", "'train.batch_size'"),
     ("train.optimiser=sgd", "unknown key 'train.optimiser'"),
-    ("train.model=resnet18", "'train.model'"),
+    ("train.model=yolov8n", "'train.model': 'yolov8n' is not a registered model"),
+    ("train.model=resnet18 train.anchor_scale=0.5", "resnet18 is a classifier and has no anchors"),
 ])
 def test_config_errors_exit_2(shared, only_train, capsys, setting, message):
     publish_dataset("bad", shared)
-    assert train_cli("bad", shared, setting) == 2
+    assert train_cli("bad", shared, *setting.split()) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_classifier_on_a_detection_dataset_is_rejected_naming_the_file_and_field(shared, only_train, capsys):
+    publish_dataset("cls-on-boxes", shared)
+    assert train_cli("cls-on-boxes", shared, "train.model=resnet18") == 3
+    error = last_result(capsys)["error"]
+    assert "annotations.json: \"task\" (detection) vs train.model" in error and "is a classification model" in error
 
 
 def test_missing_dataset_is_rejected(shared, only_train, capsys):

@@ -12,7 +12,7 @@ def test_save_trained_round_trips_through_load_trained(tmp_path):
     path = tmp_path / "model.pt"
     save_trained(path, model, "ssdlite320_mobilenet_v3_large", 64, categories, dataset_hash="abc")
     loaded, meta = load_trained(str(path))
-    assert meta == {"model": "ssdlite320_mobilenet_v3_large", "num_classes": 3, "image_size": 64,
+    assert meta == {"model": "ssdlite320_mobilenet_v3_large", "task": "detection", "num_classes": 3, "image_size": 64,
                     "categories": [{"id": 4, "name": "cat"}, {"id": 9, "name": "dog"}],
                     "label_to_category": [4, 9], "dataset_hash": "abc"}
     expected = model.state_dict()
@@ -21,6 +21,28 @@ def test_save_trained_round_trips_through_load_trained(tmp_path):
 
     save_trained(tmp_path / "bare.pt", model, "ssdlite320_mobilenet_v3_large", 64, categories)
     assert "dataset_hash" not in load_trained(str(tmp_path / "bare.pt"))[1]  # only when given
+
+
+def test_a_classifier_has_k_outputs_and_normalises_its_own_input(tmp_path):
+    """A classifier's model.pt: K classes and no background, the task recorded; the wrapper takes the same 0..1
+    pixels as every detector and normalises them as torchvision's ImageNet models expect."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 64).eval()
+    categories = [{"id": 2, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 7, "name": "fox"}]
+    save_trained(tmp_path / "model.pt", model, "resnet18", 64, categories)
+    loaded, meta = load_trained(str(tmp_path / "model.pt"))
+    assert (meta["task"], meta["num_classes"], meta["label_to_category"]) == ("classification", 3, [2, 5, 7])
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        assert torch.allclose(loaded(images), model.net((images - mean) / std), atol=1e-6)
+        assert loaded(list(images)).shape == (2, 3)
+    model.train()
+    loss = model(images, [{"label": 0}, {"label": 2}])["loss_classifier"]
+    assert loss.ndim == 0 and loss.item() > 0
+    with pytest.raises(ValueError, match="no anchors"):
+        build_model("resnet18", 3, 64, anchor_scale=0.5)
 
 
 @pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn",

@@ -10,7 +10,7 @@ from pipeline.training.models import MODELS
 
 def test_every_detector_has_a_cpu_and_a_gpu_recipe_that_the_schema_accepts():
     detectors = sorted(name for name, spec in MODELS.items() if spec.task == "detection")
-    assert recipes.models_with_recipes() == detectors
+    assert set(detectors) <= set(recipes.models_with_recipes())
     for name in detectors:
         for kind in recipes.RECIPES:
             values = recipes.recipe(name, kind)
@@ -71,9 +71,40 @@ def test_the_shipped_configs_load_and_take_their_recipe(name):
                                     if k not in cfg.model_fields_set}
 
 
+@pytest.mark.parametrize("task, model", [("detection", "ssdlite320_mobilenet_v3_large"), ("classification", "resnet18"),
+                                         ("segmentation", "maskrcnn_mobilenet_v3_large_fpn")])
+def test_make_run_with_a_task_trains_that_tasks_default_model_with_its_recipe(task, model):
+    """`make run TASK=...` passes data.task: configs/cpu.yaml leaves the model to the task, and the CPU recipe
+    filled is that model's, not the detector's."""
+    cfg = load_config("configs/cpu.yaml", [f"data.task={task}"])
+    assert cfg.train.model == model
+    assert recipes.applied(cfg.train) == {k: v for k, v in recipes.recipe(model, "cpu").items()
+                                          if k not in cfg.train.model_fields_set}
+    assert load_config("configs/cpu.yaml", [f"data.task={task}", "train.model=resnet50"]).train.model == "resnet50"
+
+
 def test_a_warm_start_takes_a_third_of_the_epochs_at_a_quarter_of_the_rate():
     scratch = load_config(None, []).train
     warm = load_config(None, ["train.init=champion"]).train
     assert warm.epochs == round(scratch.epochs / 3) and warm.lr == pytest.approx(scratch.lr / 4)
     assert "for ssdlite320_mobilenet_v3_large from the champion filled" in recipes.describe(warm)
     assert load_config(None, ["train.init=champion", "train.epochs=7"]).train.epochs == 7
+
+
+def test_every_classifier_has_its_own_recipe_without_anchors_or_box_augmentation():
+    """A classifier's recipe is the classifiers' base (label smoothing, a val accuracy every epoch), never the
+    detectors' anchor_scale auto or IoU crop, and the schema accepts it as a user's values."""
+    classifiers = sorted(name for name, spec in MODELS.items() if spec.task == "classification")
+    assert set(classifiers) <= set(recipes.models_with_recipes())
+    for name in classifiers:
+        for kind in recipes.RECIPES:
+            values = recipes.recipe(name, kind)
+            explicit = TrainConfig(model=name, recipe="none", **values)
+            assert {k: getattr(explicit, k) for k in values} == values
+            assert "anchor_scale" not in values and values.get("aug_iou_crop", 0) == 0
+            assert values["label_smoothing"] == 0.1 and values["eval_every_epochs"] == 1
+            assert 128 <= values["image_size"] <= (160 if kind == "cpu" else 224)
+    cfg = load_config(None, ["data.task=classification"]).train
+    assert cfg.model == "resnet18" and cfg.image_size == 128 and cfg.anchor_scale == 1.0
+    assert "train.recipe cpu for resnet18 filled " in recipes.describe(cfg)
+
