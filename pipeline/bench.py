@@ -21,7 +21,9 @@ BENCHES = {
                                                        "evaluate stage's time on the demo (goal <= 1x)"),
     "audit": ("pipeline.audit.bench", "label audit with the demo model on make demo's data: injected errors (5 % "
                                       "swapped / dropped / shifted) found in the top 2x (goal >= 80 %)"),
-    "export": ("pipeline.export.bench", "PyTorch eager vs ONNX Runtime latency and throughput per registered detector, batch 1 and 8"),
+    "export": ("pipeline.export.bench", "PyTorch eager vs ONNX Runtime latency and throughput per registered detector "
+                                        "and the classifiers resnet18 and mobilenet_v3_large (128 px), batch 1 and 8; "
+                                        "Mask R-CNN maskrcnn_mobilenet_v3_large_fpn (160 px), batch 1 and 2"),
     "data": ("pipeline.datasets.bench", "ingest + validate of 100k images / 1M boxes and an unchanged snapshot, "
                                         "each stage a process, against the goals (<= 20 s, <= 5 s)"),
 }

@@ -18,8 +18,19 @@ are scored on the same split in the same run). The thresholds come from the poli
     slice_min_support: 20
     robustness_max_drop: 0.15        # AP lost under any corruption vs clean data (evaluate.corruptions); null = off
     robustness_max_regression: 0.05  # AP under a corruption lost vs the champion under it; null = off
+    segm_map_min: 0.25               # segmentation runs: mask AP (evaluate's `segm`); n/a on a detection run
+    segm_map50_min: 0.5
+    segm_max_regression: 0.02        # mask AP drop vs the champion (on its interval when measured)
     latency_p95_ms_max: 40           # ONNX Runtime, batch 1; null = off
     model_size_mb_max: 25            # model.onnx; null = off
+
+A classification run (evaluate's metrics.json says `"task": "classification"`) is judged on `accuracy_min`
+(top-1 accuracy), `macro_f1_min`, `max_regression` (the accuracy drop against the champion) and
+`per_class_max_regression` (each class's recall drop, for classes with at least `per_class_min_support` images
+in the split). The box gates (`map_min`, `map50_min`, `slice_max_regression`, `robustness_*`) mean nothing
+there, and `accuracy_min` / `macro_f1_min` mean nothing for boxes: a gate of the other task set away from its
+default is listed by `not_applicable` (the gate stage logs it and records it in its result), never silently
+dropped.
 
 Regressions against the champion (`max_regression`, per class, per slice) are judged, with `regression_test:
 bootstrap` (the default), on the paired bootstrap interval over val images that evaluate measured for each drop
@@ -30,6 +41,11 @@ estimate, and the check says so in its note.
 
 `gates.overrides` ({gate name: threshold}) replaces thresholds for this run only, for every gate; an override
 that relaxes a threshold needs `gates.override_reason`.
+
+A segmentation run (evaluate's metrics.json has `segm`) is judged on every box gate above and on the mask
+gates too (`segm_checks`): `segm_map_min`, `segm_map50_min` and `segm_max_regression` (the mask AP drop vs the
+champion, on its interval `segm.champion_drop.ci` as the box drops are). On any other run a mask gate set away
+from its default is listed by `not_applicable`, as the other task's gates are.
 
 Who calls what: the check stage resolves the thresholds before anything heavy runs (`resolve_thresholds`);
 the gate stage judges evaluate's metrics (`check`, `enforce`); the latency and size budgets need export's
@@ -77,6 +93,8 @@ class Gate:
 GATES = {g.name: g for g in (
     Gate("map_min", "AP", ">="),
     Gate("map50_min", "AP50", ">="),
+    Gate("accuracy_min", "accuracy", ">="),  # classification
+    Gate("macro_f1_min", "macro F1", ">="),  # classification
     Gate("max_regression", "AP drop vs champion", "<="),
     Gate("per_class_max_regression", "AP drop vs champion", "<="),
     Gate("slice_max_regression", "AP drop vs champion", "<="),
@@ -84,6 +102,9 @@ GATES = {g.name: g for g in (
     Gate("robustness_max_regression", "AP drop vs champion", "<="),
     Gate("latency_p95_ms_max", "ONNX Runtime p95 latency at batch 1 (ms)", "<="),
     Gate("model_size_mb_max", "ONNX model size (MB)", "<="),
+    Gate("segm_map_min", "mask AP", ">="),
+    Gate("segm_map50_min", "mask AP50", ">="),
+    Gate("segm_max_regression", "mask AP drop vs champion", "<="),
 )}
 # measured by export after the gate stage: see deployment_checks()
 DEPLOYMENT_GATES = ("latency_p95_ms_max", "model_size_mb_max")
@@ -376,12 +397,54 @@ def robustness_checks(metrics: dict, thresholds: Mapping[str, float], test: str 
     return checks
 
 
+SEGM_GATES = ("segm_map_min", "segm_map50_min", "segm_max_regression")
+
+
+def _not_applicable_check(name: str, threshold: float, why: str) -> dict:
+    """A check that cannot be judged on this run (the mask regression against a champion without masks):
+    passed, with `applicable` False and the reason in its note, so the gate's result and log say so."""
+    gate = GATES[name]
+    return {"name": name, "metric": gate.metric, "value": None, "threshold": threshold, "direction": gate.direction,
+            "passed": True, "applicable": False, "note": f"not applicable: {why}"}
+
+
+def segm_checks(metrics: dict, thresholds: Mapping[str, float], test: str = "point") -> list[dict]:
+    """The mask gates on evaluate's `segm` (a segmentation run): mask AP and AP50 against `segm_map_min` /
+    `segm_map50_min` and, with a champion scored on masks, the mask AP drop against `segm_max_regression` (on
+    its bootstrap interval, `segm["champion_drop"]["ci"]`, when measured and `test` is "bootstrap"). Metrics
+    without `segm` (not a segmentation run) get none: the gate stage lists a mask gate set for such a run as
+    not applicable (`not_applicable`). A champion that predicts no masks makes the regression a passed check
+    with `applicable: false`."""
+    segm = metrics.get("segm")
+    names = [n for n in SEGM_GATES if n in thresholds]
+    if not isinstance(segm, dict):
+        return []
+    values = {"segm_map_min": segm.get("AP"), "segm_map50_min": segm.get("AP50")}
+    checks = [_check(n, values[n], thresholds[n]) for n in names if n in values]
+    champion = metrics.get("champion")
+    if champion is None or "segm_max_regression" not in thresholds:
+        return checks
+    theirs = champion.get("segm")
+    if not isinstance(theirs, dict):
+        checks.append(_not_applicable_check("segm_max_regression", thresholds["segm_max_regression"],
+                                     "the champion predicts no masks (it was not scored on masks)"))
+        return checks
+    ours_ap, champ_ap = segm.get("AP"), theirs.get("AP")
+    row = segm.get("champion_drop") or {}
+    drop = None if ours_ap is None or champ_ap is None else champ_ap - ours_ap
+    checks.append(_drop_check("segm_max_regression", drop, thresholds["segm_max_regression"], row, test,
+                              row.get("confidence")))
+    return checks
+
+
 def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0, regression_test: str = "point",
           slice_min_support: int = 0) -> tuple[list[dict], dict | None]:
     """Every applicable metric check as {name, metric, value, threshold, direction, passed[, class, slice,
     support, ci, confidence, note]}, and the champion summary. With `regression_test="bootstrap"` the drops
     against the champion are judged on evaluate's bootstrap intervals (`metrics["stability"]`). Deployment
     gates (latency, size) are left to deployment_checks()."""
+    if metrics.get("task") == "classification":
+        return classification_checks(metrics, thresholds, min_support, regression_test)
     champion = metrics.get("champion")
     values = {"map_min": metrics.get("AP"), "map50_min": metrics.get("AP50")}
     checks = [_check(name, value, thresholds[name]) for name, value in values.items() if name in thresholds]
@@ -396,6 +459,7 @@ def check(metrics: dict, thresholds: dict[str, float], min_support: int = 0, reg
     if champion is not None and "slice_max_regression" in thresholds:
         checks += slice_checks(metrics, thresholds["slice_max_regression"], slice_min_support, regression_test)
     checks += robustness_checks(metrics, thresholds, regression_test)
+    checks += segm_checks(metrics, thresholds, regression_test)
     summary = None
     if champion is not None:
         summary = {k: champion.get(k) for k in ("version", "AP", "AP50")}
@@ -454,3 +518,60 @@ def deployment_gate(gates: GatesConfig, export_report: dict | None) -> list[dict
     its own in one refusal."""
     thresholds, _ = resolve_thresholds(gates)
     return deployment_checks(thresholds, export_report)
+
+
+# -- classification ------------------------------------------------------------------------------------
+
+CLASSIFICATION_GATES = ("accuracy_min", "macro_f1_min")  # judged only on a classifier's metrics
+BOX_GATES = ("map_min", "map50_min", "slice_max_regression", "robustness_max_drop", "robustness_max_regression")
+
+
+def not_applicable(thresholds: Mapping[str, float], task: str) -> list[dict]:
+    """The gates of another task that this run's policy sets away from their defaults:
+    [{name, threshold, note: "not applicable to <task>"}]. (A gate left at its default says nothing.)"""
+    other = BOX_GATES + SEGM_GATES if task == "classification" else \
+        CLASSIFICATION_GATES + (SEGM_GATES if task != "segmentation" else ())  # masks: segmentation runs only
+    out = []
+    for name in other:
+        default = GatesConfig.model_fields[name].default
+        if name in thresholds and thresholds[name] != default:
+            out.append({"name": name, "threshold": thresholds[name], "note": f"not applicable to {task}"})
+    return out
+
+
+def classification_checks(metrics: dict, thresholds: Mapping[str, float], min_support: int = 0,
+                          regression_test: str = "point") -> tuple[list[dict], dict | None]:
+    """A classifier's checks (pipeline.metrics.classification_run's metrics.json): accuracy and macro F1 against their
+    minimums and, with a champion, the accuracy drop (`max_regression`) and per-class recall drops
+    (`per_class_max_regression`, classes with at least `min_support` images), each on its paired bootstrap
+    interval with `regression_test="bootstrap"`. Returns (checks, champion summary) as `check` does."""
+    values = {"accuracy_min": metrics.get("accuracy"), "macro_f1_min": metrics.get("macro_f1")}
+    checks = [_check(name, value, thresholds[name]) for name, value in values.items() if name in thresholds]
+    champion = metrics.get("champion")
+    if champion is None:
+        return checks, None
+    stability = metrics.get("stability") or {}
+    confidence = stability.get("confidence")
+    if "max_regression" in thresholds:
+        acc, champ_acc = metrics.get("accuracy"), champion.get("accuracy")
+        drop = None if acc is None or champ_acc is None else champ_acc - acc
+        checks.append(_drop_check("max_regression", drop, thresholds["max_regression"], stability.get("accuracy"),
+                                  regression_test, confidence, metric="accuracy drop vs champion"))
+    if "per_class_max_regression" in thresholds:
+        ours, theirs = metrics.get("per_class"), champion.get("per_class")
+        if not isinstance(ours, dict) or not isinstance(theirs, dict):
+            checks.append(_check("per_class_max_regression", None, thresholds["per_class_max_regression"],
+                                 metric="recall drop vs champion", note="per-class metrics not measured"))
+        else:
+            rows = stability.get("per_class") or {}
+            for name, row in ours.items():
+                support = int(row.get("support") or 0)
+                if support < max(min_support, 1) or name not in theirs:  # too few images to judge, or a new class
+                    continue
+                recall, champ_recall = row.get("recall"), theirs[name].get("recall")
+                drop = None if recall is None or champ_recall is None else champ_recall - recall
+                checks.append(_drop_check("per_class_max_regression", drop, thresholds["per_class_max_regression"],
+                                          rows.get(name), regression_test, confidence,
+                                          metric="recall drop vs champion", **{"class": name, "support": support}))
+    summary = {k: champion.get(k) for k in ("version", "accuracy", "macro_f1")}
+    return checks, summary

@@ -29,6 +29,13 @@ ROLLED_BACK_TAG = "nightshift.rolled_back_at"  # on a registered model version t
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def metric_name(name: str) -> str:
+    """A class or slice name as part of an MLflow metric name (letters, digits, _ - . / and spaces allowed)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
 def code_version() -> str:
     """Content hash of the pipeline package: equal hashes mean the same code trained the model.
 

@@ -16,10 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def _onnx(model, image_size: int, out_dir: Path, cfg) -> Path:
+    from pipeline.export import classifier
     from pipeline.export.onnx_export import export_onnx
 
     path = Path(out_dir) / "model.onnx"
-    export_onnx(model, image_size, path, opset=cfg.export.opset, max_detections=cfg.export.max_detections)
+    if classifier.is_classifier(model):  # images -> softmax scores [B, K] (pipeline.export.classifier)
+        classifier.export_onnx(model, image_size, path, opset=cfg.export.opset)
+    else:
+        export_onnx(model, image_size, path, opset=cfg.export.opset, max_detections=cfg.export.max_detections)
     return path
 
 

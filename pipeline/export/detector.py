@@ -19,7 +19,8 @@ Their input goes through the detector's GeneralizedRCNNTransform steps: normalis
 zero-pad to `size_divisible`; anchors are computed once for that fixed size.
 
 Outputs: `boxes` float32 [B, D, 4] (x1, y1, x2, y2 in input pixels), `scores` float32 [B, D] (0 = padding),
-`labels` int64 [B, D] (model label 1..K, 0 = padding).
+`labels` int64 [B, D] (model label 1..K, 0 = padding); Mask R-CNN adds `masks` float32 [B, D, M, M]
+(`pipeline.export.segmenter.MaskRCNNExport`, built on `RCNNExport.detect`).
 """
 from __future__ import annotations
 
@@ -324,11 +325,12 @@ class RCNNExport(torch.nn.Module):
         boxes, _, _, kept = _classwise_top(boxes, prob, levels, valid, rpn.nms_thresh, size + 1.0, self.post_nms)
         return boxes, kept
 
-    def roi_align(self, features: dict[str, Tensor], rois: Tensor) -> Tensor:
-        """MultiScaleRoIAlign on rois [R, 5] (image index, x1, y1, x2, y2). The per-level results are put back
-        in RoI order by one row gather through the inverse permutation: torchvision's traced merge scatters
-        every output element (a ScatterElements over [R, C, 7, 7], half of ONNX Runtime's time)."""
-        pool = self.roi_heads.box_roi_pool
+    def roi_align(self, features: dict[str, Tensor], rois: Tensor, pool=None) -> Tensor:
+        """MultiScaleRoIAlign (`pool`, default the box head's) on rois [R, 5] (image index, x1, y1, x2, y2). The
+        per-level results are put back in RoI order by one row gather through the inverse permutation:
+        torchvision's traced merge scatters every output element (a ScatterElements over [R, C, 7, 7], half of
+        ONNX Runtime's time)."""
+        pool = self.roi_heads.box_roi_pool if pool is None else pool
         maps = [v for k, v in features.items() if k in pool.featmap_names]  # as MultiScaleRoIAlign filters
         if len(maps) == 1:
             return roi_align(maps[0], rois, pool.output_size, pool.scales[0], pool.sampling_ratio)
@@ -343,6 +345,12 @@ class RCNNExport(torch.nn.Module):
         return torch.cat(results, 0)[inverse]
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _, out = self.detect(images)
+        return _padded(*out, self.detections, self.input.image_size / self.input.resized)
+
+    def detect(self, images: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """(the FPN features, the best D detections per image before padding: boxes in the model's resized
+        pixels, scores, labels, kept mask), for `forward` and Mask R-CNN's mask head."""
         heads, size = self.roi_heads, self.input.resized
         features = self.backbone(self.input(images))
         proposals, slot = self.proposals(list(features.values()))
@@ -367,26 +375,17 @@ class RCNNExport(torch.nn.Module):
         valid = (scores > heads.score_thresh) & (wh[..., 0] >= 1e-2) & (wh[..., 1] >= 1e-2) & \
             slot.unsqueeze(-1).expand(b, p, classes - 1).reshape(b, -1)
         out = _classwise_top(boxes, scores, labels, valid, heads.nms_thresh, size + 1.0, self.detections)
-        return _padded(*out, self.detections, self.input.image_size / size)
+        return features, out
 
 
-def export_module(model: torch.nn.Module, image_size: int, max_detections: int = 0) -> torch.nn.Module:
-    """The batched export wrapper for a trained model, or UnsupportedModel naming what is missing."""
-    if isinstance(model, SSD):
-        return SSDExport(model, image_size, max_detections).eval()
-    if isinstance(model, (RetinaNet, FCOS)):
-        return DenseExport(model, image_size, max_detections).eval()
-    if isinstance(model, FasterRCNN) and not (model.roi_heads.has_mask() or model.roi_heads.has_keypoint()):
-        return RCNNExport(model, image_size, max_detections).eval()
-    raise UnsupportedModel(
-        f"{type(model).__name__}: no batched ONNX export wrapper for this architecture "
-        "(supported: torchvision SSD / SSDlite, RetinaNet, FCOS, Faster R-CNN)")
-
-
-def unpad(boxes: Tensor, scores: Tensor, labels: Tensor) -> list[dict[str, Tensor]]:
-    """Padded [B, D] outputs -> torchvision's list of per-image dicts (padding dropped)."""
+def unpad(boxes: Tensor, scores: Tensor, labels: Tensor, masks: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """Padded [B, D] outputs -> torchvision's list of per-image dicts (padding dropped). With Mask R-CNN's
+    `masks` [B, D, M, M] each dict also holds its detections' `box_masks` [N, M, M] (in-box probabilities, not
+    pasted: `pipeline.export.segmenter.paste`)."""
     out = []
-    for bx, sc, lb in zip(boxes, scores, labels):
+    for i, (bx, sc, lb) in enumerate(zip(boxes, scores, labels)):
         keep = lb > 0
         out.append({"boxes": bx[keep], "scores": sc[keep], "labels": lb[keep]})
+        if masks is not None:
+            out[-1]["box_masks"] = masks[i][keep]
     return out

@@ -1,6 +1,6 @@
 """ONNX export of the batched detector wrapper, ONNX Runtime sessions, and output comparison.
 
-`export_onnx` traces `pipeline.export.detector.export_module(...)` with `torch.onnx.export(dynamo=False)`
+`export_onnx` traces `pipeline.export.wrappers.export_module(...)` with `torch.onnx.export(dynamo=False)`
 (the dynamo exporter fails on every torchvision detector), marks the batch dimension dynamic, pins the
 detection dimension D to its real size, and runs `onnx.checker.check_model`. `OrtDetector` makes an
 ONNX Runtime session look like a torchvision detector, so `pipeline.training.engine.predict` scores both
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.export.detector import INPUT_NAMES, OUTPUT_NAMES, export_module, unpad
+from pipeline.export.detector import INPUT_NAMES, OUTPUT_NAMES, unpad
+from pipeline.export.wrappers import export_module
 
 ONNX_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
@@ -27,21 +28,23 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | Path, opset
     import onnx
 
     wrapper = export_module(model, image_size, max_detections)
+    names = tuple(getattr(wrapper, "output_names", OUTPUT_NAMES))  # Mask R-CNN adds `masks`
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sample = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         # the wrappers read sizes fixed by the input size (anchor and class counts) as Python ints on purpose
         warnings.filterwarnings("ignore", "Converting a tensor to a Python integer", torch.jit.TracerWarning,
-                                "pipeline.export.detector")
+                                r"pipeline\.export\.(detector|segmenter)")
         torch.onnx.export(
             wrapper, (sample,), str(path), dynamo=False, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES},
+            input_names=list(INPUT_NAMES), output_names=list(names),
+            dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + names},
         )
     # the tracer names data-dependent-looking dims symbolically; D and 4 are fixed by construction
     proto = onnx.load(str(path))
-    fixed = {"boxes": [wrapper.detections, 4], "scores": [wrapper.detections], "labels": [wrapper.detections]}
+    fixed = {"boxes": [wrapper.detections, 4], "scores": [wrapper.detections], "labels": [wrapper.detections],
+             "masks": [wrapper.detections, getattr(wrapper, "mask_size", 0), getattr(wrapper, "mask_size", 0)]}
     for out in proto.graph.output:
         for dim, value in zip(out.type.tensor_type.shape.dim[1:], fixed[out.name]):
             dim.Clear()
@@ -66,9 +69,14 @@ def io_spec(path: str | Path) -> dict:
         return out
 
     inits = {i.name for i in proto.graph.initializer}
-    return {"inputs": describe([i for i in proto.graph.input if i.name not in inits]),
+    spec = {"inputs": describe([i for i in proto.graph.input if i.name not in inits]),
             "outputs": describe(proto.graph.output), "opset": max(o.version for o in proto.opset_import
                                                                   if o.domain in ("", "ai.onnx"))}
+    # the task a graph was exported for, when it records one (a classifier's does: pipeline.export.classifier)
+    task = {p.key: p.value for p in proto.metadata_props}.get("nightshift.task")
+    if task:
+        spec["task"] = task
+    return spec
 
 
 def ort_session(path: str | Path, threads: int = 1):
@@ -85,14 +93,17 @@ def ort_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_session(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    boxes, scores, labels = session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: np.ascontiguousarray(images,
-                                                                                                   np.float32)})
-    return boxes, scores, labels
+def run_session(session, images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(boxes, scores, labels) of a detector's session, (boxes, scores, labels, masks) of a Mask R-CNN's."""
+    names = [o.name for o in session.get_outputs()]
+    names = list(OUTPUT_NAMES) + (["masks"] if "masks" in names else [])
+    return tuple(session.run(names, {INPUT_NAMES[0]: np.ascontiguousarray(images, np.float32)}))
 
 
 class OrtDetector(torch.nn.Module):
-    """An ONNX Runtime session behind torchvision's detector interface: list of [3,S,S] -> list of dicts."""
+    """An ONNX Runtime session behind torchvision's detector interface: list of [3,S,S] -> list of dicts.
+    A Mask R-CNN's dicts carry `masks` [N, 1, S, S] pasted as torchvision pastes them (and the in-box
+    `box_masks` [N, M, M] the graph returned)."""
 
     def __init__(self, session):
         super().__init__()
@@ -100,7 +111,13 @@ class OrtDetector(torch.nn.Module):
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         batch = torch.stack([im.detach().cpu().float() for im in images]).numpy()
-        return unpad(*(torch.from_numpy(a) for a in run_session(self.session, batch)))
+        out = unpad(*(torch.from_numpy(a) for a in run_session(self.session, batch)))
+        if out and "box_masks" in out[0]:
+            from pipeline.export.segmenter import paste
+
+            for det in out:
+                det["masks"] = paste(det["box_masks"], det["boxes"], batch.shape[-1])
+        return out
 
 
 def _iou(a: Tensor, b: Tensor) -> Tensor:

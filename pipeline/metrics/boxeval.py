@@ -127,8 +127,11 @@ def evaluate(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> BoxEval:
     return BoxEval(params, evaluation, _summarize(params, precision, recall))
 
 
-def match(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> Matches:
-    """Group, rank, compute IoUs and match greedily (COCOeval.evaluate), for all groups at once."""
+def match(gt: Boxes, dt: Boxes, img_ids, cat_ids, pair_iou=None) -> Matches:
+    """Group, rank, compute IoUs and match greedily (COCOeval.evaluate), for all groups at once.
+
+    `pair_iou(dt_index, gt_index, crowd) -> iou`, when given, replaces the box IoU of each candidate pair
+    (indices into the `dt` and `gt` passed in): mask IoU for segm (`pipeline.metrics.segm`)."""
     img_ids = np.unique(np.asarray(img_ids, dtype=np.int64))
     cat_ids = np.unique(np.asarray(cat_ids, dtype=np.int64))
     T, K, A = len(IOU_THRS), len(cat_ids), len(AREA_RNG)
@@ -137,17 +140,17 @@ def match(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> Matches:
     # -- group by (image, category); ground truth keeps file order inside a group ------------------------
     g_group = np.searchsorted(img_ids, gt.image_id) * K + np.searchsorted(cat_ids, gt.category_id)
     order = np.argsort(g_group, kind="stable")
-    gt, g_group = gt.take(order), g_group[order]
+    gt, g_group, g_src = gt.take(order), g_group[order], order
     g_crowd = gt.iscrowd.astype(bool)
     g_cat = g_group % K
 
     # -- detections by (image, category, score descending, file order); rank inside the group -------------
     d_group = np.searchsorted(img_ids, dt.image_id) * K + np.searchsorted(cat_ids, dt.category_id)
     order = np.lexsort((-dt.score, d_group))
-    dt, d_group = dt.take(order), d_group[order]
+    dt, d_group, d_src = dt.take(order), d_group[order], order
     rank = np.arange(len(dt)) - np.searchsorted(d_group, d_group, side="left")
     keep = rank < max_det
-    dt, d_group, rank = dt.take(keep), d_group[keep], rank[keep]
+    dt, d_group, rank, d_src = dt.take(keep), d_group[keep], rank[keep], d_src[keep]
     d_cat = d_group % K
     n_dt = len(dt)
 
@@ -157,7 +160,10 @@ def match(gt: Boxes, dt: Boxes, img_ids, cat_ids) -> Matches:
     pair_dt = np.repeat(np.arange(n_dt), g_count)
     first = np.repeat(np.cumsum(g_count) - g_count, g_count)
     pair_gt = np.repeat(g_start, g_count) + (np.arange(len(pair_dt)) - first)
-    pair_iou = box_iou(dt.bbox[pair_dt], gt.bbox[pair_gt], g_crowd[pair_gt])
+    if pair_iou is None:
+        pair_iou = box_iou(dt.bbox[pair_dt], gt.bbox[pair_gt], g_crowd[pair_gt])
+    else:
+        pair_iou = np.asarray(pair_iou(d_src[pair_dt], g_src[pair_gt], g_crowd[pair_gt]), dtype=np.float64)
     # a pair below the lowest threshold can never match; dropping it keeps the relative order of the rest
     close = pair_iou >= min(IOU_THRS.min(), 1 - 1e-10)
     pair_dt, pair_gt, pair_iou = pair_dt[close], pair_gt[close], pair_iou[close]

@@ -63,6 +63,8 @@ def _samples(run: _Run, metrics: dict | None, threshold: float, n: int) -> tuple
         return [], [], "sample predictions switched off"
     if metrics is None:
         return [], [], "no metrics: evaluate did not run"
+    if metrics.get("task") == "classification":
+        return [], [], "no drawn samples for a classifier: its per-image predictions are in evaluate/predictions.json"
     detections = run.json("evaluate", "detections.json")
     coco = run.json("ingest", "dataset/annotations.json")
     if detections is None or coco is None:

@@ -34,7 +34,13 @@ class Row:
 
 
 def stat_rows(new: dict, base: dict | None) -> list[Row]:
+    """The 12 COCO stats; for a classifier's metrics (`"task": "classification"`) accuracy, top-k and macro F1."""
     base = base or {}
+    if new.get("task") == "classification":
+        rows = [Row("accuracy", new.get("accuracy"), base.get("accuracy"))]
+        theirs = base.get("top_k") or {}
+        rows += [Row(f"top-{k} accuracy", v, theirs.get(k)) for k, v in (new.get("top_k") or {}).items()]
+        return rows + [Row("macro F1", new.get("macro_f1"), base.get("macro_f1"))]
     return [Row(k, new.get(k), base.get(k)) for k in STAT_KEYS]
 
 
@@ -60,7 +66,8 @@ def fmt_delta(value: float | None, digits: int = 3) -> str:
 
 
 def text_table(new: dict, base: dict | None, new_label: str, base_label: str, colour: bool = False) -> str:
-    """A terminal table: the 12 stats, then per-class AP / AP50, each with `new - base`."""
+    """A terminal table: the 12 stats, then per-class AP / AP50 (a classifier's: accuracy, top-k, macro F1, then
+    per-class recall / F1), each with `new - base`."""
     paint = {"up": "\033[32m", "down": "\033[31m"} if colour else {}
     reset = "\033[0m" if colour else ""
 
@@ -79,7 +86,8 @@ def text_table(new: dict, base: dict | None, new_label: str, base_label: str, co
         return lines
 
     lines = block("stat", stat_rows(new, base), False)
-    for key in ("AP", "AP50"):
+    # a classifier's per-class figures are recall and F1 (classes have images, not boxes)
+    for key in (("recall", "f1") if new.get("task") == "classification" else ("AP", "AP50")):
         rows = class_rows(new, base, key)
         if rows:
             lines += [""] + block(f"class {key}", rows, True)

@@ -27,6 +27,10 @@ def _class_rows(m: dict | None) -> list[dict]:
     if m is None or not m.get("per_class"):
         return []
     champ = m.get("champion")
+    if m.get("task") == "classification":  # recall and F1 against the champion; precision/recall/F1 of the split
+        f1 = {r.name: r for r in class_rows(m, champ, "f1")}
+        return [{"ap": r, "ap50": f1[r.name], "prf": m["per_class"].get(r.name) or {}}
+                for r in class_rows(m, champ, "recall")]
     ap50 = {r.name: r for r in class_rows(m, champ, "AP50")}
     prf = (m.get("operating_point") or {}).get("per_class") or {}
     return [{"ap": r, "ap50": ap50[r.name], "prf": prf.get(r.name) or {}} for r in class_rows(m, champ, "AP")]
@@ -75,6 +79,16 @@ def _robustness_rows(m: dict | None) -> list[dict]:
     return rows
 
 
+def _segm_rows(m: dict | None) -> tuple[list, dict]:
+    """A segmentation run's mask metrics beside the box ones: (the 12 COCO stats on masks, aligned with the box
+    stats; per class name the mask AP row), both against the champion's masks; ([], {}) without `segm`."""
+    segm = (m or {}).get("segm")
+    if not segm:
+        return [], {}
+    champ = ((m.get("champion") or {}).get("segm")) or None
+    return stat_rows(segm, champ), {r.name: r for r in class_rows(segm, champ, "AP")}
+
+
 def render_html(d: ReportData) -> str:
     """The run report: one self-contained page from templates/report.html.j2 (the shared layout)."""
     return pages.render(
@@ -83,7 +97,21 @@ def render_html(d: ReportData) -> str:
         classes=_class_rows(d.metrics), speed_rows=_speed_rows(d.export_report),
         gate_rows=[_check_row(c) for c in d.gate_checks],
         deployment_rows=[_check_row(c) for c in d.deployment_checks], slice_rows=_slice_rows(d.metrics),
-        robustness_rows=_robustness_rows(d.metrics))
+        robustness_rows=_robustness_rows(d.metrics), segm=_segm_rows(d.metrics))
+
+
+def _classification_line(m: dict, champ: dict | None, rows: dict) -> str:
+    """A classifier's headline: accuracy and macro F1 (with deltas vs the champion) and the largest recall drops."""
+    acc, f1 = rows["accuracy"], rows["macro F1"]
+    if not champ:
+        return f"accuracy {fmt(acc.new)}, macro F1 {fmt(f1.new)} (no champion yet)"
+    line = (f"accuracy {fmt(acc.new)} ({fmt_delta(acc.delta)} vs champion v{champ.get('version')}), "
+            f"macro F1 {fmt(f1.new)} ({fmt_delta(f1.delta)})")
+    drops = sorted((r for r in class_rows(m, champ, "recall") if r.delta is not None and r.delta < 0),
+                   key=lambda r: r.delta)[:3]
+    if drops:
+        line += "\nlargest class recall drops: " + ", ".join(f"{r.name} {fmt_delta(r.delta)}" for r in drops)
+    return line
 
 
 def render_markdown(d: ReportData, html_url: str, max_reasons: int = 5) -> str:
@@ -98,7 +126,9 @@ def render_markdown(d: ReportData, html_url: str, max_reasons: int = 5) -> str:
     if m is not None:
         champ = m.get("champion")
         rows = {r.name: r for r in stat_rows(m, champ)}
-        if champ:
+        if m.get("task") == "classification":
+            lines.append(_classification_line(m, champ, rows))
+        elif champ:
             lines.append(f"mAP {fmt(rows['AP'].new)} ({fmt_delta(rows['AP'].delta)} vs champion "
                          f"v{champ.get('version')}), mAP@0.5 {fmt(rows['AP50'].new)} ({fmt_delta(rows['AP50'].delta)})")
             drops = sorted((r for r in class_rows(m, champ) if r.delta is not None and r.delta < 0),
@@ -107,6 +137,10 @@ def render_markdown(d: ReportData, html_url: str, max_reasons: int = 5) -> str:
                 lines.append("largest class drops: " + ", ".join(f"{r.name} {fmt_delta(r.delta)}" for r in drops))
         else:
             lines.append(f"mAP {fmt(rows['AP'].new)}, mAP@0.5 {fmt(rows['AP50'].new)} (no champion yet)")
+        if m.get("segm"):  # a segmentation run: the mask metrics beside the box ones
+            mask = {r.name: r for r in _segm_rows(m)[0]}
+            vs = f" ({fmt_delta(mask['AP'].delta)} vs champion)" if mask["AP"].base is not None else ""
+            lines.append(f"mask mAP {fmt(mask['AP'].new)}{vs}, mask mAP@0.5 {fmt(mask['AP50'].new)}")
     if d.export_report:
         row = ((d.export_report.get("speed") or {}).get("batches") or {}).get("1") or {}
         p95 = ((row.get("onnxruntime") or {}).get("latency_ms") or {}).get("p95")

@@ -3,6 +3,8 @@
 F1 uses the same matching as evaluate's operating point (`pipeline.metrics.matching`: IoU >= 0.5, greedy in
 score order, within a class, detections scoring >= the threshold). An image with nothing to find and nothing
 found scores 1. Ground truth is drawn in green, detections that match it in blue, false positives in red.
+A segmentation run's detections carry masks (COCO RLE): each is laid over the image first, semi-transparent,
+in its class's colour (`CLASS_COLOURS`), under the boxes.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ GT_COLOUR = (40, 200, 70)
 TP_COLOUR = (40, 110, 240)
 FP_COLOUR = (230, 40, 40)
 DISPLAY_SIDE = 256  # small images are scaled up to this longest side so the boxes stay readable
+# mask overlays, by category id (cycled): distinct from the box colours above
+CLASS_COLOURS = ((255, 160, 0), (170, 60, 230), (0, 190, 190), (240, 90, 170), (150, 200, 30), (255, 220, 40),
+                 (120, 80, 40), (90, 140, 255))
+MASK_ALPHA = 0.45
 
 
 @dataclass
@@ -71,6 +77,7 @@ def draw(image_bytes: bytes, sample: ImageScore, names: dict[int, str]) -> bytes
     scale = max(1.0, DISPLAY_SIDE / max(img.size))
     if scale > 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+    img = overlay_masks(img, [d for d in sample.dt if d.get("segmentation")])
     pen = ImageDraw.Draw(img)
 
     def rect(bbox, colour, width):
@@ -89,3 +96,25 @@ def draw(image_bytes: bytes, sample: ImageScore, names: dict[int, str]) -> bytes
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def overlay_masks(img: Image.Image, detections: list[dict], alpha: float = MASK_ALPHA) -> Image.Image:
+    """`img` with each detection's mask (COCO RLE at the original image size, which `img` may be a scaled-up
+    copy of) blended in its class colour, lowest score first so the surest mask ends on top."""
+    if not detections:
+        return img
+    import numpy as np
+    from pycocotools import mask as mask_util  # not pipeline.training.masks: the report needs no torch
+
+    def decode(rle: dict) -> np.ndarray:
+        counts = rle["counts"]
+        return mask_util.decode({"size": list(rle["size"]),
+                                 "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+
+    pixels = np.asarray(img, dtype=np.float32).copy()
+    for det in sorted(detections, key=lambda d: d["score"]):
+        mask = Image.fromarray(decode(det["segmentation"]) * 255).resize(img.size, Image.Resampling.NEAREST)
+        on = np.asarray(mask) > 127
+        colour = np.asarray(CLASS_COLOURS[int(det["category_id"]) % len(CLASS_COLOURS)], dtype=np.float32)
+        pixels[on] = pixels[on] * (1 - alpha) + colour * alpha
+    return Image.fromarray(pixels.round().astype(np.uint8))

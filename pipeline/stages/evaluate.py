@@ -12,12 +12,20 @@ per ingest group (the canonical images' `group`) and, with a champion, every cha
 (overall, per class, per slice) with its paired bootstrap interval over the split's images, for the gate.
 With `evaluate.corruptions` set, each model also predicts on the split under each corruption and severity
 (`pipeline.training.corruptions`) and `robustness` records the APs and drops (vs clean, vs the champion).
+
+On a classification dataset (`"task": "classification"`) the classifier is scored by
+`pipeline.metrics.classification_run` instead: accuracy, top-k, macro F1, per class, the confusion matrix
+and the paired bootstrap of the accuracy drop against the champion.
+
+On a segmentation dataset (`"task": "segmentation"` in annotations.json) every box metric above stays as it is
+and `segm` adds the mask metrics (the 12 COCO stats and per class with mask IoU, `pipeline.metrics.segm`), for
+the champion too when it predicts masks, with the mask AP drop against it and its paired bootstrap interval
+(`segm.champion_drop`, for `gates.segm_max_regression`); MLflow gets them as `eval_segm_*`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +35,8 @@ from pipeline.context import RunContext
 from pipeline.errors import InputRejected
 from pipeline.metrics.coco import STAT_KEYS, Evaluation, report
 from pipeline.spec import StageSpec
+from pipeline.tasks import dataset_task
+from pipeline.tracking import metric_name
 
 SPEC = StageSpec(upstream=("train",), exclusive=True)  # exclusive: shared scratch space and outputs
 
@@ -61,6 +71,12 @@ def score_model(model_path: Path, data_dir: Path, gt: dict, cfg: Config, what: s
                                  gt_path="ingest/dataset/annotations.json", dt_path=f"{what} detections")
     log.info("%s: AP %s, AP50 %s on %d images (%d detections)", what, _fmt(metrics["AP"]), _fmt(metrics["AP50"]),
              len(gt["images"]), len(detections))
+    if dataset_task(gt) == "segmentation":  # mask metrics beside the box ones (pipeline.metrics.segm)
+        from pipeline.metrics import segm
+        from pipeline.tasks import model_task
+
+        metrics["segm"] = segm.section(gt, detections, what, meta.get("task") or model_task(meta["model"]),
+                                       gt_path="ingest/dataset/annotations.json")
     aps, corrupted = corrupted_aps(model, dataset, gt, cfg, what)
     return Scored(metrics, evaluation, detections, aps, corrupted)
 
@@ -124,29 +140,28 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _metric_name(name: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces."""
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
-
-
 def mlflow_metrics(metrics: dict) -> dict[str, float]:
     out = {f"eval_{k}": metrics[k] for k in STAT_KEYS}
     op = metrics["operating_point"]
     out.update(eval_precision=op["precision"], eval_recall=op["recall"], eval_f1=op["f1"])
     for name, row in metrics["per_class"].items():
-        out[f"eval_AP_{_metric_name(name)}"] = row["AP"]
-        out[f"eval_AP50_{_metric_name(name)}"] = row["AP50"]
+        out[f"eval_AP_{metric_name(name)}"] = row["AP"]
+        out[f"eval_AP50_{metric_name(name)}"] = row["AP50"]
     champion = metrics.get("champion")
     if champion:
         out.update(eval_champion_AP=champion["AP"], eval_champion_AP50=champion["AP50"])
     stability = metrics.get("stability") or {}
     for name, row in (stability.get("slices") or {}).items():
-        out[f"eval_slice_AP_{_metric_name(name)}"] = row.get("challenger")
+        out[f"eval_slice_AP_{metric_name(name)}"] = row.get("challenger")
     ci = (stability.get("AP") or {}).get("ci")
     if ci:
         out.update(eval_AP_drop_ci_low=ci[0], eval_AP_drop_ci_high=ci[1])
     for name, row in ((metrics.get("robustness") or {}).get("corruptions") or {}).items():
-        out[f"eval_corrupted_AP_{_metric_name(name)}"] = row.get("challenger")
+        out[f"eval_corrupted_AP_{metric_name(name)}"] = row.get("challenger")
+    if metrics.get("segm"):
+        from pipeline.metrics.segm import mlflow_metrics as segm_mlflow_metrics
+
+        out.update(segm_mlflow_metrics(metrics))
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
@@ -178,15 +193,16 @@ def stability_suite(cfg: Config, gt: dict, challenger: list[dict], champion: lis
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
-    import mlflow
-
     from pipeline import tracking
     from pipeline.datasets.canonical import load_coco, split_coco
-    from pipeline.metrics.plots import confusion_matrix_png, pr_curve_png
 
     split = cfg.evaluate.split
     model_path = ctx.fetch("train", "model.pt")
     data_dir = ctx.fetch_dir("ingest", "dataset")
+    if dataset_task(load_coco(data_dir)) == "classification":  # accuracy, not mAP: its own module
+        from pipeline.metrics import classification_run
+
+        return classification_run.run(cfg, ctx, model_path, data_dir)
     gt = split_coco(load_coco(data_dir), split)
     if not gt["images"]:
         raise InputRejected(f"no image is in the {split} split: nothing to evaluate on",
@@ -194,6 +210,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
 
     challenger = score_model(model_path, data_dir, gt, cfg, "challenger")
     metrics = dict(challenger.metrics, split=split, images=len(gt["images"]))
+    if dataset_task(gt) == "segmentation":
+        metrics["task"] = "segmentation"  # the gate judges the mask gates too (pipeline.gates.segm_checks)
 
     champ = tracking.champion_model(cfg, ctx.scratch("champion"))
     champion = None
@@ -207,7 +225,27 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     metrics["stability"] = stability_suite(cfg, gt, challenger.detections,
                                            champion.detections if champion else None)
     metrics["robustness"] = robustness(challenger, champion, gt, cfg)
+    if metrics.get("segm") and champion is not None and champion.metrics.get("segm"):
+        from pipeline.metrics.segm import paired_drop
 
+        ev = cfg.evaluate  # the mask AP drop with its interval, for segm_max_regression
+        metrics["segm"] = dict(metrics["segm"], champion_drop=paired_drop(
+            gt, challenger.detections, champion.detections, resamples=ev.bootstrap_resamples,
+            confidence=ev.bootstrap_confidence, seed=ev.bootstrap_seed))
+
+    _write_outputs(cfg, ctx, metrics, challenger, champion, gt)
+    return _result(metrics, challenger, champion, gt, split)
+
+
+def _write_outputs(cfg: Config, ctx: RunContext, metrics: dict, challenger: Scored, champion: Scored | None,
+                   gt: dict) -> None:
+    """metrics.json, the detections, the PR curve and the confusion matrix into evaluate/, and into MLflow."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.metrics.plots import confusion_matrix_png, pr_curve_png
+
+    split = metrics["split"]
     shutil.rmtree(ctx.workdir / "out", ignore_errors=True)  # a previous attempt's files must not be published
     out = ctx.scratch("out")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -219,7 +257,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
                  title=f"Precision-recall at IoU 0.5 ({split}, {len(gt['images'])} images)")
     confusion_matrix_png(out / "confusion_matrix.png", metrics["confusion_matrix"])
     ctx.publish_dir(out, "")
-
     with tracking.active_run(cfg, ctx.run_id):
         mlflow.log_metrics(mlflow_metrics(metrics))
         mlflow.set_tags({"nightshift.eval_split": split,
@@ -227,6 +264,9 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         for name in ("metrics.json", "pr_curve.png", "confusion_matrix.png"):
             mlflow.log_artifact(str(out / name), artifact_path="evaluate")
 
+
+def _result(metrics: dict, challenger: Scored, champion: Scored | None, gt: dict, split: str) -> dict:
+    """result.json's content: the headline figures of metrics.json."""
     op = metrics["operating_point"]
     return {
         "AP": metrics["AP"],
@@ -242,4 +282,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
                       "ci": metrics["stability"]["AP"].get("ci"), "resamples": metrics["stability"]["resamples"],
                       "duration_s": metrics["stability"]["duration_s"]},
         "robustness": dict(challenger.corrupted) or None,
+        **({"segm": {"AP": metrics["segm"]["AP"], "AP50": metrics["segm"]["AP50"],
+                     "champion_AP": ((metrics["champion"] or {}).get("segm") or {}).get("AP")}}
+           if metrics.get("segm") else {}),
     }

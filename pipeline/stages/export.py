@@ -13,12 +13,18 @@ The report also records whether TensorRT's ONNX parser supports every operator (
 pipeline.export.trt_ops). Optional formats, each under the same mAP parity gate: `export.int8` writes
 `model.int8.onnx` (onnxruntime dynamic INT8, `checks.int8`), `export.tensorrt=fp16|int8` writes `model.plan`
 and `triton_plan.pbtxt` (`checks.tensorrt`; needs TensorRT and a GPU, its timing cache lives in the store).
+
+A classifier's model.pt (meta "task" = classification) goes through pipeline.export.classifier_run instead:
+output `scores` [B,K], the same files, its parity gate on val accuracy and per-class recall.
+
+A Mask R-CNN exports one more output, `masks` float32 [B,D,M,M] (each detection's mask probabilities in its
+box, pipeline.export.segmenter), listed in io.json; pipeline.export.mask_checks adds the mask checks
+(`checks.masks`: pasted masks vs PyTorch's, `checks.segm_parity`: val mask AP within
+`export.parity_max_segm_ap_drop`), failing like the mAP parity.
 """
 from __future__ import annotations
 
-import json
 import logging
-import time
 
 from pipeline import gates
 from pipeline.config import Config
@@ -28,9 +34,7 @@ from pipeline.gates import Failure
 from pipeline.spec import StageSpec
 
 SPEC = StageSpec(upstream=("train",), exclusive=True)  # exclusive: shared scratch space and outputs
-FORMAT = "onnx"
-# files a deployment may ship; their sha256 goes into result.json (promote refuses any other bytes)
-DEPLOYED = ("model.onnx", "labels.txt", "io.json", "model.int8.onnx", "model.plan", "triton_plan.pbtxt")
+from pipeline.export.artifacts import FORMAT, publish, write_onnx
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +152,26 @@ def run(cfg: Config, ctx: RunContext) -> dict:
 
     torch.set_num_threads(cfg.export.threads)
     model, meta, model_pt, dataset = _inputs(ctx)
+    if meta.get("task") == "classification":  # scores [B, K], gated on accuracy: pipeline.export.classifier_run
+        from pipeline.export import classifier_run
+
+        return classifier_run.run(cfg, ctx, model, meta, model_pt, dataset)
+    _ignored_options(cfg)
     size = int(meta["image_size"])
     out = ctx.scratch("out")
-    onnx_path, io, export_s = _export_onnx(cfg, ctx, model, meta, out)
+    onnx_path, io, export_s = write_onnx(cfg, ctx, model, meta, out)
 
     session = ort_session(onnx_path, cfg.export.threads)
     gt = split_coco(dataset.coco, "val")
     outputs, parity = _verify(cfg, model, session, dataset, gt)
     extra_checks, extra_failures = _optional_formats(cfg, ctx, model, size, out, dataset, gt)
+    if any(o["name"] == "masks" for o in io["outputs"]):  # Mask R-CNN: mask agreement, mask AP parity
+        from pipeline.export.mask_checks import verify_masks
+
+        mask_checks, mask_failures = verify_masks(cfg, model, session, dataset, gt)
+        extra_checks, extra_failures = {**extra_checks, **mask_checks}, extra_failures + mask_failures
+    elif "parity_max_segm_ap_drop" in cfg.export.model_fields_set:
+        log.warning("export.parity_max_segm_ap_drop: a segmentation option, not used for a detector without masks")
     speed = benchmark(model, session, size, cfg.export.benchmark_batches, cfg.export.benchmark_repeats,
                       cfg.export.benchmark_warmup, cfg.export.threads)
     log.info("inference speed (%d thread(s), %dx%d):\n%s", cfg.export.threads, size, size, table(speed))
@@ -165,7 +181,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "image_size": size, "checks": {"outputs": outputs, "parity": parity, **extra_checks}, "speed": speed,
         "size": {"onnx_bytes": onnx_path.stat().st_size, "pytorch_state_dict_bytes": model_pt.stat().st_size},
     }
-    deployed = _publish(ctx, out, report)
+    deployed = publish(ctx, out, report)
     _log_to_mlflow(cfg, ctx, out, report)
     result = _result(cfg, ctx, report, deployed)
     # the policy's latency and size budgets: the gate stage runs before export, so they are judged here
@@ -176,36 +192,28 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     return result
 
 
+def _ignored_options(cfg: Config) -> None:
+    """Say so when the config sets a classifier's export option for a detector: it has no effect here."""
+    from pipeline.export.classifier_run import CLASSIFIER_ONLY
+
+    ignored = sorted(k for k in cfg.export.model_fields_set if k in CLASSIFIER_ONLY)
+    if ignored:
+        log.warning("export.%s: classifier option(s), not used for a detector", ", export.".join(ignored))
+
+
 def _inputs(ctx: RunContext) -> tuple:
     """(model, its metadata, the fetched model.pt, the val split) of this run; an empty val split is refused."""
-    from pipeline.datasets.canonical import CanonicalDataset
+    from pipeline.datasets.canonical import CanonicalDataset, ClassificationDataset
     from pipeline.training.models import load_trained
 
     model_pt = ctx.fetch("train", "model.pt")
     model, meta = load_trained(str(model_pt))
-    dataset = CanonicalDataset(ctx.fetch_dir("ingest", "dataset"), "val", int(meta["image_size"]))
+    kind = ClassificationDataset if meta.get("task") == "classification" else CanonicalDataset
+    dataset = kind(ctx.fetch_dir("ingest", "dataset"), "val", int(meta["image_size"]))
     if len(dataset) == 0:
         raise InputRejected("the val split is empty: nothing to check the export on",
                             path=ctx.url("dataset/annotations.json", "ingest"), field="images[].split")
     return model, meta, model_pt, dataset
-
-
-def _export_onnx(cfg: Config, ctx: RunContext, model, meta: dict, out) -> tuple:
-    """Write model.onnx, io.json and labels.txt into `out`: (onnx path, its io spec, seconds the export took)."""
-    from pipeline.export import export
-    from pipeline.export.detector import UnsupportedModel
-    from pipeline.export.onnx_export import io_spec, write_io, write_labels
-
-    started = time.perf_counter()
-    try:
-        onnx_path = export(FORMAT, model, int(meta["image_size"]), out, cfg)
-    except UnsupportedModel as exc:
-        raise InputRejected(str(exc), path=ctx.url("model.pt", "train"), field="model") from None
-    export_s = time.perf_counter() - started
-    io = io_spec(onnx_path)
-    write_io(io, out / "io.json")
-    write_labels(meta["categories"], out / "labels.txt")
-    return onnx_path, io, export_s
 
 
 def _verify(cfg: Config, model, session, dataset, gt: dict) -> tuple[dict, dict]:
@@ -218,17 +226,6 @@ def _verify(cfg: Config, model, session, dataset, gt: dict) -> tuple[dict, dict]
              len(dataset), parity["pytorch"]["AP"] or 0, parity["onnxruntime"]["AP"] or 0, parity["map_drop"],
              parity["max_map_drop"])
     return outputs, parity
-
-
-def _publish(ctx: RunContext, out, report: dict) -> dict[str, str]:
-    """Write report.json, publish the artifacts; the sha256 of every deployable file this run checked
-    (promote ships a file only if its sha256 is the one recorded here)."""
-    from pipeline.checksums import sha256_file
-
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    for name in ("model.onnx", "labels.txt", "io.json", "report.json"):
-        ctx.publish(out / name, name)
-    return {name: sha256_file(out / name) for name in DEPLOYED if (out / name).is_file()}
 
 
 def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
@@ -245,6 +242,9 @@ def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
             "export_parity_map_drop": parity["map_drop"],
             "export_output_match": checks["outputs"]["vs_pytorch"]["match_fraction"],
             "export_onnx_mb": report["size"]["onnx_bytes"] / 1e6,
+            **({"export_parity_segm_ap_drop": checks["segm_parity"]["segm_ap_drop"],
+                "export_mask_agreement": checks["masks"]["agree_fraction"]}
+               if (checks.get("segm_parity") or {}).get("segm_ap_drop") is not None else {}),
             **{f"export_ort_speedup_b{b}": row["ort_vs_eager_speedup"] for b, row in batches.items()},
             **{f"export_ort_p50_ms_b{b}": row["onnxruntime"]["latency_ms"]["p50"] for b, row in batches.items()},
             **{f"export_eager_p50_ms_b{b}": row["eager"]["latency_ms"]["p50"] for b, row in batches.items()},
@@ -265,6 +265,8 @@ def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]
         "output_match": checks["outputs"]["vs_pytorch"]["match_fraction"],
         "tensorrt_ops_supported": checks["tensorrt_ops"]["passed"],
         **{f"{fmt}_map_drop": checks[fmt]["parity"]["map_drop"] for fmt in ("int8", "tensorrt") if fmt in checks},
+        **({"segm_parity": {k: checks["segm_parity"].get(k) for k in ("segm_ap_drop", "pytorch", "onnxruntime")},
+            "mask_agreement": checks["masks"]["agree_fraction"]} if "masks" in checks else {}),
         "speed": {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)},
         "onnx_mb": round(report["size"]["onnx_bytes"] / 1e6, 2),
         "sha256": deployed,

@@ -3,6 +3,8 @@
 The stage: read `evaluate/metrics.json`, judge it with the policy's thresholds (pipeline.gates: the gate
 table, the policy file, overrides, every check), tag the verdict on the MLflow run and write the result
 (`passed`, every check, the thresholds, the overrides and their reason for the notify stage to announce).
+A classifier's metrics (`"task": "classification"`) are judged on accuracy, macro F1 and the accuracy and
+per-class recall drops against the champion; a box gate set for such a run is listed as not applicable.
 The latency and size budgets need export's report.json, and export runs after this stage: they are listed
 as `deferred` here and judged by export (`pipeline.gates.deployment_gate`).
 
@@ -46,6 +48,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     policy = gates.load_policy(cfg.gates)
     thresholds, relaxed = gates.resolve_thresholds(cfg.gates, policy)
     metrics = ctx.fetch_json("evaluate", "metrics.json")
+    task = metrics.get("task") or "detection"
     checks, champion = gates.check(metrics, thresholds, policy["per_class_min_support"],
                                    policy["regression_test"], policy["slice_min_support"])
     result = {
@@ -63,13 +66,23 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         "champion": champion,
         "AP": metrics.get("AP"),
         "AP50": metrics.get("AP50"),
+        "task": task,
+        # gates of another task that this policy sets: reported, not judged (pipeline.gates.not_applicable)
+        "not_applicable": gates.not_applicable(thresholds, task),
     }
+    if task == "classification":
+        result.update(accuracy=metrics.get("accuracy"), macro_f1=metrics.get("macro_f1"))
+    for item in result["not_applicable"]:
+        log.info("%s = %g is not applicable to %s: not judged", item["name"], item["threshold"], task)
     if champion is None:
         result["note"] = gates.NO_CHAMPION_NOTE
     if relaxed:
         log.warning("gate thresholds relaxed for run %s (%s): %s", ctx.run_id, ", ".join(relaxed),
                     cfg.gates.override_reason)
     for c in checks:
+        if c.get("applicable") is False:  # e.g. the mask regression against a champion without masks
+            log.warning("n/a %s", gates.describe(c))
+            continue
         log.info("%s %s", "pass" if c["passed"] else "FAIL", gates.describe(c))
     if policy["regression_test"] == "bootstrap" and any(c.get("test") == "point" and c["value"] is not None
                                                         for c in checks):

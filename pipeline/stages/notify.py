@@ -62,7 +62,14 @@ def compose(cfg: Config, ctx: RunContext, results: dict[str, StageResult]) -> tu
                      f"v{promote.version} to {promote.repository or cfg.promote.triton_repo}.")
     else:
         lines.append(f"{head}: finished without a promotion.")
-    if evaluate:
+    classifier = bool(evaluate) and evaluate.task == "classification"
+    if classifier:  # a classifier speaks accuracy, not mAP
+        champ = evaluate.champion or {}
+        line = f"accuracy {_fmt(evaluate.accuracy)}, macro F1 {_fmt(evaluate.macro_f1)}"
+        if champ:
+            line += f" (champion: accuracy {_fmt(champ.get('accuracy'))}, macro F1 {_fmt(champ.get('macro_f1'))})"
+        lines.append(line)
+    elif evaluate:
         champ = evaluate.champion or {}
         line = f"mAP {_fmt(evaluate.AP)}, mAP@0.5 {_fmt(evaluate.AP50)}"
         if champ:
@@ -75,8 +82,14 @@ def compose(cfg: Config, ctx: RunContext, results: dict[str, StageResult]) -> tu
         if gate.overrides:
             lines.append(f"threshold overrides {_overrides(gate.overrides)}, reason: "
                          f"{gate.override_reason or '(none: only tightened)'}")
+        if gate.not_applicable:
+            lines.append(f"not applicable to {gate.task}, not judged: "
+                         + ", ".join(f"{g['name']} {g['threshold']:g}" for g in gate.not_applicable))
     parity = export.parity or {}
-    if parity:
+    if parity and "accuracy_drop" in parity:
+        lines.append(f"export: ONNX Runtime accuracy {_fmt(parity.get('accuracy_onnxruntime'))} vs PyTorch "
+                     f"{_fmt(parity.get('accuracy_pytorch'))} (drop {_fmt(parity.get('accuracy_drop'))})")
+    elif parity:
         lines.append(f"export: ONNX Runtime mAP {_fmt(parity.get('ap_onnxruntime'))} vs PyTorch "
                      f"{_fmt(parity.get('ap_pytorch'))} (drop {_fmt(parity.get('map_drop'))})")
     if train.mlflow_run_id:
@@ -84,6 +97,8 @@ def compose(cfg: Config, ctx: RunContext, results: dict[str, StageResult]) -> tu
     lines.append("artifacts: " + ctx.store.url(f"runs/{ctx.run_id}"))
     fields = {"AP": evaluate.AP if evaluate else None, "AP50": evaluate.AP50 if evaluate else None,
               "version": promote.version}
+    if classifier:
+        fields.update(task="classification", accuracy=evaluate.accuracy, macro_f1=evaluate.macro_f1)
     return "success", "\n".join(lines), fields
 
 

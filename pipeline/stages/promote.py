@@ -7,6 +7,8 @@ checksummed, marker last), register `runs:/<mlflow run>/model` as a new version 
 wait until ready and smoke-test it against ONNX Runtime. Only then does the alias (`promote.alias`) move.
 Any failure unpublishes N, deletes the registry version this call created and re-pins the previous
 version: the alias never moves. Re-running for the same run id reuses its version instead of adding one.
+Every task ships the same way (the outputs, and the output that carries labels.txt, come from the ONNX file's
+io spec); a model of another task than the one served under `promote.model_name` is refused (exit 2).
 
 Pin-then-alias is one recoverable transaction: before the pin, a journal (<model>/.promotion.json in the
 repository) records the version, its registry version and what was served and aliased before. A promotion
@@ -25,7 +27,7 @@ from pathlib import Path
 from pipeline import tracking
 from pipeline.config import Config
 from pipeline.context import RunContext
-from pipeline.errors import GateFailed, InputRejected
+from pipeline.errors import ConfigError, GateFailed, InputRejected
 from pipeline.gates import Failure
 from pipeline.spec import StageSpec
 
@@ -98,7 +100,7 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
     io = io_spec(files["model.onnx"])  # from the file itself, not from what the export stage said
     config_path = inputs / "config.pbtxt"
     config_path.write_text(tconfig.render(io, name, p.max_batch_size, p.instance_kind, p.instance_count,
-                                          p.max_queue_delay_us))
+                                          p.max_queue_delay_us, labels_output=tconfig.labels_output(io)))
     files["config.pbtxt"] = config_path
 
     repo = ModelRepository(p.triton_repo, p.triton_endpoint_url)
@@ -106,6 +108,7 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
     with repo.lock(name, p.lock_timeout_s, p.lock_ttl_s) as lease:
         recovered = recover(cfg, repo, client, name)  # a promotion that died between its pin and its alias
         previous = repo.served_version(name)
+        _same_task(repo, name, previous, io)
         previous_alias = tracking.current_alias(client, name, p.alias)
         version = repo.find_by_run(name, ctx.run_id)
         created_version = version is None
@@ -125,7 +128,7 @@ def _promote(cfg: Config, ctx: RunContext, inputs: Path, mlflow_run_id: str) -> 
                 "started_at": time.time()})
             lease.check()
             repo.activate(name, version)
-            smoke = _smoke(cfg, name, version, files["model.onnx"], int(io["inputs"][0]["shape"][-1]))
+            smoke = _smoke(cfg, name, version, files["model.onnx"], io)
             lease.check()
             client.set_registered_model_alias(name, p.alias, mv.version)
             repo.clear_journal(name)  # committed: new version served, alias moved
@@ -176,17 +179,30 @@ def recover(cfg: Config, repo, client, name: str) -> dict | None:
     return {"run_id": entry.get("run_id"), "version": entry["version"], "outcome": outcome, "serving": serve}
 
 
-def _smoke(cfg: Config, name: str, version: int, onnx_path, image_size: int) -> dict | None:
+def _same_task(repo, name: str, served: int | None, io: dict) -> None:
+    """Refuse to replace the served model by one of another task under the same name: its clients ask for
+    outputs the new model does not have (a detector's boxes and labels, a classifier's scores [B, K])."""
+    key = f"{name}/{served}/io.json"
+    if served is None or not repo.store.exists(key):
+        return
+    had, new = repo.store.get_json(key).get("task") or "detection", io.get("task") or "detection"
+    if had != new:
+        raise ConfigError(f"'promote.model_name' {name!r}: {repo.url(name, served)} serves a {had} model; a {new} "
+                          "model needs a name of its own (its clients read other outputs)")
+
+
+def _smoke(cfg: Config, name: str, version: int, onnx_path, io: dict) -> dict | None:
+    """Load `version` into Triton and compare its answer with ONNX Runtime's (io: the model's io spec)."""
     if not cfg.promote.triton_url:
         return None
     from pipeline.export.onnx_export import ort_session
     from pipeline.triton.client import load_and_wait, smoke_test
 
     load_and_wait(cfg.promote.triton_url, name, version, cfg.promote.ready_timeout_s)
-    stats = smoke_test(cfg.promote.triton_url, name, version, ort_session(onnx_path), image_size,
-                       cfg.export.output_match_min)
-    log.info("Triton smoke test of %s version %d: %d/%d detections match ONNX Runtime", name, version,
-             stats["matched"], stats["compared"])
+    stats = smoke_test(cfg.promote.triton_url, name, version, ort_session(onnx_path), io,
+                       cfg.export.output_match_min, prob_atol=cfg.export.output_max_prob_diff)
+    log.info("Triton smoke test of %s version %d: %d/%d %s match ONNX Runtime", name, version,
+             stats["matched"], stats["compared"], "images" if io.get("task") == "classification" else "detections")
     return stats
 
 

@@ -95,24 +95,60 @@ def infer(url: str, model: str, version: int, images: np.ndarray, outputs=("boxe
     return got
 
 
-def smoke_test(url: str, model: str, version: int, session, image_size: int, match_min: float = 0.98,
-               seed: int = 0) -> dict:
-    """Infer one seeded image through Triton and through ONNX Runtime; the detections must agree."""
-    import torch
-
-    from pipeline.export.detector import unpad
-    from pipeline.export.onnx_export import compare_detections, run_session
-
-    images = np.random.default_rng(seed).random((1, 3, image_size, image_size), dtype=np.float32)
-    served = infer(url, model, version, images)
-    local = run_session(session, images)
-    for (name, got), want in zip(served.items(), local):
+def smoke_test(url: str, model: str, version: int, session, io: dict, match_min: float = 0.98,
+               seed: int = 0, prob_atol: float = 1e-4) -> dict:
+    """Infer one seeded image through Triton and through ONNX Runtime, asking for the outputs `io` (the model's
+    io spec, as io.json holds it) names; every output must have ONNX Runtime's dtype and shape, and the answers
+    must agree: a detector's detections (label, IoU, score), a classifier's probabilities (within `prob_atol`,
+    same top-1 class)."""
+    input_name, shape = io["inputs"][0]["name"], io["inputs"][0]["shape"]
+    names = [o["name"] for o in io["outputs"]]
+    images = np.random.default_rng(seed).random((1, *shape[1:]), dtype=np.float32)
+    served = infer(url, model, version, images, outputs=names, input_name=input_name)
+    local = dict(zip(names, session.run(names, {input_name: images})))
+    for name, got in served.items():
+        want = local[name]
         if got.shape != want.shape or got.dtype != want.dtype:
             raise TritonError(f"{url}: output {name} is {got.dtype}{list(got.shape)}, "
                               f"ONNX Runtime gives {want.dtype}{list(want.shape)}")
-    as_dets = lambda arrays: unpad(*(torch.from_numpy(np.asarray(a)) for a in arrays))  # noqa: E731
-    stats = compare_detections(as_dets(local), as_dets(served.values()))
+    if io.get("task") == "classification":
+        from pipeline.export.classifier import compare_scores
+
+        stats = compare_scores(local["scores"], served["scores"], prob_atol)
+        stats.update(matched=stats["top1_agree"], match_fraction=stats["top1_agreement"])
+        if stats["max_prob_abs_diff"] > prob_atol or stats["match_fraction"] < match_min:
+            raise TritonError(f"{url}: Triton's scores differ from ONNX Runtime's (largest difference "
+                              f"{stats['max_prob_abs_diff']:.3g}, top-1 agrees on {stats['matched']}/"
+                              f"{stats['compared']} images)")
+        return stats
+    return _compare_detections(url, local, served, match_min)
+
+
+def _compare_detections(url: str, local: dict, served: dict, match_min: float) -> dict:
+    import torch
+
+    from pipeline.export.detector import unpad
+    from pipeline.export.onnx_export import compare_detections
+
+    keys = ("boxes", "scores", "labels")
+    as_dets = lambda arrays: unpad(*(torch.from_numpy(np.asarray(arrays[k])) for k in keys))  # noqa: E731
+    stats = compare_detections(as_dets(local), as_dets(served))
     if stats["match_fraction"] < match_min:
         raise TritonError(f"{url}: Triton's detections differ from ONNX Runtime's "
                           f"({stats['matched']}/{stats['compared']} matched)")
+    if "masks" in local:  # a Mask R-CNN: each detection slot both answers share must carry the same mask
+        stats.update(_compare_masks(url, local, served))
     return stats
+
+
+def _compare_masks(url: str, local: dict, served: dict, atol: float = 1e-4) -> dict:
+    """Mask probabilities [B, D, M, M] of the slots where both runtimes hold the same detection (label and box
+    within 0.01 px): the largest difference must stay within `atol`."""
+    same = (np.asarray(local["labels"]) == np.asarray(served["labels"])) & (np.asarray(local["labels"]) > 0) & \
+        (np.abs(np.asarray(local["boxes"]) - np.asarray(served["boxes"])).max(-1) <= 1e-2)
+    diff = np.abs(np.asarray(local["masks"])[same] - np.asarray(served["masks"])[same])
+    out = {"masks_compared": int(same.sum()), "masks_max_abs_diff": float(diff.max()) if diff.size else 0.0}
+    if out["masks_max_abs_diff"] > atol:
+        raise TritonError(f"{url}: Triton's masks differ from ONNX Runtime's by up to "
+                          f"{out['masks_max_abs_diff']:.3g} (allowed {atol:g})")
+    return out

@@ -21,6 +21,12 @@ LABELS_FILE = "labels.txt"
 LABELS_OUTPUT = "labels"
 
 
+def labels_output(io: dict) -> str:
+    """The output `label_filename` belongs on: a detector's `labels` (class ids), a classifier's `scores` (one
+    column per class, line i of labels.txt naming column i: Triton's classification extension reads it there)."""
+    return "scores" if io.get("task") == "classification" else LABELS_OUTPUT
+
+
 def _model_config_pb2():
     from tritonclient.grpc import model_config_pb2
 

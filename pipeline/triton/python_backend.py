@@ -33,7 +33,7 @@ def python_backend_model(onnx_path: str | Path, repo_dir: str | Path, name: str,
     if labels is not None:
         shutil.copyfile(labels, model_dir / tconfig.LABELS_FILE)
     text = tconfig.render(io, name, max_batch_size, "KIND_CPU", instance_count, max_queue_delay_us,
-                          labels_output=tconfig.LABELS_OUTPUT if labels is not None else "",  # Triton opens it
+                          labels_output=tconfig.labels_output(io) if labels is not None else "",  # Triton opens it
                           backend="python", parameters={"intra_op_threads": str(int(intra_op_threads))})
     (model_dir / "config.pbtxt").write_text(text)
     return model_dir

@@ -18,7 +18,10 @@ def metrics(ap=0.40, ap50=0.80, champion=None):
 
 def test_defaults_without_overrides():
     thresholds, relaxed = gates.resolve_thresholds(GatesConfig(map_min=0.1, map50_min=0.5, max_regression=0.02))
-    assert thresholds == {"map_min": 0.1, "map50_min": 0.5, "max_regression": 0.02} and relaxed == []
+    box = {"map_min": 0.1, "map50_min": 0.5, "max_regression": 0.02}
+    assert {k: thresholds[k] for k in box} == box and relaxed == []
+    # every other gate that is on by default belongs to another task (classification, segmentation masks)
+    assert set(thresholds) - set(box) <= {"accuracy_min", "macro_f1_min", *gates.SEGM_GATES}
 
 
 def test_tightening_needs_no_reason_and_relaxing_does():
@@ -118,12 +121,14 @@ def test_policy_file_replaces_config_values(tmp_path):
                       "latency_p95_ms_max: 40\nmodel_size_mb_max: null\nregression_test: point\n"
                       "slice_max_regression: 0.1\nslice_min_support: 5\n")
     section = GatesConfig(map_min=0.1, model_size_mb_max=30, policy_file=str(policy))
-    loaded = gates.load_policy(section)
+    other_tasks = {"accuracy_min", "macro_f1_min", *gates.SEGM_GATES}  # at their defaults, tested with their task
+    loaded = {k: v for k, v in gates.load_policy(section).items() if k not in other_tasks}
     assert loaded == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02, "per_class_max_regression": 0.05,
                       "latency_p95_ms_max": 40.0, "model_size_mb_max": None, "per_class_min_support": 20,
                       "regression_test": "point", "slice_max_regression": 0.1, "slice_min_support": 5,
                       "robustness_max_drop": None, "robustness_max_regression": None}
     thresholds, _ = gates.resolve_thresholds(section)
+    thresholds = {k: v for k, v in thresholds.items() if k not in other_tasks}
     assert thresholds == {"map_min": 0.1, "map50_min": 0.7, "max_regression": 0.02,
                           "per_class_max_regression": 0.05, "slice_max_regression": 0.1, "latency_p95_ms_max": 40.0}
     # relaxing is judged against the policy file's value
@@ -349,3 +354,56 @@ def test_a_robustness_regression_is_judged_on_its_bootstrap_interval():
                                                 "= 0.1000 [95% CI 0.0700..0.1300], must be <= 0.05")
     point, _ = gates.check(m, thresholds, regression_test="point")
     assert [c["passed"] for c in point] == [False, False]
+
+
+# -- classification ------------------------------------------------------------------------------------
+
+def classification_metrics(accuracy=0.80, macro_f1=0.75, champion_accuracy=None, ci=None, recall_b=0.7):
+    metrics = {"task": "classification", "accuracy": accuracy, "macro_f1": macro_f1, "champion": None,
+               "per_class": {"a": {"recall": 0.9, "support": 30}, "b": {"recall": recall_b, "support": 30},
+                             "rare": {"recall": 0.0, "support": 2}}}
+    if champion_accuracy is not None:
+        metrics["champion"] = {"version": "4", "accuracy": champion_accuracy, "macro_f1": 0.8,
+                               "per_class": {"a": {"recall": 0.9}, "b": {"recall": 0.9}, "rare": {"recall": 1.0}}}
+        metrics["stability"] = {"confidence": 0.95,
+                                "accuracy": {"drop": champion_accuracy - accuracy, "ci": ci},
+                                "per_class": {"b": {"drop": 0.9 - recall_b, "ci": [0.1, 0.3]}}}
+    return metrics
+
+
+def test_classification_is_judged_on_accuracy_and_macro_f1_not_map():
+    thresholds = {"map_min": 0.3, "map50_min": 0.5, "accuracy_min": 0.85, "macro_f1_min": 0.5, "max_regression": 0.02}
+    checks, summary = gates.check(classification_metrics(), thresholds)
+    assert [c["name"] for c in checks] == ["accuracy_min", "macro_f1_min"] and summary is None
+    failed = gates.failures_of(checks)
+    assert [f.message for f in failed] == ["accuracy_min: accuracy = 0.8000, must be >= 0.85"]
+    # the box gates set away from their defaults are named as not applicable; map50_min at its default is not
+    assert gates.not_applicable(thresholds, "classification") == [
+        {"name": "map_min", "threshold": 0.3, "note": "not applicable to classification"}]
+    # and a detection run ignores the classification gates, naming one set away from its default
+    det_checks, _ = gates.check({"AP": 0.4, "AP50": 0.8, "champion": None}, thresholds)
+    assert [c["name"] for c in det_checks] == ["map_min", "map50_min"]
+    assert [(g["name"], g["note"]) for g in gates.not_applicable(thresholds, "detection")] == [
+        ("accuracy_min", "not applicable to detection"), ("macro_f1_min", "not applicable to detection")]
+
+
+def test_classification_regressions_are_judged_on_their_bootstrap_intervals():
+    """An accuracy drop of 0.05 whose interval reaches below the limit passes under bootstrap and fails under
+    point; a per-class recall drop whose whole interval is over the limit fails; a class under the support
+    minimum is not judged."""
+    thresholds = {"accuracy_min": 0.0, "max_regression": 0.02, "per_class_max_regression": 0.05}
+    metrics = classification_metrics(champion_accuracy=0.85, ci=[-0.01, 0.11])
+    checks, summary = gates.check(metrics, thresholds, min_support=10, regression_test="bootstrap")
+    by_name = {(c["name"], c.get("class")): c for c in checks}
+    assert set(by_name) == {("accuracy_min", None), ("max_regression", None), ("per_class_max_regression", "a"),
+                            ("per_class_max_regression", "b")}
+    drop = by_name[("max_regression", None)]
+    assert drop["passed"] and drop["test"] == "bootstrap" and drop["value"] == pytest.approx(0.05)
+    assert drop["metric"] == "accuracy drop vs champion"
+    b = by_name[("per_class_max_regression", "b")]
+    assert not b["passed"] and b["support"] == 30
+    assert gates.describe(b) == ("per_class_max_regression: recall drop vs champion [b] = 0.2000 "
+                                 "[95% CI 0.1000..0.3000], must be <= 0.05 (judged on the whole interval)")
+    assert summary == {"version": "4", "accuracy": 0.85, "macro_f1": 0.8}
+    point, _ = gates.check(metrics, thresholds, min_support=10, regression_test="point")
+    assert not next(c for c in point if c["name"] == "max_regression")["passed"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.export.bench import representative
-from pipeline.export.detector import UnsupportedModel, export_module, unpad
+from pipeline.export.detector import UnsupportedModel, unpad
+from pipeline.export.wrappers import export_module
 
 SIZE = 128
 OTHERS = ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn",
@@ -46,9 +47,9 @@ def test_wrapper_reproduces_torchvision_exactly(name):
         assert torch.equal(g["labels"], r["labels"][:n])
 
 
-def test_mask_rcnn_has_no_wrapper_and_says_so():
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+def test_keypoint_rcnn_has_no_wrapper_and_says_so():
+    from torchvision.models.detection import keypointrcnn_resnet50_fpn
 
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
-    with pytest.raises(UnsupportedModel, match="MaskRCNN"):
+    model = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)
+    with pytest.raises(UnsupportedModel, match="KeypointRCNN"):
         export_module(model, SIZE)

@@ -8,7 +8,8 @@ import torch
 
 from pipeline.export import EXPORTERS
 from pipeline.export.bench import benchmark, table
-from pipeline.export.detector import export_module, unpad
+from pipeline.export.detector import unpad
+from pipeline.export.wrappers import export_module
 from pipeline.export.onnx_export import (OrtDetector, compare_detections, export_onnx, io_spec, ort_session,
                                          run_session)
 from pipeline.training.models import build_model

@@ -39,3 +39,15 @@ def test_compare_missing_run_exits_3(store, tools_only, capsys):
     code = cli.main(["compare", "night-1", "night-404", "--set", f"store.uri={store.uri}"])
     err = capsys.readouterr().err
     assert code == 3 and "night-404" in err and "evaluate/metrics.json not found" in err
+
+
+def test_a_classifiers_table_speaks_accuracy_and_per_class_recall():
+    from pipeline.report.comparison import text_table
+
+    new = {"task": "classification", "accuracy": 0.9, "top_k": {"2": 0.99}, "macro_f1": 0.85,
+           "per_class": {"cat": {"recall": 0.8, "f1": 0.82, "support": 10}}}
+    base = {"accuracy": 0.8, "top_k": {"2": 0.97}, "macro_f1": 0.8, "per_class": {"cat": {"recall": 0.9, "f1": 0.8}}}
+    table = text_table(new, base, "new", "base")
+    for expected in ("accuracy", "top-2 accuracy", "macro F1", "class recall", "class f1", "-0.100", "+0.100"):
+        assert expected in table, table
+    assert "AP50" not in table and "class AP" not in table

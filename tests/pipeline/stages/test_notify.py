@@ -113,3 +113,25 @@ def test_report_link_is_presigned_on_an_s3_store(monkeypatch):
             assert response.read() == b"<html>report</html>"
     finally:
         server.stop()
+
+
+def test_a_classifier_summary_speaks_accuracy_not_map():
+    cfg = load_config().resolved()
+    ctx = _ctx(cfg, {
+        "changed": {"changed": True},
+        "evaluate": {"task": "classification", "accuracy": 0.91, "macro_f1": 0.88, "top_k": {"2": 0.99},
+                     "champion": {"version": "2", "accuracy": 0.9, "macro_f1": 0.87}},
+        "gate": {"checks": [{"name": "accuracy_min", "passed": True}], "task": "classification",
+                 "not_applicable": [{"name": "map50_min", "threshold": 0.7, "note": "not applicable to classification"}]},
+        "export": {"task": "classification", "parity": {"accuracy_drop": 0.0, "accuracy_pytorch": 0.91,
+                                                         "accuracy_onnxruntime": 0.91, "per_class_recall_drop": {}}},
+        "promote": {"model": "cls", "version": 3, "repository": "/repo"},
+    })
+    event, text, fields = notify.compose(cfg, ctx, notify._results(ctx))
+    assert event == "success" and "accuracy 0.910, macro F1 0.880 (champion: accuracy 0.900, macro F1 0.870)" in text
+    assert fields["accuracy"] == 0.91 and fields["task"] == "classification"
+    # a box gate the ML lead set for this run is named as not judged, and the export speaks accuracy too
+    assert "not applicable to classification, not judged: map50_min 0.7" in text
+    assert "export: ONNX Runtime accuracy 0.910 vs PyTorch 0.910 (drop 0.000)" in text
+    assert "mAP" not in text.replace("map50_min", "")
+

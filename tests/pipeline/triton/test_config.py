@@ -53,3 +53,13 @@ def test_pin_version_round_trip():
     assert tconfig.pinned_version(pinned) == 7
     assert tconfig.pinned_version(tconfig.pin_version(pinned, 3)) == 3
     assert tconfig.parse(pinned).input[0].name == "images"
+
+
+def test_a_classifier_config_names_its_classes_on_the_scores_output():
+    io = {"task": "classification", "opset": 17,
+          "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 224, 224]}],
+          "outputs": [{"name": "scores", "dtype": "float32", "shape": [-1, 5]}]}
+    assert tconfig.labels_output(io) == "scores" and tconfig.labels_output(IO) == "labels"
+    cfg = tconfig.parse(tconfig.render(io, "cls", max_batch_size=16, labels_output=tconfig.labels_output(io)))
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [("scores", [5], "labels.txt")]
+    assert cfg.max_batch_size == 16 and cfg.dynamic_batching.max_queue_delay_microseconds == 1000

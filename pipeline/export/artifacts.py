@@ -1,0 +1,44 @@
+"""The files an export writes and publishes, for every task: model.onnx with io.json and labels.txt beside it,
+report.json, and the sha256 of every deployable file (promote ships a file only if its sha256 is the one the
+export recorded)."""
+from __future__ import annotations
+
+import json
+import time
+
+from pipeline.config import Config
+from pipeline.context import RunContext
+from pipeline.errors import InputRejected
+
+FORMAT = "onnx"
+# files a deployment may ship; their sha256 goes into result.json (promote refuses any other bytes)
+DEPLOYED = ("model.onnx", "labels.txt", "io.json", "model.int8.onnx", "model.plan", "triton_plan.pbtxt")
+
+
+def write_onnx(cfg: Config, ctx: RunContext, model, meta: dict, out) -> tuple:
+    """Write model.onnx, io.json and labels.txt into `out`: (onnx path, its io spec, seconds the export took)."""
+    from pipeline.export import export
+    from pipeline.export.detector import UnsupportedModel
+    from pipeline.export.onnx_export import io_spec, write_io, write_labels
+
+    started = time.perf_counter()
+    try:
+        onnx_path = export(FORMAT, model, int(meta["image_size"]), out, cfg)
+    except UnsupportedModel as exc:
+        raise InputRejected(str(exc), path=ctx.url("model.pt", "train"), field="model") from None
+    export_s = time.perf_counter() - started
+    io = io_spec(onnx_path)
+    write_io(io, out / "io.json")
+    write_labels(meta["categories"], out / "labels.txt")
+    return onnx_path, io, export_s
+
+
+def publish(ctx: RunContext, out, report: dict) -> dict[str, str]:
+    """Write report.json, publish the artifacts; the sha256 of every deployable file this run checked
+    (promote ships a file only if its sha256 is the one recorded here)."""
+    from pipeline.checksums import sha256_file
+
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for name in ("model.onnx", "labels.txt", "io.json", "report.json"):
+        ctx.publish(out / name, name)
+    return {name: sha256_file(out / name) for name in DEPLOYED if (out / name).is_file()}
