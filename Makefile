@@ -15,6 +15,10 @@ SOURCE ?=
 FORMAT ?= auto
 CONFIG ?= configs/cpu.yaml
 CONF ?=
+# make demo TASK=classification | segmentation: the same DAG on that task's generated demo data
+TASK ?= detection
+comma := ,
+DEMO_CONFIG := $(if $(filter detection,$(TASK)),,configs/demo-$(TASK).yaml)
 
 .PHONY: help envs browser demo run test test-pipeline test-dags test-integration bench gpu-check airflow-ui mlflow-ui clean
 
@@ -57,12 +61,13 @@ browser:  ## install Debian's chromium for the trigger-form test, when it is mis
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-demo: envs  ## run the nightly DAG end to end on the generated demo dataset
-	bash scripts/airflow_local.sh dags-test '$(CONF)'
+demo: envs  ## run the nightly DAG end to end on the generated demo dataset [TASK=classification|segmentation]
+	@test -z "$(DEMO_CONFIG)" -o -f "$(DEMO_CONFIG)" || { echo "make demo: TASK=$(TASK) has no $(DEMO_CONFIG) (tasks: detection, classification, segmentation)"; exit 2; }
+	$(if $(DEMO_CONFIG),NIGHTSHIFT_CONFIG="$(abspath $(DEMO_CONFIG))") bash scripts/airflow_local.sh dags-test '$(CONF)'
 
-run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> [FORMAT=auto|coco|voc|...] [CONFIG=configs/cpu.yaml]
-	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format> CONFIG=<yaml>"; exit 2; }
-	NIGHTSHIFT_CONFIG="$(abspath $(CONFIG))" bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"}'
+run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> [FORMAT=auto|coco|voc|...] [TASK=classification|segmentation] [CONFIG=configs/cpu.yaml]
+	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format> TASK=<task> CONFIG=<yaml>"; exit 2; }
+	NIGHTSHIFT_CONFIG="$(abspath $(CONFIG))" bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"$(if $(filter command line environment,$(origin TASK)),$(comma) "task": "$(TASK)")}'
 
 test: envs .venv-triton/.installed browser  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
 	.venv-pipeline/bin/python -m pytest --durations=25 tests/test_mirror.py tests/test_structure.py tests/pipeline tests/integration

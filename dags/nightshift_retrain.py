@@ -27,9 +27,16 @@ PARAMS = {
                                     **{f: f for f in settings.FORMATS}},
                     description="Annotation format of the source; auto detects it from the files. "
                                 "Empty: the config's data.format."),
+    "task": Param(None, type=["null", "string"], enum=[None, *settings.TASKS], title="Task",
+                  values_display={"null": FROM_CONFIG, **{t: t for t in settings.TASKS}},
+                  description="detection (boxes), classification (one class per image) or segmentation "
+                              "(instance masks). Empty: the config's data.task, which by default is the task of "
+                              "the model. A task without a model trains that task's default model; a model of "
+                              "another task is refused by check."),
     "model": Param(None, type=["null", "string"], title="Model",
-                   description="Detector from the model registry, e.g. ssdlite320_mobilenet_v3_large. "
-                               "Empty: the config's train.model."),
+                   description="Model from the registry: a detector (ssdlite320_mobilenet_v3_large, ...), a "
+                               "classifier (resnet18, mobilenet_v3_large, ...) or Mask R-CNN "
+                               "(maskrcnn_mobilenet_v3_large_fpn, ...). Empty: the config's train.model."),
     "epochs": Param(None, type=["null", "integer"], minimum=1, title="Epochs",
                     description="Training epochs. Empty: the config's train.epochs."),
     "gates": Param(None, type=["null", "object"], additionalProperties={"type": "number"},

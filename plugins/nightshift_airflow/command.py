@@ -18,6 +18,7 @@ FAIL_FAST = {2: "usage error", 3: "input rejected", 4: "gate refused"}
 PARAM_OVERRIDES: tuple[tuple[str, str], ...] = (
     ("source", "data.source"),
     ("format", "data.format"),
+    ("task", "data.task"),
     ("model", "train.model"),
     ("epochs", "train.epochs"),
     ("gates", "gates.overrides"),

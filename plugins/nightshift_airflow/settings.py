@@ -10,12 +10,15 @@ from pathlib import Path
 
 RUNNERS = ("local", "kubernetes")
 # data.format choices; tests/dags check this tuple against pipeline/config.py (the Airflow venv has no pipeline)
-FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti")
+FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "kitti", "imagefolder", "manifest")
 # what the trigger form offers: "auto" detects the format and layout from the export (pipeline/formats/layout.py)
 FORMAT_CHOICES = ("auto", *FORMATS)
+# data.task choices; tests/dags check this tuple against pipeline/tasks.py's TASKS
+TASKS = ("detection", "classification", "segmentation")
 # gate names a run may override; tests/dags check this tuple against pipeline/gates.py's GATES
-GATES = ("map_min", "map50_min", "max_regression", "per_class_max_regression", "slice_max_regression",
-         "robustness_max_drop", "robustness_max_regression", "latency_p95_ms_max", "model_size_mb_max")
+GATES = ("map_min", "map50_min", "accuracy_min", "macro_f1_min", "max_regression", "per_class_max_regression",
+         "slice_max_regression", "robustness_max_drop", "robustness_max_regression", "latency_p95_ms_max",
+         "model_size_mb_max", "segm_map_min", "segm_map50_min", "segm_max_regression")
 CHAT_CONN_ID = "nightshift_chat"
 
 # repo = parent of dags/ and plugins/

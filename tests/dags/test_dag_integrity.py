@@ -82,15 +82,18 @@ def _param_schema(dag, name):
 
 def test_retrain_params(dagbag):
     from airflow.sdk.exceptions import ParamValidationError
+    from nightshift_airflow import settings
 
     dag = dagbag.dags["nightshift_retrain"]
-    assert set(dag.params.keys()) == {"source", "format", "model", "epochs", "gates", "override_reason", "force"}
+    assert set(dag.params.keys()) == {"source", "format", "task", "model", "epochs", "gates", "override_reason",
+                                      "force"}
     defaults = dag.params.dump()
-    assert defaults == {"source": None, "format": None, "model": None, "epochs": None, "gates": None,
+    assert defaults == {"source": None, "format": None, "task": None, "model": None, "epochs": None, "gates": None,
                         "override_reason": None, "force": False}
     assert _param_schema(dag, "source")["type"] == ["null", "string"]
     assert _param_schema(dag, "force")["type"] == ["null", "boolean"]
-    assert set(_param_schema(dag, "format")["enum"]) == {None, "auto", "coco", "voc", "yolo", "labelme", "cvat", "kitti"}
+    assert set(_param_schema(dag, "format")["enum"]) == {None, *settings.FORMAT_CHOICES}
+    assert _param_schema(dag, "task")["enum"] == [None, "detection", "classification", "segmentation"]
     assert _param_schema(dag, "epochs")["type"] == ["null", "integer"] and _param_schema(dag, "epochs")["minimum"] == 1
     assert _param_schema(dag, "gates")["type"] == ["null", "object"]
 
@@ -100,7 +103,8 @@ def test_retrain_params(dagbag):
 
     assert check("epochs", 3) == 3
     assert check("gates", {"map_min": 0.3, "map50_min": 0.5}) == {"map_min": 0.3, "map50_min": 0.5}
-    for name, bad in [("epochs", 0), ("epochs", "three"), ("format", "pascal"), ("gates", {"map_min": "high"}),
+    assert check("task", "classification") == "classification"
+    for name, bad in [("epochs", 0), ("epochs", "three"), ("format", "pascal"), ("task", "keypoints"), ("gates", {"map_min": "high"}),
                       ("gates", {"map50": 0.5}), ("force", "yes")]:
         with pytest.raises(ParamValidationError):
             check(name, bad)
@@ -168,6 +172,17 @@ def test_formats_match_pipeline_config():
     assert tuple(ast.literal_eval(found["FORMATS"].value)) == settings.FORMATS
     assert settings.FORMAT_CHOICES == ("auto", *settings.FORMATS)
     assert "FORMAT_CHOICES" in found and ast.unparse(found["FORMAT_CHOICES"].value) == "('auto', *FORMATS)"
+
+
+def test_tasks_match_pipeline_tasks():
+    """settings.TASKS duplicates pipeline.tasks.TASKS (the Airflow venv cannot import the pipeline): the trigger
+    form offers exactly the tasks the pipeline runs."""
+    from nightshift_airflow import settings
+
+    tree = ast.parse((REPO / "pipeline" / "tasks.py").read_text())
+    found = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "TASKS"]
+    assert found, "pipeline/tasks.py defines no TASKS"
+    assert tuple(ast.literal_eval(found[0].value)) == settings.TASKS
 
 
 def test_rollback_params(dagbag):

@@ -195,7 +195,7 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
     commands = {}
     for dag_id, params in [
         ("nightshift_retrain", dict(source="s3://bucket/night: 1/it's \"quoted\"", format="kitti", model="yes",
-                                    epochs=5, gates={"map_min": 0.3, "map50_min": 0.5},
+                                    task="classification", epochs=5, gates={"map_min": 0.3, "map50_min": 0.5},
                                     override_reason="ok'd by <ops> & QA", force=True)),
         ("nightshift_rollback", dict(model="nightshift_detector", to_version=3)),
         ("nightshift_weekly_report", dict(since="14d")),
@@ -216,7 +216,8 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
         for name, argv in json.loads(sys.argv[1]).items():
             args = parser.parse_args(argv)
             cfg = load_config(args.config, getattr(args, "overrides", []))
-            out[name] = {"source": cfg.data.source, "format": cfg.data.format, "model": cfg.train.model,
+            out[name] = {"source": cfg.data.source, "format": cfg.data.format, "task": cfg.data.task,
+                         "model": cfg.train.model,
                          "epochs": cfg.train.epochs, "gates": cfg.gates.overrides,
                          "reason": cfg.gates.override_reason, "force": str(getattr(args, "force", None))}
         print(json.dumps(out))
@@ -230,7 +231,8 @@ def test_rendered_commands_are_accepted_by_the_pipeline_cli(dagbag):
     assert commands["nightshift_weekly_report.weekly"][-2:] == ["--since", "14d"]
     for name, values in parsed.items():
         if name.startswith("nightshift_retrain."):
-            assert values == {"source": "s3://bucket/night: 1/it's \"quoted\"", "format": "kitti", "model": "yes",
+            assert values == {"source": "s3://bucket/night: 1/it's \"quoted\"", "format": "kitti",
+                              "task": "classification", "model": "yes",
                               "epochs": 5, "gates": {"map_min": 0.3, "map50_min": 0.5},
                               "reason": "ok'd by <ops> & QA",
                               "force": "true" if name.endswith(".changed") else "None"}, name
