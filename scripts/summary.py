@@ -48,7 +48,15 @@ def main() -> int:
     if train:
         print(f"  MLflow     run {train.get('mlflow_run_id')} in {cfg.mlflow.tracking_uri}")
     if evaluate:
-        print(f"  metrics    mAP {evaluate.get('AP')}  mAP@0.5 {evaluate.get('AP50')}  ({store.url(f'runs/{run.name}/evaluate/metrics.json')})")
+        where = store.url(f"runs/{run.name}/evaluate/metrics.json")
+        if evaluate.get("task") == "classification":
+            figures = f"accuracy {evaluate.get('accuracy')}  macro F1 {evaluate.get('macro_f1')}"
+        else:
+            figures = f"mAP {evaluate.get('AP')}  mAP@0.5 {evaluate.get('AP50')}"
+            segm = evaluate.get("segm") or {}
+            if segm:
+                figures += f"  mask mAP {segm.get('AP')}  mask mAP@0.5 {segm.get('AP50')}"
+        print(f"  metrics    {figures}  ({where})")
     if (run / "export" / "report.json").exists():
         print(f"  export     {store.url(f'runs/{run.name}/export/report.json')}")
     if promote:

@@ -84,4 +84,4 @@ def test_a_misspelt_param_is_refused_before_any_stage_runs(tmp_path):
     assert "Task failed, not retried: unknown param 'epochz'" in log and "Traceback" not in log, log[-3000:]
     (alert,) = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert alert["task_id"] == "check_conf"
-    assert "unknown param 'epochz'" in alert["error"] and "known params: source, format, model, epochs" in alert["error"]
+    assert "unknown param 'epochz'" in alert["error"] and "known params: source, format, task, model, epochs" in alert["error"]
