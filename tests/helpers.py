@@ -104,3 +104,11 @@ def write_image(path: Path, width: int, height: int, colour=(10, 200, 30)) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (width, height), colour).save(path)
     return path
+
+
+def stage_argv(stage: str, run_id: str, tracking: str, *sets: str) -> list[str]:
+    """`nightshift <stage> --run-id RUN --set <tracking> --set ...` as the stage tests call cli.main with it."""
+    out = [stage, "--run-id", run_id, "--set", tracking]
+    for s in sets:
+        out += ["--set", s]
+    return out

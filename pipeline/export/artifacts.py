@@ -42,3 +42,21 @@ def publish(ctx: RunContext, out, report: dict) -> dict[str, str]:
     for name in ("model.onnx", "labels.txt", "io.json", "report.json"):
         ctx.publish(out / name, name)
     return {name: sha256_file(out / name) for name in DEPLOYED if (out / name).is_file()}
+
+
+def speed_metrics(batches: dict) -> dict[str, float]:
+    """The benchmark's figures per batch size as MLflow metrics: ORT vs eager speed-up and both p50 latencies."""
+    out = {}
+    for b, row in batches.items():
+        out.update({f"export_ort_speedup_b{b}": row["ort_vs_eager_speedup"],
+                    f"export_ort_p50_ms_b{b}": row["onnxruntime"]["latency_ms"]["p50"],
+                    f"export_eager_p50_ms_b{b}": row["eager"]["latency_ms"]["p50"]})
+    return out
+
+
+def log_files(out) -> None:
+    """report.json, io.json and labels.txt into the active MLflow run (artifact path `export`)."""
+    import mlflow
+
+    for name in ("report.json", "io.json", "labels.txt"):
+        mlflow.log_artifact(str(out / name), artifact_path="export")

@@ -25,6 +25,7 @@ from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, InputRejected
+from pipeline.export.artifacts import FORMAT, log_files, publish, speed_metrics, write_onnx
 from pipeline.gates import Failure
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ def run(cfg: Config, ctx: RunContext, model, meta: dict, model_pt, dataset) -> d
     from pipeline.export import classifier
     from pipeline.export.bench import benchmark, table
     from pipeline.export.onnx_export import ort_session
-    from pipeline.export.artifacts import FORMAT, publish, write_onnx
     from pipeline.tasks import dataset_task
 
     where = ctx.url("dataset/annotations.json", "ingest")
@@ -137,12 +137,9 @@ def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
             "export_output_max_prob_diff": outputs["max_prob_abs_diff"] if outputs["max_prob_abs_diff"] is not None
             else float("nan"),
             "export_onnx_mb": report["size"]["onnx_bytes"] / 1e6,
-            **{f"export_ort_speedup_b{b}": row["ort_vs_eager_speedup"] for b, row in batches.items()},
-            **{f"export_ort_p50_ms_b{b}": row["onnxruntime"]["latency_ms"]["p50"] for b, row in batches.items()},
-            **{f"export_eager_p50_ms_b{b}": row["eager"]["latency_ms"]["p50"] for b, row in batches.items()},
+            **speed_metrics(batches),
         })
-        for name in ("report.json", "io.json", "labels.txt"):
-            mlflow.log_artifact(str(out / name), artifact_path="export")
+        log_files(out)
 
 
 def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]) -> dict:

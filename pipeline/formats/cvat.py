@@ -210,13 +210,10 @@ def _fill(ds: Dataset, records: list, names: list[str], name: str) -> None:
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 
 
-def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
-    root = export_root(Path(root))
-    origin = origin or str(root)
-    name, top = _parse(root, origin)
-    declared = _declared_labels(top)
-    ds = Dataset([], [], [], [name])
-    records, used, seen = [], set(), {}
+def _images(ds: Dataset, top, root: Path, origin: str, name: str):
+    """(<image>, where, local file, relative name, width, height) for every <image> whose file is found (the
+    others are set aside by _image_file); width/height None when the XML lacks them (ingest reads the header)."""
+    seen: dict = {}
     for i, img in enumerate(top.findall("image")):
         where = f"image[{i}]"
         found = _image_file(ds, img, where, root, origin, name, seen, i)
@@ -229,6 +226,17 @@ def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
             w = h = None  # read from the header by ingest
         if img.get("id") is not None:
             where = f"{where} (id {img.get('id')}, {img.get('name', '')})"
+        yield img, where, local, rel, w, h
+
+
+def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
+    root = export_root(Path(root))
+    origin = origin or str(root)
+    name, top = _parse(root, origin)
+    declared = _declared_labels(top)
+    ds = Dataset([], [], [], [name])
+    records, used = [], set()
+    for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
         shapes, bad = _shapes(ds, img, where, name, rel, declared, task, _size(w, h, local))
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
@@ -281,19 +289,8 @@ def read_cvat_tags(root, origin: str = "") -> Dataset:
     name, top = _parse(root, origin)
     declared = _declared_labels(top)
     ds = Dataset([], [], [], [name])
-    records, seen, with_shapes = [], {}, 0
-    for i, img in enumerate(top.findall("image")):
-        where = f"image[{i}]"
-        found = _image_file(ds, img, where, root, origin, name, seen, i)
-        if found is None:
-            continue
-        local, rel = found
-        try:
-            w, h = int(img.get("width", "")), int(img.get("height", ""))
-        except ValueError:
-            w = h = None  # read from the header by ingest
-        if img.get("id") is not None:
-            where = f"{where} (id {img.get('id')}, {img.get('name', '')})"
+    records, with_shapes = [], 0
+    for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
         with_shapes += any(el.tag != "tag" for el in img)
         got = _tag_class(ds, img, where, name, rel, declared)
         if got is None:

@@ -34,7 +34,7 @@ from pipeline.gates import Failure
 from pipeline.spec import StageSpec
 
 SPEC = StageSpec(upstream=("train",), exclusive=True)  # exclusive: shared scratch space and outputs
-from pipeline.export.artifacts import FORMAT, publish, write_onnx
+from pipeline.export.artifacts import FORMAT, log_files, publish, speed_metrics, write_onnx
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +245,9 @@ def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
             **({"export_parity_segm_ap_drop": checks["segm_parity"]["segm_ap_drop"],
                 "export_mask_agreement": checks["masks"]["agree_fraction"]}
                if (checks.get("segm_parity") or {}).get("segm_ap_drop") is not None else {}),
-            **{f"export_ort_speedup_b{b}": row["ort_vs_eager_speedup"] for b, row in batches.items()},
-            **{f"export_ort_p50_ms_b{b}": row["onnxruntime"]["latency_ms"]["p50"] for b, row in batches.items()},
-            **{f"export_eager_p50_ms_b{b}": row["eager"]["latency_ms"]["p50"] for b, row in batches.items()},
+            **speed_metrics(batches),
         })
-        for name in ("report.json", "io.json", "labels.txt"):
-            mlflow.log_artifact(str(out / name), artifact_path="export")
+        log_files(out)
 
 
 def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]) -> dict:

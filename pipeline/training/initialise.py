@@ -175,15 +175,7 @@ def apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], label: s
             f"'train.weights': {label}: only {report.backbone_loaded} of the {len(backbone)} backbone tensors of "
             f"{model_name} match by name and shape (at least {MIN_BACKBONE_FRACTION:.0%} needed): "
             "weights for another architecture?")
-    merged = dict(target)
-    merged.update(new)
-    model.load_state_dict(merged)
-    counted = [k for k in target if _counted(k)]
-    report.loaded = sum(k in new for k in counted)
-    report.reinitialised_names = [k for k in counted if k not in new]
-    report.reinitialised = len(report.reinitialised_names)
-    report.unused = sum(1 for k in state if _counted(k) and k not in used)
-    return report
+    return _load(model, target, new, state, used, report)
 
 
 def _align_backbone(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -254,6 +246,12 @@ def apply_classifier_state(model: torch.nn.Module, state: dict[str, torch.Tensor
     elif src_rows is not None:
         log.info("%s has %d classes in its final layer and this run %d: %s re-initialised", label, src_rows,
                  dst_rows, head.removeprefix("net.").rstrip("."))
+    return _load(model, target, new, state, new, report)
+
+
+def _load(model, target: dict, new: dict, state: dict, used, report):
+    """Load `new` over the model's own tensors (`target`) and count in `report` what was loaded, what keeps its
+    fresh initialisation and which tensors of the file (`state`) went unused (not in `used`)."""
     merged = dict(target)
     merged.update(new)
     model.load_state_dict(merged)
@@ -261,7 +259,7 @@ def apply_classifier_state(model: torch.nn.Module, state: dict[str, torch.Tensor
     report.loaded = sum(k in new for k in counted)
     report.reinitialised_names = [k for k in counted if k not in new]
     report.reinitialised = len(report.reinitialised_names)
-    report.unused = sum(1 for k in state if _counted(k) and k not in new)
+    report.unused = sum(1 for k in state if _counted(k) and k not in used)
     return report
 
 

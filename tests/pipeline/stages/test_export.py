@@ -13,7 +13,7 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.datasets.synthetic import generate
 from pipeline.training.models import build_model
-from tests.helpers import he_init_backbone, only_commands, save_model_pt
+from tests.helpers import he_init_backbone, only_commands, save_model_pt, stage_argv
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 SIZE = 160  # not SSDlite's own 320: the graph must resize like the detector's transform does
@@ -65,10 +65,7 @@ def stage_inputs(run_id, shared, tmp_path, sets=(), noise=False):
 
 
 def argv(run_id, shared, sets=()):
-    out = ["export", "--run-id", run_id, "--set", shared["tracking"]]
-    for s in [*SETS, *sets]:
-        out += ["--set", s]
-    return out
+    return stage_argv("export", run_id, shared["tracking"], *SETS, *sets)
 
 
 def test_export_writes_verified_artifacts(shared, tmp_path, only_export, capsys):

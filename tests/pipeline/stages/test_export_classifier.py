@@ -15,7 +15,7 @@ from pipeline import cli
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.training.models import build_model
-from tests.helpers import SHAPES, last_result, only_commands, save_model_pt
+from tests.helpers import SHAPES, last_result, only_commands, save_model_pt, stage_argv
 
 MODEL = "resnet18"
 SIZE = 64
@@ -72,10 +72,7 @@ def stage_inputs(run_id, shared, tmp_path, sets=(), data=None):
 
 
 def argv(run_id, shared, sets=()):
-    out = ["export", "--run-id", run_id, "--set", shared["tracking"]]
-    for s in [*SETS, *sets]:
-        out += ["--set", s]
-    return out
+    return stage_argv("export", run_id, shared["tracking"], *SETS, *sets)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 from pipeline import cli
 from pipeline.config import load_config
 from pipeline.context import RunContext
-from tests.helpers import last_result, only_commands
+from tests.helpers import last_result, only_commands, stage_argv
 from tests.segmentation_data import CATEGORIES, write_dataset
 
 MODEL = "maskrcnn_mobilenet_v3_large_fpn"
@@ -45,10 +45,7 @@ def stage_inputs(run_id, shared, sets=()):
 
 
 def argv(run_id, shared, sets=()):
-    out = ["export", "--run-id", run_id, "--set", shared["tracking"]]
-    for s in [*SETS, *sets]:
-        out += ["--set", s]
-    return out
+    return stage_argv("export", run_id, shared["tracking"], *SETS, *sets)
 
 
 @pytest.mark.slow

@@ -23,13 +23,11 @@ from pipeline.triton import client
 from pipeline.triton.repository import ModelRepository
 from tests.helpers import he_init_backbone
 
-ROOT = Path(__file__).resolve().parents[3]
-VENV = ROOT / ".venv-triton"
+from tests.pipeline.triton.conftest import NEEDS_TRITON
+
 SIZE = 160
 
-pytestmark = pytest.mark.skipif(
-    not (VENV / ".installed").exists(),
-    reason=f"{VENV} does not exist: `make venv-triton` creates it (`make test` does so before running tests)")
+pytestmark = NEEDS_TRITON
 
 
 def made_up_op(src: Path, dst: Path) -> Path:
@@ -63,18 +61,6 @@ def shared(tmp_path_factory):
         (d / "labels.txt").write_text("circle\nsquare\ntriangle\n")
         (d / "io.json").write_text(json.dumps(spec))
     return {"good": good, "broken": broken, "tracking": f"sqlite:///{root / 'mlflow.db'}"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from pipeline.triton.server import LocalTritonServer
-
-    root = tmp_path_factory.mktemp("tritonserver")
-    srv = LocalTritonServer(VENV, root / "repo", root / "work", startup_timeout_s=60, exit_timeout_s=20)
-    srv.start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, f"tritonserver exited with {code}:\n{srv.log_tail(30)}"
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +14,12 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.triton import client
 
-ROOT = Path(__file__).resolve().parents[3]
-VENV = ROOT / ".venv-triton"
+from tests.pipeline.triton.conftest import NEEDS_TRITON
+
 SIZE = 64
 OUTPUTS = ("boxes", "scores", "labels", "masks")
 
-pytestmark = pytest.mark.skipif(
-    not (VENV / ".installed").exists(),
-    reason=f"{VENV} does not exist: `make venv-triton` creates it (`make test` does so before running tests)")
+pytestmark = NEEDS_TRITON
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +37,6 @@ def shared(tmp_path_factory):
     (export / "labels.txt").write_text("disc\nsquare\n")
     (export / "io.json").write_text(json.dumps(spec))
     return {"export": export, "io": spec, "tracking": f"sqlite:///{root / 'mlflow.db'}"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from pipeline.triton.server import LocalTritonServer
-
-    root = tmp_path_factory.mktemp("tritonserver-segmenter")
-    srv = LocalTritonServer(VENV, root / "repo", root / "work", startup_timeout_s=60, exit_timeout_s=20)
-    srv.start()
-    yield srv
-    code = srv.stop()
-    assert code == 0, f"tritonserver exited with {code}:\n{srv.log_tail(30)}"
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
