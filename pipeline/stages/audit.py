@@ -79,6 +79,7 @@ def run(cfg: Config, ctx: RunContext, model: str = "") -> dict:
     from pipeline import tracking
     from pipeline.datasets import canonical_io
     from pipeline.datasets.canonical import load_coco
+    from pipeline.tasks import dataset_task
     from pipeline.training.inference import resolve_device
 
     if model:
@@ -95,6 +96,10 @@ def run(cfg: Config, ctx: RunContext, model: str = "") -> dict:
         what = f"champion {cfg.promote.model_name} v{version.version}"
     data_dir = ctx.fetch_dir("ingest", "dataset")
     coco = load_coco(data_dir)
+    if dataset_task(coco) == "classification":
+        raise InputRejected("nightshift audit ranks box annotations (missing, swapped, misplaced, duplicate) from a "
+                            "detector's predictions; a classification dataset has none to rank",
+                            path=ctx.url("dataset/annotations.json", "ingest"), field="task")
     log.info("auditing %d annotations of run %s with %s", len(coco["annotations"]), ctx.run_id, what)
     detections = predictions(model_path, data_dir, resolve_device(cfg.evaluate.device), cfg.evaluate.batch_size)
 

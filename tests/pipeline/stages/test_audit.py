@@ -94,3 +94,20 @@ def test_no_champion_and_no_model_skips_and_says_so(dataset, capsys, caplog):
 def test_a_missing_model_file_is_rejected(dataset, tmp_path, capsys):
     assert cli.main(["audit", "--run-id", "a1", "--model", str(tmp_path / "nope.pt")]) == 3
     assert "nope.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_classification_dataset_is_refused_naming_its_task(tmp_path, capsys):
+    """The audit ranks box annotations: a classification dataset is refused (exit 3) naming annotations.json's
+    task, before any model runs."""
+    from pipeline.datasets.synthetic import generate_classification
+    from pipeline.stages.ingest import convert
+
+    cfg = load_config(None, [f"data.source={tmp_path / 'tree'}", "data.task=classification"]).resolved()
+    generate_classification(tmp_path / "tree", num_images=12, seed=0)
+    data, *_ = convert(cfg, tmp_path / "work", {})
+    RunContext.create("c1", "ingest", cfg).publish_dir(data, "dataset")
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"never read")
+    assert cli.main(["audit", "--run-id", "c1", "--model", str(model), "--set", "data.task=classification"]) == 3
+    err = capsys.readouterr().err
+    assert "annotations.json" in err and "task" in err and "classification dataset" in err
