@@ -105,8 +105,11 @@ def _check_s3(source: str, endpoint_url: str) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> dict:
+    from pipeline import formats
+
     verdict = check_gates(cfg)
     model = check_model(cfg)
+    formats.check_task_format(task_of(cfg), cfg.data.format)  # data.format=coco for a classifier: exit 2, now
     source = check_source(cfg)
     overrides = dict(cfg.gates.overrides)
     if overrides:

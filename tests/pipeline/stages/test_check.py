@@ -122,3 +122,16 @@ def test_every_task_is_accepted_and_a_task_model_mismatch_is_refused(only_check,
         check.check_model(load_config(None, ["train.model=resnet18", "train.anchor_scale=0.5"]))
     assert check.check_model(load_config(None, ["train.model=resnet18", "train.anchor_scale=auto"])) == "resnet18"
 
+
+
+def test_a_format_that_cannot_hold_the_tasks_labels_is_refused_before_ingest(only_check, capsys):
+    """data.format=coco for a classifier (or imagefolder for a detector) is a config error (exit 2) at check,
+    naming both keys, not after the export is downloaded."""
+    code = cli.main(["check", "--run-id", "t-fmt", *only_check, "--set", "data.task=classification",
+                     "--set", "data.format=coco"])
+    error = _result(capsys)["error"]
+    assert code == 2 and "data.format=coco" in error and "data.task=classification" in error
+    assert cli.main(["check", "--run-id", "t-fmt2", *only_check, "--set", "data.format=imagefolder"]) == 2
+    assert "data.task=detection" in _result(capsys)["error"]
+    assert cli.main(["check", "--run-id", "t-fmt3", *only_check, "--set", "data.task=classification",
+                     "--set", "data.format=labelme"]) == 0
