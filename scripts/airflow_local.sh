@@ -74,11 +74,14 @@ while time.monotonic() < deadline:
     trap '' INT TERM
     echo "stopping Airflow (pids ${pids[*]})..."
     kill -TERM -- "-$warm_up" 2>/dev/null || true
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    # the whole session each component leads, not only its process group: the scheduler's task supervisors and
+    # runners move to groups of their own, and one still running (a run triggered just before Ctrl-C) kept the
+    # console pipe open, so the `wait` below never returned
+    for pid in "${pids[@]}"; do pkill -TERM -s "$pid" 2>/dev/null || true; done
     local deadline=$(( $(date +%s) + stop_timeout ))
     for pid in "${pids[@]}"; do
-      while kill -0 -- "-$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
+      while pgrep -s "$pid" >/dev/null 2>&1 && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
+      pkill -KILL -s "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
     echo "Airflow stopped."

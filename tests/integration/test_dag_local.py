@@ -145,13 +145,13 @@ def test_retrain_dag_end_to_end_then_short_circuit(workspace, mlflow_server):
 
 TASK_RUNS = {
     # a classifier on the generated ImageFolder shapes set, 64 px, one epoch
-    "classification": {"data": {"task": "classification", "demo_images": 72},
+    "classification": {"data": {"task": "classification", "demo_images": 48},
                        "train": {"recipe": "none", "image_size": 64, "epochs": 1, "batch_size": 8,
                                  "nproc_per_node": 2},
                        "export": {"benchmark_repeats": 2, "benchmark_batches": [1]}},
-    # Mask R-CNN (MobileNetV3 FPN) on the generated shapes as COCO instance segmentation, 96 px, a few steps
-    "segmentation": {"data": {"task": "segmentation", "demo_images": 48},
-                     "train": {"recipe": "none", "image_size": 96, "epochs": 1, "batch_size": 2,
+    # Mask R-CNN (MobileNetV3 FPN) on the generated shapes as COCO instance segmentation, 64 px, a few steps
+    "segmentation": {"data": {"task": "segmentation", "demo_images": 32},
+                     "train": {"recipe": "none", "image_size": 64, "epochs": 1, "batch_size": 2,
                                "nproc_per_node": 2, "bn_calibration_images": 8},
                      "evaluate": {"bootstrap_resamples": 20},
                      # a one-epoch Mask R-CNN learns next to nothing: the gates here prove the plumbing
@@ -194,6 +194,8 @@ def test_retrain_dag_end_to_end_per_task(workspace, mlflow_server, task):
         assert result["status"] == "ok", (stage, result)
     annotations = json.loads((run / "ingest" / "dataset" / "annotations.json").read_text())
     assert annotations["task"] == task
+    trained = json.loads((run / "train" / "result.json").read_text())
+    assert trained["task"] == task and trained["world_size"] == 2  # DDP over 2 gloo processes, as detection
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     if task == "classification":
         assert 0.0 <= metrics["accuracy"] <= 1.0 and set(metrics["per_class"]) == {"circle", "square", "triangle"}

@@ -238,13 +238,3 @@ def test_a_classifier_resumes_mid_epoch_exactly_with_ema(shared, monkeypatch, ca
     assert result["resumed_from"] == {"epoch": 1, "step": 4, "batches_done": 1} and result["steps"] == 6
     a, b = _weights(cfg, "cls-straight"), _weights(cfg, "cls-halves")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.slow
-def test_a_classifier_trains_under_ddp_with_two_gloo_processes(shared, capsys):
-    cfg = publish("cls-ddp", shared)
-    assert stage("train", "cls-ddp", shared, "train.nproc_per_node=2", "train.max_steps=3") == 0
-    result = last_result(capsys)
-    assert result["status"] == "ok" and result["world_size"] == 2 and result["steps"] == 3
-    assert result["task"] == "classification"
-    assert _weights(cfg, "cls-ddp")["net.fc.weight"].shape == (3, 512)
