@@ -125,9 +125,12 @@ class Airflow:
                    AIRFLOW_CONN_NIGHTSHIFT_CHAT=json.dumps({"conn_type": "slackwebhook", "password": receiver.url}))
         self.console = home / "console.log"
         self.started = time.monotonic()
+        # a terminal's Ctrl-C finds SIGINT at its default; a CI job started in the background (`cmd &` in a
+        # script) inherits it ignored, and bash cannot trap a signal ignored on entry: restore the default
         self.proc = subprocess.Popen(["bash", str(REPO / "scripts" / "airflow_local.sh"), "standalone"],
                                      cwd=REPO, env=env, stdout=self.console.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.token = ""
         self.sessions = {self.proc.pid}
 
