@@ -54,6 +54,13 @@ def speed_metrics(batches: dict) -> dict[str, float]:
     return out
 
 
+def speed_summary(report: dict, batches) -> dict:
+    """result.json's `speed`: the ORT vs eager speed-up at batch 1 and at the largest benchmarked batch."""
+    ratios = {b: row["ort_vs_eager_speedup"] for b, row in report["speed"]["batches"].items()}
+    largest = str(max(batches))
+    return {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)}
+
+
 def log_files(out) -> None:
     """report.json, io.json and labels.txt into the active MLflow run (artifact path `export`)."""
     import mlflow

@@ -25,7 +25,7 @@ from pipeline import gates
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, InputRejected
-from pipeline.export.artifacts import FORMAT, log_files, publish, speed_metrics, write_onnx
+from pipeline.export.artifacts import FORMAT, log_files, publish, speed_metrics, speed_summary, write_onnx
 from pipeline.gates import Failure
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,6 @@ def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
 def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]) -> dict:
     checks = report["checks"]
     parity = checks["parity"]
-    ratios = {b: row["ort_vs_eager_speedup"] for b, row in report["speed"]["batches"].items()}
-    largest = str(max(cfg.export.benchmark_batches))
     return {
         "format": report["format"], "task": "classification", "onnx": ctx.url("model.onnx"),
         "report": ctx.url("report.json"),
@@ -157,7 +155,7 @@ def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]
         "max_prob_abs_diff": checks["outputs"]["vs_pytorch"]["max_prob_abs_diff"],
         "tensorrt_ops_supported": checks["tensorrt_ops"]["passed"],
         **({"int8_accuracy_drop": checks["int8"]["parity"]["accuracy_drop"]} if "int8" in checks else {}),
-        "speed": {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)},
+        "speed": speed_summary(report, cfg.export.benchmark_batches),
         "onnx_mb": round(report["size"]["onnx_bytes"] / 1e6, 2),
         "sha256": deployed,
     }

@@ -34,7 +34,7 @@ from pipeline.gates import Failure
 from pipeline.spec import StageSpec
 
 SPEC = StageSpec(upstream=("train",), exclusive=True)  # exclusive: shared scratch space and outputs
-from pipeline.export.artifacts import FORMAT, log_files, publish, speed_metrics, write_onnx
+from pipeline.export.artifacts import FORMAT, log_files, publish, speed_metrics, speed_summary, write_onnx
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,6 @@ def _log_to_mlflow(cfg: Config, ctx: RunContext, out, report: dict) -> None:
 def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]) -> dict:
     checks = report["checks"]
     parity = checks["parity"]
-    ratios = {b: row["ort_vs_eager_speedup"] for b, row in report["speed"]["batches"].items()}
-    largest = str(max(cfg.export.benchmark_batches))
     return {
         "format": FORMAT, "onnx": ctx.url("model.onnx"), "report": ctx.url("report.json"),
         "parity": {"map_drop": parity["map_drop"], "ap_pytorch": parity["pytorch"]["AP"],
@@ -264,7 +262,7 @@ def _result(cfg: Config, ctx: RunContext, report: dict, deployed: dict[str, str]
         **{f"{fmt}_map_drop": checks[fmt]["parity"]["map_drop"] for fmt in ("int8", "tensorrt") if fmt in checks},
         **({"segm_parity": {k: checks["segm_parity"].get(k) for k in ("segm_ap_drop", "pytorch", "onnxruntime")},
             "mask_agreement": checks["masks"]["agree_fraction"]} if "masks" in checks else {}),
-        "speed": {"ort_vs_eager_batch1": ratios.get("1"), f"ort_vs_eager_batch{largest}": ratios.get(largest)},
+        "speed": speed_summary(report, cfg.export.benchmark_batches),
         "onnx_mb": round(report["size"]["onnx_bytes"] / 1e6, 2),
         "sha256": deployed,
     }
