@@ -114,8 +114,9 @@ def _docstring(modname: str) -> str:
 
 
 def _summary(name: str, doc: str) -> str:
-    """The first line of a command's docstring for the command list, without a leading "name:" of its own."""
-    line = doc.splitlines()[0] if doc else name
+    """The first paragraph of a command's docstring, on one line, for the command list, without a leading "name:"
+    of its own."""
+    line = " ".join(doc.split("\n\n")[0].split()) if doc else name
     for prefix in (f"{name}: ", f"{name}?: "):
         if line.startswith(prefix):
             line = line[len(prefix):]

@@ -1,4 +1,5 @@
-"""Generate a small deterministic synthetic detection dataset as a COCO export (annotations.json + images/).
+"""Generate a small deterministic synthetic dataset of any task (--task): a COCO export (annotations.json +
+images/) for detection and segmentation, an ImageFolder tree for classification.
 
 Shapes (circle, square, triangle) of random size, colour and position on a textured, noisy background,
 so a detector has something real to learn. With `segmentation=True` the same images are written as COCO

@@ -1,4 +1,5 @@
-"""compare: two runs' evaluate metrics side by side (the 12 COCO stats and per-class AP, with deltas).
+"""compare: two runs' evaluate metrics side by side, with deltas (the 12 COCO stats and per-class AP; masks too for
+segmentation runs; accuracy, top-k, macro F1 and per-class recall / F1 for classifiers).
 
     nightshift compare RUN_A RUN_B [--config FILE] [--set key=value ...]
 

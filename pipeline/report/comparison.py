@@ -1,4 +1,5 @@
-"""Challenger vs champion (or run A vs run B) as rows: the 12 COCO stats and per-class AP, with deltas.
+"""Challenger vs champion (or run A vs run B) as rows: the 12 COCO stats and per-class AP (box and, for
+segmentation runs, mask), with deltas.
 
 Shared by the HTML/Markdown report and `nightshift compare`, so both always show the same numbers.
 Every stat is "higher is better"; a delta is `new - base` and None when either side is missing.
@@ -67,7 +68,8 @@ def fmt_delta(value: float | None, digits: int = 3) -> str:
 
 def text_table(new: dict, base: dict | None, new_label: str, base_label: str, colour: bool = False) -> str:
     """A terminal table: the 12 stats, then per-class AP / AP50 (a classifier's: accuracy, top-k, macro F1, then
-    per-class recall / F1), each with `new - base`."""
+    per-class recall / F1; a segmentation run's box ones, then the 12 mask stats and per-class mask AP), each with
+    `new - base`."""
     paint = {"up": "\033[32m", "down": "\033[31m"} if colour else {}
     reset = "\033[0m" if colour else ""
 
@@ -91,4 +93,11 @@ def text_table(new: dict, base: dict | None, new_label: str, base_label: str, co
         rows = class_rows(new, base, key)
         if rows:
             lines += [""] + block(f"class {key}", rows, True)
+    # a segmentation run's mask metrics (`segm`) after its box ones, against the other run's masks
+    segm, base_segm = new.get("segm"), (base or {}).get("segm")
+    if segm:
+        lines += [""] + block("mask stat", stat_rows(segm, base_segm), False)
+        rows = class_rows(segm, base_segm, "AP")
+        if rows:
+            lines += [""] + block("class mask AP", rows, True)
     return "\n".join(lines)

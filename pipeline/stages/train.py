@@ -1,5 +1,7 @@
 """train: fit the model on the canonical dataset (DDP under torchrun when train.nproc_per_node > 1): a detector,
-or a classifier on a classification dataset (`"task": "classification"`; pipeline/training/classify.py).
+a Mask R-CNN on a segmentation dataset, or a classifier on a classification dataset.
+
+A classifier (`"task": "classification"`) is fitted by pipeline/training/classify.py.
 
 Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/model.pt (the format in
 docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id

@@ -51,3 +51,18 @@ def test_a_classifiers_table_speaks_accuracy_and_per_class_recall():
     for expected in ("accuracy", "top-2 accuracy", "macro F1", "class recall", "class f1", "-0.100", "+0.100"):
         assert expected in table, table
     assert "AP50" not in table and "class AP" not in table
+
+
+def test_a_segmentation_runs_table_adds_the_mask_stats_and_per_class_mask_ap():
+    from pipeline.report.comparison import text_table
+
+    box = {k: 0.5 for k in STAT_KEYS} | {"per_class": {"cell": {"AP": 0.5, "AP50": 0.8, "support": 7}}}
+    new = box | {"segm": {k: 0.4 for k in STAT_KEYS} | {"per_class": {"cell": {"AP": 0.42, "support": 7}}}}
+    base = box | {"segm": {k: 0.3 for k in STAT_KEYS} | {"per_class": {"cell": {"AP": 0.45}}}}
+    lines = text_table(new, base, "new", "base").splitlines()
+    masks = lines[lines.index(next(line for line in lines if line.startswith("mask stat"))):]
+    assert next(line for line in masks if line.startswith("AP ")).split() == ["AP", "0.300", "0.400", "+0.100"]
+    mask_ap = lines.index(next(line for line in lines if line.startswith("class mask AP")))
+    assert lines[mask_ap + 2].split() == ["cell", "0.450", "0.420", "-0.030", "7"]
+    # a detection run (no segm) has no mask blocks
+    assert not any(line.startswith("mask stat") for line in text_table(box, box, "new", "base").splitlines())
