@@ -191,7 +191,8 @@ def collect(cfg, start: datetime, end: datetime) -> dict:
             **outcome(results),
             "mlflow_run_id": mlrun.info.run_id if mlrun else None,
             "AP": metrics.get("eval_AP"), "AP50": metrics.get("eval_AP50"),
-            "per_class_AP": {k[len("eval_AP_"):]: v for k, v in metrics.items() if k.startswith("eval_AP_")},
+            "per_class_AP": _per_class(metrics, "eval_AP_"),
+            **run_metrics(metrics),
             "dataset_hash": tags.get("dataset_hash") or snapshot.dataset_hash,
             "images": ingest.images, "annotations": ingest.annotations,
             "per_class": {name: row.get("total") for name, row in (ingest.per_class or {}).items()},
@@ -217,6 +218,30 @@ def collect(cfg, start: datetime, end: datetime) -> dict:
                             if reproductions else None, "checks": reproductions},
         "data": _data_changes(runs),
     }
+
+
+# what a run of each task is judged on, as (MLflow metric, label on the page); the per-class figure's prefix and name
+HEADLINE = {"detection": (("eval_AP", "mAP"), ("eval_AP50", "mAP@0.5")),
+            "segmentation": (("eval_segm_AP", "mask mAP"), ("eval_segm_AP50", "mask mAP@0.5"), ("eval_AP", "box mAP")),
+            "classification": (("eval_accuracy", "accuracy"), ("eval_macro_f1", "macro F1"))}
+PER_CLASS = {"detection": ("eval_AP_", "AP"), "segmentation": ("eval_segm_AP_", "mask AP"),
+             "classification": ("eval_recall_", "recall")}
+_NOT_A_CLASS = re.compile(r"^drop_ci_(low|high)$")  # eval_AP_drop_ci_low is the regression interval, not a class
+
+
+def _per_class(metrics: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in metrics.items()
+            if k.startswith(prefix) and not _NOT_A_CLASS.match(k[len(prefix):])}
+
+
+def run_metrics(metrics: dict) -> dict:
+    """A run's task (read from which metrics its evaluate logged), its headline metrics ({label: value}, in the
+    order the page shows them) and its per-class figure (`class_metric`: AP, mask AP or recall, per class)."""
+    task = ("classification" if "eval_accuracy" in metrics else
+            "segmentation" if "eval_segm_AP" in metrics else "detection")
+    prefix, name = PER_CLASS[task]
+    return {"task": task, "headline": {label: metrics[k] for k, label in HEADLINE[task] if k in metrics},
+            "class_metric": name, "per_class_metric": _per_class(metrics, prefix)}
 
 
 def _pipeline_mlruns(client, exp_id: str, start: datetime, end: datetime) -> dict:
@@ -375,27 +400,30 @@ def plots(week: dict) -> list[dict]:
     from matplotlib import pyplot as plt
 
     out = []
-    runs = [r for r in week["runs"] if r["AP"] is not None]
+    runs = [r for r in week["runs"] if r.get("headline")]
     labels = [r["run_id"] for r in runs]
     if runs:
+        # every task's headline metrics (a week may hold a detector's and a classifier's runs side by side)
         fig, ax = plt.subplots(figsize=(7, 3), dpi=90)
-        for key in ("AP", "AP50"):
-            ax.plot(labels, [r[key] for r in runs], marker="o", label=key)
+        for key in dict.fromkeys(k for r in runs for k in r["headline"]):
+            ax.plot(labels, [r["headline"].get(key) for r in runs], marker="o", label=key)
         for i, r in enumerate(runs):
             if r["outcome"] == "promoted":
-                ax.annotate(f"v{r.get('version')}", (i, r["AP"]), textcoords="offset points", xytext=(0, 6),
-                            fontsize=7, ha="center")
+                ax.annotate(f"v{r.get('version')}", (i, next(iter(r["headline"].values()))),
+                            textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
         ax.set_ylim(0, 1)
-        ax.set_title("Overall mAP per evaluated run", fontsize=10)
+        ax.set_title("Overall metrics per evaluated run", fontsize=10)
         ax.legend(fontsize=7)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         out.append({"title": "Overall metric trend", "uri": _png(fig)})
-        classes = sorted({c for r in runs for c in r["per_class_AP"]})
+        kinds = sorted({r["class_metric"] for r in runs})
+        series = sorted({(c, r["class_metric"]) for r in runs for c in r["per_class_metric"]})
         fig, ax = plt.subplots(figsize=(7, 3), dpi=90)
-        for c in classes:
-            ax.plot(labels, [r["per_class_AP"].get(c) for r in runs], marker=".", label=c)
+        for c, kind in series:
+            ax.plot(labels, [r["per_class_metric"].get(c) if r["class_metric"] == kind else None for r in runs],
+                    marker=".", label=c if len(kinds) == 1 else f"{c} ({kind})")
         ax.set_ylim(0, 1)
-        ax.set_title("Per-class AP per evaluated run", fontsize=10)
+        ax.set_title(f"Per-class {' / '.join(kinds)} per evaluated run", fontsize=10)
         ax.legend(fontsize=7, ncol=3)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         out.append({"title": "Per-class metric trend", "uri": _png(fig)})
@@ -418,7 +446,7 @@ def plots(week: dict) -> list[dict]:
             values = [r["per_class"].get(c) or 0 for r in data]
             ax.bar([r["run_id"] for r in data], values, bottom=bottom, label=c)
             bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_title("Boxes per class per ingested run", fontsize=10)
+        ax.set_title("Annotations per class per ingested run (boxes, masks or image labels)", fontsize=10)
         ax.legend(fontsize=7, ncol=3)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         out.append({"title": "Data: class counts", "uri": _png(fig)})

@@ -293,6 +293,29 @@ def test_outcome_of_a_run_still_going_and_an_export_refusal():
     assert refused["outcome"] == "held" and refused["failed_checks"] == ["latency_p95_ms_max"]
 
 
+def test_each_tasks_runs_are_reported_on_their_own_metrics_and_classes():
+    from pipeline.metrics import classification_run, segm
+
+    det = weekly.run_metrics(evaluate.mlflow_metrics(_metrics(0.5)) | {"eval_AP_drop_ci_low": -0.02,
+                                                                       "eval_AP_drop_ci_high": 0.03})
+    assert det["task"] == "detection" and det["headline"] == {"mAP": 0.5, "mAP@0.5": 0.7}
+    assert set(det["per_class_metric"]) == set(CLASSES)  # the regression interval is not a class
+    masks = {"segm": {k: 0.3 for k in evaluate.STAT_KEYS} | {"per_class": {"cell": {"AP": 0.25, "AP50": 0.5}}}}
+    seg = weekly.run_metrics(evaluate.mlflow_metrics(_metrics(0.5)) | segm.mlflow_metrics(masks))
+    assert seg["task"] == "segmentation" and list(seg["headline"]) == ["mask mAP", "mask mAP@0.5", "box mAP"]
+    assert seg["class_metric"] == "mask AP" and seg["per_class_metric"] == {"cell": 0.25}
+    cls = weekly.run_metrics(classification_run.mlflow_metrics({
+        "accuracy": 0.9, "macro_f1": 0.8, "top_k": {}, "champion": None,
+        "per_class": {"cat": {"recall": 0.95, "f1": 0.9}, "dog": {"recall": 0.85, "f1": 0.7}}}))
+    assert cls["headline"] == {"accuracy": 0.9, "macro F1": 0.8}
+    assert cls["class_metric"] == "recall" and cls["per_class_metric"] == {"cat": 0.95, "dog": 0.85}
+    runs = [{"run_id": f"r{i}", "outcome": "promoted", "version": i, "per_class": {}, **m}
+            for i, m in enumerate((det, seg, cls))]
+    week = {"runs": runs, "inference": []}
+    figures = weekly.plots(week)
+    assert [f["title"] for f in figures] == ["Overall metric trend", "Per-class metric trend"]
+
+
 @pytest.mark.skipif(chromium() is None, reason="no chromium (make browser installs it)")
 def test_the_page_renders_in_a_browser_without_errors(week, tmp_path):
     data = weekly.collect(week, NOW - timedelta(days=7, hours=1), datetime.now(UTC) + timedelta(seconds=1))
