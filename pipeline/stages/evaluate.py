@@ -1,5 +1,5 @@
-"""evaluate: the trained model's metrics (and the champion's, on the same split) for the gate: COCO box and
-mask mAP, or a classifier's accuracy, top-k and macro F1.
+"""evaluate: the trained model's metrics, and the champion's on the same split, that the gate judges: COCO box
+and mask mAP, or a classifier's accuracy, top-k and macro F1.
 
 Predicts on `evaluate.split` of the ingested dataset, scores with COCO mAP (pycocotools' numbers), and writes
 `evaluate/metrics.json` (the 12 COCO stats, per class, precision/recall/F1 at `evaluate.score_threshold`,
