@@ -92,13 +92,6 @@ def test_help_lists_every_stage():
         assert stage in text
 
 
-def test_the_command_list_gives_each_commands_whole_first_paragraph():
-    """A summary that wraps in its docstring is listed whole, not cut at the end of the docstring's first line."""
-    text = " ".join(cli.build_parser(summary_only=True).format_help().split())
-    assert "a Mask R-CNN on a segmentation dataset, or a classifier on a classification dataset." in text
-    assert "an ImageFolder tree for classification." in text
-
-
 # -- the MLflow link a failed stage leaves for its alert -------------------------------------------------------
 
 def test_failed_stage_links_its_mlflow_run(fake_stage, capsys, nightshift_home):
