@@ -19,8 +19,9 @@ files, never by folder names alone:
 - kitti: `label_2/` beside `image_2/`, or `training/label_2/`;
 - imagefolder (classification): two or more class folders holding images (`cat/`, `dog/`), or split folders
   (`train/`, `val/`, `test/`) holding them; folders named only by split (`train2017/`) are not classes;
-- manifest (classification): a CSV whose header names an image column and a class column (`file,label`), or
-  a JSON list of such objects.
+- manifest (classification): a CSV whose header names an image (or image id) column and a class column
+  (`file,label`, Kaggle's `image_id,label`), a JSON list of such objects, or a JSON object mapping image files
+  to classes; Kaggle's `sample_submission.csv` is not one.
 
 Which formats `auto` looks for depends on `data.task` (`locate(..., task=)`): boxes and masks for detection
 and segmentation; class folders, manifests, Labelme flags and CVAT tags for classification. An export of the
