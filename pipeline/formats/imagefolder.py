@@ -11,9 +11,10 @@ The layout is split folders when every sub-folder is named by a split and holds 
 sub-folder is a class. A class is its folder's name; categories are numbered in name order. Each image gets
 one image-level annotation `{"id", "image_id", "category_id"}` (no box) with `source` naming the image file
 and its class folder, so a wrong label is fixed by moving that file. Hidden files and folders (`.DS_Store`,
-`.ipynb_checkpoints`) are ignored; a file that is not an image, an image outside any class folder and a class
-folder without images are skipped and listed in the quarantine report (never fatal). Fewer than two classes
-cannot train a classifier and reject the export. Symlinks leaving the export reject it too.
+`.ipynb_checkpoints`, `__MACOSX/`) and the files Windows leaves in folders (`Thumbs.db`, `desktop.ini`)
+are ignored; a file that is not an image, an image outside any class folder and a class folder without
+images are skipped and listed in the quarantine report (never fatal). Fewer than two classes cannot train a
+classifier and reject the export. Symlinks leaving the export reject it too.
 """
 from __future__ import annotations
 
@@ -27,11 +28,16 @@ from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, display, inside, prov
 log = logging.getLogger(__name__)
 
 SKIP_DIRS = {"__MACOSX", "__pycache__"}
+OS_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}  # Windows Explorer's, in any letter case
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name in SKIP_DIRS or name.lower() in OS_FILES
 SPLIT_FOLDERS = ("train", "training", "val", "valid", "validation", "test", "testing")  # split_of() knows each
 
 
 def _visible(p: Path) -> bool:
-    return not p.name.startswith(".") and p.name not in SKIP_DIRS
+    return not _hidden(p.name)
 
 
 def _subdirs(d: Path) -> list[Path]:
@@ -56,8 +62,8 @@ def _walk(folder: Path) -> list[Path]:
     """Every visible file under `folder` (hidden files and folders left out), in a stable order."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not _hidden(f)]
     return out
 
 

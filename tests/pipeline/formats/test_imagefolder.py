@@ -59,6 +59,9 @@ def test_split_folders_give_each_image_its_split(tmp_path):
 def test_hidden_files_are_ignored_other_files_and_empty_classes_reported(tmp_path):
     root = tree(tmp_path / "export", {"cat": 2, "dog": 2})
     (root / ".DS_Store").write_bytes(b"\0")
+    for junk in ("Thumbs.db", "desktop.ini", "cat/Thumbs.db", "dog/Desktop.ini"):  # what Windows Explorer leaves
+        (root / junk).write_bytes(b"\xd0\xcf\x11\xe0")
+    image(root / "__MACOSX" / "cat" / "._cat_0.jpg")
     image(root / "cat" / ".hidden.jpg")
     image(root / ".ipynb_checkpoints" / "x.jpg")
     (root / "cat" / "notes.txt").write_text("a cat")
