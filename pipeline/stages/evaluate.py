@@ -1,4 +1,4 @@
-"""evaluate: COCO metrics of the trained model (and of the champion, on the same split) for the gate.
+"""evaluate: the trained model's metrics (COCO mAP; a classifier's accuracy, F1) and the champion's, for the gate.
 
 Predicts on `evaluate.split` of the ingested dataset, scores with COCO mAP (pycocotools' numbers), and writes
 `evaluate/metrics.json` (the 12 COCO stats, per class, precision/recall/F1 at `evaluate.score_threshold`,

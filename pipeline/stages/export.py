@@ -1,4 +1,4 @@
-"""export: the trained detector to ONNX, verified against PyTorch and benchmarked.
+"""export: the trained model to ONNX, verified against PyTorch (parity on mAP, or accuracy) and benchmarked.
 
 Reads `train/model.pt` and the val split of `ingest/dataset/`. Writes `export/model.onnx` (input `images`
 float32 [B,3,S,S]; outputs `boxes` [B,D,4], `scores` [B,D], `labels` int64 [B,D], padded, dynamic batch),

@@ -1,5 +1,6 @@
-"""train: fit the model on the canonical dataset (DDP under torchrun when train.nproc_per_node > 1): a detector,
-or a classifier on a classification dataset (`"task": "classification"`; pipeline/training/classify.py).
+"""train: fit the detector, classifier or segmenter on the canonical dataset (DDP under torchrun when nproc > 1).
+
+A classifier trains on a classification dataset (`"task": "classification"`; pipeline/training/classify.py).
 
 Reads runs/<id>/ingest/dataset/ and the snapshot's dataset hash. Writes train/model.pt (the format in
 docs/architecture.md) and train/checkpoints/last.pt, from which a restarted stage with the same run id
