@@ -195,7 +195,7 @@ def test_real_labelme_classification_flags(capsys, tmp_path):
     """Labelme's own classification example (`labelme data_annotated --flags flags.txt`): each JSON's one true
     flag is its image's class."""
     src = _real("labelme-classification")
-    code, out, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", *CLS)
+    code, _, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", *CLS)
     assert code == 0, err
     expected = {}
     for f in sorted((src / "data_annotated").glob("*.json")):
@@ -214,7 +214,7 @@ def test_real_datumaro_kaggle_csv(capsys, tmp_path, manifest):
     export = tmp_path / "export"
     shutil.copytree(src / "images", export / "images")
     shutil.copyfile(src / manifest, export / manifest)
-    code, out, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "ds", *CLS)
+    code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "ds", *CLS)
     assert code == 0, err
     rows = [line.split(",") for line in (src / manifest).read_text().splitlines()[1:] if line]
     coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
