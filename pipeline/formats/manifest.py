@@ -4,7 +4,9 @@ CSV: a header row, then one row per image. The image column is the header among 
 `filename`, `image`, `path`, ...) or, when there is none, among ID_COLUMNS (`image_id`, `id`: Kaggle's
 `train.csv`); the class column among LABEL_COLUMNS (`label`, `class`, `category`, `target`, ...), an optional
 split column among SPLIT_COLUMNS (`split`, `subset`); header names are matched in any letter case, with spaces
-or hyphens for underscores (`Image Path`); other columns are ignored. Commas, semicolons or tabs separate the
+or hyphens for underscores (`Image Path`); other columns are ignored. Without a class column, one 0/1 column per
+class (Roboflow's multi-class `_classes.csv`: `filename, cat, dog` then `a.jpg, 1, 0`) gives each row the class
+marked 1; a row marking two is set aside, one marking none is skipped. Commas, semicolons or tabs separate the
 fields (as the header line shows); a UTF-8 byte-order mark is allowed.
 JSON: a list of objects (`[{"file": "a.jpg", "label": "cat"}, ...]`) or an object with such a list under
 `images`, with the same key names; or one object mapping each image file to its class (`{"a.jpg": "cat"}`).
@@ -93,25 +95,48 @@ def _csv_rows(text: str, name: str) -> tuple[list[Row], dict]:
     file_col = _image_column(header, name)
     label_col = _columns(header, LABEL_COLUMNS, "class", name)
     split_col = _columns(header, SPLIT_COLUMNS, "split", name)
-    for col, wanted, what in ((file_col, FILE_COLUMNS + ID_COLUMNS, "image"), (label_col, LABEL_COLUMNS, "class")):
-        if col is None:
-            raise InputRejected(f"no {what} column: the header needs one of {', '.join(wanted)} (found: "
-                                f"{', '.join(repr(h) for h in header)})", path=name, field="header")
+    records = [(k, reader.line_num, values) for k, values in enumerate(reader, start=1) if any(v.strip() for v in values)]
+    one_hot = _one_hot_columns(header, records, (file_col, split_col)) if label_col is None else []
+    for col, wanted, what in ((file_col, FILE_COLUMNS + ID_COLUMNS, "image"),
+                              (label_col or one_hot, LABEL_COLUMNS, "class")):
+        if not col:
+            raise InputRejected(f"no {what} column: the header needs one of {', '.join(wanted)}"
+                                + (" (or one 0/1 column per class)" if what == "class" else "")
+                                + f" (found: {', '.join(repr(h) for h in header)})", path=name, field="header")
+    label_name = label_col or f"one-hot columns {', '.join(one_hot)}"
     index = {col: header.index(col) for col in (file_col, label_col, split_col) if col is not None}
     rows = []
-    for k, values in enumerate(reader, start=1):
-        if not any(v.strip() for v in values):
-            continue  # blank line
-        where = f"row {k} (line {reader.line_num})"
+    for k, line, values in records:
+        where = f"row {k} (line {line})"
         row = Row(where, f"{where}: ", None, None)
         if len(values) != len(header):
             row.error = f"{len(values)} fields where the header has {len(header)}"
         else:
             row.file = values[index[file_col]].strip()
-            row.label = values[index[label_col]].strip()
             row.split = values[index[split_col]].strip() if split_col else None
+            if label_col:
+                row.label = values[index[label_col]].strip()
+            else:  # one-hot: the class is the column marked 1
+                marked = [c for c in one_hot if values[header.index(c)].strip() == "1"]
+                row.label = marked[0] if len(marked) == 1 else ""
+                if len(marked) > 1:
+                    row.error = f"{len(marked)} classes marked 1 ({', '.join(marked)}): one image, one class"
         rows.append(row)
-    return rows, {"file": file_col, "label": label_col, "split": split_col}
+    return rows, {"file": file_col, "label": label_name, "split": split_col}
+
+
+def _one_hot_columns(header: list[str], records: list, taken: tuple) -> list[str]:
+    """The class columns of a one-hot CSV (Roboflow's multi-class `_classes.csv`: `filename, cat, dog` then
+    `a.jpg, 1, 0`): every column but the image and split ones, when there are two or more and each holds only
+    0 and 1 in every row; else []."""
+    cols = [h for h in header if h and h not in taken]
+    if len(cols) < 2 or not records:
+        return []
+    at = [header.index(c) for c in cols]
+    for _, _, values in records:
+        if len(values) == len(header) and any(values[i].strip() not in ("0", "1") for i in at):
+            return []
+    return cols
 
 
 def _is_file_map(data) -> bool:

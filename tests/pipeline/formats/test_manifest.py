@@ -197,3 +197,34 @@ def test_a_json_object_mapping_files_to_classes(export):
     # ids as JSON numbers name their files as well
     (export / "labels.json").write_text(json.dumps([{"image_id": 2, "label": "cat"}, {"image_id": 3, "label": "dog"}]))
     assert [im["file_name"] for im in read(export).images] == ["images/2.jpg", "images/3.jpg"]
+
+
+def test_one_hot_columns_per_split_folder_as_roboflow_exports_them(tmp_path):
+    """Roboflow's multi-class classification export: `train/`, `valid/` each holding its images and a
+    `_classes.csv` of `filename, <class>, <class>` with 0/1 values (spaces after the commas). A row marking two
+    classes is set aside naming them, one marking none is skipped."""
+    root = tmp_path / "roboflow"
+    for split, rows in {"train": ["a.jpg, 1, 0", "b.jpg, 0, 1", "c.jpg, 1, 1", "d.jpg, 0, 0"],
+                        "valid": ["e.jpg, 0, 1", "f.jpg, 1, 0"]}.items():
+        for r in rows:
+            image(root / split / r.split(",")[0])
+        (root / split / "_classes.csv").write_text("filename, Tahap Awal, Telur Mati\n" + "\n".join(rows) + "\n")
+    found = locate(root, "auto", "roboflow", task="classification")
+    assert found.format == "manifest" and [p.name for p in found.parts] == ["train", "valid"]
+    assert "class column 'one-hot columns Tahap Awal, Telur Mati'" in found.reason
+    ds, _ = formats.locate_and_read("auto", root, origin="roboflow", task="classification")
+    names = {c["id"]: c["name"] for c in ds.categories}
+    assert [(im["file_name"], im["split"], names[a["category_id"]]) for im, a in zip(ds.images, ds.annotations)] == [
+        ("train/a.jpg", "train", "Tahap Awal"), ("train/b.jpg", "train", "Telur Mati"),
+        ("valid/e.jpg", "val", "Telur Mati"), ("valid/f.jpg", "val", "Tahap Awal")]
+    assert [(q["field"], q["reason"]) for q in ds.quarantine] == [
+        ("row 3 (line 4)", "2 classes marked 1 (Tahap Awal, Telur Mati): one image, one class")]
+    assert [s["field"] for s in ds.skipped] == ["row 4 (line 5): one-hot columns Tahap Awal, Telur Mati"]
+
+
+def test_columns_that_are_not_0_or_1_are_no_classes(export):
+    (export / "labels.csv").write_text("file,width,height\nimages/0.jpg,24,16\nimages/1.jpg,1,0\n")
+    with pytest.raises(InputRejected) as exc:
+        read(export)
+    assert exc.value.field == "header" and "no class column" in str(exc.value) and "one 0/1 column per class" in \
+        str(exc.value)

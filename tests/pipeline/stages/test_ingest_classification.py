@@ -220,3 +220,26 @@ def test_real_datumaro_kaggle_csv(capsys, tmp_path, manifest):
     coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
     assert _classes_by_file(coco) == {f"images/{Path(f).stem}.jpg": label for f, label in rows}
     assert f"image paths are relative to {export}/images/" in err
+
+
+def test_real_roboflow_multiclass_csv(capsys, tmp_path):
+    """A Roboflow multi-class classification export as a repository commits it: `train/`, `valid/`, `test/`,
+    each with its images and `_classes.csv` (`filename, <class>, ...` one-hot, spaces after the commas). Every
+    image gets the class marked 1, in its folder's split, and the dataset passes validation."""
+    src = _real("roboflow-egg-multiclass")
+    code, out, err = run(capsys, "ingest", "--run-id", "egg", "--source", src, "--set", "data.splits=source", *CLS)
+    assert code == 0, err
+    expected = {}
+    for split in ("train", "valid", "test"):
+        lines = (src / split / "_classes.csv").read_text().splitlines()
+        classes = [c.strip() for c in lines[0].split(",")[1:]]
+        for line in lines[1:]:
+            name, *marks = (v.strip() for v in line.split(","))
+            expected[f"{split}/{name}"] = classes[marks.index("1")]
+    coco = json.loads((Path(result_line(out)["dataset"].removeprefix("file://")) / "annotations.json").read_text())
+    assert _classes_by_file(coco) == expected and len(expected) == 662
+    assert {im["split"] for im in coco["images"]} == {"train", "val", "test"}
+    assert all(im["split"] == {"train": "train", "valid": "val", "test": "test"}[im["file_name"].split("/")[0]]
+               for im in coco["images"])
+    code, out, err = run(capsys, "validate", "--run-id", "egg", *CLS)
+    assert code == 0 and result_line(out)["passed"], err
