@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import posixpath
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -378,7 +379,8 @@ def _read_rows(ds: Dataset, path: Path, root: Path, origin: str, split: str | No
         if not label or not label.strip():
             ds.skip(name, label_field, "no class: image left out (not labelled)", rel)
             continue
-        entry["labels"].setdefault(label.strip(), row.where)
+        # composed Unicode (NFC), as imagefolder.class_name: `café` typed on a Mac is the same class
+        entry["labels"].setdefault(unicodedata.normalize("NFC", label.strip()), row.where)
     if added_suffix:
         log.info("manifest %s: %d rows name an image without its suffix (an id), each read as the one image file of "
                  "that name, e.g. %s", name, len(added_suffix), added_suffix[0])

@@ -145,3 +145,18 @@ def test_real_datumaro_imagenet_subsets():
     skipped = sorted(s["file"] for s in ds.skipped)
     assert [f for f in skipped if f.endswith(".jpg")] == [f"datumaro/{s}/label_0_2.jpg" for s in ("test", "train",
                                                                                                   "val")]
+
+
+def test_a_class_name_written_decomposed_on_a_mac_is_the_composed_one(tmp_path):
+    """macOS names folders in Unicode's decomposed form (`cafe` + U+0301), Linux and Windows composed (`café`):
+    one class, one name, whichever wrote the folder, and the same as a manifest's."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    root = tmp_path / "export"
+    image(root / decomposed / "0.jpg")
+    image(root / "tea" / "1.jpg")  # another class, so the export has two
+    image(root / composed / "2.jpg")  # a second folder here; the same one where the filesystem normalises names
+    ds = formats.read("imagefolder", root, task="classification")
+    assert [c["name"] for c in ds.categories] == [composed, "tea"]
+    assert {a["category_id"] for a, im in zip(ds.annotations, ds.images) if im["file_name"] != "tea/1.jpg"} == {1}
+    (root / "labels.csv").write_text(f"file,label\n{decomposed}/0.jpg,{decomposed}\ntea/1.jpg,tea\n")
+    assert [c["name"] for c in formats.read("manifest", root, task="classification").categories] == [composed, "tea"]
