@@ -21,7 +21,7 @@ files, never by folder names alone:
   (`train/`, `val/`, `test/`) holding them; folders named only by split (`train2017/`) are not classes;
 - manifest (classification): a CSV whose header names an image (or image id) column and a class column
   (`file,label`, Kaggle's `image_id,label`), a JSON list of such objects, or a JSON object mapping image files
-  to classes; Kaggle's `sample_submission.csv` is not one.
+  to classes, or a `.txt` image list of `<image> <class>` lines; Kaggle's `sample_submission.csv` is not one.
 
 Which formats `auto` looks for depends on `data.task` (`locate(..., task=)`): boxes and masks for detection
 and segmentation; class folders, manifests, Labelme flags and CVAT tags for classification. An export of the

@@ -10,6 +10,9 @@ marked 1; a row marking two is set aside, one marking none is skipped. Commas, s
 fields (as the header line shows); a UTF-8 byte-order mark is allowed.
 JSON: a list of objects (`[{"file": "a.jpg", "label": "cat"}, ...]`) or an object with such a list under
 `images`, with the same key names; or one object mapping each image file to its class (`{"a.jpg": "cat"}`).
+Image list (`.txt`, ImageNet's `train.txt`, Caffe, PaddleClas, MMPretrain): one `<image> <class>` a line; class
+indices are named by a `synsets.txt` / `labels.txt` / `classes.txt` beside it (one class a line, or PaddleClas'
+`<index> <class>` lines), an index it lacks sets the row aside; without one the indices are the class names.
 
 Image paths are relative to the manifest's folder (`/` or `\\` separators), or, when none of its rows is found
 there, to the one folder beside it (or at the export's top) that holds them: `labels.csv` + `images/`,
@@ -50,6 +53,8 @@ ID_COLUMNS = ("image_id", "imageid", "img_id", "id", "id_code")  # read only whe
 LABEL_COLUMNS = ("label", "class", "class_name", "classname", "category", "category_name", "label_name", "target")
 SPLIT_COLUMNS = ("split", "subset")
 SUFFIXES = (".csv", ".json")
+LIST_SUFFIX = ".txt"  # `<image> <class>` lines (ImageNet's train.txt, Caffe, PaddleClas, MMPretrain)
+NAMES_FILES = ("synsets.txt", "labels.txt", "classes.txt", "class_names.txt", "label_list.txt")  # index -> class
 
 
 @dataclass
@@ -201,12 +206,37 @@ def _json_rows(text: str, name: str) -> tuple[list[Row], dict]:
     return rows, {"file": file_key, "label": label_key, "split": split_key}
 
 
+def _list_rows(text: str, name: str) -> tuple[list[Row], dict]:
+    """An image list: one `<image> <class>` per line, split at the last space or tab (`cat/1.jpg 0`); its first
+    line must name an image file, or it is no manifest (YOLO label files, VOC ImageSets and class-name lists
+    are not)."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(None, 1)
+        row = Row(f"line {n}", f"line {n}: ", None, None)
+        if len(parts) == 2:
+            row.file, row.label = parts
+        else:
+            row.error = f"expected `<image> <class>`, got {line.strip()!r}"
+        rows.append(row)
+    if not rows or rows[0].error or PurePosixPath(rows[0].file.replace("\\", "/")).suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputRejected("not an image list: expected one `<image file> <class>` per line (e.g. `cat/1.jpg 0`)",
+                            path=name, field=rows[0].where if rows else "")
+    return rows, {"file": "image", "label": "class", "split": None}
+
+
+def _rows(path: Path, text: str, name: str) -> tuple[list[Row], dict]:
+    suffix = path.suffix.lower()
+    return (_json_rows if suffix == ".json" else _list_rows if suffix == LIST_SUFFIX else _csv_rows)(text, name)
+
+
 def manifest_columns(path: Path) -> dict | None:
-    """{"file", "label", "split"} column names when `path` is a manifest (CSV header or JSON keys), else None."""
+    """{"file", "label", "split"} column names when `path` is a manifest (CSV header, JSON keys, image list),
+    else None."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        reader = _json_rows if path.suffix.lower() == ".json" else _csv_rows
-        return reader(text, path.name)[1]
+        return _rows(path, path.read_text(encoding="utf-8-sig"), path.name)[1]
     except (InputRejected, OSError, UnicodeDecodeError, csv.Error, StopIteration):
         return None
 
@@ -226,7 +256,13 @@ def _candidates(d: Path) -> list[Path]:
 
 def manifests(d: Path) -> list[Path]:
     """The manifest files directly in `d` (what format detection looks for); submission templates are not."""
-    return [p for p in _candidates(d) if p.stat().st_size < 256 * 2**20 and manifest_columns(p) is not None]
+    try:
+        lists = [p for p in d.iterdir() if p.is_file() and p.suffix.lower() == LIST_SUFFIX
+                 and not p.name.startswith(".") and p.name.lower() not in NAMES_FILES]
+    except OSError:
+        lists = []
+    return [p for p in sorted(_candidates(d) + lists) if p.stat().st_size < 256 * 2**20
+            and manifest_columns(p) is not None]
 
 
 def _chosen(root: Path, origin: str) -> list[tuple[Path, str | None]]:
@@ -250,6 +286,43 @@ def _chosen(root: Path, origin: str) -> list[tuple[Path, str | None]]:
         raise InputRejected(f"several manifests ({', '.join(p.name for p in found)}): cannot tell which to read; "
                             "keep one, or name one per split (train.csv, val.csv, test.csv)", path=origin)
     return list(zip(found, splits))
+
+
+def _class_names(path: Path, root: Path) -> tuple[Path, dict[int, str]] | None:
+    """(the names file, {index: class}) beside an image list (or at the export's top): `synsets.txt` /
+    `labels.txt` / `classes.txt` with one class a line (index = line), or PaddleClas' `<index> <class>` lines."""
+    for folder in (path.parent, root):
+        for candidate in NAMES_FILES:
+            f = folder / candidate
+            if f.is_file() and inside(f, root):
+                lines = [ln.strip() for ln in f.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+                         if ln.strip()]
+                pairs = [ln.split(None, 1) for ln in lines]
+                if lines and all(len(pr) == 2 and pr[0].isdigit() for pr in pairs):
+                    return f, {int(i): n.strip() for i, n in pairs}
+                return f, dict(enumerate(lines))
+    return None
+
+
+def _name_indices(rows: list[Row], path: Path, root: Path, origin: str, name: str) -> None:
+    """An image list's class indices as class names from its names file; an index it lacks sets the row aside.
+    Without one (or with a class that is not an index) the labels are the classes as written, and the log says so."""
+    labelled = [r for r in rows if not r.error]
+    if not labelled or not all(str(r.label).isdigit() for r in labelled):
+        return
+    found = _class_names(path, root)
+    if found is None:
+        log.info("manifest %s: classes are indices and no %s is beside it: the indices are the class names", name,
+                 " / ".join(NAMES_FILES[:3]))
+        return
+    names_file, names = found
+    shown = display(origin, root, names_file)
+    for r in labelled:
+        if int(r.label) in names:
+            r.label = names[int(r.label)]
+        else:
+            r.error = f"class index {r.label} is not in {shown} ({len(names)} classes)"
+    log.info("manifest %s: class indices named by %s (%d classes)", name, shown, len(names))
 
 
 class _Images:
@@ -316,10 +389,12 @@ def _read_rows(ds: Dataset, path: Path, root: Path, origin: str, split: str | No
     except UnicodeDecodeError as exc:
         raise InputRejected(f"not UTF-8 text: {exc.reason}", path=name, field=f"byte {exc.start}") from None
     try:
-        rows, cols = (_json_rows if path.suffix.lower() == ".json" else _csv_rows)(text, name)
+        rows, cols = _rows(path, text, name)
     except csv.Error as exc:
         raise InputRejected(f"not a readable CSV: {exc}", path=name) from None
     ds.files.append(name)
+    if path.suffix.lower() == LIST_SUFFIX:
+        _name_indices(rows, path, root, origin, name)
     for row in rows:  # an id read from JSON as a number names its file too
         if isinstance(row.file, int) and not isinstance(row.file, bool):
             row.file = str(row.file)

@@ -228,3 +228,31 @@ def test_columns_that_are_not_0_or_1_are_no_classes(export):
         read(export)
     assert exc.value.field == "header" and "no class column" in str(exc.value) and "one 0/1 column per class" in \
         str(exc.value)
+
+
+def test_image_lists_with_class_indices_named_by_a_names_file(export, caplog):
+    """ImageNet / Caffe / MMPretrain lists: `train.txt` and `val.txt` of `<image> <index>` lines beside
+    `synsets.txt`; PaddleClas' `label_list.txt` of `<index> <name>` lines; an index the names file lacks is set
+    aside naming the line; a names file or a YOLO label file is no list."""
+    (export / "train.txt").write_text("images/0.jpg 1\nimages/1.jpg 0\n\nimages/2.jpg 7\n")
+    (export / "val.txt").write_text("images/3.jpg 1\n")
+    (export / "synsets.txt").write_text("n01440764 tench\ngolden retriever\n")
+    image(export / "labels" / "x.jpg")
+    (export / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # YOLO: not a list
+    assert locate(export, "auto", "export", task="classification").format == "manifest"
+    with caplog.at_level("INFO", logger="pipeline.formats.manifest"):
+        ds = read(export)
+    names = {c["id"]: c["name"] for c in ds.categories}
+    assert [(im["file_name"], im["split"], names[a["category_id"]]) for im, a in zip(ds.images, ds.annotations)] == [
+        ("images/0.jpg", "train", "golden retriever"), ("images/1.jpg", "train", "n01440764 tench"),
+        ("images/3.jpg", "val", "golden retriever")]
+    assert ds.quarantine == [{"file": "export/train.txt", "field": "line 4",
+                              "reason": "class index 7 is not in export/synsets.txt (2 classes)", "image": None}]
+    assert "manifest export/train.txt: class indices named by export/synsets.txt (2 classes)" in caplog.text
+    (export / "synsets.txt").unlink()
+    (export / "label_list.txt").write_text("0 daisy\n1 rose\n7 tulip\n")
+    assert sorted(c["name"] for c in read(export).categories) == ["daisy", "rose", "tulip"]
+    (export / "label_list.txt").unlink()
+    with caplog.at_level("INFO", logger="pipeline.formats.manifest"):
+        assert sorted(c["name"] for c in read(export).categories) == ["0", "1", "7"]
+    assert "classes are indices and no synsets.txt / labels.txt / classes.txt is beside it" in caplog.text

@@ -243,3 +243,26 @@ def test_real_roboflow_multiclass_csv(capsys, tmp_path):
                for im in coco["images"])
     code, out, err = run(capsys, "validate", "--run-id", "egg", *CLS)
     assert code == 0 and result_line(out)["passed"], err
+
+
+def test_real_datumaro_image_lists(capsys, tmp_path):
+    """Datumaro's ImageNet-txt asset (`train.txt` of `<image> <index>` lines, `synsets.txt`, `images/` holding 2
+    of the 4 listed images) and its Kaggle image-txt asset (`ann.txt` of `<image> <class>` beside `images/`)."""
+    src = _real("datumaro-imagenet-txt") / "basic"
+    code, _, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", *CLS)
+    assert code == 3 and "train.txt: line 3: image: no such image file '3.jpg' (paths are relative to" in err
+    code, _, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set",
+                       "validate.max_bad_fraction=0.5", *CLS)
+    assert code == 0, err
+    synsets = (src / "synsets.txt").read_text().split()
+    rows = [line.split() for line in (src / "train.txt").read_text().splitlines() if line.strip()]
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert _classes_by_file(coco) == {f"images/{f}": synsets[int(i)] for f, i in rows if (src / "images" / f).is_file()}
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(_real("datumaro-kaggle-image-txt") / "images", kaggle / "images")
+    shutil.copyfile(_real("datumaro-kaggle-image-txt") / "ann.txt", kaggle / "ann.txt")
+    code, _, err = run(capsys, "ingest", "--source", kaggle, "--out", tmp_path / "ds2", *CLS)
+    assert code == 0, err
+    rows = [line.split() for line in (kaggle / "ann.txt").read_text().splitlines() if line.strip()]
+    coco = json.loads((tmp_path / "ds2" / "annotations.json").read_text())
+    assert _classes_by_file(coco) == {f"images/{f}": label for f, label in rows}
