@@ -325,9 +325,12 @@ def locate(top: Path, fmt: str, origin: str, task: str = "detection") -> Found:
     # e.g. an annotations.json that does not parse: the COCO reader says where
     if _files(top, ".json") and task != "classification":
         return Found("coco", top, "JSON files at the top and nothing else recognised: read as COCO")
-    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below (see "
-                        "pipeline/formats/layout.py for the layouts each format is recognised by)", path=origin,
-                        field="data.source")
+    looked_for = ("class folders (<class>/<image> or <split>/<class>/<image>), a CSV/JSON manifest or image list "
+                  "naming each image's class, Labelme flags or CVAT tags" if task == "classification" else
+                  f"{', '.join(DETECTION_FORMATS)} exports")
+    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below: looked for "
+                        f"{looked_for} (data.task={task}; pipeline/formats/layout.py lists the layouts each format is "
+                        "recognised by)", path=origin, field="data.source")
 
 
 def _first_match(top: Path, probes: dict) -> Found | None:

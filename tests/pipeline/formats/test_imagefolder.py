@@ -160,3 +160,15 @@ def test_a_class_name_written_decomposed_on_a_mac_is_the_composed_one(tmp_path):
     assert {a["category_id"] for a, im in zip(ds.annotations, ds.images) if im["file_name"] != "tea/1.jpg"} == {1}
     (root / "labels.csv").write_text(f"file,label\n{decomposed}/0.jpg,{decomposed}\ntea/1.jpg,tea\n")
     assert [c["name"] for c in formats.read("manifest", root, task="classification").categories] == [composed, "tea"]
+
+
+def test_images_without_classes_say_what_a_classification_export_looks_like(tmp_path):
+    """A folder of images with no class folders and no manifest: the refusal says what was looked for."""
+    for i in range(3):
+        image(tmp_path / "flat" / f"{i}.jpg")
+    with pytest.raises(InputRejected) as exc:
+        locate(tmp_path / "flat", "auto", "flat", task="classification")
+    assert exc.value.field == "data.source" and "looked for class folders (<class>/<image> or " \
+        "<split>/<class>/<image>), a CSV/JSON manifest or image list naming each image's class" in str(exc.value)
+    with pytest.raises(InputRejected, match="looked for coco, voc, yolo, labelme, cvat, kitti exports"):
+        locate(tmp_path / "flat", "auto", "flat", task="detection")
