@@ -82,8 +82,10 @@ def _columns(header: list[str], wanted: tuple[str, ...], what: str, name: str) -
 
 
 def _image_column(header: list[str], name: str) -> str | None:
-    """The image column: a file column, else an id column (`image_id`, `id`) when the header has no file column."""
-    return _columns(header, FILE_COLUMNS, "image", name) or _columns(header, ID_COLUMNS, "image id", name)
+    """The image column: a file column, else an id column when the header has no file column (the first in
+    ID_COLUMNS' order: `image_id` before a row's own `id`)."""
+    ids = [h for wanted in ID_COLUMNS for h in header if isinstance(h, str) and _key(h) == wanted]
+    return _columns(header, FILE_COLUMNS, "image", name) or (ids[0] if ids else None)
 
 
 def _delimiter(line: str) -> str:

@@ -176,6 +176,8 @@ def test_an_id_naming_two_files_is_set_aside_and_a_file_column_wins_over_an_id_c
     assert ds.quarantine[0]["reason"] == "'images/0' could be 0.jpg or 0.png: name the file with its suffix"
     (export / "labels.csv").write_text("id,file,label\n7,images/2.jpg,cat\n8,images/3.jpg,dog\n")
     assert [im["file_name"] for im in read(export).images] == ["images/2.jpg", "images/3.jpg"]
+    (export / "labels.csv").write_text("id,image_id,label\n7,images/2,cat\n8,images/3,dog\n")  # the image's id
+    assert [im["file_name"] for im in read(export).images] == ["images/2.jpg", "images/3.jpg"]
 
 
 def test_paths_relative_to_an_images_folder_with_semicolons_crlf_and_blank_lines(export):
