@@ -20,6 +20,13 @@ REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or next(
     ROOT / "shared" / "fixtures" / "real"))
 
 
+def _real(name: str) -> Path:
+    src = REAL_DIR / name
+    if not src.is_dir():
+        pytest.skip(f"real export {name!r} not here: expected {src}")
+    return src
+
+
 def run(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -132,9 +139,7 @@ def test_manifest_rows_naming_missing_images(capsys, folders_30, tmp_path):
 def test_real_datumaro_export_and_a_manifest_over_it(capsys, tmp_path):
     """Datumaro's ImageNet-layout export (MIT, shared/fixtures/real): split folders kept; its identical images in
     several splits are flagged; a CSV manifest written over some of its images reads the same classes."""
-    src = REAL_DIR / "datumaro-imagenet-subsets"
-    if not src.is_dir():
-        pytest.skip(f"real export 'datumaro-imagenet-subsets' not here: expected {src}")
+    src = _real("datumaro-imagenet-subsets")
     code, out, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set", "data.splits=source",
                          *CLS)
     assert code == 0, err
@@ -156,13 +161,6 @@ def test_real_datumaro_export_and_a_manifest_over_it(capsys, tmp_path):
     assert result["format"] == "manifest" and result["images"] == 3
     assert {c["name"]: v["train"] for c, v in zip(result["categories"], result["per_class"].values())} == \
         {"label_0": 2, "label_1": 1}
-
-
-def _real(name: str) -> Path:
-    src = REAL_DIR / name
-    if not src.is_dir():
-        pytest.skip(f"real export {name!r} not here: expected {src}")
-    return src
 
 
 def _classes_by_file(coco: dict) -> dict:
