@@ -1,4 +1,4 @@
-"""Image-classification labels listed in a manifest: a CSV file, or a JSON list, naming each image and its class.
+"""Image-classification labels listed in a manifest: a CSV, JSON or image-list file naming each image's class.
 
 CSV: a header row, then one row per image. The image column is the header among FILE_COLUMNS (`file`,
 `filename`, `image`, `path`, ...) or, when there is none, among ID_COLUMNS (`image_id`, `id`: Kaggle's
@@ -103,7 +103,8 @@ def _csv_rows(text: str, name: str) -> tuple[list[Row], dict]:
     file_col = _image_column(header, name)
     label_col = _columns(header, LABEL_COLUMNS, "class", name)
     split_col = _columns(header, SPLIT_COLUMNS, "split", name)
-    records = [(k, reader.line_num, values) for k, values in enumerate(reader, start=1) if any(v.strip() for v in values)]
+    records = [(k, reader.line_num, values) for k, values in enumerate(reader, start=1)
+               if any(v.strip() for v in values)]  # blank lines (a spreadsheet's trailing ones) are no rows
     one_hot = _one_hot_columns(header, records, (file_col, split_col)) if label_col is None else []
     for col, wanted, what in ((file_col, FILE_COLUMNS + ID_COLUMNS, "image"),
                               (label_col or one_hot, LABEL_COLUMNS, "class")):
@@ -223,9 +224,11 @@ def _list_rows(text: str, name: str) -> tuple[list[Row], dict]:
         else:
             row.error = f"expected `<image> <class>`, got {line.strip()!r}"
         rows.append(row)
-    if not rows or rows[0].error or PurePosixPath(rows[0].file.replace("\\", "/")).suffix.lower() not in IMAGE_SUFFIXES:
+    first = rows[0] if rows else None
+    if first is None or first.error or PurePosixPath(first.file.replace("\\", "/")).suffix.lower() \
+            not in IMAGE_SUFFIXES:
         raise InputRejected("not an image list: expected one `<image file> <class>` per line (e.g. `cat/1.jpg 0`)",
-                            path=name, field=rows[0].where if rows else "")
+                            path=name, field=first.where if first else "")
     return rows, {"file": "image", "label": "class", "split": None}
 
 
@@ -278,9 +281,10 @@ def _chosen(root: Path, origin: str) -> list[tuple[Path, str | None]]:
         candidates = _candidates(root)
         if len(candidates) == 1:  # read it anyway: its reader names what is wrong with it
             return [(candidates[0], None)]
+        none_is = f"; none of {', '.join(p.name for p in candidates)} is one" if candidates else ""
         raise InputRejected("no manifest: expected a CSV with a header like file,label or image_id,label (or a JSON "
-                            "list of {\"file\": ..., \"label\": ...}, or {\"a.jpg\": \"cat\", ...})" + (f"; none of {', '.join(p.name for p in candidates)} "
-                                                                  "is one" if candidates else ""), path=origin)
+                            "list of {\"file\": ..., \"label\": ...}, or {\"a.jpg\": \"cat\", ...}, or a .txt of "
+                            "`<image> <class>` lines)" + none_is, path=origin)
     if len(found) == 1:
         return [(found[0], split_of(found[0].stem))]  # `train.csv` alone: its rows are the train split
     splits = [split_of(p.stem) for p in found]
