@@ -40,7 +40,8 @@ def read_rgb(path: str | Path) -> Tensor:
     """uint8 [3, H, W] RGB; grey, palette, RGBA, CMYK and 16-bit images become 8-bit RGB.
 
     torchvision.io decodes JPEG, PNG, WebP and GIF; BMP and TIFF, which exports hold and ingest accepts
-    (formats.base.IMAGE_SUFFIXES), go through Pillow. A 16-bit PNG keeps its high byte, as Pillow does.
+    (formats.base.IMAGE_SUFFIXES), go through Pillow. A 16-bit grey keeps its high byte (Pillow's own RGB
+    conversion would clip it at 255).
     """
     try:
         img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)

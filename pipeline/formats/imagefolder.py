@@ -11,11 +11,11 @@ The layout is split folders when every sub-folder is named by a split and holds 
 sub-folder is a class. A class is its folder's name (in Unicode's composed form, NFC, whichever machine
 wrote it); categories are numbered in name order. Each image gets one image-level annotation `{"id",
 "image_id", "category_id"}` (no box) with `source` naming the image file and its class folder, so a wrong
-label is fixed by moving that file. Hidden files and folders (`.DS_Store`,
-`.ipynb_checkpoints`, `__MACOSX/`) and the files Windows leaves in folders (`Thumbs.db`, `desktop.ini`)
-are ignored; a file that is not an image, an image outside any class folder and a class folder without
-images are skipped and listed in the quarantine report (never fatal). Fewer than two classes cannot train a
-classifier and reject the export. Symlinks leaving the export reject it too.
+label is fixed by moving that file. Hidden files and folders (`.DS_Store`, `.ipynb_checkpoints`, `__MACOSX/`)
+and the files Windows leaves in folders (`Thumbs.db`, `desktop.ini`) are ignored; a file that is not an image,
+an image outside any class folder and a class folder without images are skipped and listed in the quarantine
+report (never fatal). Fewer than two classes cannot train a classifier and reject the export. Symlinks
+leaving the export reject it too.
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 
 SKIP_DIRS = {"__MACOSX", "__pycache__"}
 OS_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}  # Windows Explorer's, in any letter case
+SPLIT_FOLDERS = ("train", "training", "val", "valid", "validation", "test", "testing")  # split_of() knows each
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name in SKIP_DIRS or name.lower() in OS_FILES
-SPLIT_FOLDERS = ("train", "training", "val", "valid", "validation", "test", "testing")  # split_of() knows each
 
 
 def _visible(p: Path) -> bool:
