@@ -37,8 +37,32 @@ def split_coco(coco: dict, split: str | None) -> dict:
 
 
 def read_rgb(path: str | Path) -> Tensor:
-    """uint8 [3, H, W] RGB; grey, palette and RGBA images become RGB."""
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    """uint8 [3, H, W] RGB; grey, palette, RGBA, CMYK and 16-bit images become 8-bit RGB.
+
+    torchvision.io decodes JPEG, PNG, WebP and GIF; BMP and TIFF, which exports hold and ingest accepts
+    (formats.base.IMAGE_SUFFIXES), go through Pillow. A 16-bit grey keeps its high byte (Pillow's own RGB
+    conversion would clip it at 255).
+    """
+    try:
+        img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        if "Unsupported image file" not in str(exc):
+            raise
+        return _read_rgb_pillow(path)
+    if img.dtype == torch.uint16:
+        img = (img.to(torch.int32) >> 8).to(torch.uint8)
+    return img
+
+
+def _read_rgb_pillow(path: str | Path) -> Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: Pillow's convert("RGB") would clip it
+            grey = (np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+            return torch.from_numpy(grey)[None].expand(3, -1, -1).contiguous()
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 def to_input(img: Tensor, image_size: int) -> Tensor:

@@ -8,17 +8,20 @@ Two layouts:
   keeps its folder's split (`split`), which ingest uses with `data.splits: source`.
 
 The layout is split folders when every sub-folder is named by a split and holds folders; otherwise every
-sub-folder is a class. A class is its folder's name; categories are numbered in name order. Each image gets
-one image-level annotation `{"id", "image_id", "category_id"}` (no box) with `source` naming the image file
-and its class folder, so a wrong label is fixed by moving that file. Hidden files and folders (`.DS_Store`,
-`.ipynb_checkpoints`) are ignored; a file that is not an image, an image outside any class folder and a class
-folder without images are skipped and listed in the quarantine report (never fatal). Fewer than two classes
-cannot train a classifier and reject the export. Symlinks leaving the export reject it too.
+sub-folder is a class. A class is its folder's name (in Unicode's composed form, NFC, whichever machine
+wrote it); categories are numbered in name order. Each image gets one image-level annotation `{"id",
+"image_id", "category_id"}` (no box) with `source` naming the image file and its class folder, so a wrong
+label is fixed by moving that file. Hidden files and folders (`.DS_Store`, `.ipynb_checkpoints`, `__MACOSX/`)
+and the files Windows leaves in folders (`Thumbs.db`, `desktop.ini`) are ignored; a file that is not an image,
+an image outside any class folder and a class folder without images are skipped and listed in the quarantine
+report (never fatal). Fewer than two classes cannot train a classifier and reject the export. Symlinks
+leaving the export reject it too.
 """
 from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from pipeline.errors import InputRejected
@@ -27,11 +30,16 @@ from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, display, inside, prov
 log = logging.getLogger(__name__)
 
 SKIP_DIRS = {"__MACOSX", "__pycache__"}
+OS_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}  # Windows Explorer's, in any letter case
 SPLIT_FOLDERS = ("train", "training", "val", "valid", "validation", "test", "testing")  # split_of() knows each
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name in SKIP_DIRS or name.lower() in OS_FILES
+
+
 def _visible(p: Path) -> bool:
-    return not p.name.startswith(".") and p.name not in SKIP_DIRS
+    return not _hidden(p.name)
 
 
 def _subdirs(d: Path) -> list[Path]:
@@ -56,8 +64,8 @@ def _walk(folder: Path) -> list[Path]:
     """Every visible file under `folder` (hidden files and folders left out), in a stable order."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not _hidden(f)]
     return out
 
 
@@ -80,6 +88,12 @@ def class_folders_with_images(d: Path, limit: int = 20) -> list[str]:
     return out
 
 
+def class_name(folder: str) -> str:
+    """A class folder's name as a class: in Unicode's composed form (NFC). macOS writes `café` decomposed (`e` +
+    U+0301), Linux and Windows composed: the same class from either machine keeps one name and one label-map id."""
+    return unicodedata.normalize("NFC", folder)
+
+
 def _read_classes(ds: Dataset, base: Path, root: Path, origin: str, split: str | None, found: dict) -> None:
     """Images of the class folders under `base` into `found` (class -> [(path, split)]); reports what is skipped."""
     for f in _files(base):
@@ -97,7 +111,7 @@ def _read_classes(ds: Dataset, base: Path, root: Path, origin: str, split: str |
                 ds.skip(display(origin, root, f), "file", f"not an image (suffix {f.suffix or 'none'!r}): skipped",
                         None)
                 continue
-            found.setdefault(folder.name, []).append((f, split))
+            found.setdefault(class_name(folder.name), []).append((f, split))
             images += 1
         if not images:
             ds.skip(display(origin, root, folder), "folder", f"class folder {folder.name!r} holds no images: "

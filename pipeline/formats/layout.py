@@ -19,8 +19,9 @@ files, never by folder names alone:
 - kitti: `label_2/` beside `image_2/`, or `training/label_2/`;
 - imagefolder (classification): two or more class folders holding images (`cat/`, `dog/`), or split folders
   (`train/`, `val/`, `test/`) holding them; folders named only by split (`train2017/`) are not classes;
-- manifest (classification): a CSV whose header names an image column and a class column (`file,label`), or
-  a JSON list of such objects.
+- manifest (classification): a CSV whose header names an image (or image id) column and a class column
+  (`file,label`, Kaggle's `image_id,label`), a JSON list of such objects, or a JSON object mapping image files
+  to classes, or a `.txt` image list of `<image> <class>` lines; Kaggle's `sample_submission.csv` is not one.
 
 Which formats `auto` looks for depends on `data.task` (`locate(..., task=)`): boxes and masks for detection
 and segmentation; class folders, manifests, Labelme flags and CVAT tags for classification. An export of the
@@ -324,9 +325,12 @@ def locate(top: Path, fmt: str, origin: str, task: str = "detection") -> Found:
     # e.g. an annotations.json that does not parse: the COCO reader says where
     if _files(top, ".json") and task != "classification":
         return Found("coco", top, "JSON files at the top and nothing else recognised: read as COCO")
-    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below (see "
-                        "pipeline/formats/layout.py for the layouts each format is recognised by)", path=origin,
-                        field="data.source")
+    looked_for = ("class folders (<class>/<image> or <split>/<class>/<image>), a CSV/JSON manifest or image list "
+                  "naming each image's class, Labelme flags or CVAT tags" if task == "classification" else
+                  f"{', '.join(DETECTION_FORMATS)} exports")
+    raise InputRejected(f"no supported format found here or up to {MAX_DEPTH} folders below: looked for "
+                        f"{looked_for} (data.task={task}; pipeline/formats/layout.py lists the layouts each format is "
+                        "recognised by)", path=origin, field="data.source")
 
 
 def _first_match(top: Path, probes: dict) -> Found | None:

@@ -82,22 +82,33 @@ def _link_stays_inside(member_path: str, target: str) -> bool:
     return not (resolved == ".." or resolved.startswith("../"))
 
 
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as its tool wrote it. Zip tools that do not set the UTF-8 flag (Info-ZIP's zip, Windows'
+    "compressed folder") mostly still write UTF-8 bytes, which zipfile reads as cp437: `café/` would become
+    `caf├⌐/`, a class folder under a wrong name. Such a name is read as UTF-8 when its bytes are valid UTF-8."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
+
+
 def _extract_zip(path: Path, dest: Path, label: str, limits: Limits) -> None:
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
         _check_totals(label, [i.file_size for i in infos], limits)
-        for info in infos:  # check every member before writing any
-            rel = _check_member(label, info.filename)
+        names = [_zip_name(info) for info in infos]
+        for info, name in zip(infos, names):  # check every member before writing any
+            rel = _check_member(label, name)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 target = zf.read(info).decode("utf-8", "replace")
                 if not _link_stays_inside(rel, target):
-                    raise InputRejected(f"symlink to {target!r} leaves the archive's tree", path=label,
-                                        field=info.filename)
-                raise InputRejected("symlinks are not accepted in dataset archives", path=label, field=info.filename)
-        for info in infos:
-            rel = _check_member(label, info.filename)
-            out = dest / rel
+                    raise InputRejected(f"symlink to {target!r} leaves the archive's tree", path=label, field=name)
+                raise InputRejected("symlinks are not accepted in dataset archives", path=label, field=name)
+        for info, name in zip(infos, names):
+            out = dest / _check_member(label, name)
             if info.is_dir():
                 out.mkdir(parents=True, exist_ok=True)
                 continue

@@ -1,4 +1,4 @@
-"""Read a dataset export (COCO, Pascal VOC, YOLO, Labelme, CVAT, KITTI) and write the canonical COCO dataset.
+"""Read a dataset export (COCO, VOC, YOLO, Labelme, CVAT, KITTI; class folders, CSV/JSON manifests) as a canonical set.
 
 The source (`data.source`, or --source) is a directory, a .zip / .tar / .tar.gz archive (extracted safely)
 or an s3://bucket/prefix; empty means the generated demo set. The export may sit up to two folders below
@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="export to read: a directory, .zip/.tar/.tar.gz or s3://bucket/prefix "
                                          "(sets data.source; empty = the generated demo set)")
     parser.add_argument("--format", choices=FORMAT_CHOICES, help="annotation format of the export (sets data.format; "
-                                                               "auto = detect it)")
+                                                               "auto = detect it; imagefolder = class folders and "
+                                                               "manifest = a CSV/JSON of file and class are "
+                                                               "classification's, as are Labelme flags and CVAT tags)")
     parser.add_argument("--out", help="without --run-id: directory to write the canonical dataset to "
                                       "(created only on success; a previous canonical dataset there is replaced)")
 

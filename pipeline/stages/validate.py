@@ -94,9 +94,10 @@ def run(cfg: Config, ctx) -> dict:
     result.update(report=ctx.url("report.json"), data_docs=ctx.url("data_docs/index.html"))
     if not report["passed"]:
         raise _rejection(report, ctx.url("dataset", stage="ingest"), result)
-    if report["warnings"]:
+    if report["warnings"]:  # each with its first example, so the log says which class or image
+        examples = {r["name"]: r.get("examples") or [] for r in report["results"]}
         log.warning("warnings (drift ones compared with the last snapshot %s): %s", report["previous_snapshot"],
-                    ", ".join(report["warnings"]))
+                    "; ".join(f"{w} (e.g. {examples[w][0]})" if examples.get(w) else w for w in report["warnings"]))
     log.info("all %d checks passed (%d warnings)", report["checks"], len(report["warnings"]))
     return result
 

@@ -7,7 +7,9 @@ snapshot); box checks do not apply and do not run. In their place, over image-le
 - `labels` (one row per image): every image has exactly one label (`every_image_has_one_label`);
 - `annotations` (one row per label): label ids unique, every label belongs to an image and names a category;
 - `classes`: every class in use has at least `validate.min_annotations_per_class` train IMAGES
-  (`min_images_per_class`), classes declared but never used are a warning;
+  (`min_images_per_class`) and at least one val image (`classes_in_val`: evaluate's per-class metrics and
+  export's per-class recall parity are measured on val, a class without val images is not judged there),
+  classes declared but never used are a warning;
 - `summary`: largest / smallest class in images <= `validate.max_class_imbalance` (`class_balance`);
   both class statistics are warnings or failures as `validate.class_stats_action` says;
 - `conflicts` (one row per group of byte-identical images): copies of one image never carry different classes
@@ -82,12 +84,14 @@ def build_tables(tables: dict, coco: dict) -> dict:
     for c in coco["categories"]:
         row = counts["per_class"].get(c.get("name"), {})
         rows.append({"category_id": c.get("id"), "name": c.get("name"), "train_images": row.get("train", 0),
-                     "total_images": row.get("total", 0)})
-    classes = pd.DataFrame(rows, columns=["category_id", "name", "train_images", "total_images"])
+                     "val_images": row.get("val", 0), "total_images": row.get("total", 0)})
+    classes = pd.DataFrame(rows, columns=["category_id", "name", "train_images", "val_images", "total_images"])
     classes["used"] = classes["total_images"] > 0
     classes["train_images_if_used"] = classes["train_images"].where(classes["used"]).astype("float")
-    classes["where"] = [f"class {n!r} (id {i}): {t} train images, {a} in all" for n, i, t, a in
-                        zip(classes["name"], classes["category_id"], classes["train_images"], classes["total_images"])]
+    classes["val_images_if_used"] = classes["val_images"].where(classes["used"]).astype("float")
+    classes["where"] = [f"class {n!r} (id {i}): {t} train images, {v} val, {a} in all" for n, i, t, v, a in
+                        zip(classes["name"], classes["category_id"], classes["train_images"], classes["val_images"],
+                            classes["total_images"])]
     used = sorted((int(t), str(n)) for t, n, u in zip(classes["total_images"], classes["name"], classes["used"]) if u)
     ratio = used[-1][0] / used[0][0] if used else 1.0
     summary = pd.DataFrame([{"classes": len(classes), "used_classes": len(used),
@@ -147,6 +151,9 @@ def checks(detection: list[dict], coco: dict, cfg: ValidateConfig) -> list[dict]
         ("min_images_per_class", "classes", f"every class in use has >= {cfg.min_annotations_per_class} images in "
                                             "train (validate.min_annotations_per_class)", stats,
          E.ExpectColumnValuesToBeBetween(column="train_images_if_used", min_value=cfg.min_annotations_per_class)),
+        ("classes_in_val", "classes", "every class in use has at least one val image (evaluate's per-class metrics "
+                                      "and export's per-class recall parity are measured on val)", stats,
+         E.ExpectColumnValuesToBeBetween(column="val_images_if_used", min_value=1)),
         ("declared_classes_used", "classes", "every declared class has at least one image (unused ones are left out "
                                              "of the per-class minimum and the balance ratio)", "warning",
          E.ExpectColumnValuesToBeInSet(column="used", value_set=[True])),

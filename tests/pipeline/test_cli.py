@@ -92,6 +92,16 @@ def test_help_lists_every_stage():
         assert stage in text
 
 
+def test_help_names_every_task_where_the_stage_serves_several():
+    """A classification team reading `nightshift --help` finds its exports and its metrics, not detectors only."""
+    text = " ".join(cli.build_parser(summary_only=True).format_help().split())
+    assert "class folders, CSV/JSON manifests" in text
+    assert "a detector, a Mask R-CNN on a segmentation dataset, or a classifier" in text
+    assert "a classifier's accuracy" in text and "The trained model (detector, Mask R-CNN or classifier) to ONNX" in text
+    ingest = " ".join(cli.build_parser("ingest")._subparsers._group_actions[0].choices["ingest"].format_help().split())
+    assert "imagefolder = class folders and manifest = a CSV/JSON of file and class are classification's" in ingest
+
+
 # -- the MLflow link a failed stage leaves for its alert -------------------------------------------------------
 
 def test_failed_stage_links_its_mlflow_run(fake_stage, capsys, nightshift_home):

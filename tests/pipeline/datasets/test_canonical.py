@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.datasets.canonical import CanonicalDataset, collate, split_coco
+from pipeline.datasets.canonical import CanonicalDataset, collate, read_rgb, split_coco
 
 
 @pytest.fixture
@@ -97,3 +97,24 @@ def test_collate_keeps_lists(canonical):
     images, targets = collate([ds[0], ds[1]])
     assert len(images) == 2 and len(targets) == 2
     assert targets[0]["boxes"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("fmt, mode", [("BMP", "RGB"), ("BMP", "P"), ("TIFF", "RGB"), ("TIFF", "I;16"), ("PNG", "I;16"),
+                                       ("JPEG", "CMYK"), ("PNG", "P"), ("PNG", "LA"), ("WEBP", "RGBA")])
+def test_every_image_kind_ingest_accepts_reads_as_8_bit_rgb(tmp_path, fmt, mode):
+    """BMP and TIFF (which torchvision.io cannot decode) and 16-bit greys from real exports: uint8 RGB, the
+    picture's own values, never a crash in train or values above 1 in the model's input."""
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[:, :20] = (200, 100, 50)
+    grey16 = mode == "I;16"
+    picture = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257) if grey16 else Image.fromarray(rgb).convert(mode)
+    path = tmp_path / f"image.{fmt.lower()}"
+    picture.save(path, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    img = read_rgb(path)
+    assert img.dtype == torch.uint8 and tuple(img.shape) == (3, 30, 40)
+    with Image.open(path) as im:  # what Pillow shows: the 16-bit grey's high byte, else its RGB conversion
+        expected = np.repeat(rgb[..., :1], 3, axis=2) if grey16 else np.asarray(im.convert("RGB"))
+    diff = np.abs(img.permute(1, 2, 0).numpy().astype(int) - expected.astype(int))
+    assert int(diff.max()) <= (2 if fmt == "JPEG" else 0)  # two JPEG decoders may round differently
+    if mode in ("RGB", "RGBA", "I;16"):  # lossless and not quantised: the picture's own colour
+        assert tuple(img[:, 0, 0].tolist()) == ((200,) * 3 if grey16 else (200, 100, 50))

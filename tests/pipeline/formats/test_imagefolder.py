@@ -59,6 +59,9 @@ def test_split_folders_give_each_image_its_split(tmp_path):
 def test_hidden_files_are_ignored_other_files_and_empty_classes_reported(tmp_path):
     root = tree(tmp_path / "export", {"cat": 2, "dog": 2})
     (root / ".DS_Store").write_bytes(b"\0")
+    for junk in ("Thumbs.db", "desktop.ini", "cat/Thumbs.db", "dog/Desktop.ini"):  # what Windows Explorer leaves
+        (root / junk).write_bytes(b"\xd0\xcf\x11\xe0")
+    image(root / "__MACOSX" / "cat" / "._cat_0.jpg")
     image(root / "cat" / ".hidden.jpg")
     image(root / ".ipynb_checkpoints" / "x.jpg")
     (root / "cat" / "notes.txt").write_text("a cat")
@@ -142,3 +145,30 @@ def test_real_datumaro_imagenet_subsets():
     skipped = sorted(s["file"] for s in ds.skipped)
     assert [f for f in skipped if f.endswith(".jpg")] == [f"datumaro/{s}/label_0_2.jpg" for s in ("test", "train",
                                                                                                   "val")]
+
+
+def test_a_class_name_written_decomposed_on_a_mac_is_the_composed_one(tmp_path):
+    """macOS names folders in Unicode's decomposed form (`cafe` + U+0301), Linux and Windows composed (`café`):
+    one class, one name, whichever wrote the folder, and the same as a manifest's."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    root = tmp_path / "export"
+    image(root / decomposed / "0.jpg")
+    image(root / "tea" / "1.jpg")  # another class, so the export has two
+    image(root / composed / "2.jpg")  # a second folder here; the same one where the filesystem normalises names
+    ds = formats.read("imagefolder", root, task="classification")
+    assert [c["name"] for c in ds.categories] == [composed, "tea"]
+    assert {a["category_id"] for a, im in zip(ds.annotations, ds.images) if im["file_name"] != "tea/1.jpg"} == {1}
+    (root / "labels.csv").write_text(f"file,label\n{decomposed}/0.jpg,{decomposed}\ntea/1.jpg,tea\n")
+    assert [c["name"] for c in formats.read("manifest", root, task="classification").categories] == [composed, "tea"]
+
+
+def test_images_without_classes_say_what_a_classification_export_looks_like(tmp_path):
+    """A folder of images with no class folders and no manifest: the refusal says what was looked for."""
+    for i in range(3):
+        image(tmp_path / "flat" / f"{i}.jpg")
+    with pytest.raises(InputRejected) as exc:
+        locate(tmp_path / "flat", "auto", "flat", task="classification")
+    assert exc.value.field == "data.source" and "looked for class folders (<class>/<image> or " \
+        "<split>/<class>/<image>), a CSV/JSON manifest or image list naming each image's class" in str(exc.value)
+    with pytest.raises(InputRejected, match="looked for coco, voc, yolo, labelme, cvat, kitti exports"):
+        locate(tmp_path / "flat", "auto", "flat", task="detection")

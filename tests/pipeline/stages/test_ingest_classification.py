@@ -20,6 +20,13 @@ REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or next(
     ROOT / "shared" / "fixtures" / "real"))
 
 
+def _real(name: str) -> Path:
+    src = REAL_DIR / name
+    if not src.is_dir():
+        pytest.skip(f"real export {name!r} not here: expected {src}")
+    return src
+
+
 def run(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -132,9 +139,7 @@ def test_manifest_rows_naming_missing_images(capsys, folders_30, tmp_path):
 def test_real_datumaro_export_and_a_manifest_over_it(capsys, tmp_path):
     """Datumaro's ImageNet-layout export (MIT, shared/fixtures/real): split folders kept; its identical images in
     several splits are flagged; a CSV manifest written over some of its images reads the same classes."""
-    src = REAL_DIR / "datumaro-imagenet-subsets"
-    if not src.is_dir():
-        pytest.skip(f"real export 'datumaro-imagenet-subsets' not here: expected {src}")
+    src = _real("datumaro-imagenet-subsets")
     code, out, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set", "data.splits=source",
                          *CLS)
     assert code == 0, err
@@ -156,3 +161,106 @@ def test_real_datumaro_export_and_a_manifest_over_it(capsys, tmp_path):
     assert result["format"] == "manifest" and result["images"] == 3
     assert {c["name"]: v["train"] for c, v in zip(result["categories"], result["per_class"].values())} == \
         {"label_0": 2, "label_1": 1}
+
+
+def _classes_by_file(coco: dict) -> dict:
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    return {files[a["image_id"]]: names[a["category_id"]] for a in coco["annotations"]}
+
+
+def test_real_hymenoptera_photo_folders(capsys, tmp_path):
+    """The ants/bees photos of PyTorch's transfer-learning tutorial as a repository commits them
+    (`hymenoptera_data/{train,val}/{ants,bees}`, a subset): found one folder down, the split folders kept, every
+    photo's class its folder, `formica.jpeg` read and the Flickr placeholder `imageNotFound.gif` skipped, named."""
+    src = _real("hymenoptera")
+    code, out, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set", "data.splits=source",
+                         *CLS)
+    assert code == 0, err
+    result = result_line(out)
+    expected = {p.relative_to(src / "hymenoptera_data").as_posix(): p.parent.name
+                for p in (src / "hymenoptera_data").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")}
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert result["format"] == "imagefolder" and result["export_root"] == "hymenoptera_data"
+    assert _classes_by_file(coco) == expected
+    assert {im["file_name"]: im["split"] for im in coco["images"]} == {f: f.split("/")[0] for f in expected}
+    assert any(f.endswith("formica.jpeg") for f in expected)
+    report = json.loads(Path(result["quarantine_report"]).read_text())
+    assert [s["file"].rsplit("/", 1)[-1] for s in report["skipped"]] == ["imageNotFound.gif"]
+
+
+def test_real_labelme_classification_flags(capsys, tmp_path):
+    """Labelme's own classification example (`labelme data_annotated --flags flags.txt`): each JSON's one true
+    flag is its image's class."""
+    src = _real("labelme-classification")
+    code, _, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", *CLS)
+    assert code == 0, err
+    expected = {}
+    for f in sorted((src / "data_annotated").glob("*.json")):
+        doc = json.loads(f.read_text())
+        expected[doc["imagePath"]] = next(k for k, v in doc["flags"].items() if v and k != "__ignore__")
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert {k.rsplit("/", 1)[-1]: v for k, v in _classes_by_file(coco).items()} == expected == {"0001.jpg": "cat",
+                                                                                                "0002.jpg": "dog"}
+
+
+@pytest.mark.parametrize("manifest", ["ann.csv", "ann_wo_ext.csv"])
+def test_real_datumaro_kaggle_csv(capsys, tmp_path, manifest):
+    """Datumaro's Kaggle image-CSV assets: `image_name,label_name` naming files (with or without their suffix)
+    inside `images/` beside the CSV. The asset folder holds both CSVs; each is taken with the images alone."""
+    src = _real("datumaro-kaggle-image-csv")
+    export = tmp_path / "export"
+    shutil.copytree(src / "images", export / "images")
+    shutil.copyfile(src / manifest, export / manifest)
+    code, _, err = run(capsys, "ingest", "--source", export, "--out", tmp_path / "ds", *CLS)
+    assert code == 0, err
+    rows = [line.split(",") for line in (src / manifest).read_text().splitlines()[1:] if line]
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert _classes_by_file(coco) == {f"images/{Path(f).stem}.jpg": label for f, label in rows}
+    assert f"image paths are relative to {export}/images/" in err
+
+
+def test_real_roboflow_multiclass_csv(capsys, tmp_path):
+    """A Roboflow multi-class classification export as a repository commits it: `train/`, `valid/`, `test/`,
+    each with its images and `_classes.csv` (`filename, <class>, ...` one-hot, spaces after the commas). Every
+    image gets the class marked 1, in its folder's split, and the dataset passes validation."""
+    src = _real("roboflow-egg-multiclass")
+    code, out, err = run(capsys, "ingest", "--run-id", "egg", "--source", src, "--set", "data.splits=source", *CLS)
+    assert code == 0, err
+    expected = {}
+    for split in ("train", "valid", "test"):
+        lines = (src / split / "_classes.csv").read_text().splitlines()
+        classes = [c.strip() for c in lines[0].split(",")[1:]]
+        for line in lines[1:]:
+            name, *marks = (v.strip() for v in line.split(","))
+            expected[f"{split}/{name}"] = classes[marks.index("1")]
+    coco = json.loads((Path(result_line(out)["dataset"].removeprefix("file://")) / "annotations.json").read_text())
+    assert _classes_by_file(coco) == expected and len(expected) == 662
+    assert {im["split"] for im in coco["images"]} == {"train", "val", "test"}
+    assert all(im["split"] == {"train": "train", "valid": "val", "test": "test"}[im["file_name"].split("/")[0]]
+               for im in coco["images"])
+    code, out, err = run(capsys, "validate", "--run-id", "egg", *CLS)
+    assert code == 0 and result_line(out)["passed"], err
+
+
+def test_real_datumaro_image_lists(capsys, tmp_path):
+    """Datumaro's ImageNet-txt asset (`train.txt` of `<image> <index>` lines, `synsets.txt`, `images/` holding 2
+    of the 4 listed images) and its Kaggle image-txt asset (`ann.txt` of `<image> <class>` beside `images/`)."""
+    src = _real("datumaro-imagenet-txt") / "basic"
+    code, _, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", *CLS)
+    assert code == 3 and "train.txt: line 3: image: no such image file '3.jpg' (paths are relative to" in err
+    code, _, err = run(capsys, "ingest", "--source", src, "--out", tmp_path / "ds", "--set",
+                       "validate.max_bad_fraction=0.5", *CLS)
+    assert code == 0, err
+    synsets = (src / "synsets.txt").read_text().split()
+    rows = [line.split() for line in (src / "train.txt").read_text().splitlines() if line.strip()]
+    coco = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    assert _classes_by_file(coco) == {f"images/{f}": synsets[int(i)] for f, i in rows if (src / "images" / f).is_file()}
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(_real("datumaro-kaggle-image-txt") / "images", kaggle / "images")
+    shutil.copyfile(_real("datumaro-kaggle-image-txt") / "ann.txt", kaggle / "ann.txt")
+    code, _, err = run(capsys, "ingest", "--source", kaggle, "--out", tmp_path / "ds2", *CLS)
+    assert code == 0, err
+    rows = [line.split() for line in (kaggle / "ann.txt").read_text().splitlines() if line.strip()]
+    coco = json.loads((tmp_path / "ds2" / "annotations.json").read_text())
+    assert _classes_by_file(coco) == {f"images/{f}": label for f, label in rows}

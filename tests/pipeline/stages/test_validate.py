@@ -139,6 +139,8 @@ def test_drift_against_the_last_snapshot_warns_or_fails_as_configured(capsys, ni
     by_name = {r["name"]: r for r in report["results"]}
     assert by_name["class_counts_stable"]["examples"][0].startswith("class 'circle'")
     assert "added: triangle; removed: hexagon" in by_name["no_classes_added"]["examples"][0]
+    # the log's warning line names what each warning is about, not only the check
+    assert f"class_counts_stable (e.g. {by_name['class_counts_stable']['examples'][0]})" in err
     html = (nightshift_home / "artifacts/runs/r1/validate/data_docs/index.html").read_text()
     assert "WARN" in html and "abc.dir" in html
 

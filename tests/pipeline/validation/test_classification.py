@@ -96,7 +96,8 @@ def test_class_minimum_and_balance_count_train_images(tmp_path, action, severity
                                                    class_stats_action=action))
     assert {"min_images_per_class", "class_balance"} <= set(report[severity])
     assert report["passed"] == (action == "warn")
-    assert result(report, "min_images_per_class")["examples"] == ["class 'owl' (id 3): 2 train images, 2 in all"]
+    assert result(report, "min_images_per_class")["examples"] == ["class 'owl' (id 3): 2 train images, 0 val, 2 in "
+                                                                  "all"]
     assert result(report, "class_balance")["examples"] == ["largest class 'cat' 30 images / smallest 'owl' 2 = 15.0, "
                                                            "over 3 classes in use"]
 
@@ -126,3 +127,15 @@ def test_undecodable_image_and_vocabulary_drift(tmp_path):
     assert {"images_decode", "no_classes_added", "no_classes_removed"} <= set(report["failed_checks"])
     assert "images/dog/1.png" in result(report, "images_decode")["examples"][0]
     assert result(report, "class_counts_stable")["description"].startswith("each class's image count")
+
+
+@pytest.mark.parametrize("action, severity", [("warn", "warnings"), ("fail", "failed_checks")])
+def test_a_class_without_val_images_is_named(tmp_path, action, severity):
+    """A hashed split of a small real export can leave a class out of val (hymenoptera: 41 images, no bee in val):
+    evaluate and export's parity would never judge it, so validation says so as class statistics do."""
+    root = dataset(tmp_path / "d", per_class=(8, 8, 8), split=lambda n: "val" if n in (0, 9) else "train")
+    report = validate_dataset(root, ValidateConfig(min_annotations_per_class=3, class_stats_action=action))
+    assert "classes_in_val" in report[severity] and report["passed"] == (action == "warn")
+    assert result(report, "classes_in_val")["examples"] == ["class 'owl' (id 3): 8 train images, 0 val, 8 in all"]
+    assert "classes_in_val" not in validate_dataset(dataset(tmp_path / "ok"), ValidateConfig(
+        min_annotations_per_class=3))["warnings"]
