@@ -207,3 +207,48 @@ def test_the_demo_set_has_masks_when_the_task_is_segmentation(capsys, nightshift
         x, y, w, h = ann["bbox"]
         assert (min(xs), min(ys), max(xs), max(ys)) == (x, y, x + w, y + h)
         assert len(poly) in (6, 8, 64)  # triangle, square, 32-gon
+
+
+def test_labelme_group_id_pieces_are_one_object_and_ignore_shapes_are_ignore_regions(tmp_path, capsys):
+    """As Labelme's examples/instance_segmentation: shapes sharing a label and group_id are one object in pieces
+    (labelme2coco merges them), and `__ignore__` (labels.txt's first line) is a region, never a class."""
+    crop = np.ones((3, 4), dtype=bool)
+    root = tmp_path / "lm"
+    root.mkdir()
+    write_image(root / "a.jpg", 60, 40)
+    shapes = [{"label": "sofa", "shape_type": "polygon", "group_id": 0, "points": [[2, 2], [12, 2], [12, 10]]},
+              {"label": "sofa", "shape_type": "polygon", "group_id": 0, "points": [[20, 2], [30, 2], [30, 12]]},
+              {"label": "person", "shape_type": "polygon", "group_id": 0, "points": [[40, 20], [50, 20], [50, 30]]},
+              {"label": "person", "shape_type": "polygon", "group_id": 1, "points": [[2, 20], [10, 20], [10, 30]]},
+              {"label": "person", "shape_type": "mask", "group_id": 1, "points": [[14, 30], [17, 32]],
+               "mask": _png_b64(crop)},
+              {"label": "sofa", "shape_type": "polygon", "points": [[40, 2], [50, 2], [50, 8]]},
+              {"label": "sofa", "shape_type": "polygon", "points": [[52, 2], [58, 2], [58, 8]]},
+              {"label": "__ignore__", "shape_type": "polygon", "points": [[30, 30], [38, 30], [38, 38]]}]
+    (root / "a.json").write_text(json.dumps({"version": "5.5.0", "shapes": shapes, "imagePath": "a.jpg",
+                                             "imageData": None, "imageHeight": 40, "imageWidth": 60}))
+    out = tmp_path / "out"
+    code, result, err = ingest(capsys, root, out, "--format", "labelme", *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    assert [c["name"] for c in data["categories"]] == ["person", "sofa"]
+    objects = [a for a in data["annotations"] if not a["iscrowd"]]
+    assert len(objects) == 5  # sofa pieces 0+1, person 0, person pieces 3+4, two sofas without a group
+    pieces = next(a for a in objects if a["source"]["item"] == "shapes[0]+shapes[1]")
+    assert len(pieces["segmentation"]) == 2 and pieces["bbox"] == [2.0, 2.0, 28.0, 10.0]
+    mixed = next(a for a in objects if a["source"]["item"] == "shapes[3]+shapes[4]")
+    assert isinstance(mixed["segmentation"], dict)  # a mask piece: one RLE for the whole object
+    m = masks.decode(mixed["segmentation"], 40, 60)
+    assert m[30:33, 14:18].all() and m[28, 9] and mixed["bbox"] == [2.0, 20.0, 16.0, 13.0]
+    assert mixed["area"] == float(m.sum())
+    ignore = [a for a in data["annotations"] if a["iscrowd"]]
+    assert len(ignore) == 2 and {a["category_id"] for a in ignore} == {c["id"] for c in data["categories"]}
+    assert all(a["segmentation"] == [[30.0, 30.0, 38.0, 30.0, 38.0, 38.0]] for a in ignore)
+    assert "joined" in err and "__ignore__" in err
+
+    # detection keeps each piece a box of its own, and __ignore__ is an ignore region there too
+    det = tmp_path / "det"
+    code, _, err = ingest(capsys, root, det, "--format", "labelme")
+    assert code == 0, err
+    boxes = canonical(det)["annotations"]
+    assert sum(not a["iscrowd"] for a in boxes) == 6 and sum(a["iscrowd"] for a in boxes) == 2
