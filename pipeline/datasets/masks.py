@@ -239,14 +239,15 @@ def rasterise(segs: list, orig_h: int, orig_w: int, size: int) -> torch.Tensor:
 
 
 # -- ingest ------------------------------------------------------------------------------------------------
-def require_masks(ds, origin: str) -> int:
+def require_masks(ds, origin: str) -> tuple[int, int]:
     """Ingest with `data.task` segmentation: keep only annotations with a mask (a reader's `formats.Dataset`,
     image sizes known). A plain box (no polygon or RLE) is skipped and listed in the quarantine report (the mask
-    head needs a mask per object); a segmentation pycocotools cannot rasterise, or one with no pixel in the
-    image, sets its image aside naming the file and field. Each kept annotation's `area` becomes its mask's
-    pixel area, as COCO's mask evaluation expects. Returns how many plain boxes were skipped."""
+    head needs a mask per object), as is a mask with no pixel in the image (a degenerate polygon: like a box
+    with no area); a segmentation pycocotools cannot rasterise sets its image aside naming the file and field.
+    Each kept annotation's `area` becomes its mask's pixel area, as COCO's mask evaluation expects. Returns how
+    many (plain boxes, empty masks) were skipped."""
     images = {img["id"]: img for img in ds.images}
-    kept, skipped = [], 0
+    kept, skipped, empty = [], 0, 0
     for ann in ds.annotations:
         img = images.get(ann["image_id"])
         src = ann.get("source") or {}
@@ -265,13 +266,14 @@ def require_masks(ds, origin: str) -> int:
         except Exception as exc:  # noqa: BLE001 - pycocotools raises plain Exceptions for corrupt input
             ds.set_aside(file, f"{item}.segmentation", f"cannot be rasterised: {exc}", img["file_name"])
             continue
-        if area <= 0:
-            ds.set_aside(file, f"{item}.segmentation", "the mask has no pixel inside the image",
-                         img["file_name"])
+        if area <= 0:  # a degenerate outline (collinear points, a sliver): like a box with no area, left out
+            ds.skip(file, f"{item}.segmentation", "the mask has no pixel inside the image (a polygon with no "
+                                                  "area, or one outside the image): skipped", img["file_name"])
+            empty += 1
             continue
         kept.append({**ann, "area": area})
     ds.annotations = kept
-    return skipped
+    return skipped, empty
 
 
 # -- validate ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pipeline.formats.coco import export_root
 log = logging.getLogger(__name__)
 
 SHAPES = ("box", "polygon")
+TOO_FEW_POINTS = "a polygon needs at least 3 points"
 NOT_BOXES = ("polyline", "points", "cuboid", "ellipse", "mask", "skeleton", "tag")
 KEPT = ("occluded", "z_order", "source", "group_id")
 
@@ -76,7 +77,7 @@ def _shape(el) -> tuple[list[float], list[float] | None] | str:
             return f"points must be 'x1,y1;x2,y2;...', got {el.get('points')!r}"
         pts += [x, y]
     if len(pts) < 6:
-        return "a polygon needs at least 3 points"
+        return TOO_FEW_POINTS
     xs, ys = pts[0::2], pts[1::2]
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], pts
 
@@ -179,6 +180,9 @@ def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[st
         if declared and label not in declared:
             return shapes, (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
         got = _mask(el, *size()) if el.tag == "mask" else _shape(el)
+        if got == TOO_FEW_POINTS:  # a stray click: outlines nothing, like a box with no area
+            ds.skip(name, f"{swhere}.points", f"{got}: skipped", rel)
+            continue
         if isinstance(got, str):
             return shapes, (swhere, got)
         attrs = {key: el.get(key) for key in KEPT if el.get(key) is not None}

@@ -175,6 +175,10 @@ def _boxes(ds: Dataset, shapes: list, name: str, rel: str, task: str = "detectio
         elif kind not in BOX_SHAPES:
             ds.skip(name, f"{where}.shape_type", f"shape_type {kind!r} is not a box: skipped", rel)
             continue
+        elif kind == "polygon" and len(_points(shape.get("points"), 0) or [None] * 3) < 3:
+            # a stray click or two (points that parse, fewer than 3): outlines nothing, like a box with no area
+            ds.skip(name, f"{where}.points", "a polygon needs at least 3 points: skipped", rel)
+            continue
         else:
             got = _shape_box(shape, where)
             if task == "segmentation" and kind == "circle" and not isinstance(got, str):

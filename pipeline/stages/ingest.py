@@ -192,7 +192,10 @@ def _masks_only(ds, origin: str, fmt: str) -> None:
     export with no mask at all is refused."""
     from pipeline.datasets.masks import require_masks
 
-    plain = require_masks(ds, origin)
+    plain, empty = require_masks(ds, origin)
+    if empty:
+        log.warning("data.task segmentation: skipped %d masks with no pixel in their image (degenerate polygons; "
+                    "listed in the quarantine report)", empty)
     if plain and not ds.annotations:
         raise InputRejected(f"data.task is segmentation but none of the {plain} annotations has a polygon or "
                             f"mask ({fmt} export): export instance masks, or ingest with "

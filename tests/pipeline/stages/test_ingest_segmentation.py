@@ -252,3 +252,57 @@ def test_labelme_group_id_pieces_are_one_object_and_ignore_shapes_are_ignore_reg
     assert code == 0, err
     boxes = canonical(det)["annotations"]
     assert sum(not a["iscrowd"] for a in boxes) == 6 and sum(a["iscrowd"] for a in boxes) == 2
+
+
+def test_degenerate_polygons_are_left_out_not_their_images(tmp_path, capsys):
+    """Real exports hold stray clicks: a polygon part of 2 points (COCO, CVAT, Labelme) or collinear points.
+    They outline nothing, so they are left out and reported like a box with no area; the image and its other
+    objects stay, and a good part of the same object is kept."""
+    src = tmp_path / "coco"
+    generate(src, num_images=4, image_size=64, seed=3, segmentation=True)
+    coco = json.loads((src / "annotations.json").read_text())
+    anns = coco["annotations"]
+    good = anns[0]["segmentation"][0]
+    anns[0]["segmentation"] = [good, [1, 1, 3, 3]]  # a good part and a 2-point one
+    anns[1]["segmentation"] = [[5, 5, 6, 6]]  # nothing but a 2-point part
+    anns[2]["segmentation"] = [[5, 5, 20, 5, 40, 5]]  # collinear: no pixel
+    (src / "annotations.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, src, out, *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    assert len(data["images"]) == 4 and len(data["annotations"]) == len(anns) - 2
+    first = next(a for a in data["annotations"] if a["source"]["item"].startswith("annotations[0]"))
+    assert first["segmentation"] == [good]
+    skipped = {(s["field"], s["reason"].split(":")[0]) for s in quarantine(out)["skipped"]}
+    assert ("annotations[0].segmentation[1]", "a polygon of 2 point(s) outlines no area") in skipped
+    assert any(f.startswith("annotations[1]") and "plain box" in r for f, r in
+               ((s["field"], s["reason"]) for s in quarantine(out)["skipped"]))
+    assert any(f.startswith("annotations[2]") and f.endswith(".segmentation") and "no pixel" in r for f, r in
+               ((s["field"], s["reason"]) for s in quarantine(out)["skipped"]))
+    assert quarantine(out)["items"] == []
+    assert json.loads((src / "annotations.json").read_text())["annotations"][0]["segmentation"][1] == [1, 1, 3, 3]
+
+    # CVAT and Labelme: a 2-point polygon is skipped, its image kept
+    cv = tmp_path / "cvat"
+    (cv / "images").mkdir(parents=True)
+    write_image(cv / "images" / "a.jpg", 40, 30)
+    (cv / "annotations.xml").write_text(
+        '<annotations><version>1.1</version><image id="0" name="a.jpg" width="40" height="30">'
+        '<polygon label="cell" points="2,2;12,2;12,10" occluded="0"/>'
+        '<polygon label="cell" points="20,20;25,25" occluded="0"/></image></annotations>')
+    code, _, err = ingest(capsys, cv, tmp_path / "cvat_out", "--format", "cvat", *SEG)
+    assert code == 0, err
+    assert len(canonical(tmp_path / "cvat_out")["annotations"]) == 1
+    assert [s["field"] for s in quarantine(tmp_path / "cvat_out")["skipped"]] == ["image[0] (id 0, a.jpg).polygon[1].points"]
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    write_image(lm / "a.jpg", 40, 30)
+    (lm / "a.json").write_text(json.dumps({"shapes": [
+        {"label": "cell", "shape_type": "polygon", "points": [[2, 2], [12, 2], [12, 10]]},
+        {"label": "cell", "shape_type": "polygon", "points": [[20, 20], [25, 25]]}],
+        "imagePath": "a.jpg", "imageData": None, "imageHeight": 30, "imageWidth": 40}))
+    code, _, err = ingest(capsys, lm, tmp_path / "lm_out", "--format", "labelme", *SEG)
+    assert code == 0, err
+    assert len(canonical(tmp_path / "lm_out")["annotations"]) == 1
+    assert [s["field"] for s in quarantine(tmp_path / "lm_out")["skipped"]] == ["shapes[1].points"]
