@@ -24,7 +24,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 SEGMENTATION = "segmentation"
 
@@ -231,11 +230,26 @@ def rasterise(segs: list, orig_h: int, orig_w: int, size: int) -> torch.Tensor:
             m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(scaled, size, size)))
             out[n] = torch.from_numpy(np.ascontiguousarray(m))
         else:
-            m = torch.from_numpy(decode(seg, orig_h, orig_w))
-            if tuple(m.shape) != (size, size):
-                m = F.interpolate(m[None, None].float(), size=(size, size), mode="nearest")[0, 0].to(torch.uint8)
-            out[n] = m
+            out[n] = torch.from_numpy(_sample_rle(seg, orig_h, orig_w, size))
     return out
+
+
+def _sample_rle(seg: dict, height: int, width: int, size: int) -> np.ndarray:
+    """uint8 [S, S] nearest-neighbour samples of an RLE mask of `height` x `width` (as F.interpolate's
+    "nearest" picks them: source index floor(i * in / out)), read from the runs without decoding the whole
+    image: a 3000 x 2000 crowd region or tool mask decodes to 6 M pixels, 50 ms each, every epoch."""
+    rle = to_rle(seg, height, width)
+    height, width = (int(v) for v in rle["size"])
+    rows = np.floor(np.arange(size) * (height / size)).astype(np.int64)
+    cols = np.floor(np.arange(size) * (width / size)).astype(np.int64)
+    if len(rle["counts"]) > 20_000:  # a speckled mask of very many runs: pycocotools' C decoder is quicker
+        from pycocotools import mask as mask_utils
+
+        return np.ascontiguousarray(mask_utils.decode(rle)[np.ix_(rows, cols)])
+    runs = np.asarray(string_counts(rle["counts"].decode("ascii")), dtype=np.int64)
+    flat = cols[None, :] * height + rows[:, None]  # column-major positions of the samples, [S, S]
+    run_of = np.searchsorted(np.cumsum(runs), flat, side="right")  # runs alternate, background first
+    return (run_of % 2).astype(np.uint8)
 
 
 # -- ingest ------------------------------------------------------------------------------------------------
