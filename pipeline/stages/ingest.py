@@ -52,7 +52,7 @@ from pipeline.config import FORMAT_CHOICES, Config
 from pipeline.datasets import canonical_io
 from pipeline.errors import ConfigError, InputRejected
 from pipeline.formats.base import display
-from pipeline.formats.images import probe_many
+from pipeline.formats.images import QUARTER_TURNS, orientation, probe, probe_many, write_upright
 from pipeline.formats.sources import Limits, materialize
 from pipeline.spec import StageSpec
 from pipeline.store import open_store
@@ -80,15 +80,17 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
+def _check_images(ds, cfg: Config, origin: str, export: Path, scratch: Path) -> None:
     """Read every image's header once (size, truncation, sha1); set defective images aside.
 
     A header declaring more than data.max_image_pixels is a decompression bomb and rejects the export; an
     unreadable or truncated file, a declared size that differs from the header, or a box with no area sets
-    the image aside (quarantine).
+    the image aside (quarantine). A JPEG with an EXIF orientation is labelled as the tools show it, upright
+    (`_upright`).
     """
     probes = probe_many([img["path"] for img in ds.images])
     limit = cfg.data.max_image_pixels
+    turned = raw_kept = 0
     for img, pr in zip(ds.images, probes):
         where = display(origin, export, img["path"])
         if pr.pixels > limit or pr.error.startswith("decompression bomb"):
@@ -97,6 +99,12 @@ def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
         if pr.error:
             ds.set_aside(where, "image", pr.error, img["file_name"])
             continue
+        if pr.format == "jpeg":
+            done = _upright(img, pr, scratch)
+            turned += done == "turned"
+            raw_kept += done == "raw"
+            if done == "turned":
+                pr = probe(img["path"])
         img["sha1"] = pr.sha1
         declared_in = (img.get("source") or {}).get("file") or (ds.files[0] if ds.files else where)
         for key, real in (("width", pr.width), ("height", pr.height)):
@@ -107,7 +115,31 @@ def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
                              f"declared {key} {img[key]} differs from the image's real {key} {real}",
                              img["file_name"])
                 break
+    if turned:
+        log.info("%d JPEGs carry an EXIF orientation: written upright (orientation applied, re-encoded at "
+                 "quality 95), as the annotation tools showed them", turned)
+    if raw_kept:
+        log.warning("%d JPEGs carry an EXIF orientation that turns them a quarter, but their declared size is "
+                    "the stored one: kept as stored (labelled without the orientation applied)", raw_kept)
     _skip_degenerate(ds, origin)
+
+
+def _upright(img: dict, pr, scratch: Path) -> str:
+    """A JPEG with an EXIF orientation other than 1: the annotation tools labelled it with the orientation
+    applied, while training decodes the stored pixels, so the canonical copy gets upright pixels (written under
+    `scratch`, `img["path"]` pointed at it). Not when the export declares the stored size of a quarter-turned
+    image: that tool labelled the stored pixels. Returns "turned", "raw" (kept as stored) or "" (nothing to do)."""
+    turn = orientation(img["path"])
+    if turn == 1:
+        return ""
+    stored = (pr.width, pr.height)
+    declared = (img.get("width"), img.get("height"))
+    if turn in QUARTER_TURNS and declared == stored and stored[0] != stored[1]:
+        return "raw"
+    dest = scratch / "upright" / img["file_name"]
+    write_upright(img["path"], dest)
+    img["path"] = dest  # the declared size is checked against the upright pixels next
+    return "turned"
 
 
 def _skip_degenerate(ds, origin: str) -> None:
@@ -232,7 +264,7 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     if found.format == "voc":
         log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
-    _check_images(ds, cfg, origin, export)
+    _check_images(ds, cfg, origin, export, work / "embedded")
     if task == "segmentation":
         _masks_only(ds, origin, found.format)
     quarantine = _enforce_quarantine(ds, cfg, origin)

@@ -306,3 +306,53 @@ def test_degenerate_polygons_are_left_out_not_their_images(tmp_path, capsys):
     assert code == 0, err
     assert len(canonical(tmp_path / "lm_out")["annotations"]) == 1
     assert [s["field"] for s in quarantine(tmp_path / "lm_out")["skipped"]] == ["shapes[1].points"]
+
+
+def _exif_jpeg(path: Path, size=(60, 40), turn=6) -> None:
+    """A JPEG stored `size` (w, h) with a white 10 px square at its stored top-left, EXIF orientation `turn`."""
+    im = Image.new("RGB", size, (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_exif_rotated_photos_are_ingested_upright_as_the_tools_labelled_them(tmp_path, capsys):
+    """A phone photo stored 60 x 40 with EXIF orientation 6 is shown (and labelled) 40 x 60 by CVAT, Labelme,
+    Roboflow and Ultralytics; training decodes the stored pixels, so ingest writes it upright. An export that
+    declares the stored size labelled the stored pixels: kept as stored, with a warning."""
+    src = tmp_path / "coco"
+    _exif_jpeg(src / "images" / "rot.jpg")
+    _exif_jpeg(src / "images" / "raw.jpg")
+    seg_upright = [[31, 1, 38, 1, 38, 8, 31, 8]]  # the square, upright: top-right corner of a 40 x 60 image
+    seg_raw = [[1, 1, 8, 1, 8, 8, 1, 8]]
+    (src / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "rot.jpg", "width": 40, "height": 60},
+                   {"id": 2, "file_name": "raw.jpg", "width": 60, "height": 40}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg_upright},
+                        {"id": 2, "image_id": 2, "category_id": 1, "segmentation": seg_raw}],
+        "categories": [{"id": 1, "name": "square"}]}))
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, src, out, *SEG)
+    assert code == 0, err
+    assert "written upright" in err and "kept as stored" in err
+    for name, seg in (("rot.jpg", seg_upright), ("raw.jpg", seg_raw)):
+        with Image.open(out / "images" / name) as im:
+            pixels = np.asarray(im.convert("L")) > 128
+        m = masks.decode(seg, *pixels.shape).astype(bool)
+        assert pixels[m].mean() > 0.9 and pixels[~m].mean() < 0.1, name  # the mask covers the white square
+    sizes = {im["file_name"]: (im["width"], im["height"]) for im in canonical(out)["images"]}
+    assert sizes == {"rot.jpg": (40, 60), "raw.jpg": (60, 40)}
+
+    # YOLO-seg labels are normalised to the upright image (Ultralytics reads sizes with EXIF applied)
+    yolo = tmp_path / "yolo"
+    _exif_jpeg(yolo / "images" / "train" / "rot.jpg")
+    (yolo / "labels" / "train").mkdir(parents=True)
+    (yolo / "labels" / "train" / "rot.txt").write_text(
+        "0 " + " ".join(f"{x / 40:.4f} {y / 60:.4f}" for x, y in ((31, 1), (38, 1), (38, 8), (31, 8))) + "\n")
+    (yolo / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: {0: square}\n")
+    code, _, err = ingest(capsys, yolo, tmp_path / "yolo_out", *SEG)
+    assert code == 0, err
+    ann = canonical(tmp_path / "yolo_out")["annotations"][0]
+    assert [round(v) for v in ann["bbox"]] == [31, 1, 7, 7]
