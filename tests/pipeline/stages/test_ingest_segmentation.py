@@ -356,3 +356,36 @@ def test_exif_rotated_photos_are_ingested_upright_as_the_tools_labelled_them(tmp
     assert code == 0, err
     ann = canonical(tmp_path / "yolo_out")["annotations"][0]
     assert [round(v) for v in ann["bbox"]] == [31, 1, 7, 7]
+
+
+def test_cvat_for_video_tracks_become_one_image_per_frame(tmp_path, capsys):
+    """CVAT for video 1.1: polygons inside <track>s, one per frame; `outside="1"` is no object, a frame with no
+    shape is a background image, a shape on a frame with no image file is reported, messages name the track."""
+    src = tmp_path / "video"
+    for frame in (0, 1, 2):
+        write_image(src / "images" / f"frame_{frame:06d}.png", 40, 30)
+    src.joinpath("annotations.xml").write_text(
+        '<?xml version="1.0"?><annotations><version>1.1</version><meta><task><mode>interpolation</mode>'
+        '<labels><label><name>car</name></label><label><name>person</name></label></labels>'
+        '<original_size><width>40</width><height>30</height></original_size></task></meta>'
+        '<track id="3" label="car" source="manual">'
+        '<polygon frame="0" keyframe="1" outside="0" occluded="0" points="2,2;12,2;12,10" z_order="0"/>'
+        '<polygon frame="1" keyframe="0" outside="0" occluded="1" points="4,2;14,2;14,10" z_order="0"/>'
+        '<polygon frame="2" keyframe="1" outside="1" occluded="0" points="4,2;14,2;14,10" z_order="0"/>'
+        '</track><track id="4" label="person">'
+        '<polygon frame="0" keyframe="1" outside="0" occluded="0" points="20,20;30,20;30,28" z_order="0"/>'
+        '<polygon frame="7" keyframe="1" outside="0" occluded="0" points="20,20;30,20;30,28" z_order="0"/>'
+        '<polygon frame="1" keyframe="1" outside="0" occluded="0" points="20,20;30,20" z_order="0"/>'
+        '</track></annotations>')
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, src, out, *SEG, "--set", "validate.max_bad_fraction=0.5")
+    assert code == 0, err
+    data = canonical(out)
+    names = {im["id"]: im["file_name"] for im in data["images"]}
+    assert sorted(names.values()) == ["frame_000000.png", "frame_000001.png", "frame_000002.png"]
+    got = sorted((names[a["image_id"]], a["attributes"]["track_id"], a["segmentation"][0][0])
+                 for a in data["annotations"])
+    assert got == [("frame_000000.png", "3", 2.0), ("frame_000000.png", "4", 20.0), ("frame_000001.png", "3", 4.0)]
+    skipped = {s["field"]: s["reason"] for s in quarantine(out)["skipped"]}
+    assert "frame 7 has no image file frame_000007.*" in skipped["track[1] (id 4).polygon[1] (frame 7)"]
+    assert "at least 3 points" in skipped["track[1] (id 4).polygon[2] (frame 1).points"]
