@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.cli import main
@@ -17,6 +19,17 @@ from pipeline.datasets.synthetic import generate
 from tests.helpers import result_line, write_image
 
 SEG = ["--set", "data.task=segmentation"]
+ROOT = Path(__file__).resolve().parents[3]
+REAL_DIR = Path(os.environ.get("NIGHTSHIFT_REAL_EXPORTS") or next(
+    (p for p in (ROOT / "shared" / "fixtures" / "real", ROOT.parent / "shared" / "fixtures" / "real") if p.is_dir()),
+    ROOT / "shared" / "fixtures" / "real"))  # tests/fixtures/real/README.md: public exports, not committed
+
+
+def real(folder: str) -> Path:
+    src = REAL_DIR / folder
+    if not src.is_dir():
+        pytest.skip(f"real export {folder!r} not here: expected {src} (tests/fixtures/real/README.md)")
+    return src
 
 
 def ingest(capsys, source: Path, out: Path, *args: str) -> tuple[int, dict | None, str]:
@@ -389,3 +402,67 @@ def test_cvat_for_video_tracks_become_one_image_per_frame(tmp_path, capsys):
     skipped = {s["field"]: s["reason"] for s in quarantine(out)["skipped"]}
     assert "frame 7 has no image file frame_000007.*" in skipped["track[1] (id 4).polygon[1] (frame 7)"]
     assert "at least 3 points" in skipped["track[1] (id 4).polygon[2] (frame 1).points"]
+
+
+def test_real_labelme_instance_segmentation_matches_labelme2coco(tmp_path, capsys):
+    """Labelme's own examples/instance_segmentation: data_annotated (Labelme JSON, group_id pieces, __ignore__)
+    ingested as segmentation gives the instances Labelme's labelme2coco wrote for it (data_dataset_coco): the
+    same classes per image and masks that agree (IoU > 0.95; the two rasterisers differ on edge pixels)."""
+    from pycocotools import mask as mask_utils
+
+    src, ref_dir = real("labelme-instance-seg"), real("labelme2coco-instance-seg")
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, src, out, *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    ref = json.loads((ref_dir / "annotations.json").read_text())
+    ref_names = {c["id"]: c["name"] for c in ref["categories"]}
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert "__ignore__" not in names.values()
+    for img in data["images"]:
+        stem = Path(img["file_name"]).stem
+        ref_img = next(i for i in ref["images"] if Path(i["file_name"]).stem == stem)
+        ours = [a for a in data["annotations"] if a["image_id"] == img["id"] and not a["iscrowd"]]
+        theirs = [a for a in ref["annotations"] if a["image_id"] == ref_img["id"]]
+        assert sorted(names[a["category_id"]] for a in ours) == sorted(ref_names[a["category_id"]] for a in theirs)
+        h, w = img["height"], img["width"]
+        for a in theirs:
+            b = max(ours, key=lambda o: mask_utils.iou([masks.to_rle(o["segmentation"], h, w)],
+                                                       [masks.to_rle(a["segmentation"], h, w)], [0])[0][0])
+            iou = mask_utils.iou([masks.to_rle(b["segmentation"], h, w)], [masks.to_rle(a["segmentation"], h, w)],
+                                 [0])[0][0]
+            assert iou > 0.95 and names[b["category_id"]] == ref_names[a["category_id"]], (stem, iou)
+    assert sum(a["iscrowd"] for a in data["annotations"]) == 2 * len(names)  # two __ignore__ regions
+
+
+def test_real_labelme2coco_and_datumaro_coco_instances_ingest_for_segmentation(tmp_path, capsys):
+    """labelme2coco's COCO (category id 0 `_background_`, ids from 0, multi-polygon objects) and Datumaro's
+    coco_instances asset (a crowd RLE with list counts, `segmentation: []` on a box) ingest for segmentation."""
+    out = tmp_path / "l2c"
+    code, result, err = ingest(capsys, real("labelme2coco-instance-seg"), out, *SEG)
+    assert code == 0, err
+    assert result["annotations"] == 12 and any(len(a["segmentation"]) == 4 for a in canonical(out)["annotations"])
+    out = tmp_path / "dm"
+    code, result, err = ingest(capsys, real("coco-instances-datumaro"), out, *SEG)
+    assert code == 0, err
+    anns = canonical(out)["annotations"]
+    crowd = [a for a in anns if a["iscrowd"]]
+    assert len(anns) == 2 and len(crowd) == 1 and crowd[0]["segmentation"]["counts"] == [0, 20, 30]
+    assert [s["reason"].split(":")[0] for s in quarantine(out)["skipped"]] == ["a plain box with no polygon or mask"]
+
+
+def test_real_cvat_for_video_export_is_read_frame_by_frame(tmp_path, capsys):
+    """Datumaro's cvat_dataset/for_video asset (a CVAT server's video task, frames 10, 13, 16 with step=3): the
+    one box visible (not outside) on a frame with an image becomes an annotation; points and polylines are
+    skipped as in CVAT for images; a segmentation ingest is refused since nothing has a mask."""
+    src = real("cvat-video-datumaro")
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, src, out)
+    assert code == 0, err
+    data = canonical(out)
+    assert sorted(im["file_name"] for im in data["images"]) == [f"frame_0000{n}.png" for n in (10, 13, 16)]
+    (box,) = data["annotations"]
+    assert box["bbox"] == [3.0, 4.0, 7.0, 1.0] and box["attributes"]["track_id"] == "0"
+    assert box["source"]["item"] == "track[0] (id 0).box[0] (frame 10)"
+    code, _, err = ingest(capsys, src, tmp_path / "seg", *SEG)
+    assert code == 3 and "none of the 1 annotations has a polygon or mask" in err
