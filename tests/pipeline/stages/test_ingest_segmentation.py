@@ -466,3 +466,34 @@ def test_real_cvat_for_video_export_is_read_frame_by_frame(tmp_path, capsys):
     assert box["source"]["item"] == "track[0] (id 0).box[0] (frame 10)"
     code, _, err = ingest(capsys, src, tmp_path / "seg", *SEG)
     assert code == 3 and "none of the 1 annotations has a polygon or mask" in err
+
+
+def test_yolo_seg_odd_coordinates_and_an_rle_of_another_size_set_their_image_aside_naming_them(tmp_path, capsys):
+    """Two defects real exports carry: a YOLO-seg line with an odd number of coordinates (a cut line), and a
+    COCO RLE whose size is not its image's (an image resized after annotation). Each sets its image aside with
+    one line naming the file and the field; the other images are ingested."""
+    yolo = tmp_path / "yolo"
+    for name in ("a", "b", "c"):
+        write_image(yolo / "images" / "train" / f"{name}.jpg", 40, 30)
+        (yolo / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        (yolo / "labels" / "train" / f"{name}.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    (yolo / "labels" / "train" / "b.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n0 0.1 0.1 0.5 0.1 0.5\n")
+    (yolo / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [cell]\n")
+    out = tmp_path / "yolo_out"
+    code, _, err = ingest(capsys, yolo, out, *SEG, "--set", "validate.max_bad_fraction=0.5")
+    assert code == 0, err
+    assert sorted(im["file_name"] for im in canonical(out)["images"]) == ["train/a.jpg", "train/c.jpg"]
+    (item,) = quarantine(out)["items"]
+    assert item["file"].endswith("labels/train/b.txt") and item["field"] == "line 2"
+    assert "even number (>= 6) of polygon values, got 5" in item["reason"]
+
+    src = tmp_path / "coco"
+    generate(src, num_images=4, image_size=64, seed=5, segmentation=True)
+    coco = json.loads((src / "annotations.json").read_text())
+    ann = coco["annotations"][0]
+    ann["segmentation"] = masks.encode(np.ones((32, 32), dtype=np.uint8))  # annotated at half the size
+    (src / "annotations.json").write_text(json.dumps(coco))
+    code, _, err = ingest(capsys, src, tmp_path / "coco_out", *SEG)
+    assert code == 3
+    assert "annotations.json: annotations[0].segmentation.size: RLE size [32, 32] differs from the image's " \
+           "[height, width] [64, 64]" in err
