@@ -219,6 +219,24 @@ def _demo_source(data, task: str, work: Path) -> tuple[str, str, str]:
     return str(work / "demo"), "coco", "demo"
 
 
+def _crowd(ds, mode: str) -> None:
+    """The export's own iscrowd=1 annotations (not the ignore regions a reader makes of KITTI DontCare or
+    Labelme __ignore__): ignore regions as COCO means them, or, with data.crowd=objects, objects. Either way
+    the log says how many, since CVAT's COCO export marks every mask iscrowd=1 and they would otherwise be left
+    out of training without a word."""
+    crowd = [a for a in ds.annotations if a.get("iscrowd") and not (a.get("attributes") or {}).get("ignore")]
+    if not crowd:
+        return
+    if mode == "objects":
+        for ann in crowd:
+            ann["iscrowd"] = 0
+        log.info("data.crowd=objects: %d iscrowd=1 annotations are trained and scored as objects", len(crowd))
+        return
+    log.warning("%d of %d annotations are iscrowd=1: kept as ignore regions (not learnt, not counted by "
+                "evaluation). CVAT's COCO export marks every mask iscrowd=1: if these are objects, set "
+                "data.crowd=objects", len(crowd), len(ds.annotations))
+
+
 def _masks_only(ds, origin: str, fmt: str) -> None:
     """Segmentation: every object needs a mask. Plain boxes are skipped (and listed), bad masks set aside; an
     export with no mask at all is refused."""
@@ -265,6 +283,7 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
         log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
     _check_images(ds, cfg, origin, export, work / "embedded")
+    _crowd(ds, data.crowd)
     if task == "segmentation":
         _masks_only(ds, origin, found.format)
     quarantine = _enforce_quarantine(ds, cfg, origin)

@@ -497,3 +497,45 @@ def test_yolo_seg_odd_coordinates_and_an_rle_of_another_size_set_their_image_asi
     assert code == 3
     assert "annotations.json: annotations[0].segmentation.size: RLE size [32, 32] differs from the image's " \
            "[height, width] [64, 64]" in err
+
+
+def test_cvat_coco_masks_marked_iscrowd_are_named_and_trained_as_objects_on_request(tmp_path, capsys):
+    """CVAT's COCO export writes every mask object as an RLE with iscrowd=1 (cvat-ai/cvat#7030): by default they
+    stay ignore regions as COCO means them, and ingest says so naming data.crowd; data.crowd=objects trains
+    them. Labelme __ignore__ regions stay ignore regions either way."""
+    src = tmp_path / "coco"
+    generate(src, num_images=6, image_size=64, seed=6, segmentation=True)
+    coco = json.loads((src / "annotations.json").read_text())
+    img = {im["id"]: im for im in coco["images"]}
+    for ann in coco["annotations"][:4]:
+        im = img[ann["image_id"]]
+        m = masks.decode(ann["segmentation"], im["height"], im["width"])
+        flat = m.reshape(-1, order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        ann.update(iscrowd=1, segmentation={"size": [im["height"], im["width"]],
+                                            "counts": ([0] if flat[0] else []) + runs})
+    (src / "annotations.json").write_text(json.dumps(coco))
+    n = len(coco["annotations"])
+
+    code, result, err = ingest(capsys, src, tmp_path / "ignored", *SEG)
+    assert code == 0, err
+    assert f"4 of {n} annotations are iscrowd=1" in err and "data.crowd=objects" in err
+    assert result["ignore_regions"] == 4 and result["annotations"] == n - 4
+
+    code, result, err = ingest(capsys, src, tmp_path / "objects", *SEG, "--set", "data.crowd=objects")
+    assert code == 0, err
+    assert "4 iscrowd=1 annotations are trained and scored as objects" in err
+    assert result["ignore_regions"] == 0 and result["annotations"] == n
+    assert not any(a["iscrowd"] for a in canonical(tmp_path / "objects")["annotations"])
+
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    write_image(lm / "a.jpg", 40, 30)
+    (lm / "a.json").write_text(json.dumps({"shapes": [
+        {"label": "cell", "shape_type": "polygon", "points": [[2, 2], [12, 2], [12, 10]]},
+        {"label": "__ignore__", "shape_type": "polygon", "points": [[20, 20], [30, 20], [30, 28]]}],
+        "imagePath": "a.jpg", "imageData": None, "imageHeight": 30, "imageWidth": 40}))
+    code, result, err = ingest(capsys, lm, tmp_path / "lm_out", *SEG, "--set", "data.crowd=objects")
+    assert code == 0, err
+    assert result["ignore_regions"] == 1 and "iscrowd=1" not in err
