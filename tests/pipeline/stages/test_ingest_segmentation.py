@@ -539,3 +539,31 @@ def test_cvat_coco_masks_marked_iscrowd_are_named_and_trained_as_objects_on_requ
     code, result, err = ingest(capsys, lm, tmp_path / "lm_out", *SEG, "--set", "data.crowd=objects")
     assert code == 0, err
     assert result["ignore_regions"] == 1 and "iscrowd=1" not in err
+
+
+def test_category_id_0_non_contiguous_ids_and_unannotated_images(tmp_path, capsys):
+    """labelme2coco numbers categories from 0 (`_background_`), other tools leave gaps; images without any
+    annotation are backgrounds. All ingest for segmentation with the label map's ids, nothing dropped."""
+    src = tmp_path / "coco"
+    generate(src, num_images=6, image_size=64, seed=7, segmentation=True)
+    coco = json.loads((src / "annotations.json").read_text())
+    remap = {c["id"]: new for c, new in zip(coco["categories"], (0, 7, 42))}
+    for c in coco["categories"]:
+        c["id"] = remap[c["id"]]
+    for a in coco["annotations"]:
+        a["category_id"] = remap[a["category_id"]]
+    empty = coco["images"][0]["id"]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != empty]
+    (src / "annotations.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    code, result, err = ingest(capsys, src, out, *SEG)
+    assert code == 0, err
+    data = canonical(out)
+    assert len(data["images"]) == 6 and len(data["annotations"]) == len(coco["annotations"])
+    by_name = {c["name"]: c["id"] for c in data["categories"]}
+    assert sorted(by_name.values()) == [1, 2, 3]
+    src_names = {c["id"]: c["name"] for c in coco["categories"]}
+    ours = sorted((a["source"]["item"], a["category_id"]) for a in data["annotations"])
+    theirs = sorted((f"annotations[{j}] (id {a['id']})", by_name[src_names[a["category_id"]]])
+                    for j, a in enumerate(coco["annotations"]))
+    assert ours == theirs
