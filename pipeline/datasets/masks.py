@@ -168,6 +168,52 @@ def _paste(crop: np.ndarray, x: int, y: int, height: int, width: int) -> dict | 
     return encode(full)
 
 
+# -- one object in pieces (Labelme and CVAT group_id) ------------------------------------------------------
+def merge_groups(boxes: list, size, no_group: tuple = (None,)) -> list:
+    """Segmentation: the shapes of one image (reader tuples `(label, bbox, flat polygon | RLE | None,
+    attributes, where)`) that share a label and an `attributes["group_id"]` are one object drawn in pieces (an
+    occluded person, a sofa behind a table), as Labelme's labelme2coco and CVAT's COCO export merge them: one
+    shape whose segmentation holds every piece (a list of polygons, or one RLE when a piece is a mask) and whose
+    box covers them all, named by all its pieces (`where` joined by "+"). Shapes whose group_id is in `no_group`
+    (Labelme: None; CVAT also writes "0" for none) stay one object each; a group holding a plain box is left
+    as it is. `size` gives the image's (height, width) when masks must be merged."""
+    groups: dict[tuple, list] = {}
+    order: list = []
+    for b in boxes:
+        gid = b[3].get("group_id")
+        key = (b[0], str(gid)) if gid not in no_group else ("", id(b))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(b)
+    out = []
+    for key in order:
+        parts = groups[key]
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        label, attrs, where = parts[0][0], parts[0][3], "+".join(p[4] for p in parts)
+        segs = [p[2] for p in parts]
+        if any(s is None for s in segs):  # a plain box among the pieces: the object has no whole mask
+            out.extend(parts)
+            continue
+        if all(isinstance(s, list) for s in segs):
+            seg = list(segs)
+            xs = [v for s in segs for v in s[0::2]]
+            ys = [v for s in segs for v in s[1::2]]
+            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        else:  # a mask piece: merge every piece into one RLE at the image size
+            from pycocotools import mask as mask_utils
+
+            h, w = size()
+            rles = [to_rle(s if isinstance(s, dict) else [s], h, w) for s in segs]
+            seg = compress(mask_utils.merge(rles))
+            bbox = bbox_area(seg, h, w)[0]
+        out.append((label, bbox, seg, attrs, where))
+    return out
+
+
+
 # -- checks (validate) -------------------------------------------------------------------------------------
 def problems(seg, height: int, width: int, bbox: list[float], tol: float) -> list[tuple[str, str]]:
     """What is wrong with one annotation's segmentation against its image and bbox: [(field, message)], empty

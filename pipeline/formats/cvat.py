@@ -8,11 +8,13 @@ may hold the same name). `<image id name width height>` holds `<box label occlud
 children; `occluded`, `z_order`, `source`, `group_id` and every attribute are kept as annotation attributes.
 CVAT for video 1.1 (`<track label>` elements, one shape per frame) is read as one image per frame file
 (`images/frame_000010.png`), each holding the tracks' shapes on that frame that are not `outside`, named in
-messages by their track. A rotated box becomes the axis-aligned box around it. Polylines, points, cuboids, ellipses, masks, skeletons
-and tags are not boxes and are skipped; with `task="segmentation"` a `<mask rle left top width height>` (CVAT's
-own row-major RLE of its crop) is kept as a COCO RLE at the image size (pipeline/datasets/masks.py). Labels
-come from `<meta>` (task or project); a shape whose label is not declared there, or with bad coordinates,
-sets its image aside (quarantine). Entities, DTDs and external references are refused by defusedxml (exit 3).
+messages by their track. A rotated box becomes the axis-aligned box around it. Polylines, points, cuboids,
+ellipses, masks, skeletons and tags are not boxes and are skipped; with `task="segmentation"` a `<mask rle left
+top width height>` (CVAT's own row-major RLE of its crop) is kept as a COCO RLE at the image size
+(pipeline/datasets/masks.py), and the shapes of one image sharing a label and a `group_id` are one object in
+pieces (merged, as CVAT's COCO export does). Labels come from `<meta>` (task or project); a shape whose label
+is not declared there, or with bad coordinates, sets its image aside (quarantine); a polygon of fewer than 3
+points is skipped (reported). Entities, DTDs and external references are refused by defusedxml (exit 3).
 """
 from __future__ import annotations
 
@@ -269,8 +271,8 @@ def _fill(ds: Dataset, records: list, names: list[str], name: str) -> None:
             ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs,
                    "source": provenance(name, swhere)}
-            if poly:
-                ann["segmentation"] = poly if isinstance(poly, dict) else [poly]  # an RLE, or one polygon
+            if poly:  # an RLE, several polygons (a group's pieces), or one polygon
+                ann["segmentation"] = poly if isinstance(poly, dict) or isinstance(poly[0], list) else [poly]
             ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 
@@ -302,16 +304,26 @@ def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
     ds = Dataset([], [], [], [name])
     for field_name, reason in no_frame:
         ds.skip(name, field_name, reason)
-    records, used = [], set()
+    records, used, merged = [], set(), 0
     for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
-        shapes, bad = _shapes(ds, img, where, name, rel, declared, task, _size(w, h, local))
+        size = _size(w, h, local)
+        shapes, bad = _shapes(ds, img, where, name, rel, declared, task, size)
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
+        if task == "segmentation":
+            from pipeline.datasets.masks import merge_groups  # torch: imported by segmentation runs only
+
+            before = len(shapes)
+            shapes = merge_groups(shapes, size, no_group=(None, "", "0"))
+            merged += before - len(shapes)
         used.update(s[0] for s in shapes)
         subset = (img.get("subset") or "").strip()
         records.append((rel, local, w, h, shapes, split_of(subset) if subset else None))
     _fill(ds, records, declared + sorted(used - set(declared)), name)
+    if merged:
+        log.info("cvat: %d shapes joined the shape of the same label and group_id before them (one object in "
+                 "pieces, as CVAT's COCO export merges them)", merged)
     if ds.skipped:
         log.info("cvat: skipped %d shapes (not boxes, or with an empty label): listed in the quarantine report",
                  len(ds.skipped))

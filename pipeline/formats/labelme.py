@@ -191,49 +191,6 @@ def _boxes(ds: Dataset, shapes: list, name: str, rel: str, task: str = "detectio
     return boxes, None
 
 
-def _merge_groups(boxes: list, size) -> list:
-    """Segmentation: the shapes of one file that share a label and a `group_id` are one object drawn in pieces
-    (an occluded person, a sofa behind a table), as Labelme's own labelme2coco merges them: one annotation whose
-    segmentation holds every piece (polygons, or one RLE when a piece is a mask) and whose box covers them all.
-    Shapes with no group_id stay one object each."""
-    from pipeline.datasets.masks import bbox_area, compress, to_rle
-
-    groups: dict[tuple, list] = {}
-    order: list = []
-    for b in boxes:
-        gid = b[3].get("group_id")
-        key = (b[0], gid) if gid is not None else ("", id(b))
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(b)
-    out = []
-    for key in order:
-        parts = groups[key]
-        if len(parts) == 1:
-            out.append(parts[0])
-            continue
-        label, attrs, where = parts[0][0], parts[0][3], "+".join(p[4] for p in parts)
-        segs = [p[2] for p in parts]
-        if any(s is None for s in segs):  # a plain box among the pieces: the object has no whole mask
-            out.extend(parts)
-            continue
-        if all(isinstance(s, list) for s in segs):
-            seg = list(segs)
-            xs = [v for s in segs for v in s[0::2]]
-            ys = [v for s in segs for v in s[1::2]]
-            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-        else:  # a mask piece: merge every piece into one RLE at the image size
-            from pycocotools import mask as mask_utils
-
-            h, w = size()
-            rles = [to_rle(s if isinstance(s, dict) else [s], h, w) for s in segs]
-            seg = compress(mask_utils.merge(rles))
-            bbox = bbox_area(seg, h, w)[0]
-        out.append((label, bbox, seg, attrs, where))
-    return out
-
-
 def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
     """Number the kept images, their annotations and the categories (by name) into `ds`; two JSON files naming
     the same image are refused. A shape labelled `__ignore__` (Labelme's convention: the first line of its
@@ -325,8 +282,10 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None, task: str 
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
         if task == "segmentation":
+            from pipeline.datasets.masks import merge_groups  # torch: imported by segmentation runs only
+
             before = len(boxes)
-            boxes = _merge_groups(boxes, size)
+            boxes = merge_groups(boxes, size)
             merged += before - len(boxes)
         names.update(b[0] for b in boxes)
         records.append((rel, local, data.get("imageWidth"), data.get("imageHeight"), boxes, name))

@@ -307,7 +307,8 @@ def test_degenerate_polygons_are_left_out_not_their_images(tmp_path, capsys):
     code, _, err = ingest(capsys, cv, tmp_path / "cvat_out", "--format", "cvat", *SEG)
     assert code == 0, err
     assert len(canonical(tmp_path / "cvat_out")["annotations"]) == 1
-    assert [s["field"] for s in quarantine(tmp_path / "cvat_out")["skipped"]] == ["image[0] (id 0, a.jpg).polygon[1].points"]
+    skipped = [s["field"] for s in quarantine(tmp_path / "cvat_out")["skipped"]]
+    assert skipped == ["image[0] (id 0, a.jpg).polygon[1].points"]
     lm = tmp_path / "lm"
     lm.mkdir()
     write_image(lm / "a.jpg", 40, 30)
@@ -567,3 +568,28 @@ def test_category_id_0_non_contiguous_ids_and_unannotated_images(tmp_path, capsy
     theirs = sorted((f"annotations[{j}] (id {a['id']})", by_name[src_names[a["category_id"]]])
                     for j, a in enumerate(coco["annotations"]))
     assert ours == theirs
+
+
+def test_cvat_grouped_polygons_and_masks_are_one_object(tmp_path, capsys):
+    """CVAT groups the pieces of one object (`group_id`; "0" or none = no group) and its COCO export merges
+    them: a segmentation ingest of CVAT for images does the same; a detection ingest keeps each piece a box."""
+    src = tmp_path / "cvat"
+    write_image(src / "images" / "a.jpg", 40, 30)
+    (src / "annotations.xml").write_text(
+        '<annotations><version>1.1</version><image id="0" name="a.jpg" width="40" height="30">'
+        '<polygon label="car" points="2,2;12,2;12,10" group_id="1" occluded="0"/>'
+        '<mask label="car" rle="0, 4" left="20" top="3" width="2" height="2" group_id="1" occluded="0"/>'
+        '<polygon label="car" points="2,20;12,20;12,28" group_id="0" occluded="0"/>'
+        '<polygon label="car" points="22,20;32,20;32,28" occluded="0"/>'
+        '</image></annotations>')
+    out = tmp_path / "out"
+    code, _, err = ingest(capsys, src, out, *SEG)
+    assert code == 0, err
+    anns = canonical(out)["annotations"]
+    assert len(anns) == 3 and "joined" in err
+    (whole,) = [a for a in anns if "+" in a["source"]["item"]]
+    m = masks.decode(whole["segmentation"], 30, 40)
+    assert m[3:5, 20:22].all() and m[3, 11] and whole["bbox"] == [3.0, 2.0, 19.0, 8.0]  # the rasterised pieces
+    code, _, err = ingest(capsys, src, tmp_path / "det", "--format", "cvat")
+    assert code == 0, err
+    assert len(canonical(tmp_path / "det")["annotations"]) == 3  # the <mask> is no box; polygons stay apart
