@@ -85,12 +85,12 @@ def _check_images(ds, cfg: Config, origin: str, export: Path, scratch: Path) -> 
 
     A header declaring more than data.max_image_pixels is a decompression bomb and rejects the export; an
     unreadable or truncated file, a declared size that differs from the header, or a box with no area sets
-    the image aside (quarantine). A JPEG with an EXIF orientation is labelled as the tools show it, upright
-    (`_upright`).
+    the image aside (quarantine). A JPEG turned a quarter by its EXIF orientation and declared upright is
+    written upright, as the tools showed it (`_upright`).
     """
     probes = probe_many([img["path"] for img in ds.images])
     limit = cfg.data.max_image_pixels
-    turned = raw_kept = 0
+    turned = raw_kept = unknown = 0
     for img, pr in zip(ds.images, probes):
         where = display(origin, export, img["path"])
         if pr.pixels > limit or pr.error.startswith("decompression bomb"):
@@ -103,6 +103,7 @@ def _check_images(ds, cfg: Config, origin: str, export: Path, scratch: Path) -> 
             done = _upright(img, pr, scratch)
             turned += done == "turned"
             raw_kept += done == "raw"
+            unknown += done == "unknown"
             if done == "turned":
                 pr = probe(img["path"])
         img["sha1"] = pr.sha1
@@ -116,25 +117,33 @@ def _check_images(ds, cfg: Config, origin: str, export: Path, scratch: Path) -> 
                              img["file_name"])
                 break
     if turned:
-        log.info("%d JPEGs carry an EXIF orientation: written upright (orientation applied, re-encoded at "
-                 "quality 95), as the annotation tools showed them", turned)
+        log.info("%d JPEGs turned a quarter by their EXIF orientation and declared upright: written upright "
+                 "(orientation applied, re-encoded at quality 95), as the annotation tools showed them", turned)
     if raw_kept:
         log.warning("%d JPEGs carry an EXIF orientation that turns them a quarter, but their declared size is "
                     "the stored one: kept as stored (labelled without the orientation applied)", raw_kept)
+    if unknown:
+        log.warning("%d JPEGs carry an EXIF orientation that mirrors them or turns them upside down (2-4): kept "
+                    "as stored, since their size cannot tell whether the tool labelled them upright; if it did "
+                    "(CVAT, Labelme, Roboflow), their labels are mirrored: re-save them upright", unknown)
     _skip_degenerate(ds, origin)
 
 
 def _upright(img: dict, pr, scratch: Path) -> str:
-    """A JPEG with an EXIF orientation other than 1: the annotation tools labelled it with the orientation
-    applied, while training decodes the stored pixels, so the canonical copy gets upright pixels (written under
-    `scratch`, `img["path"]` pointed at it). Not when the export declares the stored size of a quarter-turned
-    image: that tool labelled the stored pixels. Returns "turned", "raw" (kept as stored) or "" (nothing to do)."""
+    """A JPEG with an EXIF orientation other than 1. Most annotation tools (CVAT, Labelme, Roboflow, Ultralytics)
+    label it with the orientation applied; some (labelImg) label the stored pixels; training decodes the stored
+    pixels. Only the declared size tells them apart, and only for a quarter turn (5-8): declared upright, the
+    canonical copy gets upright pixels (written under `scratch`, `img["path"]` pointed at it: "turned");
+    declared as stored, the stored pixels are kept ("raw"). A mirror or half turn (2-4) keeps the size, so it
+    cannot be told: kept as stored ("unknown"), and the caller warns. "" when there is nothing to do."""
     turn = orientation(img["path"])
     if turn == 1:
         return ""
+    if turn not in QUARTER_TURNS:
+        return "unknown"
     stored = (pr.width, pr.height)
     declared = (img.get("width"), img.get("height"))
-    if turn in QUARTER_TURNS and declared == stored and stored[0] != stored[1]:
+    if declared == stored and stored[0] != stored[1]:
         return "raw"
     dest = scratch / "upright" / img["file_name"]
     write_upright(img["path"], dest)

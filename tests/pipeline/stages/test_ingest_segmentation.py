@@ -335,29 +335,35 @@ def _exif_jpeg(path: Path, size=(60, 40), turn=6) -> None:
 def test_exif_rotated_photos_are_ingested_upright_as_the_tools_labelled_them(tmp_path, capsys):
     """A phone photo stored 60 x 40 with EXIF orientation 6 is shown (and labelled) 40 x 60 by CVAT, Labelme,
     Roboflow and Ultralytics; training decodes the stored pixels, so ingest writes it upright. An export that
-    declares the stored size labelled the stored pixels: kept as stored, with a warning."""
+    declares the stored size labelled the stored pixels (labelImg): kept as stored, with a warning, as is an
+    upside-down one (orientation 3), whose size cannot tell."""
     src = tmp_path / "coco"
     _exif_jpeg(src / "images" / "rot.jpg")
     _exif_jpeg(src / "images" / "raw.jpg")
+    _exif_jpeg(src / "images" / "flip.jpg", turn=3)  # upside down: same size either way, kept as stored
     seg_upright = [[31, 1, 38, 1, 38, 8, 31, 8]]  # the square, upright: top-right corner of a 40 x 60 image
     seg_raw = [[1, 1, 8, 1, 8, 8, 1, 8]]
     (src / "annotations.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "rot.jpg", "width": 40, "height": 60},
-                   {"id": 2, "file_name": "raw.jpg", "width": 60, "height": 40}],
+                   {"id": 2, "file_name": "raw.jpg", "width": 60, "height": 40},
+                   {"id": 3, "file_name": "flip.jpg", "width": 60, "height": 40}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg_upright},
-                        {"id": 2, "image_id": 2, "category_id": 1, "segmentation": seg_raw}],
+                        {"id": 2, "image_id": 2, "category_id": 1, "segmentation": seg_raw},
+                        {"id": 3, "image_id": 3, "category_id": 1, "segmentation": seg_raw}],
         "categories": [{"id": 1, "name": "square"}]}))
     out = tmp_path / "out"
     code, _, err = ingest(capsys, src, out, *SEG)
     assert code == 0, err
-    assert "written upright" in err and "kept as stored" in err
-    for name, seg in (("rot.jpg", seg_upright), ("raw.jpg", seg_raw)):
+    assert "1 JPEGs turned a quarter by their EXIF orientation and declared upright: written upright" in err
+    assert "1 JPEGs carry an EXIF orientation that turns them a quarter" in err and "kept as stored" in err
+    assert "1 JPEGs carry an EXIF orientation that mirrors them or turns them upside down" in err
+    for name, seg in (("rot.jpg", seg_upright), ("raw.jpg", seg_raw), ("flip.jpg", seg_raw)):
         with Image.open(out / "images" / name) as im:
             pixels = np.asarray(im.convert("L")) > 128
         m = masks.decode(seg, *pixels.shape).astype(bool)
         assert pixels[m].mean() > 0.9 and pixels[~m].mean() < 0.1, name  # the mask covers the white square
     sizes = {im["file_name"]: (im["width"], im["height"]) for im in canonical(out)["images"]}
-    assert sizes == {"rot.jpg": (40, 60), "raw.jpg": (60, 40)}
+    assert sizes == {"rot.jpg": (40, 60), "raw.jpg": (60, 40), "flip.jpg": (60, 40)}
 
     # YOLO-seg labels are normalised to the upright image (Ultralytics reads sizes with EXIF applied)
     yolo = tmp_path / "yolo"
