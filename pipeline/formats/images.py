@@ -115,6 +115,9 @@ def orientation(path: str | Path) -> int:
     from PIL import Image
 
     try:
+        with open(path, "rb") as fh:
+            if b"Exif\x00\x00" not in fh.read(1 << 16):  # no EXIF segment where JPEG keeps it: most files
+                return 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
