@@ -55,6 +55,9 @@ class DataConfig(Section):
     splits: Literal["hash", "source"] = "hash"  # hash of the group key, or the export's own train/val/test
     voc_one_based: bool = False  # VOC boxes as the devkit's 1-based inclusive pixels (labelImg, CVAT write 0-based)
     group_pattern: str = ""  # regex with one group on the file path giving the split group ("" = file stem)
+    # iscrowd=1 annotations: COCO's ignore regions (not learnt, not counted), or objects like the others (CVAT's
+    # COCO export marks every mask it writes iscrowd=1: cvat-ai/cvat#7030)
+    crowd: Literal["ignore", "objects"] = "ignore"
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test by hash of group key
     split_salt: str = "nightshift"  # changing it reshuffles every split: leave it alone
     demo_images: int = 480  # size of the generated demo dataset when `source` is empty

@@ -96,21 +96,33 @@ def _load_json(path: Path, name: str):
         raise InputRejected(f"not UTF-8 text: {exc.reason}", path=name, field=f"byte {exc.start}") from None
 
 
-def _check_polygons(seg, where: str, problems: Problems) -> list[float] | None:
-    """Polygons [[x1, y1, x2, y2, ...], ...]; returns their bounding box or None when invalid."""
+def _check_polygons(seg, where: str, problems: Problems, dropped: list | None = None) -> list[float] | None:
+    """Polygons [[x1, y1, x2, y2, ...], ...]; returns their bounding box or None when invalid.
+
+    A part of fewer than 3 points (a stray click or a 2-point line that the tools export as a polygon) outlines
+    nothing: with `dropped` given it is removed from `seg` in place and listed there as (field, reason), and the
+    box is the remaining parts' (None, with nothing flagged, when no part remains). An odd number of values or a
+    value that is not a finite number is a defect (flagged)."""
     if not seg:
         problems.add(where, "empty polygon list")
         return None
-    xs, ys = [], []
+    xs, ys, keep = [], [], []
     for k, poly in enumerate(seg):
-        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+        if not isinstance(poly, list) or len(poly) % 2 or (len(poly) < 6 and dropped is None):
             problems.add(f"{where}[{k}]", "a polygon must be a flat list of at least 3 x, y pairs")
             return None
         if not all(is_finite_number(v) for v in poly):
             problems.add(f"{where}[{k}]", "polygon coordinates must be finite numbers")
             return None
+        if len(poly) < 6:
+            dropped.append((f"{where}[{k}]", f"a polygon of {len(poly) // 2} point(s) outlines no area: dropped"))
+            continue
+        keep.append(poly)
         xs += poly[0::2]
         ys += poly[1::2]
+    seg[:] = keep
+    if not keep:
+        return None
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
@@ -176,6 +188,7 @@ class _CocoFile:
         self.split, self.prefix = _split_and_prefix(path, root)
         self.problems = Problems(self.name)
         self.quarantine: list[tuple[str, str, str | None]] = []  # (field, reason, image file_name)
+        self.skipped: list[tuple[str, str, str]] = []  # (field, reason, image file_name): left out, image kept
         self.bad_ids: dict[int, str] = {}  # image id -> file_name of images set aside
         self.cat_by_id: dict[int, tuple[int, dict]] = {}
         self.img_by_id: dict[int, tuple[int, dict]] = {}
@@ -337,7 +350,12 @@ class _CocoFile:
             flag(f"{where}.iscrowd", f"must be 0 or 1, got {iscrowd!r}")
             return None
         seg = ann.get("segmentation")
-        geometry = _geometry(ann, seg, image, where, flag)
+        if isinstance(seg, list):
+            seg = list(seg)  # degenerate parts are dropped from this copy, never from the caller's JSON
+        dropped: list = []
+        geometry = _geometry(ann, seg, image, where, flag, dropped)
+        for field_name, reason in dropped:
+            self.skipped.append((field_name, reason, image["file_name"]))
         if geometry is None:
             return None
         bbox, area = geometry
@@ -355,17 +373,20 @@ class _CocoFile:
         ds = Dataset(images, annotations, categories, [self.name], listed_images=len(self.img_names))
         for field_name, reason, fname in self.quarantine:
             ds.set_aside(self.name, field_name, reason, fname)
+        for field_name, reason, fname in self.skipped:
+            ds.skip(self.name, field_name, reason, fname)
         return ds
 
 
-def _geometry(ann: dict, seg, image: dict, where: str, flag) -> tuple[list, float] | None:
+def _geometry(ann: dict, seg, image: dict, where: str, flag, dropped: list) -> tuple[list, float] | None:
     """An annotation's (bbox, area): checked, or derived from its segmentation (polygons or RLE) when missing;
-    None after flagging the first defect."""
+    None after flagging the first defect. Polygon parts of fewer than 3 points are removed from `seg` and
+    listed in `dropped`; when none is left the annotation is a plain box (its `bbox`)."""
     seg_box, seg_area = None, None
     if seg is not None and seg != []:
         if isinstance(seg, list):
-            seg_box = _check_polygons(seg, f"{where}.segmentation", _Shim(flag))
-            if seg_box is None:
+            seg_box = _check_polygons(seg, f"{where}.segmentation", _Shim(flag), dropped)
+            if seg_box is None and not (dropped and seg == []):
                 return None
         elif isinstance(seg, dict):
             checked = _check_rle(seg, image, f"{where}.segmentation", _Shim(flag))
@@ -444,4 +465,5 @@ def read_coco(root, origin: str = "") -> Dataset:
     merged = Dataset(images, annotations, categories, [f for p in parts for f in p.files],
                      listed_images=sum(p.listed_images for p in parts))
     merged.quarantine = [q for p in parts for q in p.quarantine]
+    merged.skipped = [s for p in parts for s in p.skipped]
     return merged

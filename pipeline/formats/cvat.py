@@ -6,11 +6,15 @@ the images in `images/<subset>/<name>` (their canonical file name is then `<subs
 may hold the same name). `<image id name width height>` holds `<box label occluded xtl ytl xbr ybr
 [rotation]>` and `<polygon label occluded points="x1,y1;x2,y2;...">` shapes, each with `<attribute name=..>`
 children; `occluded`, `z_order`, `source`, `group_id` and every attribute are kept as annotation attributes.
-A rotated box becomes the axis-aligned box around it. Polylines, points, cuboids, ellipses, masks, skeletons
-and tags are not boxes and are skipped; with `task="segmentation"` a `<mask rle left top width height>` (CVAT's
-own row-major RLE of its crop) is kept as a COCO RLE at the image size (pipeline/datasets/masks.py). Labels
-come from `<meta>` (task or project); a shape whose label is not declared there, or with bad coordinates,
-sets its image aside (quarantine). Entities, DTDs and external references are refused by defusedxml (exit 3).
+CVAT for video 1.1 (`<track label>` elements, one shape per frame) is read as one image per frame file
+(`images/frame_000010.png`), each holding the tracks' shapes on that frame that are not `outside`, named in
+messages by their track. A rotated box becomes the axis-aligned box around it. Polylines, points, cuboids,
+ellipses, masks, skeletons and tags are not boxes and are skipped; with `task="segmentation"` a `<mask rle left
+top width height>` (CVAT's own row-major RLE of its crop) is kept as a COCO RLE at the image size
+(pipeline/datasets/masks.py), and the shapes of one image sharing a label and a `group_id` are one object in
+pieces (merged, as CVAT's COCO export does). Labels come from `<meta>` (task or project); a shape whose label
+is not declared there, or with bad coordinates, sets its image aside (quarantine); a polygon of fewer than 3
+points is skipped (reported). Entities, DTDs and external references are refused by defusedxml (exit 3).
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ from pipeline.formats.coco import export_root
 log = logging.getLogger(__name__)
 
 SHAPES = ("box", "polygon")
+TOO_FEW_POINTS = "a polygon needs at least 3 points"
 NOT_BOXES = ("polyline", "points", "cuboid", "ellipse", "mask", "skeleton", "tag")
-KEPT = ("occluded", "z_order", "source", "group_id")
+KEPT = ("occluded", "z_order", "source", "group_id", "track_id")
 
 
 def _float(el, key: str) -> float | None:
@@ -76,7 +81,7 @@ def _shape(el) -> tuple[list[float], list[float] | None] | str:
             return f"points must be 'x1,y1;x2,y2;...', got {el.get('points')!r}"
         pts += [x, y]
     if len(pts) < 6:
-        return "a polygon needs at least 3 points"
+        return TOO_FEW_POINTS
     xs, ys = pts[0::2], pts[1::2]
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], pts
 
@@ -126,9 +131,68 @@ def _parse(root: Path, origin: str):
     name = display(origin, root, xml)
     top = parse_xml(xml, name, "annotations", forbid_dtd=True)
     if top.find("track") is not None:
-        raise InputRejected("this is a 'CVAT for video' export (<track>): export the task as CVAT for images",
-                            path=name, field="track")
-    return name, top
+        if top.find("image") is not None:
+            raise InputRejected("both <image> and <track> elements: neither CVAT for images nor CVAT for video",
+                                path=name, field="track")
+        return name, top, _frames_from_tracks(top, root, name)
+    return name, top, []
+
+
+FRAME_NAME = "frame_{:06d}"  # how CVAT names a video task's frames in an export with images
+TRACK_WHERE = "_nightshift_where"  # where a video shape sits in the XML (its <track>), for messages
+
+
+def _frames_from_tracks(top, root: Path, name: str) -> list[tuple[str, str]]:
+    """CVAT for video 1.1: each `<track label>` holds one shape per frame (`frame`, `outside`, `keyframe`; CVAT
+    writes the interpolated frames too). Rewritten in place as CVAT for images: one `<image>` per frame file
+    (`images/frame_000010.png`, as CVAT names them), holding the track's shapes on that frame with the track's
+    label, `track_id` kept as an attribute. A shape marked `outside="1"` (the object has left the frame) is no
+    object; frames with no shape are background images. Returns (field, reason) of the first shape on each frame
+    that has no image file (the caller reports them)."""
+    import xml.etree.ElementTree as ET
+
+    meta_size = top.find("meta/task/original_size")
+    w = (meta_size.findtext("width") or "").strip() if meta_size is not None else ""
+    h = (meta_size.findtext("height") or "").strip() if meta_size is not None else ""
+    folder = root / "images" if (root / "images").is_dir() else root
+    files = {}
+    for f in sorted(folder.iterdir()):
+        stem = f.stem
+        if f.is_file() and stem.startswith("frame_") and stem[6:].isdigit():
+            files.setdefault(int(stem[6:]), f.relative_to(folder).as_posix())
+    per_frame: dict[int, list] = {}
+    missing: dict[int, str] = {}
+    for t, track in enumerate(top.findall("track")):
+        for k, el in enumerate(track):
+            if el.tag == "attribute":
+                continue
+            try:
+                frame = int(el.get("frame", ""))
+            except ValueError:
+                raise InputRejected(f"frame must be an integer, got {el.get('frame')!r}", path=name,
+                                    field=f"track[{t}].{el.tag}[{k}]") from None
+            if el.get("outside") in ("1", "true", "True"):
+                continue
+            shape = ET.Element(el.tag, dict(el.attrib))
+            shape.extend(list(el))
+            shape.set("label", track.get("label", ""))
+            shape.set(TRACK_WHERE, f"track[{t}] (id {track.get('id')}).{el.tag}[{k}] (frame {frame})")
+            if track.get("id") is not None:
+                shape.set("track_id", track.get("id"))
+            if frame not in files:
+                missing.setdefault(frame, shape.get(TRACK_WHERE))
+                continue
+            per_frame.setdefault(frame, []).append(shape)
+    for t in top.findall("track"):
+        top.remove(t)
+    for frame, rel in sorted(files.items()):
+        image = ET.SubElement(top, "image", {"id": str(frame), "name": rel,
+                                             **({"width": w, "height": h} if w and h else {})})
+        image.extend(per_frame.get(frame, []))
+    tracks = {s.get("track_id") for shapes in per_frame.values() for s in shapes}
+    log.info("cvat (video): %d frame images, shapes of %d tracks on them", len(files), len(tracks))
+    return [(where, f"frame {frame} has no image file {FRAME_NAME.format(frame)}.* in the export: skipped")
+            for frame, where in sorted(missing.items())]
 
 
 def _image_file(ds: Dataset, img, where: str, root: Path, origin: str, name: str, seen: dict, i: int):
@@ -166,7 +230,7 @@ def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[st
     shapes = []
     masks = task == "segmentation"
     for k, el in enumerate(img):
-        swhere = f"{where}.{el.tag}[{k}]"
+        swhere = el.get(TRACK_WHERE) or f"{where}.{el.tag}[{k}]"  # a video track's shape: named in its track
         if el.tag in NOT_BOXES and not (masks and el.tag == "mask"):
             ds.skip(name, swhere, f"<{el.tag}> is not a box: skipped", rel)
             continue
@@ -179,6 +243,9 @@ def _shapes(ds: Dataset, img, where: str, name: str, rel: str, declared: list[st
         if declared and label not in declared:
             return shapes, (f"{swhere}.label", f"unknown label {label!r} (not in <meta> labels)")
         got = _mask(el, *size()) if el.tag == "mask" else _shape(el)
+        if got == TOO_FEW_POINTS:  # a stray click: outlines nothing, like a box with no area
+            ds.skip(name, f"{swhere}.points", f"{got}: skipped", rel)
+            continue
         if isinstance(got, str):
             return shapes, (swhere, got)
         attrs = {key: el.get(key) for key in KEPT if el.get(key) is not None}
@@ -204,8 +271,8 @@ def _fill(ds: Dataset, records: list, names: list[str], name: str) -> None:
             ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs,
                    "source": provenance(name, swhere)}
-            if poly:
-                ann["segmentation"] = poly if isinstance(poly, dict) else [poly]  # an RLE, or one polygon
+            if poly:  # an RLE, several polygons (a group's pieces), or one polygon
+                ann["segmentation"] = poly if isinstance(poly, dict) or isinstance(poly[0], list) else [poly]
             ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 
@@ -232,19 +299,31 @@ def _images(ds: Dataset, top, root: Path, origin: str, name: str):
 def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
     root = export_root(Path(root))
     origin = origin or str(root)
-    name, top = _parse(root, origin)
+    name, top, no_frame = _parse(root, origin)
     declared = _declared_labels(top)
     ds = Dataset([], [], [], [name])
-    records, used = [], set()
+    for field_name, reason in no_frame:
+        ds.skip(name, field_name, reason)
+    records, used, merged = [], set(), 0
     for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
-        shapes, bad = _shapes(ds, img, where, name, rel, declared, task, _size(w, h, local))
+        size = _size(w, h, local)
+        shapes, bad = _shapes(ds, img, where, name, rel, declared, task, size)
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
+        if task == "segmentation":
+            from pipeline.datasets.masks import merge_groups  # torch: imported by segmentation runs only
+
+            before = len(shapes)
+            shapes = merge_groups(shapes, size, no_group=(None, "", "0"))
+            merged += before - len(shapes)
         used.update(s[0] for s in shapes)
         subset = (img.get("subset") or "").strip()
         records.append((rel, local, w, h, shapes, split_of(subset) if subset else None))
     _fill(ds, records, declared + sorted(used - set(declared)), name)
+    if merged:
+        log.info("cvat: %d shapes joined the shape of the same label and group_id before them (one object in "
+                 "pieces, as CVAT's COCO export merges them)", merged)
     if ds.skipped:
         log.info("cvat: skipped %d shapes (not boxes, or with an empty label): listed in the quarantine report",
                  len(ds.skipped))
@@ -286,9 +365,11 @@ def read_cvat_tags(root, origin: str = "") -> Dataset:
     some."""
     root = export_root(Path(root))
     origin = origin or str(root)
-    name, top = _parse(root, origin)
+    name, top, no_frame = _parse(root, origin)
     declared = _declared_labels(top)
     ds = Dataset([], [], [], [name])
+    for field_name, reason in no_frame:
+        ds.skip(name, field_name, reason)
     records, with_shapes = [], 0
     for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
         with_shapes += any(el.tag != "tag" for el in img)

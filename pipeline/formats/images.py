@@ -96,9 +96,48 @@ def probe(path: str | Path) -> Probe:
 
 
 def header_size(path: str | Path) -> tuple[int, int] | None:
-    """(width, height) from the header, or None when it cannot be read."""
+    """(width, height) as the annotation tools show the image: the header's, swapped when the file's EXIF
+    orientation turns it a quarter (5-8: phone photos held upright), or None when it cannot be read."""
     p = probe(path)
-    return (p.width, p.height) if p.width and p.height else None
+    if not (p.width and p.height):
+        return None
+    return (p.height, p.width) if p.format == "jpeg" and orientation(path) in QUARTER_TURNS else (p.width, p.height)
+
+
+# EXIF orientations (tag 0x0112): 1 as stored; 2-4 mirrored / turned half; 5-8 turned a quarter (width and height
+# swap). Annotation tools (CVAT, Labelme, Label Studio, Roboflow, browsers, OpenCV's imread) show and label the
+# image with its orientation applied; decoders used for training (torchvision's decode_image, Pillow) do not.
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def orientation(path: str | Path) -> int:
+    """The EXIF orientation of a JPEG (1 when it has none or it cannot be read); reads the header only."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            if b"Exif\x00\x00" not in fh.read(1 << 16):  # no EXIF segment where JPEG keeps it: most files
+                return 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - no readable EXIF means no orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def write_upright(src: str | Path, dest: str | Path) -> tuple[int, int]:
+    """Write `src` with its EXIF orientation applied to the pixels (and the tag dropped) as a JPEG at `dest`;
+    returns the new (width, height). Re-encoded at quality 95: one generation of JPEG loss."""
+    from PIL import Image, ImageOps
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as img:
+        upright = ImageOps.exif_transpose(img).convert("RGB")
+        upright.save(dest, format="JPEG", quality=95)
+        return upright.size
 
 
 def probe_many(paths, workers: int = 4) -> list[Probe]:

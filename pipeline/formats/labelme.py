@@ -8,7 +8,10 @@ polygons keep their outline as a COCO segmentation; points and lines are not box
 `task="segmentation"` a `shape_type: "mask"` shape (a base64 PNG of its crop + the crop's two corners) becomes
 a COCO RLE at the image size (pipeline/datasets/masks.py) and a circle its 32-gon outline; otherwise a mask
 is skipped like any non-box.
-`group_id`, `flags` and `description` are kept as attributes. The image is `imagePath` relative to the JSON,
+`group_id`, `flags` and `description` are kept as attributes; with `task="segmentation"` the shapes of one
+file sharing a label and a group_id are one object in pieces (merged, as labelme2coco does). A shape
+labelled `__ignore__` (labels.txt's first line in Labelme's examples) is an ignore region: one crowd
+annotation per class, never a class of its own. The image is `imagePath` relative to the JSON,
 else the last part of `imagePath` beside the JSON (absolute and Windows paths from the annotating machine),
 else an image named like the JSON; when none is there (or `imagePath` names the JSON itself) the embedded
 `imageData` is the image, as Labelme itself loads it. Nothing outside the export is ever read. A shape with
@@ -33,6 +36,7 @@ from pipeline.formats.coco import export_root
 log = logging.getLogger(__name__)
 
 BOX_SHAPES = ("rectangle", "polygon", "circle")
+IGNORE_LABEL = "__ignore__"  # labelme's labels.txt convention: a region to leave out of every class
 
 
 def _points(raw, need: int) -> list[tuple[float, float]] | None:
@@ -171,6 +175,10 @@ def _boxes(ds: Dataset, shapes: list, name: str, rel: str, task: str = "detectio
         elif kind not in BOX_SHAPES:
             ds.skip(name, f"{where}.shape_type", f"shape_type {kind!r} is not a box: skipped", rel)
             continue
+        elif kind == "polygon" and len(_points(shape.get("points"), 0) or [None] * 3) < 3:
+            # a stray click or two (points that parse, fewer than 3): outlines nothing, like a box with no area
+            ds.skip(name, f"{where}.points", "a polygon needs at least 3 points: skipped", rel)
+            continue
         else:
             got = _shape_box(shape, where)
             if task == "segmentation" and kind == "circle" and not isinstance(got, str):
@@ -185,8 +193,10 @@ def _boxes(ds: Dataset, shapes: list, name: str, rel: str, task: str = "detectio
 
 def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
     """Number the kept images, their annotations and the categories (by name) into `ds`; two JSON files naming
-    the same image are refused."""
-    cat_id = {n: i for i, n in enumerate(sorted(names), start=1)}
+    the same image are refused. A shape labelled `__ignore__` (Labelme's convention: the first line of its
+    labels.txt, left out of every class by labelme2coco / labelme2voc) becomes an ignore region: one crowd
+    annotation per class, which training skips and evaluation does not count."""
+    cat_id = {n: i for i, n in enumerate(sorted(names - {IGNORE_LABEL}), start=1)}
     seen: dict[str, str] = {}
     for rel, local, w, h, boxes, name in records:
         if rel in seen:
@@ -199,13 +209,17 @@ def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
                           "height": h if isinstance(h, int) else None, "path": local,
                           "source": provenance(name, "")})
         for label, bbox, poly, attrs, where in boxes:
-            ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cat_id[label],
-                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "source": provenance(name, where)}
-            if poly:
-                ann["segmentation"] = poly if isinstance(poly, dict) else [poly]  # an RLE, or one polygon
-            if attrs:
-                ann["attributes"] = attrs
-            ds.annotations.append(ann)
+            ignore = label == IGNORE_LABEL
+            for cid in (cat_id.values() if ignore else [cat_id[label]]):
+                ann = {"id": len(ds.annotations) + 1, "image_id": image_id, "category_id": cid,
+                       "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": int(ignore),
+                       "source": provenance(name, where)}
+                if poly:  # an RLE, several polygons (a group's pieces), or one polygon
+                    ann["segmentation"] = poly if isinstance(poly, dict) or isinstance(poly[0], list) else [poly]
+                if attrs or ignore:
+                    ann["attributes"] = {**attrs, **({"labelme_label": IGNORE_LABEL, "ignore": True} if ignore
+                                                     else {})}
+                ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 
 
@@ -253,7 +267,7 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None, task: str 
                                                              p.relative_to(root).parts))
     if not files:
         raise InputRejected("no Labelme annotations: expected <image>.json files", path=origin)
-    records, names = [], set()
+    records, names, merged = [], set(), 0
     ds = Dataset([], [], [], [])
     for path in files:
         name, data = _load(path, root, origin)
@@ -262,13 +276,27 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None, task: str 
         if image is None:
             continue
         rel, local, scratch = image
-        boxes, bad = _boxes(ds, data["shapes"], name, rel, task, _image_size(data, local))
+        size = _image_size(data, local)
+        boxes, bad = _boxes(ds, data["shapes"], name, rel, task, size)
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
             continue
+        if task == "segmentation":
+            from pipeline.datasets.masks import merge_groups  # torch: imported by segmentation runs only
+
+            before = len(boxes)
+            boxes = merge_groups(boxes, size)
+            merged += before - len(boxes)
         names.update(b[0] for b in boxes)
         records.append((rel, local, data.get("imageWidth"), data.get("imageHeight"), boxes, name))
     _fill(ds, records, names, origin)
+    if merged:
+        log.info("labelme: %d shapes joined the shape of the same label and group_id before them (one object in "
+                 "pieces, as labelme2coco merges them)", merged)
+    ignored = sum(1 for r in records for b in r[4] if b[0] == IGNORE_LABEL)
+    if ignored:
+        log.info("labelme: %d shapes labelled %s became ignore regions (crowd, one per class): not learnt, not "
+                 "counted by evaluation", ignored, IGNORE_LABEL)
     if ds.skipped:
         log.info("labelme: skipped %d shapes (empty labels, points, lines): listed in the quarantine report",
                  len(ds.skipped))

@@ -52,7 +52,7 @@ from pipeline.config import FORMAT_CHOICES, Config
 from pipeline.datasets import canonical_io
 from pipeline.errors import ConfigError, InputRejected
 from pipeline.formats.base import display
-from pipeline.formats.images import probe_many
+from pipeline.formats.images import QUARTER_TURNS, orientation, probe, probe_many, write_upright
 from pipeline.formats.sources import Limits, materialize
 from pipeline.spec import StageSpec
 from pipeline.store import open_store
@@ -82,15 +82,17 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
+def _check_images(ds, cfg: Config, origin: str, export: Path, scratch: Path) -> None:
     """Read every image's header once (size, truncation, sha1); set defective images aside.
 
     A header declaring more than data.max_image_pixels is a decompression bomb and rejects the export; an
     unreadable or truncated file, a declared size that differs from the header, or a box with no area sets
-    the image aside (quarantine).
+    the image aside (quarantine). A JPEG turned a quarter by its EXIF orientation and declared upright is
+    written upright, as the tools showed it (`_upright`).
     """
     probes = probe_many([img["path"] for img in ds.images])
     limit = cfg.data.max_image_pixels
+    turned = raw_kept = unknown = 0
     for img, pr in zip(ds.images, probes):
         where = display(origin, export, img["path"])
         if pr.pixels > limit or pr.error.startswith("decompression bomb"):
@@ -99,6 +101,13 @@ def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
         if pr.error:
             ds.set_aside(where, "image", pr.error, img["file_name"])
             continue
+        if pr.format == "jpeg":
+            done = _upright(img, pr, scratch)
+            turned += done == "turned"
+            raw_kept += done == "raw"
+            unknown += done == "unknown"
+            if done == "turned":
+                pr = probe(img["path"])
         img["sha1"] = pr.sha1
         declared_in = (img.get("source") or {}).get("file") or (ds.files[0] if ds.files else where)
         for key, real in (("width", pr.width), ("height", pr.height)):
@@ -109,7 +118,39 @@ def _check_images(ds, cfg: Config, origin: str, export: Path) -> None:
                              f"declared {key} {img[key]} differs from the image's real {key} {real}",
                              img["file_name"])
                 break
+    if turned:
+        log.info("%d JPEGs turned a quarter by their EXIF orientation and declared upright: written upright "
+                 "(orientation applied, re-encoded at quality 95), as the annotation tools showed them", turned)
+    if raw_kept:
+        log.warning("%d JPEGs carry an EXIF orientation that turns them a quarter, but their declared size is "
+                    "the stored one: kept as stored (labelled without the orientation applied)", raw_kept)
+    if unknown:
+        log.warning("%d JPEGs carry an EXIF orientation that mirrors them or turns them upside down (2-4): kept "
+                    "as stored, since their size cannot tell whether the tool labelled them upright; if it did "
+                    "(CVAT, Labelme, Roboflow), their labels are mirrored: re-save them upright", unknown)
     _skip_degenerate(ds, origin)
+
+
+def _upright(img: dict, pr, scratch: Path) -> str:
+    """A JPEG with an EXIF orientation other than 1. Most annotation tools (CVAT, Labelme, Roboflow, Ultralytics)
+    label it with the orientation applied; some (labelImg) label the stored pixels; training decodes the stored
+    pixels. Only the declared size tells them apart, and only for a quarter turn (5-8): declared upright, the
+    canonical copy gets upright pixels (written under `scratch`, `img["path"]` pointed at it: "turned");
+    declared as stored, the stored pixels are kept ("raw"). A mirror or half turn (2-4) keeps the size, so it
+    cannot be told: kept as stored ("unknown"), and the caller warns. "" when there is nothing to do."""
+    turn = orientation(img["path"])
+    if turn == 1:
+        return ""
+    if turn not in QUARTER_TURNS:
+        return "unknown"
+    stored = (pr.width, pr.height)
+    declared = (img.get("width"), img.get("height"))
+    if declared == stored and stored[0] != stored[1]:
+        return "raw"
+    dest = scratch / "upright" / img["file_name"]
+    write_upright(img["path"], dest)
+    img["path"] = dest  # the declared size is checked against the upright pixels next
+    return "turned"
 
 
 def _skip_degenerate(ds, origin: str) -> None:
@@ -189,12 +230,33 @@ def _demo_source(data, task: str, work: Path) -> tuple[str, str, str]:
     return str(work / "demo"), "coco", "demo"
 
 
+def _crowd(ds, mode: str) -> None:
+    """The export's own iscrowd=1 annotations (not the ignore regions a reader makes of KITTI DontCare or
+    Labelme __ignore__): ignore regions as COCO means them, or, with data.crowd=objects, objects. Either way
+    the log says how many, since CVAT's COCO export marks every mask iscrowd=1 and they would otherwise be left
+    out of training without a word."""
+    crowd = [a for a in ds.annotations if a.get("iscrowd") and not (a.get("attributes") or {}).get("ignore")]
+    if not crowd:
+        return
+    if mode == "objects":
+        for ann in crowd:
+            ann["iscrowd"] = 0
+        log.info("data.crowd=objects: %d iscrowd=1 annotations are trained and scored as objects", len(crowd))
+        return
+    log.warning("%d of %d annotations are iscrowd=1: kept as ignore regions (not learnt, not counted by "
+                "evaluation). CVAT's COCO export marks every mask iscrowd=1: if these are objects, set "
+                "data.crowd=objects", len(crowd), len(ds.annotations))
+
+
 def _masks_only(ds, origin: str, fmt: str) -> None:
     """Segmentation: every object needs a mask. Plain boxes are skipped (and listed), bad masks set aside; an
     export with no mask at all is refused."""
     from pipeline.datasets.masks import require_masks
 
-    plain = require_masks(ds, origin)
+    plain, empty = require_masks(ds, origin)
+    if empty:
+        log.warning("data.task segmentation: skipped %d masks with no pixel in their image (degenerate polygons; "
+                    "listed in the quarantine report)", empty)
     if plain and not ds.annotations:
         raise InputRejected(f"data.task is segmentation but none of the {plain} annotations has a polygon or "
                             f"mask ({fmt} export): export instance masks, or ingest with "
@@ -231,7 +293,8 @@ def convert(cfg: Config, work: Path, label_map: dict[str, int]) -> tuple[Path, d
     if found.format == "voc":
         log.info("VOC boxes read as %s pixel corners (data.voc_one_based=%s)",
                  "1-based (devkit)" if data.voc_one_based else "0-based (labelImg, CVAT, Roboflow)", data.voc_one_based)
-    _check_images(ds, cfg, origin, export)
+    _check_images(ds, cfg, origin, export, work / "embedded")
+    _crowd(ds, data.crowd)
     if task == "segmentation":
         _masks_only(ds, origin, found.format)
     quarantine = _enforce_quarantine(ds, cfg, origin)

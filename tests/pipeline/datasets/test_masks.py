@@ -105,3 +105,38 @@ def test_rasterise_scales_polygons_and_resizes_rles_to_the_input_size():
     for m in out:
         ys, xs = np.nonzero(m.numpy())
         assert (xs.min(), ys.min(), xs.max(), ys.max()) == (0, 0, 3, 3)
+
+
+@pytest.mark.parametrize("h, w, size", [(20, 30, 8), (37, 53, 128), (120, 160, 64), (5, 10, 3)])
+def test_rasterise_samples_rles_from_their_runs_as_nearest_resizing_would(h, w, size):
+    """An RLE is sampled from its runs (a 3000 x 2000 mask is never decoded whole): the same pixels as decoding
+    it and resizing with nearest-neighbour, for compressed and uncompressed counts and the many-runs path."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(h * w)
+    speckled = (rng.random((h, w)) > 0.6).astype(np.uint8)
+    blob = np.zeros((h, w), np.uint8)
+    blob[h // 4:h // 2 + 1, w // 3:w - 1] = 1
+    for m in (speckled, blob):
+        compressed = masks.encode(m)
+        flat = m.reshape(-1, order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        uncompressed = {"size": [h, w], "counts": ([0] if flat[0] else []) + runs}
+        expected = F.interpolate(torch.from_numpy(m)[None, None].float(), size=(size, size),
+                                 mode="nearest")[0, 0].to(torch.uint8)
+        out = masks.rasterise([compressed, uncompressed], h, w, size)
+        assert torch.equal(out[0], expected) and torch.equal(out[1], expected)
+
+
+def test_rasterise_takes_the_many_runs_path_for_speckled_masks():
+    """Past 20,000 characters of counts, pycocotools' decoder samples the mask (a Python walk would be slow)."""
+    import torch
+
+    m = (np.random.default_rng(0).random((200, 300)) > 0.5).astype(np.uint8)
+    seg = masks.encode(m)
+    assert len(seg["counts"]) > 20_000
+    out = masks.rasterise([seg], 200, 300, 50)
+    rows, cols = np.floor(np.arange(50) * 4).astype(int), np.floor(np.arange(50) * 6).astype(int)
+    assert torch.equal(out[0], torch.from_numpy(m[np.ix_(rows, cols)]))

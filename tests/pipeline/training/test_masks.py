@@ -66,3 +66,22 @@ def test_predicted_masks_are_resized_to_the_original_image(tmp_path):
     # the 32 px square at 64 px is the 48 px square at 96 px (bilinear edges may move by a pixel)
     assert abs(ys.min() - 24) <= 1 and abs(ys.max() - 71) <= 1 and abs(xs.min() - 24) <= 1 and abs(xs.max() - 71) <= 1
     assert abs(int(mask.sum()) - 48 * 48) <= 2 * 48
+
+
+def test_rles_of_many_detections_on_a_large_image_are_made_a_few_at_a_time(monkeypatch):
+    """Detections are resized to the original size a chunk at a time (100 masks of a 3000 x 2000 photo at once
+    peaked at ~4 GB): the same RLEs, in order, with no chunk over masks.CHUNK_PIXELS."""
+    probs = torch.rand(7, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    whole = masks.encode(masks.binary_masks(probs, 30, 40))
+    seen = []
+    real = masks.binary_masks
+
+    def spy(p, h, w, threshold=masks.MASK_THRESHOLD):
+        seen.append(int(p.shape[0]))
+        return real(p, h, w, threshold)
+
+    monkeypatch.setattr(masks, "binary_masks", spy)
+    monkeypatch.setattr(masks, "CHUNK_PIXELS", 3 * 30 * 40)
+    assert masks.rles(probs, 30, 40) == whole
+    assert seen == [3, 3, 1]
+    assert masks.rles(probs[:0], 30, 40) == []
