@@ -69,16 +69,21 @@ run: envs  ## run the DAG on your data: make run SOURCE=<dir|archive|s3://...> [
 	@test -n "$(SOURCE)" || { echo "usage: make run SOURCE=<path or s3://...> FORMAT=<format> TASK=<task> CONFIG=<yaml>"; exit 2; }
 	NIGHTSHIFT_CONFIG="$(abspath $(CONFIG))" bash scripts/airflow_local.sh dags-test '{"source": "$(SOURCE)", "format": "$(FORMAT)"$(if $(filter command line environment,$(origin TASK)),$(comma) "task": "$(TASK)")}'
 
+TEST_WORKERS ?= 2
+
 test: envs .venv-triton/.installed browser  ## run the whole test suite (unit, DAG integrity, pod specs, integration)
 	@# bytecode once: every stage subprocess the tests start would compile the package again where Python may not
 	@# write it (PYTHONDONTWRITEBYTECODE)
 	.venv-pipeline/bin/python -m compileall -q pipeline tests plugins dags scripts >/dev/null
-	@# the Airflow venv's suite (DAG integrity, pod specs: ~2 min of one core) runs beside the pipeline venv's, which
-	@# leaves the second core idle much of the time; its output is printed after the pipeline suite's
+	@# the pipeline venv's suite runs in TEST_WORKERS processes (pytest-xdist, one test file per worker at a time, so
+	@# a module's fixtures are built once; the whole-DAG files first, as they are the longest); most tests keep one
+	@# core busy at a time. The Airflow venv's suite (DAG integrity, pod specs: ~2 min of one core) runs beside it;
+	@# its output is printed after the pipeline suite's
 	@out=$$(mktemp -d); \
 	( .venv-airflow/bin/python -m pytest --durations=10 --basetemp="$$out/tmp" tests/dags tests/infra >"$$out/log" 2>&1; \
 	  echo $$? >"$$out/rc" ) & \
-	.venv-pipeline/bin/python -m pytest --durations=25 tests/test_mirror.py tests/test_structure.py tests/pipeline tests/integration; \
+	.venv-pipeline/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 \
+	  tests/integration tests/test_mirror.py tests/test_structure.py tests/pipeline; \
 	rc=$$?; wait; echo "==== .venv-airflow: tests/dags tests/infra ===="; cat "$$out/log"; arc=$$(cat "$$out/rc"); \
 	rm -rf "$$out"; test $$rc -eq 0 && test $$arc -eq 0
 
