@@ -6,8 +6,8 @@ Each JSON has `shapes` ({"label", "points", "shape_type", "group_id", "flags", "
 (two opposite corners, in any order), polygons and circles (centre + a point on the rim) become boxes;
 polygons keep their outline as a COCO segmentation; points and lines are not boxes and are skipped. With
 `task="segmentation"` a `shape_type: "mask"` shape (a base64 PNG of its crop + the crop's two corners) becomes
-a COCO RLE at the image size (pipeline/datasets/masks.py) and a circle its 32-gon outline; otherwise a mask
-is skipped like any non-box.
+a COCO RLE at the image size (pipeline/datasets/masks.py), a circle its 32-gon outline and a rectangle its four
+corners (Labelme fills both, as labelme2coco does); otherwise a mask is skipped like any non-box.
 `group_id`, `flags` and `description` are kept as attributes; with `task="segmentation"` the shapes of one
 file sharing a label and a group_id are one object in pieces (merged, as labelme2coco does). A shape
 labelled `__ignore__` (labels.txt's first line in Labelme's examples) is an ignore region: one crowd
@@ -181,8 +181,10 @@ def _boxes(ds: Dataset, shapes: list, name: str, rel: str, task: str = "detectio
             continue
         else:
             got = _shape_box(shape, where)
-            if task == "segmentation" and kind == "circle" and not isinstance(got, str):
-                got = got[0], _circle_outline(got[0])  # Labelme fills circles: their outline is the mask
+            if task == "segmentation" and kind in ("circle", "rectangle") and not isinstance(got, str):
+                # Labelme fills circles and rectangles (labelme2coco writes them as these polygons): the outline
+                # is the mask
+                got = got[0], (_circle_outline if kind == "circle" else _rectangle_outline)(got[0])
         if isinstance(got, str):
             return boxes, (f"{where}.points", got)
         attrs = {k2: shape[k2] for k2 in ("group_id", "flags", "description") if shape.get(k2) not in
@@ -221,6 +223,12 @@ def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
                                                      else {})}
                 ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
+
+
+def _rectangle_outline(bbox: list[float]) -> list[float]:
+    """A rectangle (its box) as its 4 corners, a flat COCO polygon, as labelme2coco writes it."""
+    x, y, w, h = bbox
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
 
 
 def _circle_outline(bbox: list[float], sides: int = 32) -> list[float]:

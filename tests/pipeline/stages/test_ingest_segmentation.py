@@ -120,11 +120,15 @@ def test_labelme_polygons_and_masks(tmp_path, capsys):
     code, result, err = ingest(capsys, tmp_path / "lm", out, "--format", "labelme", *SEG)
     assert code == 0, err
     data = canonical(out)
-    assert len(data["annotations"]) == 6  # polygon, mask and circle per image; the rectangles are skipped
+    assert len(data["annotations"]) == 8  # polygon, mask, rectangle and circle per image
     circles = [a for a in data["annotations"] if isinstance(a["segmentation"], list)
                and len(a["segmentation"][0]) == 64]
     assert len(circles) == 2 and circles[0]["bbox"] == [4.0, 16.0, 8.0, 8.0]
     assert abs(circles[0]["area"] - 3.14159 * 16) < 4  # the filled circle's pixels
+    # Labelme fills a rectangle (labelme2coco writes its 4 corners): a box-shaped mask, not a skipped plain box
+    rects = [a for a in data["annotations"] if a["bbox"] == [30.0, 20.0, 8.0, 8.0]]
+    assert len(rects) == 2 and rects[0]["segmentation"] == [[30.0, 20.0, 38.0, 20.0, 38.0, 28.0, 30.0, 28.0]]
+    assert 60 <= rects[0]["area"] <= 81  # the filled square's pixels
     rles = [a for a in data["annotations"] if isinstance(a["segmentation"], dict)]
     assert len(rles) == 2
     full = masks.decode(rles[0]["segmentation"], 30, 40)
@@ -132,9 +136,7 @@ def test_labelme_polygons_and_masks(tmp_path, capsys):
     expected[6:8, 21:25] = 1
     assert np.array_equal(full, expected)
     assert rles[0]["bbox"] == [21.0, 6.0, 4.0, 2.0] and rles[0]["area"] == 8.0
-    skipped = quarantine(out)["skipped"]
-    assert [s["field"] for s in skipped] == ["shapes[2]", "shapes[2]"]
-    assert all(s["file"].endswith(".json") and "plain box" in s["reason"] for s in skipped)
+    assert not quarantine(out)["skipped"]
 
     # the same export for detection: as before, the mask shape is skipped and the rectangle is a box
     det = tmp_path / "det"
