@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.store import LocalStore
