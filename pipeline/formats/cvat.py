@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline.errors import InputRejected
 from pipeline.formats.base import Dataset, display, inside, parse_xml, provenance, safe_relative, split_of
 from pipeline.formats.coco import export_root
+from pipeline.formats.images import lazy_size
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +101,6 @@ def _mask(el, height: int, width: int) -> tuple[list[float], dict] | str:
     if isinstance(rle, str):
         return rle
     return bbox_area(rle, height, width)[0], rle
-
-
-def _size(w, h, local: Path):
-    """A callable giving the image's (height, width): <image>'s own, else the header's (0, 0 if unreadable)."""
-    def size() -> tuple[int, int]:
-        if w and h:
-            return h, w
-        from PIL import Image
-
-        try:
-            with Image.open(local) as im:
-                return im.height, im.width
-        except OSError:  # unreadable: ingest sets the image aside for that anyway
-            return 0, 0
-    return size
 
 
 def _parse(root: Path, origin: str):
@@ -306,7 +292,7 @@ def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
         ds.skip(name, field_name, reason)
     records, used, merged = [], set(), 0
     for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
-        size = _size(w, h, local)
+        size = lazy_size(w, h, local)  # <image>'s own size, else the header's
         shapes, bad = _shapes(ds, img, where, name, rel, declared, task, size)
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)

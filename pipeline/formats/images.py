@@ -104,6 +104,19 @@ def header_size(path: str | Path) -> tuple[int, int] | None:
     return (p.height, p.width) if p.format == "jpeg" and orientation(path) in QUARTER_TURNS else (p.width, p.height)
 
 
+def lazy_size(width, height, path: str | Path):
+    """A callable giving an image's (height, width) as the annotation tool showed it, for decoding a mask at the
+    image's size: the export's declared `width` / `height` when both are positive integers, else the header's
+    (`header_size`), (0, 0) when unreadable (ingest sets such an image aside anyway). Nothing is read until a mask
+    asks."""
+    def size() -> tuple[int, int]:
+        if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+            return height, width
+        got = header_size(path)
+        return (got[1], got[0]) if got else (0, 0)
+    return size
+
+
 # EXIF orientations (tag 0x0112): 1 as stored; 2-4 mirrored / turned half; 5-8 turned a quarter (width and height
 # swap). Annotation tools (CVAT, Labelme, Label Studio, Roboflow, browsers, OpenCV's imread) show and label the
 # image with its orientation applied; decoders used for training (torchvision's decode_image, Pillow) do not.

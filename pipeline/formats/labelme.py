@@ -32,6 +32,7 @@ from pipeline.errors import InputRejected
 from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, basename, display, inside, is_finite_number, provenance,
                                    relative_inside)
 from pipeline.formats.coco import export_root
+from pipeline.formats.images import lazy_size
 
 log = logging.getLogger(__name__)
 
@@ -252,22 +253,6 @@ def _mask_shape(shape: dict, height: int, width: int) -> tuple[list[float], dict
     return bbox_area(rle, height, width)[0], rle
 
 
-def _image_size(data: dict, local: Path):
-    """A callable giving the image's (height, width): the JSON's imageHeight / imageWidth, else the header's."""
-    def size() -> tuple[int, int]:
-        h, w = data.get("imageHeight"), data.get("imageWidth")
-        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
-            return h, w
-        from PIL import Image
-
-        try:
-            with Image.open(local) as im:
-                return im.height, im.width
-        except OSError:  # unreadable: ingest sets the image aside for that anyway
-            return 0, 0
-    return size
-
-
 def read_labelme(root, origin: str = "", scratch: Path | None = None, task: str = "detection") -> Dataset:
     root = export_root(Path(root))
     origin = origin or str(root)
@@ -284,7 +269,7 @@ def read_labelme(root, origin: str = "", scratch: Path | None = None, task: str 
         if image is None:
             continue
         rel, local, scratch = image
-        size = _image_size(data, local)
+        size = lazy_size(data.get("imageWidth"), data.get("imageHeight"), local)
         boxes, bad = _boxes(ds, data["shapes"], name, rel, task, size)
         if bad:
             ds.set_aside(name, bad[0], bad[1], rel)
