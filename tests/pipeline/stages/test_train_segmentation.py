@@ -114,14 +114,14 @@ def test_a_dataset_without_masks_is_refused_naming_task_and_model(shared, only_t
 
 
 def test_real_datumaro_coco_instances(shared, monkeypatch, capsys, nightshift_home):
-    """Datumaro's COCO instances test export (MIT; shared/fixtures/real/datumaro-coco-instances/PROVENANCE.md):
+    """Datumaro's COCO instances test export (MIT; `coco-instances-datumaro` in tests/fixtures/real/README.md):
     ingest keeps the polygon and the crowd RLE and skips the plain box, naming its file and annotation; validate
     runs the mask checks on it; the train stage trains a Mask R-CNN one epoch on it."""
     from tests.pipeline.formats.test_real_exports import REAL_DIR
 
-    src = REAL_DIR / "datumaro-coco-instances"
+    src = REAL_DIR / "coco-instances-datumaro"
     if not src.is_dir():
-        pytest.skip(f"real export 'datumaro-coco-instances' not here: expected {src}")
+        pytest.skip(f"real export 'coco-instances-datumaro' not here: expected {src} (tests/fixtures/real/README.md)")
     only_commands(monkeypatch, "ingest", "validate", "train")
     sets = ["--set", f"data.source={src}", "--set", "data.task=segmentation",
             "--set", "data.split_ratios=[1.0, 0.0, 0.0]"]  # both images in train: the export has one per split
