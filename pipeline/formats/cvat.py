@@ -282,14 +282,20 @@ def _images(ds: Dataset, top, root: Path, origin: str, name: str):
         yield img, where, local, rel, w, h
 
 
-def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
+def _open(root, origin: str):
+    """What both readers start from: (export root, origin, the XML's name, its root element, the labels declared
+    in <meta>, an empty Dataset with the shapes on frames that have no image file already reported)."""
     root = export_root(Path(root))
     origin = origin or str(root)
     name, top, no_frame = _parse(root, origin)
-    declared = _declared_labels(top)
     ds = Dataset([], [], [], [name])
     for field_name, reason in no_frame:
         ds.skip(name, field_name, reason)
+    return root, origin, name, top, _declared_labels(top), ds
+
+
+def read_cvat(root, origin: str = "", task: str = "detection") -> Dataset:
+    root, origin, name, top, declared, ds = _open(root, origin)
     records, used, merged = [], set(), 0
     for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
         size = lazy_size(w, h, local)  # <image>'s own size, else the header's
@@ -349,13 +355,7 @@ def read_cvat_tags(root, origin: str = "") -> Dataset:
     is its class (its `<attribute>`s kept). No tag skips the image, reported; tags of several classes, or a
     label not declared in `<meta>`, set it aside. Shapes are not read, and the log says how many images had
     some."""
-    root = export_root(Path(root))
-    origin = origin or str(root)
-    name, top, no_frame = _parse(root, origin)
-    declared = _declared_labels(top)
-    ds = Dataset([], [], [], [name])
-    for field_name, reason in no_frame:
-        ds.skip(name, field_name, reason)
+    root, origin, name, top, declared, ds = _open(root, origin)
     records, with_shapes = [], 0
     for img, where, local, rel, w, h in _images(ds, top, root, origin, name):
         with_shapes += any(el.tag != "tag" for el in img)
