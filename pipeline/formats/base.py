@@ -12,6 +12,15 @@ MAX_LISTED = 5  # problems spelled out in one rejection message; the rest are co
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def class_name(text: str) -> str:
+    """A class name as written in a folder name or a manifest, in Unicode's composed form (NFC). macOS writes
+    `café` decomposed (`e` + U+0301), Linux and Windows composed: the same class from either machine keeps one name
+    and one label-map id."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
+
+
 @dataclass
 class Dataset:
     """An export read into COCO terms.

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
-import unicodedata
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, display, inside, provenance, split_of
+from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, class_name, display, inside, provenance, split_of
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +85,6 @@ def class_folders_with_images(d: Path, limit: int = 20) -> list[str]:
         if any(is_image(p) for p in _files(sub)):
             out.append(sub.name)
     return out
-
-
-def class_name(folder: str) -> str:
-    """A class folder's name as a class: in Unicode's composed form (NFC). macOS writes `café` decomposed (`e` +
-    U+0301), Linux and Windows composed: the same class from either machine keeps one name and one label-map id."""
-    return unicodedata.normalize("NFC", folder)
 
 
 def _read_classes(ds: Dataset, base: Path, root: Path, origin: str, split: str | None, found: dict) -> None:

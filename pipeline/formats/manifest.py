@@ -37,13 +37,12 @@ import json
 import logging
 import os
 import posixpath
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import IMAGE_SUFFIXES, Dataset, display, inside, is_number, provenance, relative_inside, \
-    split_of
+from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, class_name, display, inside, is_number, provenance,
+                                  relative_inside, split_of)
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +147,18 @@ def _one_hot_columns(header: list[str], records: list, taken: tuple) -> list[str
     return cols
 
 
+def _names_image(text: str) -> bool:
+    """`text` is a file name (`/` or `\\` separators) with an image suffix."""
+    return PurePosixPath(text.replace("\\", "/")).suffix.lower() in IMAGE_SUFFIXES
+
+
 def _is_file_map(data) -> bool:
     """A JSON object mapping image files to classes (`{"a.jpg": "cat"}`): its first key names an image file and
     every value is a class name or number (a `{"0": "cat"}` class map is not one)."""
     if not isinstance(data, dict) or not data:
         return False
     first = next(iter(data))
-    return PurePosixPath(first.replace("\\", "/")).suffix.lower() in IMAGE_SUFFIXES and all(
+    return _names_image(first) and all(
         isinstance(v, (str, int)) and not isinstance(v, bool) for v in data.values())
 
 
@@ -225,8 +229,7 @@ def _list_rows(text: str, name: str) -> tuple[list[Row], dict]:
             row.error = f"expected `<image> <class>`, got {line.strip()!r}"
         rows.append(row)
     first = rows[0] if rows else None
-    if first is None or first.error or PurePosixPath(first.file.replace("\\", "/")).suffix.lower() \
-            not in IMAGE_SUFFIXES:
+    if first is None or first.error or not _names_image(first.file):
         raise InputRejected("not an image list: expected one `<image file> <class>` per line (e.g. `cat/1.jpg 0`)",
                             path=name, field=first.where if first else "")
     return rows, {"file": "image", "label": "class", "split": None}
@@ -460,8 +463,7 @@ def _read_rows(ds: Dataset, path: Path, root: Path, origin: str, split: str | No
         if not label or not label.strip():
             ds.skip(name, label_field, "no class: image left out (not labelled)", rel)
             continue
-        # composed Unicode (NFC), as imagefolder.class_name: `café` typed on a Mac is the same class
-        entry["labels"].setdefault(unicodedata.normalize("NFC", label.strip()), row.where)
+        entry["labels"].setdefault(class_name(label.strip()), row.where)  # `café` typed on a Mac: one class
     if added_suffix:
         log.info("manifest %s: %d rows name an image without its suffix (an id), each read as the one image file of "
                  "that name, e.g. %s", name, len(added_suffix), added_suffix[0])
