@@ -12,6 +12,12 @@ MAX_LISTED = 5  # problems spelled out in one rejection message; the rest are co
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def coco_segmentation(shape) -> dict | list:
+    """A reader's mask as COCO's `segmentation`: an RLE (dict) as it is, a group's pieces (a list of flat
+    polygons) as they are, one flat polygon as a list of one."""
+    return shape if isinstance(shape, dict) or isinstance(shape[0], list) else [shape]
+
+
 def class_name(text: str) -> str:
     """A class name as written in a folder name or a manifest, in Unicode's composed form (NFC). macOS writes
     `café` decomposed (`e` + U+0301), Linux and Windows composed: the same class from either machine keeps one name

@@ -23,7 +23,8 @@ import math
 from pathlib import Path
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import Dataset, display, inside, parse_xml, provenance, safe_relative, split_of
+from pipeline.formats.base import (Dataset, coco_segmentation, display, inside, parse_xml, provenance,
+                                  safe_relative, split_of)
 from pipeline.formats.coco import export_root
 from pipeline.formats.images import lazy_size
 
@@ -258,7 +259,7 @@ def _fill(ds: Dataset, records: list, names: list[str], name: str) -> None:
                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "attributes": attrs,
                    "source": provenance(name, swhere)}
             if poly:  # an RLE, several polygons (a group's pieces), or one polygon
-                ann["segmentation"] = poly if isinstance(poly, dict) or isinstance(poly[0], list) else [poly]
+                ann["segmentation"] = coco_segmentation(poly)
             ds.annotations.append(ann)
     ds.categories = [{"id": i, "name": n} for n, i in cat_id.items()]
 

@@ -29,8 +29,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputRejected
-from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, basename, display, inside, is_finite_number, provenance,
-                                   relative_inside)
+from pipeline.formats.base import (IMAGE_SUFFIXES, Dataset, basename, coco_segmentation, display, inside,
+                                   is_finite_number, provenance, relative_inside)
 from pipeline.formats.coco import export_root
 from pipeline.formats.images import lazy_size
 
@@ -218,7 +218,7 @@ def _fill(ds: Dataset, records: list, names: set, origin: str) -> None:
                        "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": int(ignore),
                        "source": provenance(name, where)}
                 if poly:  # an RLE, several polygons (a group's pieces), or one polygon
-                    ann["segmentation"] = poly if isinstance(poly, dict) or isinstance(poly[0], list) else [poly]
+                    ann["segmentation"] = coco_segmentation(poly)
                 if attrs or ignore:
                     ann["attributes"] = {**attrs, **({"labelme_label": IGNORE_LABEL, "ignore": True} if ignore
                                                      else {})}
